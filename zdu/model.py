@@ -1,0 +1,152 @@
+"""Frozen data types shared by every layer: topology, profile steps, results."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+from .status import Phase
+
+HostKeyPolicy = Literal["strict", "accept-new"]
+
+
+def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """A read-only copy of ``data`` (dataclasses here are frozen all the way down)."""
+    return MappingProxyType(dict(data or {}))
+
+
+# --------------------------------------------------------------------------- topology
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the fleet, as the topology declares it."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str | None = None            # None: the topology's ssh.user
+    group: str = ""
+    roles: tuple[str, ...] = ()
+    vars: Mapping[str, Any] = field(default_factory=frozen_map)
+    transport: Literal["ssh", "local"] = "ssh"
+    lb_server: str | None = None       # name of this node's server in the load balancer
+    host_key: str | None = None        # pinned fingerprint, "SHA256:..."
+
+    @property
+    def lb_name(self) -> str:
+        """The server name the load balancer knows this node by."""
+        return self.lb_server or self.name
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How the control machine reaches the nodes."""
+
+    user: str = "root"
+    key_file: str | None = None
+    known_hosts: str | None = None     # None: ~/.ssh/known_hosts
+    host_key_policy: HostKeyPolicy = "strict"
+    connect_timeout: float = 10.0
+    command_timeout: float = 600.0
+    connect_retries: int = 3
+    parallel: int = 4                  # nodes worked on at once in EXPORT / UPGRADE
+
+
+@dataclass(frozen=True)
+class LbSettings:
+    """Which load-balancer hook to call around the disruptive phases, and its options."""
+
+    type: str = "none"                 # none | script | haproxy | dotted.path:Factory
+    options: Mapping[str, Any] = field(default_factory=frozen_map)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The validated topology file (or the built-in reference topology)."""
+
+    nodes: tuple[Node, ...]
+    ssh: SshSettings = SshSettings()
+    load_balancer: LbSettings = LbSettings()
+    profile: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=frozen_map)
+    serial: int = 1                    # nodes per wave in the online phases
+    source: str = "<built-in reference topology>"
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- profile
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A shell command template; rendered per node by ``templates``."""
+
+    name: str
+    run: str                           # jinja2 template; values are shell-quoted unless |raw
+    timeout: float | None = None       # None: ssh.command_timeout
+
+
+@dataclass(frozen=True)
+class WaitSpec:
+    """A health gate: poll until a condition holds or the deadline passes.
+
+    ``kind`` is one of: command (exit 0 on the node), http (URL answers with
+    ``status`` and a body matching ``body``), tcp (``host:port`` accepts),
+    process (a process matching ``pattern`` is running, or has exited when
+    ``state`` is "exited"), log (file ``path`` has a line matching ``pattern``).
+    ``where`` says who polls: the node (over its connection) or the control machine.
+    """
+
+    name: str
+    kind: Literal["command", "http", "tcp", "process", "log"]
+    target: str                        # template: the command, URL, host:port, pattern or path
+    pattern: str | None = None         # template: regex for body / log line / process
+    status: int | None = None          # http: expected status
+    state: Literal["running", "exited"] = "running"
+    where: Literal["node", "control"] = "node"
+    deadline: float = 60.0
+    interval: float = 1.0
+
+
+Step = CommandSpec | WaitSpec
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the phases do for one product."""
+
+    name: str
+    source: str
+    phases: Mapping[Phase, tuple[Step, ...]]          # EXPORT .. POST-APPLY
+    rollback: Mapping[Phase, tuple[Step, ...]]        # keyed by the furthest phase a node entered
+    smoke: tuple[Step, ...] = ()                       # before traffic returns; failure = POST-APPLY
+    vars: Mapping[str, Any] = field(default_factory=frozen_map)
+    secrets: tuple[str, ...] = ()                      # names of vars whose values are masked
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command did on one node.  A non-zero exit is a result, not an exception."""
+
+    command: str
+    exit_code: int | None              # None when the command never completed (timeout, transport)
+    stdout: str = ""
+    stderr: str = ""
+    started: float = 0.0               # time.time()
+    duration: float = 0.0
+    error: str | None = None           # None | "timeout" | "unreachable": why there is no exit code
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.error is None
+
+    def replace(self, **changes: Any) -> "CommandResult":
+        return dataclasses.replace(self, **changes)

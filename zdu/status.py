@@ -1,0 +1,75 @@
+"""Run status codes (the process exit status) and upgrade phases.
+
+The phase codes keep the values of the Axway zero-downtime upgrade scripts so
+that existing wrappers keep working; the others are zdupgrade's own.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.IntEnum):
+    """Outcome of a run; ``int(status)`` is the process exit status."""
+
+    SUCCESS = 0
+    USAGE_ERROR = 2          # bad command line (argparse's own code)
+    EXPORT_FAILED = 70
+    UPGRADE_FAILED = 71
+    PRE_APPLY_FAILED = 72
+    APPLY_FAILED = 73
+    POST_APPLY_FAILED = 74
+    ROLLBACK_FAILED = 75
+    NODE_UNREACHABLE = 76    # a node could not be reached before anything changed
+    CONFIG_ERROR = 78        # bad topology, profile, directory or option; nothing was contacted
+    FATAL_ERROR = 80         # an internal error; the logs say what was done before it
+    INTERRUPTED = 130        # Ctrl-C / SIGTERM; every node taken out was put back or reported
+
+    def __str__(self) -> str:  # "Status.APPLY_FAILED", as in the Axway summary
+        return f"Status.{self.name}"
+
+
+class Phase(str, enum.Enum):
+    """The per-node phases, in execution order, plus ROLLBACK."""
+
+    EXPORT = "EXPORT"
+    UPGRADE = "UPGRADE"
+    PRE_APPLY = "PRE-APPLY"
+    APPLY = "APPLY"
+    POST_APPLY = "POST-APPLY"
+    ROLLBACK = "ROLLBACK"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def failed_status(self) -> Status:
+        """The run status when this phase fails."""
+        return _FAILED[self]
+
+    @property
+    def is_offline(self) -> bool:
+        """EXPORT and UPGRADE prepare the new version without touching the running one."""
+        return self in (Phase.EXPORT, Phase.UPGRADE)
+
+    @classmethod
+    def parse(cls, text: str) -> "Phase":
+        """Accept ``PRE-APPLY``, ``PRE_APPLY`` or ``pre-apply``."""
+        key = text.strip().upper().replace("_", "-")
+        for phase in cls:
+            if phase.value == key:
+                return phase
+        raise ValueError(f"unknown phase {text!r} (expected one of: {', '.join(p.value for p in cls)})")
+
+
+OFFLINE_PHASES: tuple[Phase, ...] = (Phase.EXPORT, Phase.UPGRADE)
+ONLINE_PHASES: tuple[Phase, ...] = (Phase.PRE_APPLY, Phase.APPLY, Phase.POST_APPLY)
+UPGRADE_PHASES: tuple[Phase, ...] = OFFLINE_PHASES + ONLINE_PHASES
+
+_FAILED = {
+    Phase.EXPORT: Status.EXPORT_FAILED,
+    Phase.UPGRADE: Status.UPGRADE_FAILED,
+    Phase.PRE_APPLY: Status.PRE_APPLY_FAILED,
+    Phase.APPLY: Status.APPLY_FAILED,
+    Phase.POST_APPLY: Status.POST_APPLY_FAILED,
+    Phase.ROLLBACK: Status.ROLLBACK_FAILED,
+}
