@@ -1,0 +1,600 @@
+"""The lab fleet: N real OpenSSH nodes in containers on loopback addresses, behind real HAProxy.
+
+Every node is a container (``network_mode="host"``) from :func:`zdu.lab.image.ensure_image`;
+its sshd listens only on its own address ``127.0.0.(11+i):2222`` with a host key the lab
+generated, and gateway 1.0 serves on ``127.0.0.(11+i):8080``.  A host HAProxy balances
+``127.0.0.1:18080`` over the nodes (backend ``gateways``, servers ``node-a`` ...), with its runtime
+API on a unix socket in the lab dir and on ``127.0.0.1:19999``.
+
+Containers and HAProxy are removed on :meth:`Lab.close`, on ``with`` exit, and at interpreter exit.
+"""
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import http.client
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
+
+# the reaper image cannot be pulled offline; the lab removes its containers itself
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+import docker  # noqa: E402
+import docker.errors  # noqa: E402
+import yaml  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from testcontainers.core.container import DockerContainer  # noqa: E402
+
+from ..model import Node  # noqa: E402
+from .image import ensure_image  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FAULT_WORDS: frozenset[str] = frozenset(
+    {"export", "upgrade", "check", "start", "stop", "health"}
+    | {f"hang-{p}" for p in ("export", "upgrade", "check", "start", "stop", "health")})
+"""Words :meth:`Lab.inject_fault` accepts (see ``zdu/lab/gateway/gateway.py``)."""
+
+LAB_LABEL = "zdupgrade.lab"
+BACKEND = "gateways"
+LbKind = Literal["none", "haproxy", "script"]
+
+
+class LabError(RuntimeError):
+    """The lab could not be brought up or a lab action failed."""
+
+
+@dataclass(frozen=True)
+class LabNode:
+    """One node of the lab and how to reach it."""
+
+    name: str                # "Node-A"
+    host: str                # "127.0.0.11"
+    ssh_port: int            # 2222
+    lb_server: str           # "node-a"
+    service_port: int        # 8080
+    container_name: str      # "zdu-lab-node-a"
+
+    @property
+    def url(self) -> str:
+        """Base URL of this node's gateway, e.g. ``http://127.0.0.11:8080``."""
+        return f"http://{self.host}:{self.service_port}"
+
+    def model(self) -> Node:
+        """This node as the product's :class:`zdu.model.Node`."""
+        return Node(name=self.name, host=self.host, port=self.ssh_port, group="Gateway",
+                    roles=("gateway",), lb_server=self.lb_server)
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns a truthy value; raise LabError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - polled probes fail until ready
+            value, last = None, exc  # type: ignore[assignment]
+        else:
+            last = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else ""))
+        time.sleep(interval)
+
+
+def ssh_banner(host: str, port: int, timeout: float = 1.0) -> str:
+    """The SSH identification line at ``host:port`` ("" when nothing answers with one)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = sock.recv(256)
+    except OSError:
+        return ""
+    return data.decode(errors="replace").strip() if data.startswith(b"SSH-2.0-") else ""
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET ``url`` (loopback only); return (status, body)."""
+    parsed = url.split("://", 1)[1]
+    hostport, _, path = parsed.partition("/")
+    host, _, port = hostport.partition(":")
+    if not host.startswith("127."):
+        raise LabError(f"the lab only sends traffic to loopback, not {host}")
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        conn.request("GET", "/" + path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def _keypair(comment: str) -> tuple[bytes, str]:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, f"{public} {comment}"
+
+
+def _write(path: Path, data: str | bytes, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return path
+
+
+def _parallel(fn: Callable[[T], Any], items: Iterable[T]) -> list[Any]:
+    items = list(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+class Lab:
+    """A running lab fleet.  Use as a context manager, or call :meth:`start` and :meth:`close`.
+
+    >>> with Lab() as lab:                                # doctest: +SKIP
+    ...     lab.exec("Node-A", "gateway status")
+    """
+
+    def __init__(self, *, size: int = 3, workdir: str | Path | None = None, image: str | None = None,
+                 ssh_port: int = 2222, first_host: int = 11, service_port: int = 8080,
+                 haproxy_port: int = 18080, haproxy_admin_port: int = 19999,
+                 name_prefix: str = "zdu-lab", haproxy: bool = True) -> None:
+        """Describe the lab; nothing starts before :meth:`start`.
+
+        ``workdir`` holds keys, known_hosts, the HAProxy config and socket (default: a new temp
+        dir, removed on close).  Node ``i`` gets address ``127.0.0.(first_host+i)``.
+        """
+        if not 1 <= size <= 26:
+            raise ValueError("size must be 1..26")
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="zdu-lab-")).resolve()
+        self._image = image
+        self.ssh_port = ssh_port
+        self.service_port = service_port
+        self.haproxy_port = haproxy_port
+        self.haproxy_admin_port = haproxy_admin_port
+        self._want_haproxy = haproxy
+        letters = string.ascii_uppercase
+        self._nodes = [
+            LabNode(name=f"Node-{letters[i]}", host=f"127.0.0.{first_host + i}", ssh_port=ssh_port,
+                    lb_server=f"node-{letters[i].lower()}", service_port=service_port,
+                    container_name=f"{name_prefix}-node-{letters[i].lower()}")
+            for i in range(size)]
+        self._containers: dict[str, DockerContainer] = {}
+        self._haproxy: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._docker: docker.DockerClient | None = None
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def nodes(self) -> list[LabNode]:
+        """The nodes, in order (Node-A first)."""
+        return list(self._nodes)
+
+    def node(self, name: str) -> LabNode:
+        """The node called ``name`` (``Node-A`` or its lb server name ``node-a``)."""
+        for node in self._nodes:
+            if name in (node.name, node.lb_server):
+                return node
+        raise KeyError(name)
+
+    @property
+    def key_file(self) -> Path:
+        """The client private key (ed25519) installed as root's authorized key on every node."""
+        return self.workdir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """known_hosts with each node's real host key (``[127.0.0.11]:2222 ssh-ed25519 ...``)."""
+        return self.workdir / "known_hosts"
+
+    @property
+    def haproxy_socket(self) -> Path:
+        """Path of HAProxy's admin-level runtime API unix socket."""
+        return self.workdir / "haproxy.sock"
+
+    @property
+    def haproxy_tcp(self) -> tuple[str, int]:
+        """(host, port) of HAProxy's admin-level runtime API on TCP."""
+        return ("127.0.0.1", self.haproxy_admin_port)
+
+    @property
+    def frontend_url(self) -> str:
+        """URL of the HAProxy frontend, e.g. ``http://127.0.0.1:18080``."""
+        return f"http://127.0.0.1:{self.haproxy_port}"
+
+    @property
+    def lb_script(self) -> Path:
+        """An executable load-balancer hook (``lb-hook ACTION SERVER``) driving this HAProxy."""
+        return self.workdir / "lb-hook.sh"
+
+    @property
+    def image(self) -> str:
+        """The node image tag (built on first use)."""
+        if self._image is None:
+            self._image = ensure_image()
+        return self._image
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "Lab":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> "Lab":
+        """Bring up the nodes (concurrently) and HAProxy; return when all serve gateway 1.0."""
+        atexit.register(self.close)
+        image = self.image
+        self._prepare_workdir()
+        self._remove_stale_containers()
+        if self._want_haproxy:
+            self._start_haproxy()
+        _parallel(lambda n: self._start_node(n, image), self._nodes)
+        _write(self.known_hosts, "".join(
+            f"[{n.host}]:{n.ssh_port} {(self.workdir / 'nodes' / n.name / 'ssh_host_ed25519_key.pub').read_text().strip()}\n"
+            for n in self._nodes))
+        if self._want_haproxy:
+            self.wait_servers_up()
+        return self
+
+    def close(self) -> None:
+        """Remove every container and stop HAProxy (idempotent; errors are logged, not raised)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for name, container in list(self._containers.items()):
+            try:
+                container.stop()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
+                log.warning("lab: removing %s failed: %s", name, exc)
+        self._containers.clear()
+        self._stop_haproxy()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        atexit.unregister(self.close)
+
+    def _client(self) -> docker.DockerClient:
+        if self._docker is None:
+            self._docker = docker.from_env()
+        return self._docker
+
+    def _prepare_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _write(self.workdir / ".gitignore", "*\n")
+        private, public = _keypair("zdupgrade-lab")
+        _write(self.key_file, private, 0o600)
+        _write(self.workdir / "id_ed25519.pub", public + "\n")
+        for node in self._nodes:
+            host_private, host_public = _keypair(f"root@{node.name}")
+            ndir = self.workdir / "nodes" / node.name
+            _write(ndir / "ssh_host_ed25519_key", host_private, 0o600)
+            _write(ndir / "ssh_host_ed25519_key.pub", host_public + "\n")
+            _write(ndir / "authorized_keys", public + "\n")
+        self._write_lb_script()
+
+    def _remove_stale_containers(self) -> None:
+        """Remove containers left by a lab that died without cleaning up."""
+        client = self._client()
+        for node in self._nodes:
+            try:
+                client.containers.get(node.container_name).remove(force=True)
+                log.warning("lab: removed stale container %s", node.container_name)
+            except docker.errors.NotFound:
+                pass
+
+    def _start_node(self, node: LabNode, image: str) -> None:
+        container = (DockerContainer(image)
+                     .with_name(node.container_name)
+                     .with_env("ZDU_NODE_NAME", node.name)
+                     .with_env("ZDU_NODE_IP", node.host)
+                     .with_env("ZDU_SSH_PORT", str(node.ssh_port))
+                     .with_env("ZDU_SERVICE_PORT", str(node.service_port))
+                     .with_volume_mapping(str(self.workdir / "nodes" / node.name), "/lab", "ro")
+                     .with_kwargs(network_mode="host", labels={LAB_LABEL: str(self.workdir)},
+                                  init=False, stop_signal="SIGTERM"))
+        self._containers[node.name] = container
+        container.start()
+        self._wait_node_ready(node)
+
+    def _wait_node_ready(self, node: LabNode, timeout: float = 30.0) -> None:
+        wait_until(lambda: ssh_banner(node.host, node.ssh_port), timeout=timeout,
+                   what=f"sshd of {node.name} on {node.host}:{node.ssh_port}")
+        wait_until(lambda: self.served_version(node.name) == "1.0", timeout=timeout,
+                   what=f"gateway 1.0 on {node.url}")
+
+    # ------------------------------------------------------------------ node actions
+
+    def container(self, node_name: str) -> DockerContainer:
+        """The testcontainers object of ``node_name``."""
+        return self._containers[self.node(node_name).name]
+
+    def _wrapped(self, node_name: str) -> Any:
+        wrapped = self.container(node_name).get_wrapped_container()
+        wrapped.reload()
+        return wrapped
+
+    def exec(self, node_name: str, cmd: str, *, timeout: float | None = 60.0) -> tuple[int, str]:
+        """Run ``cmd`` with ``sh -c`` on the node via ``docker exec``; return (exit code, stdout+stderr).
+
+        ``timeout`` kills the command (exit code 124 or 137) so a hung command cannot hang a test.
+        """
+        argv = ["sh", "-c", cmd]
+        if timeout is not None:
+            argv = ["timeout", "-k", "2", str(timeout), *argv]
+        code, output = self.container(node_name).exec(argv)
+        return int(code if code is not None else -1), output.decode(errors="replace")
+
+    def running_versions(self, node_name: str) -> list[str]:
+        """The gateway versions with a live server process on the node, e.g. ``["1.0"]``."""
+        _code, out = self.exec(node_name, "for v in 1.0 2.0; do "
+                                          "/opt/gateway-$v/bin/gateway status >/dev/null && echo $v; done; true")
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def served_version(self, node_name: str, timeout: float = 2.0) -> str | None:
+        """The version the node's gateway answers on ``GET /`` directly, or None if it does not."""
+        try:
+            status, body = http_get(self.node(node_name).url + "/", timeout=timeout)
+            return str(json.loads(body)["version"]) if status == 200 else None
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            return None
+
+    def inject_fault(self, node_name: str, word: str) -> None:
+        """Add fault ``word`` (see :data:`FAULT_WORDS`) to the node's ``/etc/gateway/faults``."""
+        if word not in FAULT_WORDS:
+            raise ValueError(f"unknown fault {word!r} (known: {', '.join(sorted(FAULT_WORDS))})")
+        code, out = self.exec(node_name, f"echo {shlex.quote(word)} >> /etc/gateway/faults")
+        if code != 0:
+            raise LabError(f"inject_fault {word} on {node_name}: {out}")
+
+    def clear_faults(self, node_name: str | None = None) -> None:
+        """Remove every injected fault from ``node_name`` (default: every node)."""
+        names = [node_name] if node_name else [n.name for n in self._nodes]
+        for name in names:
+            self.exec(name, "rm -f /etc/gateway/faults")
+
+    def pause(self, node_name: str) -> None:
+        """Freeze every process of the node (``docker pause``): it hangs without refusing."""
+        self._wrapped(node_name).pause()
+
+    def unpause(self, node_name: str) -> None:
+        """Undo :meth:`pause`."""
+        self._wrapped(node_name).unpause()
+
+    def kill(self, node_name: str) -> None:
+        """Crash the node (``docker kill``: SIGKILL to everything); :meth:`reset` boots it again."""
+        self._wrapped(node_name).kill()
+
+    def kill_sshd(self, node_name: str) -> None:
+        """Kill the node's sshd listener (open sessions survive, new connections are refused)."""
+        node = self.node(node_name)
+        self.exec(node.name, "kill $(cat /run/sshd-zdu.pid)")
+        wait_until(lambda: not ssh_banner(node.host, node.ssh_port, timeout=0.3), timeout=10,
+                   what=f"sshd of {node.name} to stop")
+
+    def reset(self, *, wait_up: bool = True) -> None:
+        """Put every node back to the start state, fast.
+
+        Gateway 1.0 running only, no faults, 2.0 stopped and its config removed, sshd up,
+        crashed or paused containers back; every HAProxy server ``ready`` (and UP when ``wait_up``).
+        """
+        _parallel(self._reset_node, self._nodes)
+        if self._haproxy is not None:
+            for node in self._nodes:
+                self.haproxy_cmd(f"set server {BACKEND}/{node.lb_server} state ready")
+            if wait_up:
+                self.wait_servers_up()
+
+    def _reset_node(self, node: LabNode) -> None:
+        wrapped = self._wrapped(node.name)
+        if wrapped.status == "paused":
+            wrapped.unpause()
+        elif wrapped.status != "running":
+            wrapped.start()
+            self._wait_node_ready(node)
+        code, out = self.exec(node.name, "/usr/local/sbin/zdu-node-reset", timeout=30)
+        if code != 0:
+            raise LabError(f"reset of {node.name} failed ({code}): {out}")
+        wait_until(lambda: ssh_banner(node.host, node.ssh_port), timeout=10, what=f"sshd of {node.name}")
+
+    # ------------------------------------------------------------------ HAProxy
+
+    def _haproxy_config(self) -> str:
+        servers = "\n".join(
+            f"    server {n.lb_server} {n.host}:{n.service_port} check inter 200ms fall 2 rise 2"
+            for n in self._nodes)
+        return f"""\
+global
+    stats socket {self.haproxy_socket} mode 600 level admin
+    stats socket ipv4@127.0.0.1:{self.haproxy_admin_port} level admin
+    stats timeout 30s
+    pidfile {self.workdir / 'haproxy.pid'}
+
+defaults
+    mode http
+    option redispatch
+    retries 3
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+    timeout queue 5s
+
+frontend gateway_in
+    bind 127.0.0.1:{self.haproxy_port}
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    balance roundrobin
+    option httpchk GET /health
+    http-check expect status 200
+{servers}
+"""
+
+    def _start_haproxy(self) -> None:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        config = _write(self.workdir / "haproxy.cfg", self._haproxy_config())
+        check = subprocess.run([binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise LabError(f"haproxy config invalid:\n{check.stdout}{check.stderr}")
+        self.haproxy_socket.unlink(missing_ok=True)
+        logfile = (self.workdir / "haproxy.log").open("ab")
+        self._haproxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdin=subprocess.DEVNULL,
+                                         stdout=logfile, stderr=logfile)
+        logfile.close()
+
+        def answers() -> bool:
+            if self._haproxy is not None and self._haproxy.poll() is not None:
+                raise LabError(f"haproxy exited ({self._haproxy.returncode}); see {self.workdir / 'haproxy.log'}")
+            return "Name: HAProxy" in self.haproxy_cmd("show info")
+        try:
+            wait_until(answers, timeout=10, what="the HAProxy runtime API")
+        except LabError:
+            if self._haproxy.poll() is not None:
+                raise LabError(f"haproxy exited: {(self.workdir / 'haproxy.log').read_text()[-2000:]}") from None
+            raise
+
+    def _stop_haproxy(self) -> None:
+        proc, self._haproxy = self._haproxy, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def haproxy_cmd(self, cmd: str, *, timeout: float = 5.0) -> str:
+        """Send one runtime-API command over the unix socket; return the answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.haproxy_socket))
+            sock.sendall(cmd.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def server_states(self) -> dict[str, dict[str, str]]:
+        """``show servers state`` of the backend, keyed by server name (fields by their header names)."""
+        lines = [line for line in self.haproxy_cmd(f"show servers state {BACKEND}").splitlines() if line.strip()]
+        header = next(line for line in lines if line.startswith("#")).lstrip("# ").split()
+        states: dict[str, dict[str, str]] = {}
+        for line in lines:
+            if not line[0].isdigit():   # the version line and the header
+                continue
+            row = dict(zip(header, line.split()))
+            if "srv_name" in row:
+                states[row["srv_name"]] = row
+        return states
+
+    def wait_servers_up(self, timeout: float = 15.0) -> None:
+        """Wait until HAProxy's health checks see every server UP (operational state 2)."""
+        wait_until(lambda: all(s.get("srv_op_state") == "2" for s in self.server_states().values())
+                   and len(self.server_states()) == len(self._nodes),
+                   timeout=timeout, what="every HAProxy server UP")
+
+    def _write_lb_script(self) -> None:
+        _write(self.lb_script, f"""#!/bin/sh
+# Load-balancer hook for the zdupgrade lab: lb-hook.sh ACTION SERVER
+# ACTION: disable (drain, wait until no session, then maint) | enable (ready, wait until UP) | check
+# Arguments may also come as ZDU_LB_ACTION / ZDU_LB_SERVER.
+set -eu
+action=${{1:-${{ZDU_LB_ACTION:-}}}}
+server=${{2:-${{ZDU_LB_SERVER:-}}}}
+sock={shlex.quote(str(self.haproxy_socket))}
+backend={BACKEND}
+cmd() {{ echo "$1" | socat stdio "UNIX-CONNECT:$sock"; }}
+field() {{ cmd "show stat" | awk -F, -v b="$backend" -v s="$server" -v f="$1" \\
+    'NR==1{{for(i=1;i<=NF;i++) if($i==f||$i=="# "f) c=i}} $1==b&&$2==s{{print $c}}'; }}
+case "$action" in
+  check) [ -n "$(field status)" ] || {{ echo "unknown server $backend/$server" >&2; exit 2; }} ;;
+  disable)
+    cmd "set server $backend/$server state drain" >/dev/null
+    i=0; while [ "$(field scur)" != 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    cmd "set server $backend/$server state maint" >/dev/null ;;
+  enable)
+    cmd "set server $backend/$server state ready" >/dev/null
+    i=0; while [ "$(field status)" != UP ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    [ "$(field status)" = UP ] ;;
+  *) echo "usage: $0 disable|enable|check SERVER" >&2; exit 2 ;;
+esac
+""", 0o755)
+
+    # ------------------------------------------------------------------ topology
+
+    def write_topology(self, path: str | Path, *, lb: LbKind = "none",
+                       extra: Mapping[str, Any] | None = None) -> Path:
+        """Write a topology YAML for this lab (the shape ``zdu.topology`` reads); return its path.
+
+        ``lb``: ``none``, ``haproxy`` (runtime API socket) or ``script`` (:attr:`lb_script`).
+        ``extra`` is merged into the document (nested mappings merge key by key).
+        """
+        if lb == "haproxy":
+            balancer: dict[str, Any] = {"type": "haproxy", "socket": str(self.haproxy_socket), "backend": BACKEND}
+        elif lb == "script":
+            balancer = {"type": "script", "command": str(self.lb_script)}
+        elif lb == "none":
+            balancer = {"type": "none"}
+        else:
+            raise ValueError(f"unknown lb kind {lb!r}")
+        doc: dict[str, Any] = {
+            "profile": "lab-gateway",
+            "ssh": {"user": "root", "key_file": str(self.key_file), "known_hosts": str(self.known_hosts),
+                    "host_key_policy": "strict", "connect_timeout": 5, "command_timeout": 120},
+            "load_balancer": balancer,
+            "nodes": [{"name": n.name, "host": n.host, "port": n.ssh_port, "group": "Gateway",
+                       "roles": ["gateway"], "lb_server": n.lb_server} for n in self._nodes],
+        }
+        _merge(doc, dict(extra or {}))
+        text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=200)
+        return _write(Path(path).resolve(), text)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def remove_lab_containers() -> int:
+    """Remove every container any lab started (label ``zdupgrade.lab``); return how many."""
+    client = docker.from_env()
+    containers = client.containers.list(all=True, filters={"label": LAB_LABEL})
+    for container in containers:
+        container.remove(force=True)
+    return len(containers)

@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""Sample API gateway for the zdupgrade lab (python3 stdlib only; runs inside the lab nodes).
+
+One program, installed twice: ``/opt/gateway-1.0`` and ``/opt/gateway-2.0``.  The version is the
+content of ``<install dir>/VERSION``.  The two versions read different config formats:
+
+* 1.0: ``conf/gateway.ini`` (``key=value`` lines: ``listen_port``, ``route.NAME=URL``, ``admin_password``)
+* 2.0: ``conf/gateway.json`` (``{"listen": {"port": N}, "routes": [...], "secrets": {...}}``),
+  produced by ``gateway upgrade --from EXPORT``; 2.0 refuses to start without it.
+
+Subcommands: export (1.0), upgrade and check (2.0), start, stop, status, serve (internal).
+
+Fault injection: ``/etc/gateway/faults`` holds one word per line.  ``export`` fails the 1.0 export;
+``upgrade``, ``check``, ``start``, ``stop`` fail the 2.0 subcommand of that name; ``health`` makes
+the 2.0 ``/health`` answer 503.  ``hang-<point>`` makes that point sleep forever instead.  Only 2.0
+honours the points other than ``export``, so rolling back to 1.0 always works.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+INSTALL_DIR = Path(__file__).resolve().parent.parent
+VERSION = (INSTALL_DIR / "VERSION").read_text().strip() if (INSTALL_DIR / "VERSION").exists() else "0.0"
+ETC = Path(os.environ.get("ZDU_GATEWAY_ETC", "/etc/gateway"))
+FAULTS_FILE = ETC / "faults"
+PID_FILE = INSTALL_DIR / "run" / "gateway.pid"
+LOG_FILE = INSTALL_DIR / "logs" / "gateway.log"
+INI_FILE = INSTALL_DIR / "conf" / "gateway.ini"
+JSON_FILE = INSTALL_DIR / "conf" / "gateway.json"
+EXPORT_FORMAT = "gateway-export/1"
+
+#: fault points each version honours
+POINTS = {"1.0": {"export"}, "2.0": {"upgrade", "check", "start", "stop", "health"}}
+
+
+class GatewayError(Exception):
+    """A user-facing error: printed to stderr, exit status 1."""
+
+
+# ------------------------------------------------------------------ faults
+
+def faults() -> set[str]:
+    """The fault words currently injected on this node."""
+    try:
+        return {w.strip() for w in FAULTS_FILE.read_text().split() if w.strip()}
+    except OSError:
+        return set()
+
+
+def hang_point(point: str) -> None:
+    """Sleep forever if ``hang-<point>`` is injected and this version honours ``point``."""
+    if point in POINTS.get(VERSION, set()) and f"hang-{point}" in faults():
+        log(f"injected fault hang-{point}: hanging")
+        while True:
+            time.sleep(3600)
+
+
+def fail_point(point: str) -> None:
+    """Raise GatewayError if ``point`` is injected and this version honours it."""
+    if point in POINTS.get(VERSION, set()) and point in faults():
+        raise GatewayError(f"injected fault: {point}")
+
+
+def fault_point(point: str) -> None:
+    """Hang or fail at ``point`` as the faults file says."""
+    hang_point(point)
+    fail_point(point)
+
+
+# ------------------------------------------------------------------ config
+
+def node_name() -> str:
+    """The node name: $ZDU_NODE_NAME, else /etc/gateway/node, else the hostname."""
+    name = os.environ.get("ZDU_NODE_NAME")
+    if not name:
+        try:
+            name = (ETC / "node").read_text().strip()
+        except OSError:
+            name = ""
+    return name or socket.gethostname()
+
+
+def default_host() -> str:
+    """The address to bind: /etc/gateway/host, else 127.0.0.1."""
+    try:
+        return (ETC / "host").read_text().strip() or "127.0.0.1"
+    except OSError:
+        return "127.0.0.1"
+
+
+def read_ini() -> dict[str, Any]:
+    """Parse the 1.0 ``key=value`` config into a version-neutral dict."""
+    if not INI_FILE.exists():
+        raise GatewayError(f"missing config {INI_FILE}")
+    port: int | None = None
+    routes: list[dict[str, str]] = []
+    secrets: dict[str, str] = {}
+    for number, raw in enumerate(INI_FILE.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if "=" not in line:
+            raise GatewayError(f"{INI_FILE}:{number}: expected key=value")
+        key, value = (part.strip() for part in line.split("=", 1))
+        if key == "listen_port":
+            port = int(value)
+        elif key.startswith("route."):
+            routes.append({"name": key[len("route."):], "upstream": value})
+        elif key.endswith("password") or key.endswith("secret"):
+            secrets[key] = value
+    if port is None:
+        raise GatewayError(f"{INI_FILE}: listen_port is missing")
+    return {"listen_port": port, "routes": routes, "secrets": secrets}
+
+
+def validate_json_config(data: Any) -> dict[str, Any]:
+    """Check the 2.0 config shape; return it or raise GatewayError."""
+    if not isinstance(data, dict):
+        raise GatewayError("config: top level must be an object")
+    listen = data.get("listen")
+    if not isinstance(listen, dict) or not isinstance(listen.get("port"), int):
+        raise GatewayError("config: listen.port must be an integer")
+    if not 0 < listen["port"] < 65536:
+        raise GatewayError("config: listen.port out of range")
+    routes = data.get("routes")
+    if not isinstance(routes, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("upstream"), str)
+            for r in routes):
+        raise GatewayError("config: routes must be a list of {name, upstream}")
+    if not isinstance(data.get("secrets", {}), dict):
+        raise GatewayError("config: secrets must be an object")
+    return data
+
+
+def read_json_config() -> dict[str, Any]:
+    """Load and validate the 2.0 config."""
+    if not JSON_FILE.exists():
+        raise GatewayError(f"missing config {JSON_FILE} (run 'gateway upgrade --from EXPORT' first)")
+    try:
+        data = json.loads(JSON_FILE.read_text())
+    except ValueError as exc:
+        raise GatewayError(f"{JSON_FILE}: invalid JSON: {exc}") from None
+    return validate_json_config(data)
+
+
+def listen_port() -> int:
+    """The port this version listens on, from its own config format."""
+    if VERSION.startswith("1."):
+        return int(read_ini()["listen_port"])
+    return int(read_json_config()["listen"]["port"])
+
+
+# ------------------------------------------------------------------ process helpers
+
+def log(message: str) -> None:
+    """Append a timestamped line to logs/gateway.log."""
+    LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with LOG_FILE.open("a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {message}\n")
+
+
+def read_pid() -> int | None:
+    """The pid of this version's live server process, or None."""
+    try:
+        pid = int(PID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_our_server(pid) else None
+
+
+def is_our_server(pid: int) -> bool:
+    """True if ``pid`` is a live (not zombie) ``serve`` process of this install dir."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state in ("Z", "X"):
+        return False
+    args = [a.decode(errors="replace") for a in cmdline]
+    return any(a == str(INSTALL_DIR / "bin" / "gateway") for a in args) and "serve" in args
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+# ------------------------------------------------------------------ subcommands
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """1.0: write the config as version-neutral JSON."""
+    if not VERSION.startswith("1."):
+        raise GatewayError(f"export is a 1.0 command (this is {VERSION})")
+    fault_point("export")
+    config = read_ini()
+    doc = {"format": EXPORT_FORMAT, "source_version": VERSION, "node": node_name(), **config}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"exported {len(config['routes'])} routes to {out}")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """2.0: convert an export into conf/gateway.json (starts nothing)."""
+    if VERSION.startswith("1."):
+        raise GatewayError(f"upgrade is a 2.0 command (this is {VERSION})")
+    fault_point("upgrade")
+    try:
+        doc = json.loads(Path(args.from_file).read_text())
+    except OSError as exc:
+        raise GatewayError(f"cannot read export: {exc}") from None
+    except ValueError as exc:
+        raise GatewayError(f"export is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise GatewayError(f"not a {EXPORT_FORMAT} file: {args.from_file}")
+    config = validate_json_config({
+        "listen": {"port": doc.get("listen_port")},
+        "routes": [{"name": r.get("name"), "upstream": r.get("upstream")} for r in doc.get("routes", [])],
+        "secrets": dict(doc.get("secrets", {})),
+        "upgraded_from": doc.get("source_version"),
+    })
+    JSON_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = JSON_FILE.with_name(JSON_FILE.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, JSON_FILE)
+    print(f"wrote {JSON_FILE} ({len(config['routes'])} routes)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """2.0: validate the converted config."""
+    fault_point("check")
+    if VERSION.startswith("1."):
+        read_ini()
+    else:
+        read_json_config()
+    print(f"gateway {VERSION}: configuration OK")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Start the server in the background; wait until it listens or dies."""
+    hang_point("start")
+    pid = read_pid()
+    if pid:
+        print(f"gateway {VERSION} already running (pid {pid})")
+        return 0
+    listen_port()  # refuse at once on a missing or broken config
+    host = args.host or default_host()
+    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+    LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.devnull, "rb") as devnull, LOG_FILE.open("ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, str(INSTALL_DIR / "bin" / "gateway"), "serve", "--host", host],
+            stdin=devnull, stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
+    PID_FILE.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + args.wait
+    port = listen_port()
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = LOG_FILE.read_text().splitlines()[-5:]
+            print(f"gateway {VERSION} exited at start with status {code}:", *tail, sep="\n", file=sys.stderr)
+            PID_FILE.unlink(missing_ok=True)
+            return 1
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                print(f"gateway {VERSION} started on {host}:{port} (pid {proc.pid})")
+                return 0
+        except OSError:
+            time.sleep(0.05)
+    print(f"gateway {VERSION} not listening after {args.wait}s (pid {proc.pid})", file=sys.stderr)
+    return 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """SIGTERM the server, wait for the drain, SIGKILL after ``--timeout``."""
+    fault_point("stop")
+    pid = read_pid()
+    if not pid:
+        PID_FILE.unlink(missing_ok=True)
+        print(f"gateway {VERSION} not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(pid):
+        log(f"stop: pid {pid} still running after {args.timeout}s, sending SIGKILL")
+        os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            time.sleep(0.05)
+    PID_FILE.unlink(missing_ok=True)
+    print(f"gateway {VERSION} stopped (pid {pid})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 iff this version's server is running."""
+    pid = read_pid()
+    if pid:
+        print(f"gateway {VERSION} running (pid {pid})")
+        return 0
+    print(f"gateway {VERSION} stopped")
+    return 3
+
+
+class Handler(BaseHTTPRequestHandler):
+    """GET /, /health and /slow?ms=N."""
+
+    server_version = f"SampleGateway/{VERSION}"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = (json.dumps(body) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        url = urlparse(self.path)
+        body = {"version": VERSION, "node": node_name(), "status": "ok"}
+        if url.path == "/health":
+            active = faults() if VERSION == "2.0" else set()
+            if "hang-health" in active:
+                time.sleep(3600)
+            if "health" in active:
+                self._answer(503, {**body, "status": "unhealthy"})
+                return
+            self._answer(200, body)
+        elif url.path == "/slow":
+            ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
+            time.sleep(ms / 1000)
+            self._answer(200, {**body, "slept_ms": ms})
+        elif url.path == "/":
+            self._answer(200, body)
+        else:
+            self._answer(404, {**body, "status": "not found"})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server in the foreground (``start`` runs this in the background)."""
+    try:
+        fail_point("start")
+        port = listen_port()
+        server = ThreadingHTTPServer((args.host, port), Handler)
+    except (GatewayError, OSError) as exc:
+        log(f"ERROR: gateway {VERSION} failed to start: {exc}")
+        return 1
+    server.daemon_threads = False   # server_close() joins the in-flight requests
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    loop.start()
+    log(f"Started gateway {VERSION} on {args.host}:{port}")
+    while not stopping.wait(1.0):
+        pass
+    log(f"SIGTERM: gateway {VERSION} stops accepting, draining in-flight requests")
+    server.shutdown()        # no new accepts
+    server.socket.close()    # refuse new connections at once
+    server.server_close()    # waits for the request threads
+    log(f"Stopped gateway {VERSION}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``gateway SUBCOMMAND [options]``."""
+    parser = argparse.ArgumentParser(prog="gateway", description=f"sample API gateway {VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("export", help="(1.0) export the config as version-neutral JSON")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("upgrade", help="(2.0) convert an export into conf/gateway.json")
+    p.add_argument("--from", dest="from_file", required=True)
+    p.set_defaults(func=cmd_upgrade)
+    p = sub.add_parser("check", help="validate the configuration")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("start", help="start in the background")
+    p.add_argument("--host", default=None)
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait until listening")
+    p.set_defaults(func=cmd_start)
+    p = sub.add_parser("stop", help="graceful stop (SIGTERM, then SIGKILL after --timeout)")
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("status", help="exit 0 iff running")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("serve", help="run the server in the foreground")
+    p.add_argument("--host", default=None)
+    p.set_defaults(func=cmd_serve)
+    args = parser.parse_args(argv)
+    if getattr(args, "host", "x") is None:
+        args.host = default_host()
+    try:
+        return int(args.func(args))
+    except GatewayError as exc:
+        print(f"gateway {VERSION}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
