@@ -1,0 +1,368 @@
+"""The ``haproxy`` load-balancer hook: drive HAProxy's runtime API.
+
+``disable`` sets the node's server to DRAIN on every instance (an HA pair is
+several sockets, all driven), waits for its current sessions (``scur`` of
+``show stat``) to reach 0, then sets MAINT.  ``enable`` first moves a
+non-UP server to DRAIN -- health checks run again but HAProxy sends it no new
+traffic -- and waits until the check passes (status ``DRAIN``), then sets
+READY and waits for ``UP``.  The detour through DRAIN matters: HAProxy 2.6
+puts a server leaving MAINT straight back into rotation as ``UP 1/2`` before
+any check has run, so a dead node would receive requests for ``fall x inter``.
+
+Topology options (``load_balancer:``)::
+
+    type: haproxy
+    backend: gateways
+    sockets: [/run/haproxy/admin.sock, "tcp:127.0.0.1:9999"]   # or socket: one
+    via: null            # or a node name: run socat on that host over its handler
+    drain_timeout: 30    # s, DRAIN -> scur 0
+    up_timeout: 30       # s, READY -> status UP (health check passed)
+    poll_interval: 0.2   # s
+    command_timeout: 5   # s, one runtime-API command
+    cut_sessions: true   # after drain_timeout, "shutdown sessions server" what is left
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ..errors import ConfigError, LoadBalancerError
+from ..handlers.base import CommandHandler
+from ..model import Node
+from .base import LbResult, LoadBalancer
+from .haproxy_api import (LocalSocketApi, RemoteSocketApi, RuntimeApi, SocketUnreachable,
+                          is_success, parse_address, parse_stat_csv)
+
+#: statuses that mean "in rotation and healthy"; "no check" = no health check configured
+UP_STATUSES = frozenset({"UP", "no check"})
+
+_OPTIONS = frozenset({"type", "backend", "socket", "sockets", "via", "drain_timeout",
+                      "up_timeout", "poll_interval", "command_timeout", "cut_sessions"})
+
+
+class _Failed(Exception):
+    """Internal: stop the current action and report ok=False with this message."""
+
+
+class HaproxyLoadBalancer(LoadBalancer):
+    """Takes a node's server in one HAProxy backend in and out of traffic on every instance."""
+
+    name = "haproxy"
+
+    def __init__(self, backend: str, apis: Sequence[RuntimeApi], *,
+                 drain_timeout: float = 30.0, up_timeout: float = 30.0,
+                 poll_interval: float = 0.2, cut_sessions: bool = True,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not apis:
+            raise ValueError("at least one runtime API socket is needed")
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be > 0")
+        self.backend = backend
+        self.apis = tuple(apis)
+        self.drain_timeout = drain_timeout
+        self.up_timeout = up_timeout
+        self.poll_interval = poll_interval
+        self.cut_sessions = cut_sessions
+        self._sleep = sleep
+        self._clock = clock
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def instances(self) -> list[str]:
+        """The instance names (socket addresses, ``via:`` prefixed when remote)."""
+        return [api.instance for api in self.apis]
+
+    def check(self, nodes: Sequence[Node]) -> None:
+        """Raise LoadBalancerError unless every socket answers, the backend exists and
+        every node's server is in it, on every instance.  Changes nothing."""
+        problems: list[str] = []
+        for api in self.apis:
+            try:
+                rows = self._backend_rows(api)
+            except SocketUnreachable as exc:
+                problems.append(f"haproxy socket {exc.instance} cannot be reached: {exc.reason}")
+                continue
+            if rows is None:
+                problems.append(f"haproxy {api.instance}: no backend {self.backend!r}")
+                continue
+            missing = [n for n in nodes if n.lb_name not in rows]
+            if missing:
+                names = ", ".join(f"{n.lb_name!r} (node {n.name})" for n in missing)
+                known = ", ".join(sorted(rows)) or "none"
+                problems.append(f"haproxy {api.instance}: backend {self.backend!r} has no "
+                                f"server {names}; its servers: {known}")
+        if problems:
+            raise LoadBalancerError("; ".join(problems))
+
+    def server_states(self, node: Node) -> dict[str, str]:
+        """The ``status`` column of the node's server on each instance ("UP", "MAINT", ...).
+
+        Raises LoadBalancerError if a socket cannot be reached or does not know the server.
+        """
+        try:
+            return {api.instance: self._row(api, node.lb_name)["status"] for api in self.apis}
+        except (SocketUnreachable, _Failed) as exc:
+            raise LoadBalancerError(str(exc)) from exc
+
+    def disable(self, node: Node) -> LbResult:
+        """DRAIN on every instance, wait for scur 0 (<= drain_timeout), then MAINT.
+
+        Sessions still open at the deadline are counted as ``sessions_cut`` (and shut
+        down when ``cut_sessions``); the result stays ok because the node is out of
+        traffic -- the caller decides whether cut sessions fail the run.
+        """
+        start = self._clock()
+        server = node.lb_name
+        target = f"{self.backend}/{server}"
+        details: dict[str, Any] = {"backend": self.backend, "server": server,
+                                   "drain_seconds": 0.0, "sessions_cut": 0, "instances": []}
+        changed: list[RuntimeApi] = []
+        try:
+            before = {api.instance: self._row(api, server)["status"] for api in self.apis}
+            try:
+                for api in self.apis:
+                    self._set_state(api, target, "drain")
+                    changed.append(api)
+            except _Failed as exc:
+                restored = self._restore(changed, target, before)
+                raise _Failed(f"{exc}{restored}") from None
+
+            drain_start = self._clock()
+            drained, scur = self._wait(lambda: self._scur(server),
+                                       lambda obs: all(v == 0 for v in obs.values()),
+                                       self.drain_timeout)
+            details["drain_seconds"] = round(self._clock() - drain_start, 3)
+            cut = 0 if drained else sum(scur.values())
+            details["sessions_cut"] = cut
+
+            for api in self.apis:
+                self._set_state(api, target, "maint")
+            if cut and self.cut_sessions:
+                for api in self.apis:
+                    if scur.get(api.instance):
+                        self._command(api, f"shutdown sessions server {target}")
+            after = {api.instance: self._row(api, server) for api in self.apis}
+        except (_Failed, SocketUnreachable) as exc:
+            details["instances"] = [a.instance for a in changed]
+            return LbResult(False, f"haproxy disable {target}: {exc}",
+                            self._clock() - start, details)
+
+        details["instances"] = [{"instance": inst, "status": row["status"],
+                                 "scur_at_deadline": scur.get(inst, 0)}
+                                for inst, row in after.items()]
+        states = ", ".join(sorted({row["status"] for row in after.values()}))
+        if drained:
+            message = (f"haproxy: {target} drained in {details['drain_seconds']:.1f}s; "
+                       f"{states} on {len(self.apis)} instance(s)")
+        else:
+            action = "shut down" if self.cut_sessions else "left open"
+            message = (f"haproxy: {target} drain timeout after {self.drain_timeout:g}s, "
+                       f"{cut} session(s) cut ({action}); {states} on {len(self.apis)} instance(s)")
+        return LbResult(True, message, self._clock() - start, details)
+
+    def enable(self, node: Node) -> LbResult:
+        """Health-gate through DRAIN, then READY and wait for UP on every instance.
+
+        ok=False when HAProxy's own health check has not passed within up_timeout;
+        the server is then put back in MAINT so it cannot slip in later unobserved.
+        """
+        start = self._clock()
+        deadline = start + self.up_timeout
+        server = node.lb_name
+        target = f"{self.backend}/{server}"
+        details: dict[str, Any] = {"backend": self.backend, "server": server,
+                                   "up_seconds": None, "instances": []}
+        try:
+            rows = {api.instance: self._row(api, server) for api in self.apis}
+            gated = [api for api in self.apis if rows[api.instance]["status"] not in UP_STATUSES]
+            for api in gated:
+                if rows[api.instance]["status"] != "DRAIN":
+                    self._set_state(api, target, "drain")
+            healthy, obs = self._wait(lambda: self._statuses(server, gated),
+                                      lambda o: all(s == "DRAIN" for s, _ in o.values()),
+                                      max(0.0, deadline - self._clock()))
+            if not healthy:
+                for api in gated:
+                    self._set_state(api, target, "maint")
+                raise _Failed(f"not healthy after {self.up_timeout:g}s: {_describe(obs)}; "
+                              "left in MAINT")
+            for api in self.apis:
+                self._set_state(api, target, "ready")
+            up, obs = self._wait(lambda: self._statuses(server, self.apis),
+                                 lambda o: all(s in UP_STATUSES for s, _ in o.values()),
+                                 max(0.0, deadline - self._clock()))
+            if not up:
+                raise _Failed(f"not UP after {self.up_timeout:g}s: {_describe(obs)}")
+        except (_Failed, SocketUnreachable) as exc:
+            return LbResult(False, f"haproxy enable {target}: {exc}",
+                            self._clock() - start, details)
+        elapsed = self._clock() - start
+        details["up_seconds"] = round(elapsed, 3)
+        details["instances"] = [{"instance": inst, "status": s, "check_status": c}
+                                for inst, (s, c) in obs.items()]
+        note = ("" if all(s == "UP" for s, _ in obs.values())
+                else " (no health check configured: HAProxy cannot confirm health)")
+        return LbResult(True, f"haproxy: {target} UP in {elapsed:.1f}s on "
+                              f"{len(self.apis)} instance(s){note}", elapsed, details)
+
+    def describe(self, action: str, node: Node) -> str:
+        """One dry-run line, e.g. ``haproxy: set server gateways/node-a state drain; ...``."""
+        target = f"{self.backend}/{node.lb_name}"
+        n = f"[{len(self.apis)} instance{'s' if len(self.apis) != 1 else ''}]"
+        if action == "disable":
+            return (f"haproxy: set server {target} state drain; wait scur=0 "
+                    f"(<={self.drain_timeout:g}s); state maint {n}")
+        if action == "enable":
+            return (f"haproxy: set server {target} state drain until its health check passes; "
+                    f"state ready; wait UP (<={self.up_timeout:g}s) {n}")
+        return f"haproxy: {action} {target} {n}"
+
+    def close(self) -> None:
+        """Close remote handlers (idempotent)."""
+        for api in self.apis:
+            api.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _command(self, api: RuntimeApi, command: str) -> None:
+        answer = api.execute(command)
+        if not is_success(answer):
+            raise _Failed(f"{api.instance} refused {command!r}: {answer.strip()}")
+
+    def _set_state(self, api: RuntimeApi, target: str, state: str) -> None:
+        self._command(api, f"set server {target} state {state}")
+
+    def _restore(self, changed: Iterable[RuntimeApi], target: str,
+                 before: Mapping[str, str]) -> str:
+        """Undo a partial drain so the instances of an HA pair agree again."""
+        undone = []
+        for api in changed:
+            if before.get(api.instance) in UP_STATUSES:
+                try:
+                    self._set_state(api, target, "ready")
+                    undone.append(api.instance)
+                except (_Failed, SocketUnreachable):
+                    pass
+        return f" (set back to ready on {', '.join(undone)})" if undone else ""
+
+    def _backend_rows(self, api: RuntimeApi) -> dict[str, dict[str, str]] | None:
+        """Server rows of the backend by server name; None when there is no such backend."""
+        rows = parse_stat_csv(api.execute(f"show stat {self.backend} 6 -1"))
+        mine = [r for r in rows if r.get("pxname") == self.backend]
+        if not any(r.get("svname") == "BACKEND" for r in mine):
+            return None
+        return {r["svname"]: r for r in mine if r["svname"] != "BACKEND"}
+
+    def _row(self, api: RuntimeApi, server: str) -> dict[str, str]:
+        rows = self._backend_rows(api)
+        if rows is None:
+            raise _Failed(f"{api.instance}: no backend {self.backend!r}")
+        if server not in rows:
+            raise _Failed(f"{api.instance}: backend {self.backend!r} has no server {server!r}")
+        return rows[server]
+
+    def _scur(self, server: str) -> dict[str, int]:
+        return {api.instance: int(self._row(api, server).get("scur") or 0) for api in self.apis}
+
+    def _statuses(self, server: str,
+                  apis: Sequence[RuntimeApi]) -> dict[str, tuple[str, str]]:
+        out = {}
+        for api in apis:
+            row = self._row(api, server)
+            out[api.instance] = (row["status"], row.get("check_status", ""))
+        return out
+
+    def _wait(self, observe: Callable[[], Any], done: Callable[[Any], bool],
+              timeout: float) -> tuple[bool, Any]:
+        """Poll ``observe`` until ``done`` or ``timeout``; returns (done, last observation).
+
+        Bounded twice: by the clock deadline, and by a poll count derived from it, so a
+        clock that does not move cannot make the loop endless.
+        """
+        deadline = self._clock() + timeout
+        for _ in range(math.ceil(timeout / self.poll_interval) + 2):
+            obs = observe()
+            if done(obs):
+                return True, obs
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            self._sleep(min(self.poll_interval, remaining))
+        return False, obs
+
+
+def _describe(obs: Mapping[str, tuple[str, str]]) -> str:
+    return ", ".join(f"{status}{f' ({check})' if check else ''} on {inst}"
+                     for inst, (status, check) in obs.items())
+
+
+def _number(options: Mapping[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"load_balancer.{key}: expected a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def from_options(options: Mapping[str, Any], *,
+                 handler_factory: Callable[[str], CommandHandler] | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> HaproxyLoadBalancer:
+    """Build the hook from the topology's ``load_balancer:`` mapping.
+
+    ``handler_factory(node_name)`` gives the CommandHandler of the LB host when
+    ``via`` is set.  Raises ConfigError naming the bad field.
+    """
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ConfigError(f"load_balancer: unknown option(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(_OPTIONS))})")
+    backend = options.get("backend")
+    if not isinstance(backend, str) or not backend.strip() or any(c.isspace() for c in backend):
+        raise ConfigError(f"load_balancer.backend: expected a backend name, got {backend!r}")
+
+    if "socket" in options and "sockets" in options:
+        raise ConfigError("load_balancer.socket: give either socket or sockets, not both")
+    if "sockets" in options:
+        field, sockets = "sockets", options["sockets"]
+        if isinstance(sockets, str) or not isinstance(sockets, (list, tuple)) or not sockets:
+            raise ConfigError(f"load_balancer.sockets: expected a non-empty list, got {sockets!r}")
+    elif "socket" in options:
+        field, sockets = "socket", [options["socket"]]
+    else:
+        raise ConfigError("load_balancer.socket: required (a unix socket path or tcp:HOST:PORT)")
+    if len(set(map(str, sockets))) != len(sockets):
+        raise ConfigError(f"load_balancer.{field}: a socket is listed twice")
+    for sock in sockets:
+        if not isinstance(sock, str):
+            raise ConfigError(f"load_balancer.{field}: expected a string, got {sock!r}")
+        try:
+            parse_address(sock)
+        except ValueError as exc:
+            raise ConfigError(f"load_balancer.{field}: {exc}") from None
+
+    drain_timeout = _number(options, "drain_timeout", 30.0)
+    up_timeout = _number(options, "up_timeout", 30.0)
+    poll_interval = _number(options, "poll_interval", 0.2)
+    command_timeout = _number(options, "command_timeout", 5.0)
+    cut_sessions = options.get("cut_sessions", True)
+    if not isinstance(cut_sessions, bool):
+        raise ConfigError(f"load_balancer.cut_sessions: expected true or false, got {cut_sessions!r}")
+
+    via = options.get("via")
+    apis: list[RuntimeApi]
+    if via is None:
+        apis = [LocalSocketApi(s, timeout=command_timeout) for s in sockets]
+    else:
+        if not isinstance(via, str) or not via:
+            raise ConfigError(f"load_balancer.via: expected a node name, got {via!r}")
+        if handler_factory is None:
+            raise ConfigError(f"load_balancer.via: {via!r} needs a command handler "
+                              "(none was provided to the haproxy hook)")
+        apis = [RemoteSocketApi(s, via, handler_factory, timeout=command_timeout)
+                for s in sockets]
+    return HaproxyLoadBalancer(backend, apis, drain_timeout=drain_timeout, up_timeout=up_timeout,
+                               poll_interval=poll_interval, cut_sessions=cut_sessions,
+                               sleep=sleep, clock=clock)

@@ -1,0 +1,168 @@
+"""HAProxy runtime API: transports and parsers used by :mod:`zdu.lb.haproxy`.
+
+One command per connection: HAProxy answers a non-interactive command and
+closes the connection, so reading to EOF gives the whole answer.  A command
+that HAProxy accepts silently (``set server ... state ...``) answers with an
+empty line; anything else is HAProxy's refusal text ("No such server.").
+"""
+from __future__ import annotations
+
+import abc
+import csv
+import io
+import shlex
+import socket
+from typing import Callable
+
+from ..errors import TransportError
+from ..handlers.base import CommandHandler
+
+#: the stat columns this package reads (HAProxy management guide, section 9.1)
+STAT_COLUMNS = ("pxname", "svname", "scur", "status", "check_status")
+
+
+class SocketUnreachable(Exception):
+    """The runtime API socket could not be reached or did not answer."""
+
+    def __init__(self, instance: str, reason: str) -> None:
+        super().__init__(f"haproxy socket {instance}: {reason}")
+        self.instance = instance
+        self.reason = reason
+
+
+class RuntimeApi(abc.ABC):
+    """One HAProxy instance's runtime API (stats socket at level admin)."""
+
+    def __init__(self, address: str) -> None:
+        #: the socket as the user wrote it; used as the instance's name
+        self.address = address
+
+    @property
+    def instance(self) -> str:
+        """The name of this instance in messages and details."""
+        return self.address
+
+    @abc.abstractmethod
+    def execute(self, command: str) -> str:
+        """Send one command and return HAProxy's answer; raise SocketUnreachable."""
+
+    def close(self) -> None:
+        """Release any connection (idempotent)."""
+
+
+def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
+    """Split ``"tcp:HOST:PORT"`` or a unix socket path into (kind, target).
+
+    Raises ValueError for a malformed tcp address.
+    """
+    if address.startswith("tcp:"):
+        host, sep, port = address[4:].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected tcp:HOST:PORT, got {address!r}")
+        return "tcp", (host.strip("[]"), int(port))
+    if address.startswith("unix:"):
+        address = address[5:]
+    if not address:
+        raise ValueError("empty socket path")
+    return "unix", address
+
+
+class LocalSocketApi(RuntimeApi):
+    """A unix socket path or ``tcp:HOST:PORT`` reached from the control machine."""
+
+    def __init__(self, address: str, *, timeout: float = 5.0) -> None:
+        super().__init__(address)
+        self.kind, self.target = parse_address(address)
+        self.timeout = timeout
+
+    def execute(self, command: str) -> str:
+        family = socket.AF_UNIX if self.kind == "unix" else socket.AF_INET
+        if self.kind == "tcp" and ":" in str(self.target[0]):  # type: ignore[index]
+            family = socket.AF_INET6
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.target)
+                sock.sendall(command.encode() + b"\n")
+                chunks: list[bytes] = []
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+        except OSError as exc:  # refused, missing path, permission, timeout
+            raise SocketUnreachable(self.address, _os_reason(exc)) from exc
+        return b"".join(chunks).decode(errors="replace")
+
+
+class RemoteSocketApi(RuntimeApi):
+    """A socket on the LB host, reached by running ``socat`` there over a CommandHandler."""
+
+    def __init__(self, address: str, via: str, handler_factory: Callable[[str], CommandHandler],
+                 *, timeout: float = 10.0) -> None:
+        super().__init__(address)
+        self.kind, self.target = parse_address(address)
+        self.via = via
+        self._factory = handler_factory
+        self._handler: CommandHandler | None = None
+        self.timeout = timeout
+
+    @property
+    def instance(self) -> str:
+        return f"{self.via}:{self.address}"
+
+    def socat_command(self, command: str) -> str:
+        """The shell line run on the LB host for ``command``."""
+        if self.kind == "unix":
+            peer = f"UNIX-CONNECT:{self.target}"
+        else:
+            host, port = self.target  # type: ignore[misc]
+            peer = f"TCP:{host}:{port}"
+        return f"echo {shlex.quote(command)} | socat stdio {shlex.quote(peer)}"
+
+    def execute(self, command: str) -> str:
+        try:
+            if self._handler is None:
+                handler = self._factory(self.via)
+                handler.open()
+                self._handler = handler
+            result = self._handler.run(self.socat_command(command), timeout=self.timeout)
+        except TransportError as exc:
+            self.close()
+            raise SocketUnreachable(self.instance, f"via {self.via}: {exc.detail}") from exc
+        if not result.ok:
+            why = result.error or f"socat exit {result.exit_code}"
+            err = (result.stderr or "").strip().splitlines()
+            raise SocketUnreachable(self.instance, f"{why}: {err[-1]}" if err else why)
+        return result.stdout
+
+    def close(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            handler.close()
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return "no answer (timeout)"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def is_success(answer: str) -> bool:
+    """True for the empty answer HAProxy gives to an accepted ``set``/``shutdown`` command."""
+    return answer.strip() == ""
+
+
+def parse_stat_csv(text: str) -> list[dict[str, str]]:
+    """Parse ``show stat`` CSV output into one dict per row, keyed by column name.
+
+    Returns an empty list for an answer without the ``# pxname,...`` header
+    (HAProxy's error text, e.g. "No such proxy.").
+    """
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("# pxname"):
+            header = line[2:].split(",")
+            body = "\n".join(row for row in lines[index + 1:] if row.strip())
+            return [dict(zip(header, row)) for row in csv.reader(io.StringIO(body))]
+    return []
