@@ -70,7 +70,7 @@ class Topology:
     load_balancer: LbSettings = LbSettings()
     profile: str | None = None
     vars: Mapping[str, Any] = field(default_factory=frozen_map)
-    serial: int = 1                    # nodes per wave in the online phases
+    serial: int | str | tuple[int | str, ...] = 1   # nodes per wave (online phases), ansible-style
     source: str = "<built-in reference topology>"
 
     def node(self, name: str) -> Node:

@@ -1,0 +1,44 @@
+"""Load-balancer hooks: built-in ``none``, ``script``, ``haproxy``, or a custom one.
+
+A custom hook is named by dotted path in the topology (``type: mypkg.lb:make``):
+the callable gets the ``load_balancer`` options mapping and returns a
+:class:`zdu.lb.base.LoadBalancer`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from ..errors import ConfigError
+from ..handlers.base import CommandHandler
+from ..model import LbSettings
+from .base import LbResult, LoadBalancer
+
+__all__ = ["LbResult", "LoadBalancer", "make_load_balancer"]
+
+
+def make_load_balancer(settings: LbSettings, *,
+                       handler_factory: Callable[[str], CommandHandler] | None = None) -> LoadBalancer:
+    """Build the hook a topology names; ConfigError for bad options (nothing contacted)."""
+    if settings.type == "none":
+        from .none import NoLoadBalancer
+        if settings.options:
+            raise ConfigError(f"load_balancer: type none takes no options (got {', '.join(settings.options)})")
+        return NoLoadBalancer()
+    if settings.type == "script":
+        from .script import ScriptLoadBalancer
+        return ScriptLoadBalancer.from_options(settings.options)
+    if settings.type == "haproxy":
+        from .haproxy import from_options
+        return from_options(settings.options, handler_factory=handler_factory)
+    module_name, sep, attr = settings.type.partition(":")
+    if not sep:
+        module_name, _, attr = settings.type.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"load_balancer.type: cannot load hook {settings.type!r}: {exc}") from None
+    hook = factory(dict(settings.options))
+    if not isinstance(hook, LoadBalancer):
+        raise ConfigError(f"load_balancer.type: {settings.type!r} did not return a LoadBalancer")
+    return hook

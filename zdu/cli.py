@@ -1,0 +1,311 @@
+"""Command line: ``zdupgrade --old_install_dir OLD --new_install_dir NEW [--config FILE] ...``
+
+The only module that touches argv, stdout/stderr and the exit status.
+``main(argv, env) -> Status`` is called in-process by the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
+
+from . import __version__
+from .conductor import Conductor
+from .errors import ConfigError, ZduError
+from .events import Event, EventBus
+from .handlers.base import CommandHandler
+from .lb import make_load_balancer
+from .lb.base import LoadBalancer
+from .logs import LineWriter, RunFolder, make_run_dir, new_run_id
+from .model import Node, Topology
+from .plan import Plan, build_plan, format_plan
+from .preflight import preflight
+from .profile import builtin_profiles, load_profile
+from .results import RunState
+from .rollback import load_policy
+from .status import Status
+from .summary import render_summary
+from .topology import load_topology, reference_topology
+
+STATUS_HELP = "\n".join(f"  {int(s):>3}  {s.name}" for s in Status)
+
+EPILOG = f"""\
+exit status (the run's status):
+{STATUS_HELP}
+
+Without --config the built-in reference topology (Node-A, Node-B, Node-C on
+127.0.0.11-13:2222, the local lab's addresses) is used.  Built-in profiles:
+{', '.join(builtin_profiles()) or '(none)'}.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zdupgrade",
+        description="Upgrade a fleet of nodes from an old installation to a new one with zero downtime, "
+                    "over SSH, node by node behind a load balancer, rolling back on failure.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--old_install_dir", "--old-install-dir", dest="old_install_dir", metavar="DIR",
+                        help="the current installation directory on every node (required)")
+    parser.add_argument("--new_install_dir", "--new-install-dir", dest="new_install_dir", metavar="DIR",
+                        help="the new installation directory on every node (required)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="topology file (YAML or JSON); default: the built-in reference topology")
+    parser.add_argument("--profile", metavar="NAME|FILE",
+                        help="what the phases do: a built-in profile name, config/profiles/NAME.yaml, "
+                             "or a file; default: the topology's 'profile'")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the whole plan (every command, load-balancer action and rollback path) "
+                             "and exit; connects to nothing")
+    parser.add_argument("--log_dir", "--log-dir", dest="log_dir", metavar="DIR", default="logs",
+                        help="where run folders go (default: logs/)")
+    parser.add_argument("--serial", metavar="N|N%%|LIST",
+                        help="nodes per wave in the online phases: a count, a percentage, or a comma "
+                             "list like 1,50%% whose last value repeats (default: topology's serial, 1)")
+    parser.add_argument("--rollback-policy", "--rollback_policy", dest="rollback_policy", metavar="REF",
+                        help="default (roll back the failed node and every switched node), node-only, "
+                             "or module.path:function")
+    parser.add_argument("--host-key-policy", "--host_key_policy", dest="host_key_policy",
+                        choices=("strict", "accept-new"),
+                        help="override the topology's ssh.host_key_policy (default strict: unknown keys refused)")
+    parser.add_argument("--traffic", metavar="URL",
+                        help="send requests to URL (through the load balancer) for the whole run and report "
+                             "sent/failed/latency in the summary")
+    parser.add_argument("--traffic-rate", "--traffic_rate", dest="traffic_rate", type=float, default=200.0,
+                        metavar="N", help="requests per second for --traffic (default 200)")
+    parser.add_argument("--min-free-mb", "--min_free_mb", dest="min_free_mb", type=int, default=0, metavar="MB",
+                        help="preflight: refuse nodes with less free space under /var/tmp (default: no check)")
+    parser.add_argument("--lab", action="store_true",
+                        help="bring up the local lab (3 OpenSSH nodes in Docker + HAProxy), upgrade it with "
+                             "traffic flowing, print the summary, tear it down; needs root and Docker")
+    parser.add_argument("--version", action="version", version=f"zdupgrade {__version__}")
+    return parser
+
+
+class Console:
+    """Where the CLI writes (stdout/stderr by default; tests pass StringIO)."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self.err.write(f"zdupgrade: error: {text}\n")
+            self.err.flush()
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *,
+         out: TextIO | None = None, err: TextIO | None = None,
+         stop_event: threading.Event | None = None) -> Status:
+    """Run zdupgrade; return the status (the caller turns it into the exit status)."""
+    console = Console(out or sys.stdout, err or sys.stderr)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return Status.SUCCESS if exc.code == 0 else Status.USAGE_ERROR
+    missing = [opt for opt, value in (("--old_install_dir", args.old_install_dir),
+                                      ("--new_install_dir", args.new_install_dir)) if value is None]
+    if missing:
+        console.error(f"the following arguments are required: {', '.join(missing)}")
+        return Status.USAGE_ERROR
+    try:
+        _check_dirs(args.old_install_dir, args.new_install_dir)
+        if args.lab:
+            return _run_lab(args, console, stop_event)
+        return _run(args, console, stop_event)
+    except ZduError as exc:
+        console.error(str(exc))
+        return Status.CONFIG_ERROR
+
+
+def _check_dirs(old: str, new: str) -> None:
+    for option, value in (("--old_install_dir", old), ("--new_install_dir", new)):
+        if not value.strip():
+            raise ConfigError(f"{option}: the directory is empty")
+        if "\x00" in value:
+            raise ConfigError(f"{option}: the directory contains a NUL byte")
+        if not value.startswith("/"):
+            raise ConfigError(f"{option}: {value!r} is not an absolute path (the same path is used on every node)")
+    if os.path.normpath(old) == os.path.normpath(new):
+        raise ConfigError(f"--old_install_dir and --new_install_dir are the same directory: {old!r}")
+
+
+def _parse_serial(text: str | None) -> Any:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    values: list[int | str] = [int(p) if p.isdigit() else p for p in parts]
+    return values if len(values) != 1 else values[0]
+
+
+def prepare(args: argparse.Namespace, run_id: str) -> tuple[Topology, Plan]:
+    """Load topology and profile and render the plan; ConfigError on any problem."""
+    topology = load_topology(args.config) if args.config else reference_topology()
+    if args.host_key_policy:
+        import dataclasses
+        topology = dataclasses.replace(topology, ssh=dataclasses.replace(
+            topology.ssh, host_key_policy=args.host_key_policy))
+    profile_ref = args.profile or topology.profile
+    if not profile_ref:
+        raise ConfigError(f"{topology.source}: no profile: set 'profile' in the topology or pass --profile")
+    base_dir = Path(args.config).parent if args.config and not args.profile else None
+    profile = load_profile(profile_ref, base_dir)
+    plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
+                      new_install_dir=args.new_install_dir, run_id=run_id,
+                      serial=_parse_serial(args.serial))
+    return topology, plan
+
+
+class HandlerPool:
+    """One handler per node, created on first use and shared by preflight and the conductor."""
+
+    def __init__(self, topology: Topology, on_host_key: Callable[[str, str, str], None]) -> None:
+        from .handlers import make_handler
+        self._make = lambda node: make_handler(node, topology.ssh, on_host_key_accepted=on_host_key)
+        self._handlers: dict[str, CommandHandler] = {}
+        self._lock = threading.Lock()
+        self._topology = topology
+
+    def __call__(self, node: Node) -> CommandHandler:
+        with self._lock:
+            if node.name not in self._handlers:
+                self._handlers[node.name] = self._make(node)
+            return self._handlers[node.name]
+
+    def by_name(self, name: str) -> CommandHandler:
+        return self(self._topology.node(name))
+
+    def close(self) -> None:
+        for handler in self._handlers.values():
+            try:
+                handler.close()
+            except Exception:
+                pass
+
+
+def _run(args: argparse.Namespace, console: Console, stop_event: threading.Event | None) -> Status:
+    run_id = new_run_id()
+    topology, plan = prepare(args, run_id)
+    state = RunState(run_id=run_id, old_install_dir=plan.old_install_dir, new_install_dir=plan.new_install_dir,
+                     profile=plan.profile, topology=plan.topology, node_names=list(plan.node_names),
+                     lb=topology.load_balancer.type)
+    pool = HandlerPool(topology, lambda node, kind, fp: state.host_keys_accepted.append(
+        {"node": node, "key_type": kind, "fingerprint": fp}))
+    policy = load_policy(args.rollback_policy)
+    lb = make_load_balancer(topology.load_balancer, handler_factory=pool.by_name)
+    if args.dry_run:
+        console.out.write(format_plan(plan, lb.describe))
+        return Status.SUCCESS
+    try:
+        return _execute(args, console, stop_event, topology, plan, state, pool, lb, policy)
+    finally:
+        lb.close()
+        pool.close()
+
+
+def _execute(args: argparse.Namespace, console: Console, stop_event: threading.Event | None,
+             topology: Topology, plan: Plan, state: RunState, pool: HandlerPool, lb: LoadBalancer,
+             policy: Any) -> Status:
+    run_dir = make_run_dir(Path(args.log_dir), plan.run_id)
+    folder = RunFolder(run_dir, state)
+    bus = EventBus([LineWriter(console.line), folder])
+    console.line(f"zdupgrade {__version__}: run {plan.run_id}, logs in {run_dir}")
+    try:
+        problems = preflight(plan, pool, lb, parallel=max(topology.ssh.parallel, len(plan.nodes)),
+                             min_free_mb=args.min_free_mb)
+        if problems:
+            console.error(f"preflight found {len(problems)} problem(s); nothing was changed:")
+            for problem in problems:
+                console.err.write(f"  - {problem}\n")
+                folder.log(f"PREFLIGHT: {problem}")
+            unreachable = all(p.kind in ("unreachable", "host-key", "auth") for p in problems)
+            state.status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
+            state.warnings.extend(f"preflight: {p}" for p in problems)
+            folder.write_json()
+            return state.status
+        probe = _start_traffic(args, bus)
+        stop = stop_event or threading.Event()
+        conductor = Conductor(plan, state, handler_factory=pool, lb=lb, bus=bus, policy=policy,
+                              command_timeout=topology.ssh.command_timeout, stop_event=stop)
+        with _signals(stop, console):
+            status = conductor.execute()
+        if probe is not None:
+            probe.stop()
+            report = probe.report()
+            state.traffic = {**report.to_dict(), "summary_line": report.summary_line()}
+        summary = render_summary(state)
+        console.line("")
+        console.line(summary)
+        folder.log(summary)
+        folder.write_json()
+        console.line(f"run log: {folder.run_log_path}")
+        return status
+    finally:
+        folder.close()
+
+
+def _start_traffic(args: argparse.Namespace, bus: EventBus) -> Any:
+    if not args.traffic:
+        return None
+    from .traffic import TrafficProbe
+    probe = TrafficProbe(args.traffic, rate=args.traffic_rate)
+    probe.start()
+
+    def windows(event: Event) -> None:  # one traffic window per node: disable .. enable
+        if event.kind == "lb_action" and event.node:
+            if event.data.get("action") == "disable":
+                probe.mark(f"{event.node} out")
+            elif event.data.get("action") == "enable":
+                probe.mark(f"{event.node} in")
+    bus.subscribe(windows)
+    return probe
+
+
+@contextmanager
+def _signals(stop: threading.Event, console: Console) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM: stop at the next safe point; second: say loudly what that means."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal count
+        count += 1
+        stop.set()
+        if count == 1:
+            console.line(f"\n*** {signal.Signals(signum).name}: stopping at the next safe point; nodes taken "
+                         "out of the load balancer will be put back (or rolled back per policy). "
+                         "Press again only if you accept nodes left out of traffic. ***")
+        else:
+            console.line("*** Interrupt again: still finishing the safe stop. Killing zdupgrade now may "
+                         "leave a node OUT OF THE LOAD BALANCER or half-upgraded; see run.json. ***")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run_lab(args: argparse.Namespace, console: Console, stop_event: threading.Event | None) -> Status:
+    from .lab.demo import run_lab
+    return run_lab(args, console, lambda a: _run(a, console, stop_event))
+
+
+def entry_point() -> None:
+    """Console-script entry: exit with the run's status."""
+    sys.exit(int(main()))

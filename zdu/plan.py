@@ -1,0 +1,348 @@
+"""The plan: everything that will run where, rendered, before anything runs.
+
+Pure: no I/O.  ``build_plan`` renders every command of every node (so a missing
+variable or a bad template fails here, before any node is touched), groups the
+nodes into waves (ansible ``serial`` rules) and records each phase's rollback
+path.  ``format_plan`` is what ``--dry-run`` prints.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from .errors import ConfigError
+from .model import CommandSpec, Node, Profile, Step, Topology, WaitSpec, frozen_map
+from .status import ONLINE_PHASES, UPGRADE_PHASES, Phase
+from .templates import render
+
+MASK = "******"
+
+
+@dataclass(frozen=True)
+class PlannedWait:
+    """A rendered health gate."""
+
+    kind: str
+    where: Literal["node", "control"]
+    target: str                  # rendered: URL, host:port, or the node-side poll command
+    pattern: str | None
+    status: int | None
+    state: str
+    deadline: float
+    interval: float
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One rendered step of one node's phase."""
+
+    node: str
+    phase: Phase
+    index: int
+    name: str
+    kind: Literal["run", "wait"]
+    command: str | None = None          # run: the shell command; node-side wait: the poll command
+    wait: PlannedWait | None = None
+    timeout: float | None = None
+    smoke: bool = False                 # a smoke check (runs last in POST-APPLY)
+
+    @property
+    def key(self) -> str:
+        """Stable identifier used by run.json (and resume)."""
+        return f"{self.node}/{self.phase.value}/{self.index}"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """All the steps of one node."""
+
+    node: Node
+    phases: Mapping[Phase, tuple[PlannedStep, ...]]
+    rollback: Mapping[Phase, tuple[PlannedStep, ...]]
+
+    def rollback_for(self, furthest: Phase) -> tuple[PlannedStep, ...]:
+        """Rollback steps for a node whose furthest phase entered is ``furthest``.
+
+        The entry for ``furthest`` itself, else the nearest earlier online phase that
+        has one (a POST-APPLY failure undoes what APPLY did).
+        """
+        order = list(UPGRADE_PHASES)
+        for phase in reversed(order[: order.index(furthest) + 1]):
+            if self.rollback.get(phase):
+                return self.rollback[phase]
+        return ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole run, rendered."""
+
+    run_id: str
+    old_install_dir: str
+    new_install_dir: str
+    profile: str
+    topology: str
+    nodes: tuple[NodePlan, ...]
+    waves: tuple[tuple[str, ...], ...]
+    parallel: int
+    secrets: tuple[str, ...] = ()       # rendered secret values, for masking
+    lb_type: str = "none"
+
+    def node_plan(self, name: str) -> NodePlan:
+        for plan in self.nodes:
+            if plan.node.name == name:
+                return plan
+        raise KeyError(name)
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(p.node.name for p in self.nodes)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret value (plain or shell-quoted) replaced by ******."""
+        return mask_secrets(text, self.secrets)
+
+
+def mask_secrets(text: str, secrets: Sequence[str]) -> str:
+    """Replace each secret (longest first, and its shell-quoted form) with ******."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        quoted = shlex.quote(secret)
+        if quoted != secret:
+            text = text.replace(quoted, MASK)
+        text = text.replace(secret, MASK)
+    return text
+
+
+SerialSpec = int | str | Sequence[int | str]
+
+
+def compute_waves(names: Sequence[str], serial: SerialSpec = 1) -> tuple[tuple[str, ...], ...]:
+    """Split ``names`` into waves, ansible ``serial`` style.
+
+    ``serial`` is a count, a percentage (``"30%"``, rounded down, at least 1) or a
+    list of those; the last value of a list repeats until every node is placed.
+    """
+    specs = list(serial) if isinstance(serial, (list, tuple)) else [serial]
+    if not specs:
+        raise ConfigError("serial: the list of wave sizes is empty")
+    total = len(names)
+    waves: list[tuple[str, ...]] = []
+    pos = 0
+    i = 0
+    while pos < total:
+        size = _wave_size(specs[min(i, len(specs) - 1)], total)
+        waves.append(tuple(names[pos:pos + size]))
+        pos += size
+        i += 1
+    return tuple(waves)
+
+
+def _wave_size(spec: int | str, total: int) -> int:
+    if isinstance(spec, bool):
+        raise ConfigError(f"serial: invalid wave size {spec!r}")
+    if isinstance(spec, int):
+        if spec < 1:
+            raise ConfigError(f"serial: wave size must be at least 1, got {spec}")
+        return spec
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", str(spec))
+    if not match:
+        raise ConfigError(f"serial: invalid wave size {spec!r} (a count or a percentage like '30%')")
+    return max(1, math.floor(total * float(match.group(1)) / 100))
+
+
+def render_context(topology: Topology, profile: Profile, node: Node, *, old_install_dir: str,
+                   new_install_dir: str, run_id: str) -> dict[str, Any]:
+    """The variables a node's templates see (later wins): profile vars, topology vars,
+    node vars, then the run's own values, which cannot be overridden."""
+    context: dict[str, Any] = {"work_dir": f"/var/tmp/zdupgrade/{run_id}"}
+    context.update(profile.vars)
+    context.update(topology.vars)
+    context.update(node.vars)
+    context.update(
+        old_install_dir=old_install_dir,
+        new_install_dir=new_install_dir,
+        run_id=run_id,
+        node=_NodeView(node),
+    )
+    return context
+
+
+@dataclass(frozen=True)
+class _NodeView:
+    """What templates see as ``node``: plain attributes, no methods."""
+
+    _node: Node
+
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    @property
+    def host(self) -> str:
+        return self._node.host
+
+    @property
+    def port(self) -> int:
+        return self._node.port
+
+    @property
+    def group(self) -> str:
+        return self._node.group
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self._node.roles
+
+    @property
+    def lb_server(self) -> str:
+        return self._node.lb_name
+
+    def __str__(self) -> str:
+        return self._node.name
+
+
+def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, new_install_dir: str,
+               run_id: str, serial: SerialSpec | None = None) -> Plan:
+    """Render every step for every node; raise ConfigError (naming the template) on any problem."""
+    node_plans: list[NodePlan] = []
+    secrets: set[str] = set()
+    for node in topology.nodes:
+        context = render_context(topology, profile, node, old_install_dir=old_install_dir,
+                                 new_install_dir=new_install_dir, run_id=run_id)
+        for name in profile.secrets:
+            if name in context and context[name] not in (None, ""):
+                secrets.add(str(context[name]))
+        phases: dict[Phase, tuple[PlannedStep, ...]] = {}
+        for phase in UPGRADE_PHASES:
+            steps = [_plan_step(profile, node, phase, i, step, context, "phases")
+                     for i, step in enumerate(profile.phases.get(phase, ()))]
+            if phase is Phase.POST_APPLY:
+                base = len(steps)
+                steps += [_plan_step(profile, node, phase, base + i, step, context, "smoke", smoke=True)
+                          for i, step in enumerate(profile.smoke)]
+            phases[phase] = tuple(steps)
+        rollback: dict[Phase, tuple[PlannedStep, ...]] = {}
+        for key, steps_spec in profile.rollback.items():
+            rollback[key] = tuple(_plan_step(profile, node, Phase.ROLLBACK, i, step, context,
+                                             f"rollback.{key}") for i, step in enumerate(steps_spec))
+        node_plans.append(NodePlan(node=node, phases=frozen_map(phases), rollback=frozen_map(rollback)))
+
+    waves = compute_waves([n.name for n in topology.nodes],
+                          topology.serial if serial is None else serial)
+    return Plan(run_id=run_id, old_install_dir=old_install_dir, new_install_dir=new_install_dir,
+                profile=profile.name, topology=topology.source, nodes=tuple(node_plans), waves=waves,
+                parallel=topology.ssh.parallel, secrets=tuple(sorted(secrets)),
+                lb_type=topology.load_balancer.type)
+
+
+def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Step,
+               context: Mapping[str, Any], section: str, smoke: bool = False) -> PlannedStep:
+    where = f"{profile.source}: {section}"
+    if isinstance(step, CommandSpec):
+        command = render(step.run, context, where=f"{where} step {step.name!r} (node {node.name})")
+        return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind="run",
+                           command=command, timeout=step.timeout, smoke=smoke)
+    return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind="wait",
+                       wait=_plan_wait(step, context, where=f"{where} wait {step.name!r} (node {node.name})"),
+                       smoke=smoke)
+
+
+def _plan_wait(spec: WaitSpec, context: Mapping[str, Any], *, where: str) -> PlannedWait:
+    pattern = render(spec.pattern, context, where=where, shell=False) if spec.pattern else None
+    if spec.kind == "process":
+        pattern = render(spec.target, context, where=where, shell=False)
+    if spec.where == "control":
+        target = render(spec.target, context, where=where, shell=False)
+    else:
+        target = _node_poll_command(spec, context, pattern, where=where)
+    return PlannedWait(kind=spec.kind, where=spec.where, target=target, pattern=pattern, status=spec.status,
+                       state=spec.state, deadline=spec.deadline, interval=spec.interval)
+
+
+def _hidden(text: str) -> str:
+    """A shell word that expands to ``text`` but does not contain it, so ``pgrep -f`` in a
+    shell whose own command line holds the pattern does not find that shell."""
+    octal = "".join(f"\\0{b:03o}" for b in text.encode())
+    return f"\"$(printf '%b' '{octal}')\""
+
+
+def _node_poll_command(spec: WaitSpec, context: Mapping[str, Any], pattern: str | None, *, where: str) -> str:
+    if spec.kind == "command":
+        return render(spec.target, context, where=where)
+    plain = render(spec.target, context, where=where, shell=False)
+    if spec.kind == "process":
+        found = f"pgrep -f -- {_hidden(plain)} >/dev/null"
+        return found if spec.state == "running" else f"! {found}"
+    if spec.kind == "log":
+        return f"grep -Eq -- {shlex.quote(pattern or '')} {shlex.quote(plain)}"
+    if spec.kind == "tcp":
+        host, _, port = plain.rpartition(":")
+        return f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{host}/{port}')}"
+    # http, polled from the node: print the body, then the status on the last line
+    return f"curl -sS -m 5 -w '\\n%{{http_code}}' -- {shlex.quote(plain)}"
+
+
+# --------------------------------------------------------------------------- dry run
+
+def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = None) -> str:
+    """The human-readable plan printed by ``--dry-run`` (secrets masked)."""
+    describe = describe_lb or (lambda action, node: f"{plan.lb_type} {action} {node.lb_name}")
+    out: list[str] = [
+        f"PLAN {plan.run_id}: profile {plan.profile}, topology {plan.topology}",
+        f"  old install dir: {shlex.quote(plan.old_install_dir)}",
+        f"  new install dir: {shlex.quote(plan.new_install_dir)}",
+        f"  nodes: {', '.join(plan.node_names)}; offline phases {plan.parallel} node(s) at a time; "
+        f"waves: {' | '.join(', '.join(w) for w in plan.waves)}",
+        "",
+        "1. Offline phases on every node (nothing running is changed; any failure stops the run here):",
+    ]
+    for phase in (Phase.EXPORT, Phase.UPGRADE):
+        for node_plan in plan.nodes:
+            out.append(f"  [{phase}] {node_plan.node.name}")
+            out.extend(_format_steps(node_plan.phases[phase], "    "))
+    out.append("")
+    out.append("2. Online phases, wave by wave:")
+    for number, wave in enumerate(plan.waves, 1):
+        out.append(f"  wave {number}: {', '.join(wave)}")
+        for name in wave:
+            np_ = plan.node_plan(name)
+            node = np_.node
+            out.append(f"    {name} ({node.user + '@' if node.user else ''}{node.host}:{node.port})")
+            out.append(f"      [{Phase.PRE_APPLY}]")
+            out.extend(_format_steps(np_.phases[Phase.PRE_APPLY], "        "))
+            out.append(f"      [load balancer] disable: {describe('disable', node)}")
+            for phase in (Phase.APPLY, Phase.POST_APPLY):
+                out.append(f"      [{phase}]")
+                out.extend(_format_steps(np_.phases[phase], "        "))
+            out.append(f"      [load balancer] enable: {describe('enable', node)}")
+            out.append("      rollback path (on failure, per policy; run inside disable/enable):")
+            for phase in ONLINE_PHASES:
+                steps = np_.rollback_for(phase)
+                out.append(f"        after a failure in {phase}:" + ("" if steps else " nothing to undo"))
+                out.extend(_format_steps(steps, "          "))
+    return plan.mask("\n".join(out)) + "\n"
+
+
+def _format_steps(steps: Sequence[PlannedStep], indent: str) -> list[str]:
+    if not steps:
+        return [f"{indent}(no steps)"]
+    lines = []
+    for step in steps:
+        label = " (smoke)" if step.smoke else ""
+        if step.kind == "run":
+            lines.append(f"{indent}- {step.name}{label}:")
+            lines.extend(f"{indent}    $ {line}" for line in (step.command or "").splitlines() or [""])
+        else:
+            assert step.wait is not None
+            w = step.wait
+            cond = {"http": f"HTTP {w.status}" + (f" body ~ /{w.pattern}/" if w.pattern else ""),
+                    "tcp": "port open", "process": f"process matching /{w.pattern}/ {w.state}", "log": f"log line ~ /{w.pattern}/",
+                    "command": "exit 0"}[w.kind]
+            lines.append(f"{indent}- wait{label}: {step.name}: {cond}, from {w.where}, "
+                         f"every {w.interval:g}s, deadline {w.deadline:g}s:")
+            lines.append(f"{indent}    {'$ ' if w.where == 'node' else ''}{w.target}")
+    return lines
+

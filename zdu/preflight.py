@@ -1,0 +1,66 @@
+"""Preflight: before any change, check every node in parallel and report every problem at once.
+
+Checks: the node is reachable and its host key accepted; the old and new install
+dirs exist; the work dir's filesystem has enough free space; the load balancer
+answers and knows every node.  Nothing is changed on any node.
+"""
+from __future__ import annotations
+
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .errors import TransportError, ZduError
+from .handlers.base import CommandHandler
+from .lb.base import LoadBalancer
+from .model import Node
+from .plan import Plan
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing preflight found wrong."""
+
+    node: str | None          # None: the load balancer or the run as a whole
+    kind: str                 # unreachable | host-key | auth | missing-dir | disk | lb
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.message}" if self.node else self.message
+
+
+def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: int) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        handler.open()
+        for label, path in (("old", plan.old_install_dir), ("new", plan.new_install_dir)):
+            result = handler.run(f"test -d {shlex.quote(path)}", timeout=30)
+            if result.exit_code != 0:
+                problems.append(Problem(node.name, "missing-dir",
+                                        f"{label} install dir {path!r} does not exist on {node.host}"))
+        if min_free_mb > 0:
+            result = handler.run("df -Pm /var/tmp | awk 'NR==2 {print $4}'", timeout=30)
+            free = result.stdout.strip()
+            if result.exit_code == 0 and free.isdigit() and int(free) < min_free_mb:
+                problems.append(Problem(node.name, "disk",
+                                        f"only {free} MB free under /var/tmp, need {min_free_mb} MB"))
+    except TransportError as exc:
+        kind = {"HostKeyError": "host-key", "AuthError": "auth"}.get(type(exc).__name__, "unreachable")
+        problems.append(Problem(node.name, kind, exc.detail))
+    return problems
+
+
+def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBalancer, *,
+              parallel: int = 8, min_free_mb: int = 0) -> list[Problem]:
+    """Every problem found, in topology order (empty: good to go)."""
+    nodes: Sequence[Node] = [p.node for p in plan.nodes]
+    problems: list[Problem] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
+        for found in pool.map(lambda n: _check_node(n, handlers(n), plan, min_free_mb), nodes):
+            problems.extend(found)
+    try:
+        lb.check(nodes)
+    except ZduError as exc:
+        problems.append(Problem(None, "lb", f"load balancer: {exc}"))
+    return problems

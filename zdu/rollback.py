@@ -1,0 +1,96 @@
+"""Rollback policies: after a failure, what to do.
+
+A policy is any callable ``(FailureContext) -> Decision``; the default is
+:func:`default_policy`.  Users replace it with ``--rollback-policy
+module.path:function``.  Policies are pure: they look at the context and decide.
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from .errors import ConfigError
+from .status import Phase
+
+
+class Action(str, enum.Enum):
+    """What the conductor does after a failure."""
+
+    ABORT = "ABORT"                  # stop; roll nothing back (nodes taken out go back in)
+    ROLLBACK_NODE = "ROLLBACK_NODE"  # roll back the failed node only, then stop
+    ROLLBACK_ALL = "ROLLBACK_ALL"    # roll back the failed node and every switched node, newest first
+    CONTINUE = "CONTINUE"            # leave the failed node as it is and go on with the next node
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's answer, with the reason written in the summary."""
+
+    action: Action
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailureContext:
+    """What a policy knows when it is asked."""
+
+    node: str
+    phase: Phase
+    classification: str                          # "failed" | "timeout" | "unreachable" | "lb" | "interrupted"
+    message: str
+    exit_code: int | None
+    switched: tuple[str, ...]                    # nodes whose APPLY started, oldest first (failed node excluded)
+    results: Mapping[str, Mapping[Phase, str]]   # node -> phase -> "PASSED" | "FAILED" (phases run so far)
+
+
+Policy = Callable[[FailureContext], Decision]
+
+
+def default_policy(ctx: FailureContext) -> Decision:
+    """The built-in policy.
+
+    - EXPORT / UPGRADE failed: nothing running was changed, so abort without rollback.
+    - PRE-APPLY / APPLY / POST-APPLY failed: roll back the failed node and every node
+      already switched, newest first, so the fleet ends on one (the old) version.
+    """
+    if ctx.phase.is_offline:
+        return Decision(Action.ABORT, f"{ctx.phase} failed on {ctx.node} ({ctx.classification}); "
+                                      "no running node was changed, nothing to roll back")
+    others = f" and {len(ctx.switched)} switched node(s): {', '.join(reversed(ctx.switched))}" if ctx.switched else ""
+    return Decision(Action.ROLLBACK_ALL, f"{ctx.phase} failed on {ctx.node} ({ctx.classification}); "
+                                         f"rolling back {ctx.node}{others} so every node runs the old version")
+
+
+def rollback_node_only(ctx: FailureContext) -> Decision:
+    """Alternative policy: roll back just the failed node, keep switched nodes on the new version."""
+    if ctx.phase.is_offline:
+        return default_policy(ctx)
+    return Decision(Action.ROLLBACK_NODE, f"{ctx.phase} failed on {ctx.node}; rolling back {ctx.node} only")
+
+
+def load_policy(ref: str | None) -> Policy:
+    """``None``/``default`` → default_policy; ``node-only`` → rollback_node_only;
+    ``package.module:function`` (or ``package.module.function``) → that callable."""
+    if ref in (None, "", "default"):
+        return default_policy
+    if ref == "node-only":
+        return rollback_node_only
+    assert ref is not None
+    module_name, sep, attr = ref.partition(":")
+    if not sep:
+        module_name, _, attr = ref.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"--rollback-policy {ref!r}: expected default, node-only or module.path:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--rollback-policy {ref!r}: cannot import {module_name!r}: {exc}") from None
+    policy = getattr(module, attr, None)
+    if not callable(policy):
+        raise ConfigError(f"--rollback-policy {ref!r}: {module_name} has no callable {attr!r}")
+    return policy  # type: ignore[no-any-return]

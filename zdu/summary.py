@@ -1,0 +1,56 @@
+"""The per-node x per-phase summary table (pure: RunState in, text out)."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from .results import RunState
+from .status import UPGRADE_PHASES, Status
+
+TITLE = "MULTI-NODE ZERO DOWN-TIME UPGRADE SUMMARY"
+NOT_RUN = "*"
+
+
+def summary_rows(state: RunState) -> list[list[str]]:
+    """One row per node: name, a cell per phase, the rollback cell."""
+    rows = []
+    for name in state.node_names:
+        node = state.nodes[name]
+        row = [name]
+        for phase in UPGRADE_PHASES:
+            outcome = node.outcome(phase)
+            row.append(outcome.cell() if outcome else NOT_RUN)
+        row.append(node.rollback.cell() if node.rollback else NOT_RUN)
+        rows.append(row)
+    return rows
+
+
+def render_summary(state: RunState) -> str:
+    """The table the console and the run log end with, plus decisions, warnings and traffic."""
+    status = state.status if state.status is not None else Status.FATAL_ERROR
+    headers = ["NODE"] + [p.value for p in UPGRADE_PHASES] + ["ROLLBACK"]
+    table = tabulate(summary_rows(state), headers=headers, tablefmt="orgtbl")
+    width = len(table.splitlines()[0])
+    lines = [f"Summary table ({status}):", "| " + TITLE.ljust(width - 4) + " |", table]
+    if state.decisions:
+        lines.append("Rollback decisions:")
+        for d in state.decisions:
+            lines.append(f"  - {d.node} {d.phase}: {d.action}: {d.reason}")
+    lines.append("Nodes: " + ", ".join(
+        f"{n} {_version_word(state, n)}, {'in' if state.nodes[n].in_lb else 'OUT OF'} load balancer"
+        for n in state.node_names))
+    windows = [(n, w["seconds"]) for n in state.node_names for w in state.nodes[n].out_windows]
+    if windows:
+        lines.append("Out of rotation: " + ", ".join(f"{n} {s:.2f}s" for n, s in windows))
+    if state.traffic:
+        lines.append(str(state.traffic.get("summary_line") or state.traffic))
+    for warning in state.warnings:
+        lines.append(f"WARNING: {warning}")
+    if state.ended:
+        lines.append(f"Status {int(status)} ({status.name}) after {state.ended - state.started:.1f}s")
+    return "\n".join(lines)
+
+
+def _version_word(state: RunState, name: str) -> str:
+    version = state.nodes[name].version
+    return {"old": f"on old ({state.old_install_dir})", "new": f"on new ({state.new_install_dir})",
+            "unknown": "on an UNKNOWN version"}[version]

@@ -1,0 +1,110 @@
+"""Health gates: poll a condition until it holds or its deadline passes.
+
+Replaces the fixed sleeps of the Axway scripts (10 s after a stop, 30 s after a
+start): a gate returns as soon as the condition holds, and says how long it
+took.  Clock and sleep are injectable so tests never sleep.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+from .model import CommandResult
+from .plan import PlannedWait
+
+RunOnNode = Callable[[str, float], CommandResult]
+
+
+@dataclass(frozen=True)
+class WaitOutcome:
+    """How a gate ended."""
+
+    ok: bool
+    polls: int
+    waited: float
+    message: str               # on success what held; on failure why the last check failed
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    message: str
+
+
+def http_check(url: str, status: int | None, pattern: str | None, timeout: float) -> Check:
+    """One HTTP GET from the control machine."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (URL from the profile)
+            code, body = response.status, response.read(1 << 20).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        code, body = exc.code, exc.read(1 << 20).decode("utf-8", "replace") if exc.fp else ""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Check(False, f"GET {url}: {reason}")
+    return _judge_http(url, code, body, status, pattern)
+
+
+def _judge_http(url: str, code: int, body: str, status: int | None, pattern: str | None) -> Check:
+    if status is not None and code != status:
+        return Check(False, f"GET {url}: status {code}, expected {status}")
+    if pattern and not re.search(pattern, body):
+        return Check(False, f"GET {url}: status {code}, body does not match /{pattern}/: {body[:120]!r}")
+    return Check(True, f"GET {url}: status {code}")
+
+
+def tcp_check(target: str, timeout: float) -> Check:
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return Check(True, f"{target} accepts connections")
+    except (OSError, ValueError) as exc:
+        return Check(False, f"{target}: {exc}")
+
+
+def node_check(wait: PlannedWait, result: CommandResult) -> Check:
+    """Judge one node-side poll command's result."""
+    if result.error == "timeout":
+        return Check(False, "the check command timed out")
+    if wait.kind == "http":
+        body, _, code = result.stdout.rpartition("\n")
+        if result.exit_code != 0 or not code.strip().isdigit():
+            return Check(False, f"GET {wait.target}: {result.stderr.strip() or 'no answer'}")
+        return _judge_http("(from node)", int(code), body, wait.status, wait.pattern)
+    if result.exit_code == 0:
+        return Check(True, {"process": f"process {wait.state}", "log": "log line found",
+                            "tcp": "port open", "command": "exit 0"}.get(wait.kind, "ok"))
+    detail = (result.stderr or result.stdout).strip().splitlines()
+    return Check(False, f"exit {result.exit_code}" + (f": {detail[-1][:200]}" if detail else ""))
+
+
+def run_wait(wait: PlannedWait, *, run_on_node: RunOnNode, clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep,
+             stop: Callable[[], bool] = lambda: False) -> WaitOutcome:
+    """Poll ``wait`` until it holds, its deadline passes, or ``stop()`` says so.
+
+    Transport errors from ``run_on_node`` propagate: an unreachable node is not a
+    failed health check, and the conductor classifies it as such.
+    """
+    start = clock()
+    polls = 0
+    while True:
+        remaining = wait.deadline - (clock() - start)
+        per_check = max(0.5, min(5.0, remaining))
+        polls += 1
+        if wait.where == "control":
+            check = (http_check(wait.target, wait.status, wait.pattern, per_check) if wait.kind == "http"
+                     else tcp_check(wait.target, per_check))
+        else:
+            check = node_check(wait, run_on_node(wait.target, per_check + 5))
+        waited = clock() - start
+        if check.ok:
+            return WaitOutcome(True, polls, waited, check.message)
+        if waited >= wait.deadline or stop():
+            why = "stopped" if stop() else f"not healthy after {waited:.1f}s (deadline {wait.deadline:g}s)"
+            return WaitOutcome(False, polls, waited, f"{why}: {check.message}")
+        sleep(min(wait.interval, wait.deadline - waited))
