@@ -354,8 +354,12 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._answer(200, body)
         elif url.path == "/slow":
-            ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
+            query = parse_qs(url.query)
+            ms = int(query.get("ms", ["1000"])[0])
+            tag = query.get("id", ["-"])[0]
+            log(f"slow request {tag} started ({ms} ms)")   # lets tests see it is in flight
             time.sleep(ms / 1000)
+            log(f"slow request {tag} done")
             self._answer(200, {**body, "slept_ms": ms})
         elif url.path == "/":
             self._answer(200, body)
