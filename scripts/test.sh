@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: sets up everything on a fresh Debian machine (root), then runs the suite.
+#   scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export ZDU_LAB_REQUIRED=1 TESTCONTAINERS_RYUK_DISABLED=true
+exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,125 @@
+"""The command line, called in-process (httpie style): bad input is a clear error and touches nothing."""
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+
+from zdu.cli import main
+from zdu.status import Status
+
+
+def call(*argv: str) -> tuple[Status, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = main(list(argv), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+DIRS = ("--old_install_dir", "/opt/gateway-1.0", "--new_install_dir", "/opt/gateway-2.0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def topology(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "topology.yaml"
+    path.write_text(body)
+    return str(path)
+
+
+def test_help_lists_every_option_and_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) is Status.SUCCESS
+    text = capsys.readouterr().out
+    for option in ("--old_install_dir", "--new_install_dir", "--config", "--profile", "--dry-run", "--log_dir",
+                   "--serial", "--rollback-policy", "--traffic", "--lab", "--host-key-policy"):
+        assert option in text
+    for status in Status:
+        assert status.name in text and str(int(status)) in text
+
+
+def test_missing_required_options() -> None:
+    status, _, err = call("--old_install_dir", "/opt/a")
+    assert status is Status.USAGE_ERROR
+    assert "--new_install_dir" in err
+
+
+def test_hyphenated_spelling_works(tmp_path: Path) -> None:
+    status, out, _ = call("--old-install-dir", "/opt/a", "--new-install-dir", "/opt/b", "--dry-run",
+                          "--log-dir", str(tmp_path))
+    assert status is Status.SUCCESS
+    assert "old install dir: /opt/a" in out
+
+
+def test_options_are_case_sensitive() -> None:
+    status, _, _ = call("--OLD_INSTALL_DIR", "/opt/a", "--new_install_dir", "/opt/b")
+    assert status is Status.USAGE_ERROR
+
+
+@pytest.mark.parametrize("old,new,needle", [
+    ("relative/dir", "/opt/b", "not an absolute path"),
+    ("/opt/a", "/opt/a/", "same directory"),
+    ("  ", "/opt/b", "empty"),
+])
+def test_bad_install_dirs(old: str, new: str, needle: str) -> None:
+    status, _, err = call("--old_install_dir", old, "--new_install_dir", new, "--dry-run")
+    assert status is Status.CONFIG_ERROR
+    assert needle in err and "Traceback" not in err
+
+
+def test_bad_topology_is_a_clear_error_and_creates_no_run(tmp_path: Path) -> None:
+    config = topology(tmp_path, "nodes:\n  - {name: a, host: 127.0.0.1, port: nope}\n")
+    status, out, err = call(*DIRS, "--config", config, "--log_dir", str(tmp_path / "logs"))
+    assert status is Status.CONFIG_ERROR
+    assert err.startswith(f"zdupgrade: error: {config}: nodes[0] (a).port")
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "logs").exists()
+
+
+def test_undefined_template_variable_fails_before_anything(tmp_path: Path) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text("name: p\nphases:\n  APPLY: ['restart {{ servce }}']\nrollback: ['x']\n")
+    config = topology(tmp_path, "nodes:\n  - {name: a, host: 127.0.0.1, port: 1}\n")
+    status, _, err = call(*DIRS, "--config", config, "--profile", str(profile), "--log_dir", str(tmp_path / "l"))
+    assert status is Status.CONFIG_ERROR
+    assert "undefined variable" in err and "servce" in err and "(node a)" in err
+    assert not (tmp_path / "l").exists()
+
+
+def test_dry_run_prints_plan_and_contacts_nothing(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens: a contact attempt would fail the run
+    config = topology(tmp_path, f"profile: lab-gateway\nnodes:\n  - {{name: gw1, host: 127.0.0.1, port: {port}}}\n")
+    status, out, _ = call("--old_install_dir", "/opt/old gw;$(id)", "--new_install_dir", "/opt/gateway-2.0",
+                          "--config", config, "--dry-run", "--log_dir", str(tmp_path / "logs"))
+    assert status is Status.SUCCESS
+    assert "'/opt/old gw;$(id)'/bin/gateway export" in out
+    assert "[load balancer] disable" in out and "rollback path" in out
+    assert not (tmp_path / "logs").exists()
+
+
+def test_unreachable_node_is_reported_before_any_change(tmp_path: Path) -> None:
+    port = free_port()
+    config = topology(tmp_path, "profile: lab-gateway\nssh: {connect_timeout: 1, connect_retries: 0}\n"
+                      f"nodes:\n  - {{name: gw1, host: 127.0.0.1, port: {port}}}\n"
+                      f"  - {{name: gw2, host: 127.0.0.2, port: {port}}}\n")
+    status, out, err = call(*DIRS, "--config", config, "--log_dir", str(tmp_path / "logs"))
+    assert status is Status.NODE_UNREACHABLE
+    assert "preflight found 2 problem(s); nothing was changed" in err
+    assert f"gw1: " in err and f"gw2: " in err and str(port) in err
+    assert "Traceback" not in err + out
+    run_json = next((tmp_path / "logs").glob("*/run.json")).read_text()
+    assert '"NODE_UNREACHABLE"' in run_json
+
+
+def test_script_hook_missing_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    config = topology(tmp_path, "profile: lab-gateway\nssh: {connect_timeout: 1, connect_retries: 0}\n"
+                      "load_balancer: {type: script, path: /no/such/hook}\n"
+                      f"nodes:\n  - {{name: gw1, host: 127.0.0.1, port: {port}}}\n")
+    status, _, err = call(*DIRS, "--config", config, "--log_dir", str(tmp_path / "logs"))
+    assert status in (Status.NODE_UNREACHABLE, Status.CONFIG_ERROR)
+    assert "hook script not found: /no/such/hook" in err
