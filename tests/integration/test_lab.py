@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -16,6 +17,8 @@ import yaml
 
 from zdu.lab.fleet import Lab, LabError, http_get, ssh_banner, wait_until
 from zdu.lab.image import node_image_tag
+from zdu.profile import load_profile
+from zdu.topology import load_topology
 
 GW1 = "/opt/gateway-1.0/bin/gateway"
 GW2 = "/opt/gateway-2.0/bin/gateway"
@@ -317,13 +320,16 @@ def test_reset_readies_haproxy_servers(fresh_lab: Lab) -> None:
 
 def test_lb_hook_script_drives_haproxy(fresh_lab: Lab) -> None:
     lab = fresh_lab
-    subprocess.run([str(lab.lb_script), "check", "node-a"], check=True, timeout=10)
-    assert subprocess.run([str(lab.lb_script), "check", "node-z"], timeout=10).returncode != 0
-    subprocess.run([str(lab.lb_script), "disable", "node-a"], check=True, timeout=40)
+    hook = str(lab.lb_script)
+    subprocess.run([hook, "check", "Node-A"], check=True, timeout=10)
+    assert subprocess.run([hook, "check", "Node-Z"], timeout=10).returncode != 0
+    # the way zdu.lb.script calls it: node name as argument, server in the environment
+    env = {**os.environ, "ZDU_LB_SERVER": "node-a", "ZDU_ACTION": "disable"}
+    subprocess.run([hook, "disable", "Node-A"], check=True, timeout=40, env=env)
     assert lab.server_states()["node-a"]["srv_admin_state"] == "1"    # maint
     seen = {get_json(lab.frontend_url + "/")[1]["node"] for _ in range(6)}
     assert seen == {"Node-B", "Node-C"}
-    subprocess.run([str(lab.lb_script), "enable", "node-a"], check=True, timeout=40)
+    subprocess.run([hook, "enable", "Node-A"], check=True, timeout=40)
     assert lab.server_states()["node-a"]["srv_op_state"] == "2"
 
 
@@ -341,6 +347,18 @@ def test_write_topology(lab: Lab, tmp_path: Path, lb: str) -> None:
     assert doc["load_balancer"]["type"] == lb
     if lb == "haproxy":
         assert doc["load_balancer"] == {"type": "haproxy", "socket": str(lab.haproxy_socket), "backend": "gateways"}
+    topology = load_topology(path)          # the product reads it
+    assert [n.name for n in topology.nodes] == ["Node-A", "Node-B", "Node-C"]
+    assert topology.load_balancer.type == lb and topology.ssh.known_hosts == str(lab.known_hosts)
+    assert [n.lb_name for n in topology.nodes] == [n.model().lb_name for n in lab.nodes]
+
+
+def test_lab_gateway_profile_loads() -> None:
+    profile = load_profile("lab-gateway")
+    assert profile.name == "lab-gateway"
+    assert [p.value for p in profile.phases] == ["EXPORT", "UPGRADE", "PRE-APPLY", "APPLY", "POST-APPLY"]
+    assert [p.value for p in profile.rollback] == ["PRE-APPLY", "APPLY", "POST-APPLY"]
+    assert profile.smoke
 
 
 def test_image_tag_follows_the_lab_files(lab: Lab) -> None:

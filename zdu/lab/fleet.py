@@ -230,7 +230,7 @@ class Lab:
 
     @property
     def lb_script(self) -> Path:
-        """An executable load-balancer hook (``lb-hook ACTION SERVER``) driving this HAProxy."""
+        """An executable load-balancer hook (``lb-hook.sh ACTION NODE``, server in $ZDU_LB_SERVER)."""
         return self.workdir / "lb-hook.sh"
 
     @property
@@ -528,12 +528,13 @@ backend {BACKEND}
 
     def _write_lb_script(self) -> None:
         _write(self.lb_script, f"""#!/bin/sh
-# Load-balancer hook for the zdupgrade lab: lb-hook.sh ACTION SERVER
+# Load-balancer hook for the zdupgrade lab (zdu.lb.script calling convention):
+#   lb-hook.sh ACTION NODE      with ZDU_LB_SERVER=<haproxy server> in the environment
 # ACTION: disable (drain, wait until no session, then maint) | enable (ready, wait until UP) | check
-# Arguments may also come as ZDU_LB_ACTION / ZDU_LB_SERVER.
+# Without ZDU_LB_SERVER the server is NODE in lower case (Node-A -> node-a).
 set -eu
-action=${{1:-${{ZDU_LB_ACTION:-}}}}
-server=${{2:-${{ZDU_LB_SERVER:-}}}}
+action=${{1:-${{ZDU_ACTION:-}}}}
+server=${{ZDU_LB_SERVER:-$(printf %s "${{2:-}}" | tr A-Z a-z)}}
 sock={shlex.quote(str(self.haproxy_socket))}
 backend={BACKEND}
 cmd() {{ echo "$1" | socat stdio "UNIX-CONNECT:$sock"; }}
@@ -559,13 +560,13 @@ esac
                        extra: Mapping[str, Any] | None = None) -> Path:
         """Write a topology YAML for this lab (the shape ``zdu.topology`` reads); return its path.
 
-        ``lb``: ``none``, ``haproxy`` (runtime API socket) or ``script`` (:attr:`lb_script`).
+        ``lb``: ``none``, ``haproxy`` (runtime API socket) or ``script`` (:attr:`lb_script`, ``path:``).
         ``extra`` is merged into the document (nested mappings merge key by key).
         """
         if lb == "haproxy":
             balancer: dict[str, Any] = {"type": "haproxy", "socket": str(self.haproxy_socket), "backend": BACKEND}
         elif lb == "script":
-            balancer = {"type": "script", "command": str(self.lb_script)}
+            balancer = {"type": "script", "path": str(self.lb_script), "timeout": 60}
         elif lb == "none":
             balancer = {"type": "none"}
         else:
