@@ -36,6 +36,7 @@ NODE_B = Node("Node-B", "127.0.0.32", lb_server="node-b")
 
 class _Backend(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.startswith("/slow/"):
@@ -368,3 +369,77 @@ def test_describe_names_the_commands(lab: Lab) -> None:
 def test_from_options_names_the_bad_field(options: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         from_options({"type": "haproxy", **options})
+
+
+def test_rolling_disable_enable_drops_no_request(lab: Lab) -> None:
+    """The point of the hook: traffic through the pair stays clean while each node goes
+    out and back in (probe on instance 1's frontend, 200 req/s)."""
+    from zdu.traffic import TrafficProbe
+
+    lb = lab.lb()
+    probe = TrafficProbe(f"http://127.0.0.1:{lab.instances[0].frontend}/", rate=200, timeout=2)
+    with probe:
+        for node in (NODE_A, NODE_B):
+            with probe.window(node.name):
+                assert lb.disable(node).ok
+                threading.Event().wait(0.4)          # the node's "upgrade"
+                assert lb.enable(node).ok
+    report = probe.report()
+    assert report.sent > 150
+    assert report.failed == 0, report.first_failures
+    assert set(report.versions) == {"127.0.0.31", "127.0.0.32"}
+    assert [w.failed for w in report.windows] == [0, 0]
+
+
+class FakeApi:
+    """A scripted runtime API: scur never drops, clock only moves when we sleep."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = self.address = instance
+        self.commands: list[str] = []
+
+    def execute(self, command: str) -> str:
+        self.commands.append(command)
+        if command.startswith("show stat"):
+            return ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,"
+                    "eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,"
+                    "qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,"
+                    "check_status,\n"
+                    "gateways,node-a,0,0,3,3,,3,0,0,,0,,0,0,0,0,DRAIN,1,1,0,0,0,1,0,,1,3,1,,3,,2,"
+                    "0,,1,L7OK,\n"
+                    "gateways,BACKEND,0,0,3,3,,3,0,0,0,0,,0,0,0,0,UP,1,1,0,,0,1,0,,1,3,0,,3,,1,"
+                    "0,,1,,\n")
+        return "\n"
+
+    def close(self) -> None:
+        pass
+
+
+def test_drain_wait_uses_the_injected_clock_and_is_bounded() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    apis = [FakeApi("one"), FakeApi("two")]
+    lb = HaproxyLoadBalancer("gateways", apis, drain_timeout=30, poll_interval=0.2,  # type: ignore[arg-type]
+                             sleep=sleep, clock=lambda: now[0])
+    started = time.monotonic()
+    result = lb.disable(NODE_A)
+
+    assert time.monotonic() - started < 1                      # never really slept
+    assert sum(slept) == pytest.approx(30)
+    assert 140 <= len(slept) <= 152
+    assert result.ok and result.details["sessions_cut"] == 6   # 3 on each instance
+    assert result.details["drain_seconds"] == pytest.approx(30)
+    for api in apis:
+        sets = [c for c in api.commands if not c.startswith("show")]
+        assert sets == ["set server gateways/node-a state drain",
+                        "set server gateways/node-a state maint",
+                        "shutdown sessions server gateways/node-a"]
+
+    frozen = HaproxyLoadBalancer("gateways", [FakeApi("x")], drain_timeout=5,  # type: ignore[list-item]
+                                 poll_interval=1, sleep=lambda s: None, clock=lambda: 0.0)
+    assert frozen.disable(NODE_A).details["sessions_cut"] == 3  # a stuck clock still ends
