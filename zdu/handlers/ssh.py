@@ -394,8 +394,11 @@ class SshHandler(CommandHandler):
                                           f"({exc.strerror or exc})")
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return _Transient(f"cannot connect to {where}: no answer within {timeout:g} s")
-        if isinstance(exc, SSHException) and "banner" in str(exc).lower():
-            return _Transient(f"connected to {where} but no SSH banner arrived within "
+        if isinstance(exc, SSHException) and ("banner" in str(exc).lower()
+                                              or "no existing session" in str(exc).lower()):
+            # "No existing session": paramiko's start_client gave up after `timeout`
+            # with the key exchange unfinished, i.e. the same thing, slower
+            return _Transient(f"connected to {where} but no SSH banner / handshake within "
                               f"{timeout:g} s (sshd overloaded, or not an SSH server)")
         if isinstance(exc, (EOFError, ConnectionError)):
             return _Transient(f"connection to {where} was closed during the SSH handshake")

@@ -1,0 +1,349 @@
+"""SshHandler against real OpenSSH servers on loopback addresses (no SSH mocks)."""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.sshd import SshdServer, free_port, keygen, sshd_server  # noqa: F401 (fixture)
+from zdu.errors import AuthError, HostKeyError, UnreachableError
+from zdu.handlers import make_handler
+from zdu.handlers.retry import Backoff
+from zdu.handlers.ssh import SshHandler
+from zdu.model import CommandResult, Node, SshSettings
+
+Factory = Callable[..., SshdServer]
+
+
+class FakeSleep:
+    """Records the backoff instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def node_of(server: SshdServer, name: str = "node-a", **kw: Any) -> Node:
+    return Node(name=name, host=server.host, port=server.port, **kw)
+
+
+def settings_of(server: SshdServer, known_hosts: Path, **kw: Any) -> SshSettings:
+    kw.setdefault("key_file", str(server.client_key))
+    kw.setdefault("connect_timeout", 5.0)
+    return SshSettings(known_hosts=str(known_hosts), **kw)
+
+
+@pytest.fixture
+def server(sshd_server: Factory) -> SshdServer:
+    return sshd_server("127.0.0.1")
+
+
+@pytest.fixture
+def known_hosts(tmp_path: Path, server: SshdServer) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text(server.known_hosts_line())
+    return path
+
+
+@pytest.fixture
+def handler(server: SshdServer, known_hosts: Path) -> SshHandler:
+    h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep())
+    yield h
+    h.close()
+
+
+# --------------------------------------------------------------------------- commands
+
+def test_exit_codes_stdout_and_stderr(handler: SshHandler) -> None:
+    ok = handler.run("echo out")
+    assert (ok.exit_code, ok.stdout, ok.stderr, ok.error, ok.ok) == (0, "out\n", "", None, True)
+    bad = handler.run("echo out; echo err >&2; exit 7")
+    assert isinstance(bad, CommandResult)
+    assert (bad.exit_code, bad.stdout, bad.stderr, bad.ok) == (7, "out\n", "err\n", False)
+    assert bad.command == "echo out; echo err >&2; exit 7"
+    assert bad.started > 0 and bad.duration > 0
+
+
+def test_killed_by_signal_reports_128_plus_signal(handler: SshHandler) -> None:
+    assert handler.run("kill -9 $$").exit_code == 137
+
+
+def test_hostile_and_non_ascii_arguments_pass_through(handler: SshHandler) -> None:
+    value = "héllo wörld ✓ 'single' \"double\" $(touch /tmp/zdu-pwned) `id` ; | & \\ *"
+    result = handler.run(f"printf '%s' {shlex.quote(value)}")
+    assert result.stdout == value
+    assert not os.path.exists("/tmp/zdu-pwned")
+
+
+def test_env_is_exported_quoted(handler: SshHandler) -> None:
+    value = "a 'b' $HOME ; `id`"
+    assert handler.run('printf %s "$ZDU_X"', env={"ZDU_X": value}).stdout == value
+
+
+def test_stdin_is_closed(handler: SshHandler) -> None:
+    result = handler.run("cat; echo after", timeout=10)
+    assert (result.exit_code, result.stdout) == (0, "after\n")
+
+
+def test_megabytes_of_output(handler: SshHandler) -> None:
+    result = handler.run("head -c 5000000 /dev/zero | tr '\\0' x")
+    assert result.exit_code == 0
+    assert len(result.stdout) == 5_000_000 and set(result.stdout) == {"x"}
+
+
+def test_invalid_utf8_and_split_multibyte_characters(handler: SshHandler) -> None:
+    assert handler.run("printf '\\xff\\xfe'; printf '\\xff' >&2").stdout == "\ufffd\ufffd"
+    # 2-byte characters across many read-chunk boundaries: none may be mangled
+    result = handler.run("yes é | head -n 200000 | tr -d '\\n'")
+    assert result.stdout == "é" * 200_000
+
+
+def test_one_connection_is_reused(handler: SshHandler, server: SshdServer) -> None:
+    handler.open()
+    transport = handler.connection.transport
+    for i in range(8):
+        assert handler.run(f"echo {i}").stdout == f"{i}\n"
+    assert handler.connection.transport is transport
+    assert handler.connects == 1
+    assert server.accepted_logins() == 1
+
+
+def test_make_handler_picks_ssh(server: SshdServer, known_hosts: Path) -> None:
+    with make_handler(node_of(server), settings_of(server, known_hosts)) as h:
+        assert isinstance(h, SshHandler)
+        assert h.run("true").ok
+
+
+# --------------------------------------------------------------------------- host keys
+
+def test_strict_refuses_unknown_key(server: SshdServer, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "ssh" / "known_hosts"          # does not exist
+    h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep())
+    with pytest.raises(HostKeyError) as info:
+        h.open()
+    msg = str(info.value)
+    assert msg.startswith("node-a: ")
+    assert f"{server.host}:{server.port}" in msg
+    assert f"ssh-ed25519 {server.host_fingerprint}" in msg
+    assert str(known_hosts) in msg and "not known" in msg and "Traceback" not in msg
+    assert info.value.offered == server.host_fingerprint
+    assert not known_hosts.exists()                          # strict never writes
+    assert server.accepted_logins() == 0                     # refused before auth
+
+
+def test_strict_does_not_touch_existing_known_hosts(server: SshdServer, tmp_path: Path,
+                                                    sshd_server: Factory) -> None:
+    other = sshd_server("127.0.0.2")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(other.known_hosts_line())
+    before = known_hosts.read_bytes()
+    with pytest.raises(HostKeyError):
+        SshHandler(node_of(server), settings_of(server, known_hosts)).open()
+    assert known_hosts.read_bytes() == before
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new"])
+def test_changed_key_is_refused(server: SshdServer, known_hosts: Path, policy: str) -> None:
+    old = server.host_fingerprint
+    server.stop()
+    server.regenerate_host_key()
+    server.start()
+    new = server.host_fingerprint
+    before = known_hosts.read_bytes()
+    h = SshHandler(node_of(server), settings_of(server, known_hosts, host_key_policy=policy))
+    with pytest.raises(HostKeyError) as info:
+        h.open()
+    msg = str(info.value)
+    assert "CHANGED" in msg and old in msg and new in msg
+    assert f"{server.host}:{server.port}" in msg
+    assert (info.value.expected, info.value.offered) == (old, new)
+    assert known_hosts.read_bytes() == before
+    assert server.accepted_logins() == 0
+
+
+def test_accept_new_records_key_and_reports_it(server: SshdServer, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "fresh" / "known_hosts"
+    accepted: list[tuple[str, str, str]] = []
+    settings = settings_of(server, known_hosts, host_key_policy="accept-new")
+    with SshHandler(node_of(server), settings,
+                    on_host_key_accepted=lambda *a: accepted.append(a)) as h:
+        assert h.run("echo hi").stdout == "hi\n"
+    assert accepted == [("node-a", "ssh-ed25519", server.host_fingerprint)]
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    assert known_hosts.read_text() == server.known_hosts_line()
+    # the recorded line is what a strict handler trusts from now on
+    with SshHandler(node_of(server), settings_of(server, known_hosts)) as strict:
+        assert strict.run("true").ok
+    # and a second accept-new run does not record or report it again
+    with SshHandler(node_of(server), settings,
+                    on_host_key_accepted=lambda *a: accepted.append(a)) as h:
+        assert h.run("true").ok
+    assert len(accepted) == 1 and known_hosts.read_text().count("\n") == 1
+
+
+def test_pinned_fingerprint_match_is_trusted(server: SshdServer, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"                   # empty: only the pin vouches
+    node = node_of(server, host_key=server.host_fingerprint)
+    with SshHandler(node, settings_of(server, known_hosts)) as h:
+        assert h.run("echo pinned").stdout == "pinned\n"
+    assert not known_hosts.exists()
+
+
+@pytest.mark.parametrize("in_known_hosts", [False, True])
+@pytest.mark.parametrize("policy", ["strict", "accept-new"])
+def test_pinned_fingerprint_mismatch_is_refused(server: SshdServer, tmp_path: Path,
+                                                policy: str, in_known_hosts: bool) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    if in_known_hosts:
+        known_hosts.write_text(server.known_hosts_line())
+    wrong = "SHA256:" + "A" * 43
+    accepted: list[Any] = []
+    h = SshHandler(node_of(server, host_key=wrong),
+                   settings_of(server, known_hosts, host_key_policy=policy),
+                   on_host_key_accepted=lambda *a: accepted.append(a))
+    with pytest.raises(HostKeyError) as info:
+        h.run("touch /tmp/zdu-should-not-run")
+    msg = str(info.value)
+    assert wrong in msg and server.host_fingerprint in msg and "pinned" in msg
+    assert (info.value.expected, info.value.offered) == (wrong, server.host_fingerprint)
+    assert accepted == [] and known_hosts.exists() == in_known_hosts
+    assert not h.connected
+
+
+# --------------------------------------------------------------------------- failures
+
+def test_refused_port_is_retried_then_unreachable(tmp_path: Path) -> None:
+    port = free_port("127.0.0.1")
+    sleep = FakeSleep()
+    node = Node(name="node-x", host="127.0.0.1", port=port)
+    settings = SshSettings(known_hosts=str(tmp_path / "kh"), connect_retries=3)
+    h = SshHandler(node, settings, sleep=sleep)
+    with pytest.raises(UnreachableError) as info:
+        h.run("true")
+    assert sleep.calls == [0.5, 1.0, 2.0]
+    assert str(info.value) == (f"node-x: cannot connect to 127.0.0.1:{port}: "
+                               "connection refused (tried 4 times)")
+
+
+def test_silent_listener_is_a_banner_timeout(tmp_path: Path) -> None:
+    with socket.socket() as listener:                        # accepts (backlog), never speaks
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        sleep = FakeSleep()
+        settings = SshSettings(known_hosts=str(tmp_path / "kh"), connect_timeout=0.3,
+                               connect_retries=1)
+        t0 = time.monotonic()
+        with pytest.raises(UnreachableError) as info:
+            SshHandler(Node("node-s", "127.0.0.1", port), settings, sleep=sleep).open()
+    assert time.monotonic() - t0 < 5
+    assert "no SSH banner" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+    assert len(sleep.calls) == 1
+
+
+def test_wrong_client_key_is_an_auth_error_not_retried(server: SshdServer, known_hosts: Path,
+                                                       tmp_path: Path) -> None:
+    stranger = keygen(tmp_path / "stranger")
+    sleep = FakeSleep()
+    h = SshHandler(node_of(server), settings_of(server, known_hosts, key_file=str(stranger)),
+                   sleep=sleep)
+    with pytest.raises(AuthError) as info:
+        h.open()
+    msg = str(info.value)
+    assert msg.startswith("node-a: authentication as ") and str(stranger) in msg
+    assert f"{server.host}:{server.port}" in msg and "refused" in msg
+    assert sleep.calls == []
+
+
+def test_missing_key_file_is_an_auth_error(server: SshdServer, known_hosts: Path,
+                                           tmp_path: Path) -> None:
+    with pytest.raises(AuthError, match="does not exist"):
+        SshHandler(node_of(server),
+                   settings_of(server, known_hosts, key_file=str(tmp_path / "nope"))).open()
+
+
+def test_timeout_kills_the_remote_command(handler: SshHandler, server: SshdServer) -> None:
+    t0 = time.monotonic()
+    result = handler.run("echo before; sleep 31.7", timeout=1)
+    assert time.monotonic() - t0 < 5
+    assert (result.exit_code, result.error, result.stdout) == (None, "timeout", "before\n")
+    # the brackets keep pgrep from matching its own shell
+    probe = handler.run("pgrep -f 'sleep 3[1].7'")
+    assert probe.exit_code == 1, probe.stdout
+    assert handler.connects == 1 and server.accepted_logins() == 1
+
+
+def test_timeout_escalates_to_kill(handler: SshHandler) -> None:
+    t0 = time.monotonic()
+    result = handler.run("trap '' TERM; sleep 32.7 & wait; sleep 32.7", timeout=0.5)
+    assert result.error == "timeout" and time.monotonic() - t0 < 5
+    assert handler.run("pgrep -f 'sleep 3[2].7'").exit_code == 1
+
+
+def _wait_for_remote(server: SshdServer, needle: str, deadline: float = 10.0) -> None:
+    from tests.sshd import descendants
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for pid in descendants(server.process.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if needle.encode() in cmdline:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{needle!r} never started under sshd")
+
+
+def test_sshd_killed_mid_command_then_reconnect(handler: SshHandler, server: SshdServer) -> None:
+    """A dropped connection gives error="unreachable" (with the output so far); the next
+    run() raises while the node is down and reconnects once it is back."""
+    assert handler.run("true").ok
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(r=handler.run("echo started; sleep 29.3")))
+    worker.start()
+    _wait_for_remote(server, "sleep 29.3")
+    server.crash()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    result = box["r"]
+    assert (result.exit_code, result.error) == (None, "unreachable")
+    # output sshd had forwarded before it died is kept; whether "started" made it out
+    # of the dying sshd is a race this test cannot control
+    assert result.stdout in ("", "started\n")
+    assert not handler.connected
+
+    with pytest.raises(UnreachableError, match="connection refused"):
+        handler.run("true")
+
+    server.start()
+    assert handler.run("echo back").stdout == "back\n"
+    assert handler.connects == 2
+
+
+def test_dead_idle_connection_reconnects_on_next_run(handler: SshHandler,
+                                                     server: SshdServer) -> None:
+    assert handler.run("true").ok
+    server.crash()
+    server.start()
+    assert handler.run("echo again").stdout == "again\n"
+    assert handler.connects == 2
+
+
+def test_custom_backoff(tmp_path: Path) -> None:
+    sleep = FakeSleep()
+    h = SshHandler(Node("n", "127.0.0.1", free_port("127.0.0.1")),
+                   SshSettings(known_hosts=str(tmp_path / "kh")), sleep=sleep,
+                   backoff=Backoff(retries=5, initial=1, factor=3, maximum=10))
+    with pytest.raises(UnreachableError, match="tried 6 times"):
+        h.open()
+    assert sleep.calls == [1, 3, 9, 10, 10]
