@@ -8,7 +8,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -55,7 +55,7 @@ def known_hosts(tmp_path: Path, server: SshdServer) -> Path:
 
 
 @pytest.fixture
-def handler(server: SshdServer, known_hosts: Path) -> SshHandler:
+def handler(server: SshdServer, known_hosts: Path) -> Iterator[SshHandler]:
     h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep())
     yield h
     h.close()
@@ -109,6 +109,7 @@ def test_invalid_utf8_and_split_multibyte_characters(handler: SshHandler) -> Non
 
 def test_one_connection_is_reused(handler: SshHandler, server: SshdServer) -> None:
     handler.open()
+    assert handler.connection is not None
     transport = handler.connection.transport
     for i in range(8):
         assert handler.run(f"echo {i}").stdout == f"{i}\n"
@@ -291,6 +292,7 @@ def test_timeout_escalates_to_kill(handler: SshHandler) -> None:
 
 def _wait_for_remote(server: SshdServer, needle: str, deadline: float = 10.0) -> None:
     from tests.sshd import descendants
+    assert server.process is not None
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         for pid in descendants(server.process.pid):

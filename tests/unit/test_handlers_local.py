@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import time
+from typing import Iterator
 
 import pytest
 
@@ -17,9 +18,11 @@ NODE = Node(name="control", host="localhost", transport="local")
 
 
 @pytest.fixture
-def handler() -> LocalHandler:
-    with LocalHandler(NODE, SshSettings()) as h:
-        yield h
+def handler() -> Iterator[LocalHandler]:
+    h = LocalHandler(NODE, SshSettings())
+    h.open()
+    yield h
+    h.close()
 
 
 def _running(pattern: str) -> bool:
@@ -90,7 +93,7 @@ def test_default_timeout_comes_from_settings() -> None:
 def test_backoff_policy() -> None:
     assert list(Backoff(retries=4, initial=1, factor=2, maximum=5).delays()) == [1, 2, 4, 5]
     slept: list[float] = []
-    calls = iter([OSError("a"), OSError("b"), "done"])
+    calls: Iterator[Exception | str] = iter([OSError("a"), OSError("b"), "done"])
 
     def flaky() -> str:
         item = next(calls)
@@ -102,6 +105,6 @@ def test_backoff_policy() -> None:
                       sleep=slept.append) == "done"
     assert slept == [0.5, 1.0]
     with pytest.raises(KeyError):
-        retry_call(lambda: {}["x"], policy=Backoff(retries=3),
+        retry_call(lambda: {"y": 1}["x"], policy=Backoff(retries=3),
                    retry_if=lambda e: isinstance(e, OSError), sleep=slept.append)
     assert slept == [0.5, 1.0]

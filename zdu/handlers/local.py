@@ -146,5 +146,6 @@ class LocalHandler(CommandHandler):
         except CommandTimedOut as exc:
             return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
                                  started, time.monotonic() - t0, error="timeout")
+        assert result is not None               # only None for disown/asynchronous runs
         return CommandResult(command, result.exited, result.stdout, result.stderr,
                              started, time.monotonic() - t0)

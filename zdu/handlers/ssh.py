@@ -101,11 +101,11 @@ def _handle_channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None
         chan.status_event.set()
         return
     m.packet.seek(start)
-    paramiko.Channel._handle_request(chan, m)
+    paramiko.Channel._handle_request(chan, m)  # type: ignore[attr-defined]
 
 
 class _Transport(paramiko.Transport):
-    _channel_handler_table = {**paramiko.Transport._channel_handler_table,
+    _channel_handler_table = {**paramiko.Transport._channel_handler_table,  # type: ignore[attr-defined]
                               MSG_CHANNEL_REQUEST: _handle_channel_request}
 
 
@@ -117,7 +117,7 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
     m.add_string("signal")
     m.add_boolean(False)
     m.add_string(name)
-    chan.transport._send_user_message(m)
+    chan.transport._send_user_message(m)  # type: ignore[union-attr]
 
 
 #: first line the wrapper writes to stderr: the command's process group id.  sshd
@@ -386,7 +386,7 @@ class SshHandler(CommandHandler):
             detail = "timed out" if "timeout" in str(exc).lower() else "was refused"
             return AuthError(name, f"authentication as {self.user}@{where} with {how} {detail}")
         if isinstance(exc, NoValidConnectionsError):
-            codes = {e.errno for e in exc.errors.values()}
+            codes = {getattr(e, "errno", None) for e in exc.errors.values()}
             what = "no route to host" if errno.EHOSTUNREACH in codes else "connection refused"
             return _Transient(f"cannot connect to {where}: {what}")
         if isinstance(exc, socket.gaierror):
