@@ -283,6 +283,7 @@ def test_enable_fails_after_up_timeout_when_backend_is_down(lab: Lab) -> None:
     assert not result.ok
     assert 0.9 <= time.monotonic() - started < 4
     assert "not healthy after 1s" in result.message and "L4CON" in result.message
+    assert {i["status"] for i in result.details["instances"]} == {"DOWN"}
     # never put in rotation unchecked; explicitly back in maintenance
     assert lb.server_states(NODE_B) == {s: "MAINT" for s in lab.sockets}
     assert get(lab.instances[0].frontend, "/")[0] == 200

@@ -185,6 +185,7 @@ class HaproxyLoadBalancer(LoadBalancer):
                                       lambda o: all(s == "DRAIN" for s, _ in o.values()),
                                       max(0.0, deadline - self._clock()))
             if not healthy:
+                details["instances"] = _instances(obs)
                 for api in gated:
                     self._set_state(api, target, "maint")
                 raise _Failed(f"not healthy after {self.up_timeout:g}s: {_describe(obs)}; "
@@ -195,14 +196,14 @@ class HaproxyLoadBalancer(LoadBalancer):
                                  lambda o: all(s in UP_STATUSES for s, _ in o.values()),
                                  max(0.0, deadline - self._clock()))
             if not up:
+                details["instances"] = _instances(obs)
                 raise _Failed(f"not UP after {self.up_timeout:g}s: {_describe(obs)}")
         except (_Failed, SocketUnreachable) as exc:
             return LbResult(False, f"haproxy enable {target}: {exc}",
                             self._clock() - start, details)
         elapsed = self._clock() - start
         details["up_seconds"] = round(elapsed, 3)
-        details["instances"] = [{"instance": inst, "status": s, "check_status": c}
-                                for inst, (s, c) in obs.items()]
+        details["instances"] = _instances(obs)
         note = ("" if all(s == "UP" for s, _ in obs.values())
                 else " (no health check configured: HAProxy cannot confirm health)")
         return LbResult(True, f"haproxy: {target} UP in {elapsed:.1f}s on "
@@ -292,6 +293,10 @@ class HaproxyLoadBalancer(LoadBalancer):
                 break
             self._sleep(min(self.poll_interval, remaining))
         return False, obs
+
+
+def _instances(obs: Mapping[str, tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"instance": inst, "status": s, "check_status": c} for inst, (s, c) in obs.items()]
 
 
 def _describe(obs: Mapping[str, tuple[str, str]]) -> str:

@@ -116,7 +116,7 @@ class RemoteSocketApi(RuntimeApi):
         if self.kind == "unix":
             peer = f"UNIX-CONNECT:{self.target}"
         else:
-            host, port = self.target  # type: ignore[misc]
+            host, port = self.target  # type: ignore[misc,str-unpack]
             peer = f"TCP:{host}:{port}"
         return f"echo {shlex.quote(command)} | socat stdio {shlex.quote(peer)}"
 
