@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workdir", default=".lab", help="keys, known_hosts, haproxy socket (default .lab)")
     up.add_argument("--lb", choices=("none", "haproxy", "script"), default="haproxy",
                     help="load balancer written into the topology file")
-    sub.add_parser("down", help="remove every lab container (after a crash)")
+    down = sub.add_parser("down", help="remove the containers of labs whose process died")
+    down.add_argument("--force", action="store_true", help="also those of labs still running")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "down":
         from .fleet import remove_lab_containers
-        print(f"removed {remove_lab_containers()} container(s)")
+        print(f"removed {remove_lab_containers(force=args.force)} container(s)")
         return 0
 
     from .fleet import Lab

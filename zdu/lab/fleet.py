@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
@@ -52,6 +53,9 @@ FAULT_WORDS: frozenset[str] = frozenset(
 """Words :meth:`Lab.inject_fault` accepts (see ``zdu/lab/gateway/gateway.py``)."""
 
 LAB_LABEL = "zdupgrade.lab"
+OWNER_LABEL = "zdupgrade.lab.pid"
+ID_LABEL = "zdupgrade.lab.id"
+_ACTIVE_LABS: set[str] = set()     # ids of the labs of this process that are not closed
 BACKEND = "gateways"
 LbKind = Literal["none", "haproxy", "script"]
 
@@ -188,6 +192,7 @@ class Lab:
         self._closed = False
         self._lock = threading.Lock()
         self._docker: docker.DockerClient | None = None
+        self._id = uuid.uuid4().hex
 
     # ------------------------------------------------------------------ paths
 
@@ -255,6 +260,7 @@ class Lab:
     def start(self) -> "Lab":
         """Bring up the nodes (concurrently) and HAProxy; return when all serve gateway 1.0."""
         atexit.register(self.close)
+        _ACTIVE_LABS.add(self._id)
         image = self.image
         self._prepare_workdir()
         self._remove_stale_containers()
@@ -262,7 +268,8 @@ class Lab:
             self._start_haproxy()
         _parallel(lambda n: self._start_node(n, image), self._nodes)
         _write(self.known_hosts, "".join(
-            f"[{n.host}]:{n.ssh_port} {(self.workdir / 'nodes' / n.name / 'ssh_host_ed25519_key.pub').read_text().strip()}\n"
+            f"{_known_host(n.host, n.ssh_port)} "
+            f"{(self.workdir / 'nodes' / n.name / 'ssh_host_ed25519_key.pub').read_text().strip()}\n"
             for n in self._nodes))
         if self._want_haproxy:
             self.wait_servers_up()
@@ -274,6 +281,7 @@ class Lab:
             if self._closed:
                 return
             self._closed = True
+        _ACTIVE_LABS.discard(self._id)
         for name, container in list(self._containers.items()):
             try:
                 container.stop()
@@ -281,6 +289,9 @@ class Lab:
                 log.warning("lab: removing %s failed: %s", name, exc)
         self._containers.clear()
         self._stop_haproxy()
+        if self._docker is not None:
+            self._docker.close()
+            self._docker = None
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         atexit.unregister(self.close)
@@ -305,14 +316,19 @@ class Lab:
         self._write_lb_script()
 
     def _remove_stale_containers(self) -> None:
-        """Remove containers left by a lab that died without cleaning up."""
+        """Remove containers left by a lab that died; refuse to touch a live lab's containers."""
         client = self._client()
         for node in self._nodes:
             try:
-                client.containers.get(node.container_name).remove(force=True)
-                log.warning("lab: removed stale container %s", node.container_name)
+                container = client.containers.get(node.container_name)
             except docker.errors.NotFound:
-                pass
+                continue
+            owner = _owner_alive(container.labels)
+            if owner:
+                raise LabError(f"container {node.container_name} belongs to a running lab (pid {owner}); "
+                               "stop it, or use another name_prefix, first_host and ports")
+            container.remove(force=True)
+            log.warning("lab: removed stale container %s", node.container_name)
 
     def _start_node(self, node: LabNode, image: str) -> None:
         container = (DockerContainer(image)
@@ -322,7 +338,9 @@ class Lab:
                      .with_env("ZDU_SSH_PORT", str(node.ssh_port))
                      .with_env("ZDU_SERVICE_PORT", str(node.service_port))
                      .with_volume_mapping(str(self.workdir / "nodes" / node.name), "/lab", "ro")
-                     .with_kwargs(network_mode="host", labels={LAB_LABEL: str(self.workdir)},
+                     .with_kwargs(network_mode="host",
+                                  labels={LAB_LABEL: str(self.workdir), OWNER_LABEL: str(os.getpid()),
+                                          ID_LABEL: self._id},
                                   init=False, stop_signal="SIGTERM"))
         self._containers[node.name] = container
         container.start()
@@ -471,7 +489,7 @@ backend {BACKEND}
         self.haproxy_socket.unlink(missing_ok=True)
         logfile = (self.workdir / "haproxy.log").open("ab")
         self._haproxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                         stdout=logfile, stderr=logfile)
+                                         stdout=logfile, stderr=logfile, preexec_fn=_die_with_parent)
         logfile.close()
 
         def answers() -> bool:
@@ -584,6 +602,19 @@ esac
         return _write(Path(path).resolve(), text)
 
 
+def _known_host(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _die_with_parent() -> None:
+    """In the HAProxy child: get SIGTERM when the lab process dies, even by SIGKILL."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
@@ -592,10 +623,31 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
             base[key] = value
 
 
-def remove_lab_containers() -> int:
-    """Remove every container any lab started (label ``zdupgrade.lab``); return how many."""
+def _owner_alive(labels: Mapping[str, str]) -> int | None:
+    """The pid of the live process that started a lab container, or None."""
+    try:
+        pid = int(labels.get(OWNER_LABEL, ""))
+    except ValueError:
+        return None
+    if pid == os.getpid():
+        return pid if labels.get(ID_LABEL) in _ACTIVE_LABS else None
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    return pid if state != "Z" else None
+
+
+def remove_lab_containers(*, force: bool = False) -> int:
+    """Remove lab containers (label ``zdupgrade.lab``) whose lab process is gone; return how many.
+
+    ``force`` also removes those of labs still running.
+    """
     client = docker.from_env()
-    containers = client.containers.list(all=True, filters={"label": LAB_LABEL})
-    for container in containers:
-        container.remove(force=True)
-    return len(containers)
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": LAB_LABEL}):
+        if force or not _owner_alive(container.labels):
+            container.remove(force=True)
+            removed += 1
+    return removed
