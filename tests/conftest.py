@@ -34,7 +34,11 @@ def _lab_missing() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses the lab with ``lab`` (select with ``-m lab`` / ``-m 'not lab'``)."""
     for item in items:
-        if {"lab", "fresh_lab"} & set(getattr(item, "fixturenames", ())):
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs if info is not None else {}
+        # a module may define its own fixture called "lab"; mark only users of this one
+        if any(defs.get(name) and getattr(defs[name][-1].func, "__module__", None) == __name__
+               for name in ("lab", "fresh_lab")):
             item.add_marker(pytest.mark.lab)
 
 

@@ -91,12 +91,11 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 
     """Poll ``predicate`` until it returns a truthy value; raise LabError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
+        last: Exception | None = None
         try:
-            value = predicate()
+            value: T | None = predicate()
         except Exception as exc:  # noqa: BLE001 - polled probes fail until ready
-            value, last = None, exc  # type: ignore[assignment]
-        else:
-            last = None
+            value, last = None, exc
         if value:
             return value
         if time.monotonic() >= deadline:
