@@ -52,8 +52,18 @@ def lab() -> Iterator["Lab"]:
         pytest.skip(f"lab unavailable: {reason} (run scripts/setup.sh)")
     from zdu.lab.fleet import Lab
 
-    with Lab() as running:
+    with Lab(**_lab_placement()) as running:
         yield running
+
+
+def _lab_placement() -> dict[str, object]:
+    """Where the session's lab lives.  ``ZDU_LAB_SLOT=N`` (N >= 1) moves it to other loopback
+    addresses, ports and container names, so that two test sessions can run on one machine."""
+    slot = int(os.environ.get("ZDU_LAB_SLOT", "0"))
+    if slot == 0:
+        return {}
+    return {"first_host": 11 + 20 * slot, "haproxy_port": 18080 + 10 * slot,
+            "haproxy_admin_port": 19999 - 10 * slot, "name_prefix": f"zdu-lab{slot}"}
 
 
 @pytest.fixture

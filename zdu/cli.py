@@ -263,12 +263,19 @@ def _start_traffic(args: argparse.Namespace, bus: EventBus) -> Any:
     probe = TrafficProbe(args.traffic, rate=args.traffic_rate)
     probe.start()
 
-    def windows(event: Event) -> None:  # one traffic window per node: disable .. enable
-        if event.kind == "lb_action" and event.node:
-            if event.data.get("action") == "disable":
-                probe.mark(f"{event.node} out")
-            elif event.data.get("action") == "enable":
-                probe.mark(f"{event.node} in")
+    opened: dict[str, str] = {}
+    count: dict[str, int] = {}
+
+    def windows(event: Event) -> None:  # one traffic window per time a node is out: disable .. enable
+        if event.kind != "lb_action" or not event.node:
+            return
+        if event.data.get("action") == "disable" and event.node not in opened:
+            count[event.node] = count.get(event.node, 0) + 1
+            label = event.node if count[event.node] == 1 else f"{event.node} ({count[event.node]})"
+            opened[event.node] = label
+            probe.open_window(label)
+        elif event.data.get("action") == "enable" and event.data.get("ok") and event.node in opened:
+            probe.close_window(opened.pop(event.node))
     bus.subscribe(windows)
     return probe
 

@@ -35,14 +35,18 @@ def render_summary(state: RunState) -> str:
         lines.append("Rollback decisions:")
         for d in state.decisions:
             lines.append(f"  - {d.node} {d.phase}: {d.action}: {d.reason}")
-    lines.append("Nodes: " + ", ".join(
-        f"{n} {_version_word(state, n)}, {'in' if state.nodes[n].in_lb else 'OUT OF'} load balancer"
-        for n in state.node_names))
+    lines.append("Nodes:")
+    lines.extend(f"  {n}: {_version_word(state, n)}, {'in' if state.nodes[n].in_lb else 'OUT OF'} the load balancer"
+                 for n in state.node_names)
     windows = [(n, w["seconds"]) for n in state.node_names for w in state.nodes[n].out_windows]
     if windows:
         lines.append("Out of rotation: " + ", ".join(f"{n} {s:.2f}s" for n, s in windows))
     if state.traffic:
         lines.append(str(state.traffic.get("summary_line") or state.traffic))
+        for window in state.traffic.get("windows") or []:
+            lines.append(f"  while {window['label']} was out of rotation: {window['sent']} sent, "
+                         f"{window['failed']} failed, p50 {_ms(window.get('p50_ms'))}, "
+                         f"p99 {_ms(window.get('p99_ms'))}")
     for warning in state.warnings:
         lines.append(f"WARNING: {warning}")
     if state.ended:
@@ -54,3 +58,7 @@ def _version_word(state: RunState, name: str) -> str:
     version = state.nodes[name].version
     return {"old": f"on old ({state.old_install_dir})", "new": f"on new ({state.new_install_dir})",
             "unknown": "on an UNKNOWN version"}[version]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
