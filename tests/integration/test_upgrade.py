@@ -79,7 +79,7 @@ def test_full_upgrade_every_node_runs_new_version(fresh_lab: Lab, tmp_path: Path
     node_log = (run_dir / "Node-B.log").read_text()
     assert node_log.count("ZDU_EXEC_CMD") >= 2 * 6
     assert "########## APPLY ##########" in node_log and "exit code: 0" in node_log
-    assert f"{NEW}/bin/gateway start --host 127.0.0.12" in node_log
+    assert f"{NEW}/bin/gateway start --host {fresh_lab.node('Node-B').host}" in node_log
     assert record["status"] == {"name": "SUCCESS", "code": 0}
     assert oct((run_dir / "run.json").stat().st_mode & 0o777) == "0o600"
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
