@@ -6,21 +6,26 @@ The only module that touches argv, stdout/stderr and the exit status.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 from . import __version__
 from .conductor import Conductor
-from .errors import ConfigError, ZduError
+from .errors import ConfigError, LockError, ZduError
 from .events import Event, EventBus
 from .handlers.base import CommandHandler
 from .lb import make_load_balancer
 from .lb.base import LoadBalancer
+from .lock import FleetLock, LockOwner
 from .logs import LineWriter, RunFolder, make_run_dir, new_run_id
 from .model import Node, Topology
 from .plan import Plan, build_plan, format_plan
@@ -83,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lab", action="store_true",
                         help="bring up the local lab (3 OpenSSH nodes in Docker + HAProxy), upgrade it with "
                              "traffic flowing, print the summary, tear it down; needs root and Docker")
+    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_ID",
+                        help="continue a run whose control process died (latest run under --log_dir by "
+                             "default) from its first unfinished step, with the same plan")
+    parser.add_argument("--break-lock", "--break_lock", dest="break_lock", action="store_true",
+                        help="take the fleet lock even if another run holds it (only when that run is dead)")
+    parser.add_argument("--lock-message", "--lock_message", dest="lock_message", default="", metavar="TEXT",
+                        help="a note stored with the fleet lock, shown to anyone who finds it taken")
     parser.add_argument("--version", action="version", version=f"zdupgrade {__version__}")
     return parser
 
@@ -108,23 +120,36 @@ class Console:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *,
          out: TextIO | None = None, err: TextIO | None = None,
          stop_event: threading.Event | None = None) -> Status:
-    """Run zdupgrade; return the status (the caller turns it into the exit status)."""
+    """Run zdupgrade; return the status (the caller turns it into the exit status).
+
+    ``env`` is the control machine's environment (default ``os.environ``), read for
+    ``{env: NAME}`` variables.
+    """
     console = Console(out or sys.stdout, err or sys.stderr)
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return Status.SUCCESS if exc.code == 0 else Status.USAGE_ERROR
-    missing = [opt for opt, value in (("--old_install_dir", args.old_install_dir),
-                                      ("--new_install_dir", args.new_install_dir)) if value is None]
-    if missing:
-        console.error(f"the following arguments are required: {', '.join(missing)}")
+    environ = dict(os.environ if env is None else env)
+    if args.resume is None:
+        missing = [opt for opt, value in (("--old_install_dir", args.old_install_dir),
+                                          ("--new_install_dir", args.new_install_dir)) if value is None]
+        if missing:
+            console.error(f"the following arguments are required: {', '.join(missing)}")
+            return Status.USAGE_ERROR
+    elif args.lab or args.dry_run:
+        console.error("--resume continues a stopped run as it was planned; it does not go with --lab or --dry-run")
         return Status.USAGE_ERROR
     try:
-        _check_dirs(args.old_install_dir, args.new_install_dir)
+        if args.resume is None:
+            _check_dirs(args.old_install_dir, args.new_install_dir)
         if args.lab:
-            return _run_lab(args, console, stop_event)
-        return _run(args, console, stop_event)
+            return _run_lab(args, console, lambda a: _run(a, console, environ, stop_event))
+        return _run(args, console, environ, stop_event)
+    except LockError as exc:
+        console.error(str(exc))
+        return Status.LOCKED
     except ZduError as exc:
         console.error(str(exc))
         return Status.CONFIG_ERROR
@@ -150,7 +175,7 @@ def _parse_serial(text: str | None) -> Any:
     return values if len(values) != 1 else values[0]
 
 
-def prepare(args: argparse.Namespace, run_id: str) -> tuple[Topology, Plan]:
+def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
     """Load topology and profile and render the plan; ConfigError on any problem."""
     topology = load_topology(args.config) if args.config else reference_topology()
     if args.host_key_policy:
@@ -164,7 +189,7 @@ def prepare(args: argparse.Namespace, run_id: str) -> tuple[Topology, Plan]:
     profile = load_profile(profile_ref, base_dir)
     plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
                       new_install_dir=args.new_install_dir, run_id=run_id,
-                      serial=_parse_serial(args.serial))
+                      serial=_parse_serial(args.serial), env=env)
     return topology, plan
 
 
@@ -195,12 +220,69 @@ class HandlerPool:
                 pass
 
 
-def _run(args: argparse.Namespace, console: Console, stop_event: threading.Event | None) -> Status:
-    run_id = new_run_id()
-    topology, plan = prepare(args, run_id)
-    state = RunState(run_id=run_id, old_install_dir=plan.old_install_dir, new_install_dir=plan.new_install_dir,
-                     profile=plan.profile, topology=plan.topology, node_names=list(plan.node_names),
-                     lb=topology.load_balancer.type)
+def _invocation(args: argparse.Namespace) -> dict[str, Any]:
+    """What --resume needs to rebuild the same plan (file paths made absolute)."""
+    def absolute(ref: str | None) -> str | None:
+        if ref and (os.sep in ref or ref.endswith((".yaml", ".yml", ".json"))):
+            return os.path.abspath(os.path.expanduser(ref))
+        return ref
+    return {"old_install_dir": args.old_install_dir, "new_install_dir": args.new_install_dir,
+            "config": absolute(args.config), "profile": absolute(args.profile), "serial": args.serial,
+            "rollback_policy": args.rollback_policy, "host_key_policy": args.host_key_policy,
+            "traffic": args.traffic, "traffic_rate": args.traffic_rate, "min_free_mb": args.min_free_mb}
+
+
+def _load_previous(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The run folder and run.json of the run to resume (the latest by default)."""
+    log_dir = Path(args.log_dir)
+    if args.resume:
+        run_dir = log_dir / args.resume
+        if not (run_dir / "run.json").is_file():
+            raise ConfigError(f"--resume {args.resume}: no run.json in {run_dir}")
+    else:
+        runs = sorted(p.parent for p in log_dir.glob("*/run.json"))
+        if not runs:
+            raise ConfigError(f"--resume: no run to resume under {log_dir}/")
+        run_dir = runs[-1]
+    try:
+        data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run_dir / 'run.json'}: cannot read the run record: {exc}") from None
+    if not data.get("invocation") or not data.get("plan_fingerprint"):
+        raise ConfigError(f"{run_dir}: run {data.get('run_id')} never started changing nodes "
+                          "(it stopped in preflight); start a new run instead")
+    if data.get("status") and data.get("ended"):
+        raise ConfigError(f"run {data['run_id']} already finished with {data['status']['name']} "
+                          f"({data['status']['code']}); nothing to resume")
+    return run_dir, data
+
+
+def _run(args: argparse.Namespace, console: Console, env: Mapping[str, str],
+         stop_event: threading.Event | None) -> Status:
+    previous: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    if args.resume is not None:
+        run_dir, previous = _load_previous(args)
+        for key, value in previous["invocation"].items():
+            setattr(args, key, value)
+        run_id = previous["run_id"]
+    else:
+        run_id = new_run_id()
+    topology, plan = prepare(args, run_id, env)
+    fingerprint = hashlib.sha256(format_plan(plan).encode()).hexdigest()
+    if previous is not None:
+        if previous["plan_fingerprint"] != fingerprint:
+            raise ConfigError(f"run {run_id}: the topology, profile or environment changed since the run "
+                              "started, so the plan is not the same; refusing to resume (see run.log for "
+                              "where it stopped)")
+        state = RunState.from_dict(previous)
+        state.status, state.ended = None, None
+        state.resumed.append(time.time())
+    else:
+        state = RunState(run_id=run_id, old_install_dir=plan.old_install_dir,
+                         new_install_dir=plan.new_install_dir, profile=plan.profile, topology=plan.topology,
+                         node_names=list(plan.node_names), lb=topology.load_balancer.type,
+                         invocation=_invocation(args), plan_fingerprint=fingerprint)
     pool = HandlerPool(topology, lambda node, kind, fp: state.host_keys_accepted.append(
         {"node": node, "key_type": kind, "fingerprint": fp}))
     policy = load_policy(args.rollback_policy)
@@ -209,7 +291,7 @@ def _run(args: argparse.Namespace, console: Console, stop_event: threading.Event
         console.out.write(format_plan(plan, lb.describe))
         return Status.SUCCESS
     try:
-        return _execute(args, console, stop_event, topology, plan, state, pool, lb, policy)
+        return _execute(args, console, stop_event, topology, plan, state, pool, lb, policy, run_dir)
     finally:
         lb.close()
         pool.close()
@@ -217,34 +299,45 @@ def _run(args: argparse.Namespace, console: Console, stop_event: threading.Event
 
 def _execute(args: argparse.Namespace, console: Console, stop_event: threading.Event | None,
              topology: Topology, plan: Plan, state: RunState, pool: HandlerPool, lb: LoadBalancer,
-             policy: Any) -> Status:
-    run_dir = make_run_dir(Path(args.log_dir), plan.run_id)
+             policy: Any, run_dir: Path | None) -> Status:
+    resuming = run_dir is not None
+    run_dir = run_dir or make_run_dir(Path(args.log_dir), plan.run_id)
     folder = RunFolder(run_dir, state)
     bus = EventBus([LineWriter(console.line), folder])
-    console.line(f"zdupgrade {__version__}: run {plan.run_id}, logs in {run_dir}")
+    console.line(f"zdupgrade {__version__}: {'resuming ' if resuming else ''}run {plan.run_id}, logs in {run_dir}")
+    lock: FleetLock | None = None
     try:
         problems = preflight(plan, pool, lb, parallel=max(topology.ssh.parallel, len(plan.nodes)),
-                             min_free_mb=args.min_free_mb)
+                             min_free_mb=args.min_free_mb, check_dirs=not resuming)
         if problems:
             console.error(f"preflight found {len(problems)} problem(s); nothing was changed:")
             for problem in problems:
                 console.err.write(f"  - {problem}\n")
                 folder.log(f"PREFLIGHT: {problem}")
             unreachable = all(p.kind in ("unreachable", "host-key", "auth") for p in problems)
-            state.status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
+            status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
+            if not resuming:  # a failed resume leaves the run resumable
+                state.status, state.ended = status, time.time()
             state.warnings.extend(f"preflight: {p}" for p in problems)
             folder.write_json()
-            return state.status
+            return status
+        lock = FleetLock([p.node for p in plan.nodes], pool, LockOwner.current(plan.run_id, args.lock_message),
+                         break_lock=args.break_lock)
+        lock.acquire()
+        state.lock = dataclasses.asdict(lock.owner)
+        for broken in lock.broken:
+            state.warnings.append(f"lock broken with --break-lock: {broken}")
         probe = _start_traffic(args, bus)
         stop = stop_event or threading.Event()
         conductor = Conductor(plan, state, handler_factory=pool, lb=lb, bus=bus, policy=policy,
-                              command_timeout=topology.ssh.command_timeout, stop_event=stop)
+                              command_timeout=topology.ssh.command_timeout, stop_event=stop, resume=resuming)
         with _signals(stop, console):
             status = conductor.execute()
         if probe is not None:
             probe.stop()
             report = probe.report()
             state.traffic = {**report.to_dict(), "summary_line": report.summary_line()}
+        state.warnings.extend(lock.release())
         summary = render_summary(state)
         console.line("")
         console.line(summary)
@@ -252,7 +345,14 @@ def _execute(args: argparse.Namespace, console: Console, stop_event: threading.E
         folder.write_json()
         console.line(f"run log: {folder.run_log_path}")
         return status
+    except LockError as exc:
+        state.warnings.append(str(exc))
+        folder.log(f"LOCKED: {exc}")
+        folder.write_json()
+        raise
     finally:
+        if lock is not None and lock.held:
+            lock.release()
         folder.close()
 
 
@@ -308,9 +408,9 @@ def _signals(stop: threading.Event, console: Console) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _run_lab(args: argparse.Namespace, console: Console, stop_event: threading.Event | None) -> Status:
+def _run_lab(args: argparse.Namespace, console: Console, run: Callable[[argparse.Namespace], Status]) -> Status:
     from .lab.demo import run_lab
-    return run_lab(args, console, lambda a: _run(a, console, stop_event))
+    return run_lab(args, console, run)
 
 
 def entry_point() -> None:

@@ -52,7 +52,7 @@ class Conductor:
                  lb: LoadBalancer, bus: EventBus, policy: Policy = default_policy,
                  command_timeout: float = 600.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None, resume: bool = False) -> None:
         self.plan = plan
         self.state = state
         self.lb = lb
@@ -65,8 +65,12 @@ class Conductor:
         self._factory = handler_factory
         self._handlers: dict[str, CommandHandler] = {}
         self._handler_lock = threading.Lock()
-        self._switched: list[str] = []          # nodes whose APPLY started, in order
+        self.resume = resume
         self._rollback_failed = False
+        self._rolling_back = False
+        # steps that completed in an earlier attempt of this run (resume skips them)
+        self._done = {s.key for s in state.steps if s.ended is not None and not s.error
+                      and s.phase != Phase.ROLLBACK.value} if resume else set()
         self._last_action: Action | None = None
 
     # ------------------------------------------------------------------ public
@@ -98,6 +102,8 @@ class Conductor:
     # ------------------------------------------------------------------ run
 
     def _run(self) -> Status:
+        if self.resume and self.state.decisions:
+            return self._finish_decided_run()
         for phase in OFFLINE_PHASES:
             failures = self._offline_phase(phase)
             if failures:
@@ -136,10 +142,15 @@ class Conductor:
         return [f for f in results if f is not None]
 
     def _online_node(self, name: str) -> Failure | None:
+        node_state = self.state.nodes[name]
         failure = self._phase(name, Phase.PRE_APPLY)
         if failure:
             return failure
-        result = self._lb_action(name, "disable")
+        if self._passed(name, Phase.APPLY) and self._passed(name, Phase.POST_APPLY) and node_state.in_lb:
+            return None  # finished before a resume
+        if self.stop_event.is_set():
+            return Failure(name, Phase.APPLY, "interrupted", "interrupted before the node was taken out")
+        result = self._lb_action(name, "disable") if node_state.in_lb else LbResult(True, "already out")
         if not result.ok:
             return self._fail_phase_without_steps(name, Phase.APPLY, "lb",
                                                   f"load balancer disable failed: {result.message}")
@@ -147,7 +158,7 @@ class Conductor:
             failure = self._phase(name, phase)
             if failure:
                 return failure
-        result = self._lb_action(name, "enable")
+        result = self._lb_action(name, "enable") if not node_state.in_lb else LbResult(True)
         if not result.ok:
             return self._fail_phase_without_steps(name, Phase.POST_APPLY, "lb",
                                                   f"load balancer enable failed: {result.message}")
@@ -155,18 +166,27 @@ class Conductor:
 
     # ------------------------------------------------------------------ phases and steps
 
+    def _passed(self, name: str, phase: Phase) -> bool:
+        outcome = self.state.nodes[name].outcome(phase)
+        return outcome is not None and outcome.outcome == "PASSED"
+
     def _phase(self, name: str, phase: Phase) -> Failure | None:
         node_state = self.state.nodes[name]
+        if self._passed(name, phase):
+            return None  # done before a resume
         steps = self.plan.node_plan(name).phases[phase]
         node_state.furthest = phase.value
         if phase is Phase.APPLY:
-            self._switched.append(name)
+            if name not in self.state.switched:
+                self.state.switched.append(name)
             node_state.version = "unknown"
         outcome = PhaseOutcome("RUNNING")
         node_state.phases[phase.value] = outcome
         self._emit(ev.PHASE_STARTED, node=name, phase=phase, message=f"{len(steps)} step(s)")
         failure: Failure | None = None
         for step in steps:
+            if step.key in self._done:
+                continue
             if self.stop_event.is_set():
                 failure = Failure(name, phase, "interrupted", f"interrupted before step {step.name!r}")
                 break
@@ -225,7 +245,8 @@ class Conductor:
                 outcome = run_wait(
                     step.wait,
                     run_on_node=lambda cmd, t: handler.run(cmd, timeout=t),  # type: ignore[union-attr]
-                    clock=self.clock, sleep=self.sleep, stop=self.stop_event.is_set)
+                    clock=self.clock, sleep=self.sleep,
+                    stop=(lambda: False) if self._rolling_back else self.stop_event.is_set)
                 record.polls = outcome.polls
                 record.message = f"{outcome.message} ({outcome.polls} check(s), {outcome.waited:.2f}s)"
                 if not outcome.ok:
@@ -251,7 +272,7 @@ class Conductor:
         context = FailureContext(
             node=failure.node, phase=failure.phase, classification=failure.classification,
             message=failure.message, exit_code=failure.exit_code,
-            switched=tuple(n for n in self._switched if n != failure.node),
+            switched=tuple(n for n in self.state.switched if n != failure.node),
             results={n: {p: o.outcome for p, o in s.phases.items()} for n, s in self.state.nodes.items()})
         try:
             decision = self.policy(context)
@@ -271,17 +292,42 @@ class Conductor:
         if decision.action is Action.ROLLBACK_NODE:
             targets = [failure.node]
         elif decision.action is Action.ROLLBACK_ALL:
-            targets = [failure.node] + [n for n in reversed(self._switched) if n != failure.node]
-        for name in targets:
-            if not self._rollback_node(name):
-                self._rollback_failed = True
+            targets = [failure.node] + [n for n in reversed(self.state.switched) if n != failure.node]
+        self.state.rollback_queue = targets
+        self._drain_rollback_queue()
         if decision.action is Action.CONTINUE and not self.state.nodes[failure.node].in_lb:
             self._lb_action(failure.node, "enable")
-        if self._rollback_failed:
+        return self._decided_status(failure.phase, failure.classification)
+
+    def _drain_rollback_queue(self) -> None:
+        """Roll back the queued nodes in order; each leaves the queue once its rollback ran."""
+        self._rolling_back = True
+        try:
+            while self.state.rollback_queue:
+                name = self.state.rollback_queue[0]
+                if not self._rollback_node(name):
+                    self._rollback_failed = True
+                self.state.rollback_queue.pop(0)
+        finally:
+            self._rolling_back = False
+
+    def _decided_status(self, phase: Phase, classification: str | None) -> Status:
+        if self._rollback_failed or any(s.rollback and s.rollback.outcome == "FAILED"
+                                        for s in self.state.nodes.values()):
             return Status.ROLLBACK_FAILED
-        if failure.classification == "interrupted":
+        if classification == "interrupted":
             return Status.INTERRUPTED
-        return failure.phase.failed_status
+        return phase.failed_status
+
+    def _finish_decided_run(self) -> Status:
+        """Resume a run that was killed after its policy decided: finish the rollbacks."""
+        first = self.state.decisions[0]
+        if self.state.rollback_queue:
+            self._emit(ev.INFO, message=f"resuming the rollback: {', '.join(self.state.rollback_queue)}")
+            self._drain_rollback_queue()
+        phase = Phase.parse(first.phase)
+        outcome = self.state.nodes[first.node].outcome(phase)
+        return self._decided_status(phase, outcome.classification if outcome else None)
 
     def _record_failure_only(self, failure: Failure) -> None:
         self._warn(f"{failure.node}: {failure.phase} also failed in the same wave: {failure.message}")
@@ -335,18 +381,19 @@ class Conductor:
         node = self.plan.node_plan(name).node
         node_state = self.state.nodes[name]
         node_state.lb_calls[action] += 1
+        if action == "disable":
+            # counted out before the call: a run killed mid-drain must know on resume
+            if node_state.in_lb:
+                node_state.out_since = time.time()
+            node_state.in_lb = False
+        self._emit(ev.LB_STARTED, node=name, message=action, data={"action": action})
         started = time.time()
         try:
             result = self.lb.disable(node) if action == "disable" else self.lb.enable(node)
         except Exception as exc:  # a hook bug is a failed action, not a crashed run
             result = LbResult(False, f"{type(exc).__name__}: {exc}", time.time() - started)
         now = time.time()
-        if action == "disable":
-            # even a failed disable may have drained the node: count it out until enabled
-            if node_state.in_lb:
-                node_state.out_since = now
-            node_state.in_lb = False
-        elif result.ok:
+        if action == "enable" and result.ok:
             node_state.in_lb = True
             if node_state.out_since is not None:
                 node_state.out_windows.append({"out": node_state.out_since, "in": now,

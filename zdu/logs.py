@@ -119,8 +119,7 @@ class RunFolder:
             self.log(line)
         if event.node:
             self._node_event(event)
-        if event.kind in (ev.STEP_FINISHED, ev.PHASE_FINISHED, ev.LB_ACTION, ev.DECISION,
-                          ev.ROLLBACK_FINISHED, ev.RUN_FINISHED, ev.WARNING, ev.RUN_STARTED):
+        if event.kind != ev.INFO:  # every change of state, so that --resume knows where it stopped
             self.write_json()
 
     def _node(self, node: str) -> TextIO:

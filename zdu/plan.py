@@ -154,13 +154,19 @@ def _wave_size(spec: int | str, total: int) -> int:
 
 
 def render_context(topology: Topology, profile: Profile, node: Node, *, old_install_dir: str,
-                   new_install_dir: str, run_id: str) -> dict[str, Any]:
+                   new_install_dir: str, run_id: str, env: Mapping[str, str] | None = None,
+                   secrets: set[str] | None = None) -> dict[str, Any]:
     """The variables a node's templates see (later wins): profile vars, topology vars,
-    node vars, then the run's own values, which cannot be overridden."""
+    node vars, then the run's own values, which cannot be overridden.
+
+    A variable written ``{env: NAME}`` takes its value from the control machine's
+    environment variable NAME; such values are always secret (added to ``secrets``).
+    """
     context: dict[str, Any] = {"work_dir": f"/var/tmp/zdupgrade/{run_id}"}
-    context.update(profile.vars)
-    context.update(topology.vars)
-    context.update(node.vars)
+    for source, variables in (("profile", profile.vars), ("topology", topology.vars),
+                              (f"node {node.name}", node.vars)):
+        for name, value in variables.items():
+            context[name] = _resolve(name, value, source, env, secrets)
     context.update(
         old_install_dir=old_install_dir,
         new_install_dir=new_install_dir,
@@ -168,6 +174,19 @@ def render_context(topology: Topology, profile: Profile, node: Node, *, old_inst
         node=_NodeView(node),
     )
     return context
+
+
+def _resolve(name: str, value: Any, source: str, env: Mapping[str, str] | None,
+             secrets: set[str] | None) -> Any:
+    if not (isinstance(value, Mapping) and set(value) == {"env"}):
+        return value
+    key = value["env"]
+    if env is None or not isinstance(key, str) or key not in env:
+        raise ConfigError(f"{source} variable {name!r}: environment variable {key!r} is not set "
+                          "on the control machine")
+    if secrets is not None and env[key]:
+        secrets.add(env[key])
+    return env[key]
 
 
 @dataclass(frozen=True)
@@ -205,13 +224,15 @@ class _NodeView:
 
 
 def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, new_install_dir: str,
-               run_id: str, serial: SerialSpec | None = None) -> Plan:
-    """Render every step for every node; raise ConfigError (naming the template) on any problem."""
+               run_id: str, serial: SerialSpec | None = None, env: Mapping[str, str] | None = None) -> Plan:
+    """Render every step for every node; raise ConfigError (naming the template) on any problem.
+
+    ``env`` is the control machine's environment, for ``{env: NAME}`` variables."""
     node_plans: list[NodePlan] = []
     secrets: set[str] = set()
     for node in topology.nodes:
         context = render_context(topology, profile, node, old_install_dir=old_install_dir,
-                                 new_install_dir=new_install_dir, run_id=run_id)
+                                 new_install_dir=new_install_dir, run_id=run_id, env=env, secrets=secrets)
         for name in profile.secrets:
             if name in context and context[name] not in (None, ""):
                 secrets.add(str(context[name]))

@@ -1,11 +1,12 @@
 """Preflight: before any change, check every node in parallel and report every problem at once.
 
 Checks: the node is reachable and its host key accepted; the old and new install
-dirs exist; the work dir's filesystem has enough free space; the load balancer
-answers and knows every node.  Nothing is changed on any node.
+dirs exist; ``sudo -n`` works where the profile uses sudo; /var/tmp has enough free
+space (``--min-free-mb``); the load balancer answers and knows every node.  Nothing is changed on any node.
 """
 from __future__ import annotations
 
+import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,15 +31,22 @@ class Problem:
         return f"{self.node}: {self.message}" if self.node else self.message
 
 
-def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: int) -> list[Problem]:
+def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: int,
+                check_dirs: bool) -> list[Problem]:
     problems: list[Problem] = []
     try:
         handler.open()
-        for label, path in (("old", plan.old_install_dir), ("new", plan.new_install_dir)):
+        for label, path in (("old", plan.old_install_dir), ("new", plan.new_install_dir)) if check_dirs else ():
             result = handler.run(f"test -d {shlex.quote(path)}", timeout=30)
             if result.exit_code != 0:
                 problems.append(Problem(node.name, "missing-dir",
                                         f"{label} install dir {path!r} does not exist on {node.host}"))
+        if _needs_sudo(plan, node.name):
+            result = handler.run("sudo -n true", timeout=30)
+            if result.exit_code != 0:
+                problems.append(Problem(node.name, "sudo", "the profile runs commands with sudo, but "
+                                        f"'sudo -n true' fails as {node.user or 'the ssh user'}: "
+                                        f"{(result.stderr or result.stdout).strip()[:200]}"))
         if min_free_mb > 0:
             result = handler.run("df -Pm /var/tmp | awk 'NR==2 {print $4}'", timeout=30)
             free = result.stdout.strip()
@@ -51,13 +59,20 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
     return problems
 
 
+def _needs_sudo(plan: Plan, name: str) -> bool:
+    node_plan = plan.node_plan(name)
+    steps = [s for steps in node_plan.phases.values() for s in steps] + \
+        [s for steps in node_plan.rollback.values() for s in steps]
+    return any(s.command and re.search(r"(^|[;&|(\s])sudo\s", s.command) for s in steps)
+
+
 def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBalancer, *,
-              parallel: int = 8, min_free_mb: int = 0) -> list[Problem]:
+              parallel: int = 8, min_free_mb: int = 0, check_dirs: bool = True) -> list[Problem]:
     """Every problem found, in topology order (empty: good to go)."""
     nodes: Sequence[Node] = [p.node for p in plan.nodes]
     problems: list[Problem] = []
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
-        for found in pool.map(lambda n: _check_node(n, handlers(n), plan, min_free_mb), nodes):
+        for found in pool.map(lambda n: _check_node(n, handlers(n), plan, min_free_mb, check_dirs), nodes):
             problems.extend(found)
     try:
         lb.check(nodes)

@@ -103,10 +103,37 @@ class RunState:
     traffic: dict[str, Any] | None = None
     host_keys_accepted: list[dict[str, str]] = field(default_factory=list)
     lb: str = "none"
+    invocation: dict[str, Any] = field(default_factory=dict)   # what --resume needs to rebuild the plan
+    plan_fingerprint: str = ""                                 # sha256 of the rendered plan
+    switched: list[str] = field(default_factory=list)          # nodes whose APPLY started, in order
+    rollback_queue: list[str] = field(default_factory=list)    # nodes still to roll back, in order
+    resumed: list[float] = field(default_factory=list)         # times the run was resumed
+    lock: dict[str, Any] | None = None                         # the fleet lock this run holds
 
     def __post_init__(self) -> None:
         for name in self.node_names:
             self.nodes.setdefault(name, NodeState(name))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+        """Rebuild a state from its run.json (for --resume)."""
+        data = dict(data)
+        data.pop("phases", None)
+        status = data.pop("status", None)
+        nodes = data.pop("nodes", {})
+        steps = data.pop("steps", [])
+        decisions = data.pop("decisions", [])
+        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        state.status = Status[status["name"]] if status else None
+        state.steps = [StepRecord(**s) for s in steps]
+        state.decisions = [DecisionRecord(**d) for d in decisions]
+        for name, raw in nodes.items():
+            raw = dict(raw)
+            phases = {k: PhaseOutcome(**v) for k, v in raw.pop("phases", {}).items()}
+            rollback = raw.pop("rollback", None)
+            state.nodes[name] = NodeState(**raw, phases=phases,
+                                          rollback=PhaseOutcome(**rollback) if rollback else None)
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

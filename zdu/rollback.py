@@ -57,7 +57,15 @@ def default_policy(ctx: FailureContext) -> Decision:
     - EXPORT / UPGRADE failed: nothing running was changed, so abort without rollback.
     - PRE-APPLY / APPLY / POST-APPLY failed: roll back the failed node and every node
       already switched, newest first, so the fleet ends on one (the old) version.
+    - Interrupted (Ctrl-C, SIGTERM): roll back the node being changed, if any, and stop;
+      nodes already upgraded stay upgraded (each node still runs exactly one version).
     """
+    if ctx.classification == "interrupted":
+        if ctx.phase in (Phase.APPLY, Phase.POST_APPLY):
+            return Decision(Action.ROLLBACK_NODE, f"interrupted during {ctx.phase} on {ctx.node}: rolling back "
+                                                  f"{ctx.node} only; nodes already upgraded stay on the new version")
+        return Decision(Action.ABORT, f"interrupted during {ctx.phase} on {ctx.node}: no running node "
+                                      "was being changed, nothing to roll back")
     if ctx.phase.is_offline:
         return Decision(Action.ABORT, f"{ctx.phase} failed on {ctx.node} ({ctx.classification}); "
                                       "no running node was changed, nothing to roll back")

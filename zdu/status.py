@@ -20,6 +20,7 @@ class Status(enum.IntEnum):
     POST_APPLY_FAILED = 74
     ROLLBACK_FAILED = 75
     NODE_UNREACHABLE = 76    # a node could not be reached before anything changed
+    LOCKED = 77              # another run holds the fleet lock; nothing changed
     CONFIG_ERROR = 78        # bad topology, profile, directory or option; nothing was contacted
     FATAL_ERROR = 80         # an internal error; the logs say what was done before it
     INTERRUPTED = 130        # Ctrl-C / SIGTERM; every node taken out was put back or reported

@@ -1,0 +1,151 @@
+"""The fleet lock: two operators cannot upgrade the same nodes at once.
+
+Agentless: the lock is a directory created atomically (``mkdir``) on every node
+of the topology, over the same SSH connection the run uses, holding
+``owner.json`` (run id, user, control host, pid, start time, message).  It is
+taken after preflight, before any change, in topology order; if any node is
+already locked, the locks just taken are released and the holder is reported.
+A run resumed with ``--resume`` takes its own lock back.  A lock whose owner is
+gone (SIGKILLed run, crashed laptop) stays until an operator passes
+``--break-lock``, having checked that no other upgrade is running.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import os
+import shlex
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from .errors import LockError, TransportError
+from .handlers.base import CommandHandler
+from .model import Node
+
+LOCK_DIR = "/var/tmp/zdupgrade/lock"
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """Who holds (or wants) the lock."""
+
+    run_id: str
+    user: str
+    host: str
+    pid: int
+    started: str
+    message: str = ""
+
+    @classmethod
+    def current(cls, run_id: str, message: str = "") -> "LockOwner":
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        return cls(run_id=run_id, user=user, host=socket.gethostname(), pid=os.getpid(),
+                   started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), message=message)
+
+    def describe(self) -> str:
+        text = f"run {self.run_id} by {self.user}@{self.host} (pid {self.pid}) since {self.started}"
+        return text + (f", message: {self.message!r}" if self.message else "")
+
+    def is_stale(self) -> bool:
+        """True when the owner ran on this machine and its process is gone."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def _parse_owner(text: str) -> LockOwner | None:
+    try:
+        data: Any = json.loads(text)
+        return LockOwner(**{k: data[k] for k in LockOwner.__dataclass_fields__ if k in data})
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+class FleetLock:
+    """Take and release the lock on every node."""
+
+    def __init__(self, nodes: Sequence[Node], handlers: Callable[[Node], CommandHandler], owner: LockOwner,
+                 *, break_lock: bool = False, lock_dir: str = LOCK_DIR) -> None:
+        self.nodes = list(nodes)
+        self.handlers = handlers
+        self.owner = owner
+        self.break_lock = break_lock
+        self.lock_dir = lock_dir
+        self.held: list[Node] = []
+        self.broken: list[str] = []
+
+    def acquire(self) -> None:
+        """Lock every node or none; LockError naming each holder."""
+        problems: list[str] = []
+        for node in self.nodes:
+            try:
+                problem = self._take(node)
+            except TransportError as exc:
+                problem = f"{node.name}: cannot take the lock: {exc.detail}"
+            if problem:
+                problems.append(problem)
+                break
+        if problems:
+            self.release()
+            raise LockError("the fleet is locked by another run; nothing was changed:\n  - "
+                            + "\n  - ".join(problems))
+
+    def _take(self, node: Node) -> str | None:
+        handler = self.handlers(node)
+        owner_json = json.dumps(asdict(self.owner))
+        path = shlex.quote(self.lock_dir)
+        owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
+        command = (f"mkdir -p {shlex.quote(os.path.dirname(self.lock_dir))} && "
+                   f"if mkdir {path} 2>/dev/null; then printf '%s' {shlex.quote(owner_json)} > {owner_file} "
+                   f"&& echo ZDU-LOCK-ACQUIRED; else cat {owner_file} 2>/dev/null; fi")
+        for attempt in range(2):
+            result = handler.run(command, timeout=30)
+            if result.exit_code != 0:
+                return f"{node.name}: cannot take the lock ({self.lock_dir}): exit {result.exit_code}: " \
+                       f"{result.stderr.strip()[:200]}"
+            out = result.stdout.strip()
+            if out.endswith("ZDU-LOCK-ACQUIRED"):
+                self.held.append(node)
+                return None
+            holder = _parse_owner(out)
+            if holder is not None and holder.run_id == self.owner.run_id:
+                handler.run(f"printf '%s' {shlex.quote(owner_json)} > {owner_file}", timeout=30)
+                self.held.append(node)  # our own lock, left by this run before it was killed: resume
+                return None
+            described = holder.describe() if holder else "an unknown owner (no owner.json: being taken now?)"
+            if self.break_lock and attempt == 0:
+                self.broken.append(f"{node.name}: {described}")
+                handler.run(f"rm -rf {path}", timeout=30)
+                continue
+            stale = " -- STALE: that process no longer exists" if holder and holder.is_stale() else ""
+            return (f"{node.name}: locked by {described}{stale} ({self.lock_dir} on {node.host}). "
+                    "If that run is dead and nobody else is upgrading these nodes, rerun with --break-lock")
+        return f"{node.name}: could not take the lock after breaking it"
+
+    def release(self) -> list[str]:
+        """Release the locks this run holds (only if still ours); return the problems."""
+        problems = []
+        owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
+        for node in reversed(self.held):
+            try:
+                result = self.handlers(node).run(
+                    f"grep -qF {shlex.quote(json.dumps(self.owner.run_id))} {owner_file} 2>/dev/null && "
+                    f"rm -rf {shlex.quote(self.lock_dir)}; true", timeout=30)
+                if result.exit_code != 0:
+                    problems.append(f"{node.name}: lock not released: exit {result.exit_code}")
+            except TransportError as exc:
+                problems.append(f"{node.name}: lock not released ({exc.detail}); remove {self.lock_dir} "
+                                "there once the node is back")
+        self.held.clear()
+        return problems
