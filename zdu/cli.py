@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "over SSH, node by node behind a load balancer, rolling back on failure.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--old_install_dir", "--old-install-dir", dest="old_install_dir", metavar="DIR",
-                        help="the current installation directory on every node (required)")
+                        help="the current installation directory on every node (required, except with --resume)")
     parser.add_argument("--new_install_dir", "--new-install-dir", dest="new_install_dir", metavar="DIR",
-                        help="the new installation directory on every node (required)")
+                        help="the new installation directory on every node (required, except with --resume)")
     parser.add_argument("--config", metavar="FILE",
                         help="topology file (YAML or JSON); default: the built-in reference topology")
     parser.add_argument("--profile", metavar="NAME|FILE",
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "and exit; connects to nothing")
     parser.add_argument("--log_dir", "--log-dir", dest="log_dir", metavar="DIR", default="logs",
                         help="where run folders go (default: logs/)")
-    parser.add_argument("--serial", metavar="N|N%%|LIST",
+    parser.add_argument("--serial", metavar="N|N%|LIST",
                         help="nodes per wave in the online phases: a count, a percentage, or a comma "
                              "list like 1,50%% whose last value repeats (default: topology's serial, 1)")
     parser.add_argument("--rollback-policy", "--rollback_policy", dest="rollback_policy", metavar="REF",
