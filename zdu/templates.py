@@ -7,6 +7,7 @@ the node as one literal argument.  Undefined variables are an error
 """
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any, Mapping
 
@@ -31,6 +32,11 @@ def _raw(value: Any) -> Raw:
     return Raw(value)
 
 
+def ere_escape(value: Any) -> str:
+    """``{{ path|ere }}``: ``value`` as a literal in a POSIX extended regex (pgrep, grep -E)."""
+    return re.sub(r"([.\[\]{}()\\*+?^$|])", r"\\\1", str(value))
+
+
 def _join(values: Any, sep: str = " ") -> Raw:
     """``{{ list|qjoin }}``: each element quoted, joined by spaces."""
     return Raw(sep.join(shlex.quote(str(v)) for v in values))
@@ -45,12 +51,14 @@ _ENV = jinja2.Environment(
 _ENV.filters["raw"] = _raw
 _ENV.filters["qjoin"] = _join
 _ENV.filters["q"] = lambda v: Raw(shlex.quote(str(v)))
+_ENV.filters["ere"] = ere_escape
 
 # Plain (unquoted) rendering, for values that are not shell text: URLs, regexes, paths polled
 # from the control machine.
 _PLAIN = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 _PLAIN.filters["raw"] = _raw
 _PLAIN.filters["q"] = lambda v: shlex.quote(str(v))
+_PLAIN.filters["ere"] = ere_escape
 
 
 def render(template: str, context: Mapping[str, Any], *, where: str, shell: bool = True) -> str:
