@@ -1,12 +1,14 @@
 """Load-balancer hooks: built-in ``none``, ``script``, ``haproxy``, or a custom one.
 
-A custom hook is named by dotted path in the topology (``type: mypkg.lb:make``):
+A custom hook is named in the topology by the name of an installed entry point
+(group ``zdupgrade.load_balancers``) or by dotted path (``type: mypkg.lb:make``):
 the callable gets the ``load_balancer`` options mapping and returns a
 :class:`zdu.lb.base.LoadBalancer`.
 """
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from typing import Callable
 
 from ..errors import ConfigError
@@ -14,7 +16,10 @@ from ..handlers.base import CommandHandler
 from ..model import LbSettings
 from .base import LbResult, LoadBalancer
 
-__all__ = ["LbResult", "LoadBalancer", "make_load_balancer"]
+__all__ = ["LbResult", "LoadBalancer", "make_load_balancer", "ENTRY_POINT_GROUP"]
+
+#: packages register hooks here: ``[options.entry_points] zdupgrade.load_balancers = f5 = mypkg.f5:make``
+ENTRY_POINT_GROUP = "zdupgrade.load_balancers"
 
 
 def make_load_balancer(settings: LbSettings, *,
@@ -31,11 +36,15 @@ def make_load_balancer(settings: LbSettings, *,
     if settings.type == "haproxy":
         from .haproxy import from_options
         return from_options(settings.options, handler_factory=handler_factory)
-    module_name, sep, attr = settings.type.partition(":")
-    if not sep:
-        module_name, _, attr = settings.type.rpartition(".")
+    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        if settings.type in plugins:
+            factory = plugins[settings.type].load()
+        else:
+            module_name, sep, attr = settings.type.partition(":")
+            if not sep:
+                module_name, _, attr = settings.type.rpartition(".")
+            factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"load_balancer.type: cannot load hook {settings.type!r}: {exc}") from None
     hook = factory(dict(settings.options))
