@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -210,7 +211,18 @@ class HandlerPool:
             return self._handlers[node.name]
 
     def by_name(self, name: str) -> CommandHandler:
-        return self(self._topology.node(name))
+        """The handler of a topology node, or of another host given as ``[user@]host[:port]``
+        (a load balancer reached over SSH: ``load_balancer.via``)."""
+        try:
+            return self(self._topology.node(name))
+        except KeyError:
+            pass
+        match = re.fullmatch(r"(?:([^@\s]+)@)?([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?", name)
+        if not match:
+            raise ConfigError(f"load_balancer.via: {name!r} is neither a node of the topology nor "
+                              "[user@]host[:port]")
+        user, host, port = match.groups()
+        return self(Node(name=f"lb-{host}", host=host.strip("[]"), port=int(port or 22), user=user))
 
     def close(self) -> None:
         for handler in self._handlers.values():
