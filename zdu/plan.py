@@ -107,11 +107,18 @@ class Plan:
 
 
 def mask_secrets(text: str, secrets: Sequence[str]) -> str:
-    """Replace each secret (longest first, and its shell-quoted form) with ******."""
+    """Replace each secret (longest first, and its shell-quoted form) with ******.
+
+    Also the form a secret takes inside a larger quoted word (``{{ 'x=' ~ secret }}`` renders
+    as ``'x=pa'"'"'ss'``): each ``'`` escaped as ``'"'"'``, without the outer quotes.
+    """
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         quoted = shlex.quote(secret)
         if quoted != secret:
             text = text.replace(quoted, MASK)
+        escaped = secret.replace("'", "'\"'\"'")
+        if escaped != secret:
+            text = text.replace(escaped, MASK)
         text = text.replace(secret, MASK)
     return text
 
