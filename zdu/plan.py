@@ -245,17 +245,17 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
                 secrets.add(str(context[name]))
         phases: dict[Phase, tuple[PlannedStep, ...]] = {}
         for phase in UPGRADE_PHASES:
-            steps = [_plan_step(profile, node, phase, i, step, context, "phases")
+            steps = [_plan_step(profile, node, phase, i, step, context, f"phases.{phase}[{i}]")
                      for i, step in enumerate(profile.phases.get(phase, ()))]
             if phase is Phase.POST_APPLY:
                 base = len(steps)
-                steps += [_plan_step(profile, node, phase, base + i, step, context, "smoke", smoke=True)
+                steps += [_plan_step(profile, node, phase, base + i, step, context, f"smoke[{i}]", smoke=True)
                           for i, step in enumerate(profile.smoke)]
             phases[phase] = tuple(steps)
         rollback: dict[Phase, tuple[PlannedStep, ...]] = {}
         for key, steps_spec in profile.rollback.items():
             rollback[key] = tuple(_plan_step(profile, node, Phase.ROLLBACK, i, step, context,
-                                             f"rollback.{key}") for i, step in enumerate(steps_spec))
+                                             f"rollback.{key}[{i}]") for i, step in enumerate(steps_spec))
         node_plans.append(NodePlan(node=node, phases=frozen_map(phases), rollback=frozen_map(rollback)))
 
     waves = compute_waves([n.name for n in topology.nodes],

@@ -91,6 +91,8 @@ def parse_profile(data: Any, *, source: str) -> Profile:
     phases: dict[Phase, tuple[Step, ...]] = {}
     for key, value in raw_phases.items():
         phase = _phase_key(c, key, "phases")
+        if phase in phases:
+            raise c.fail(f"phases.{key}", f"duplicate phase: {key!r} is {phase} again")
         if phase not in UPGRADE_PHASES:
             raise c.fail(f"phases.{key}", "ROLLBACK steps go under the top-level 'rollback' field")
         phases[phase] = _steps(c, value, f"phases.{phase}")
@@ -106,6 +108,8 @@ def parse_profile(data: Any, *, source: str) -> Profile:
     elif raw_rb is not None:
         for key, value in c.mapping(raw_rb, "rollback").items():
             phase = _phase_key(c, key, "rollback")
+            if phase in rollback:
+                raise c.fail(f"rollback.{key}", f"duplicate phase: {key!r} is {phase} again")
             if phase is Phase.ROLLBACK:
                 raise c.fail(f"rollback.{key}", "a rollback cannot be keyed by ROLLBACK")
             rollback[phase] = _steps(c, value, f"rollback.{phase}")

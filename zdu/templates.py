@@ -12,6 +12,7 @@ import shlex
 from typing import Any, Mapping
 
 import jinja2
+import jinja2.sandbox
 
 from .errors import TemplateError
 
@@ -42,7 +43,8 @@ def _join(values: Any, sep: str = " ") -> Raw:
     return Raw(sep.join(shlex.quote(str(v)) for v in values))
 
 
-_ENV = jinja2.Environment(
+# Sandboxed: a profile is data from the operator, not code run on the control machine.
+_ENV = jinja2.sandbox.SandboxedEnvironment(
     undefined=jinja2.StrictUndefined,
     finalize=_finalize,
     autoescape=False,
@@ -55,7 +57,7 @@ _ENV.filters["ere"] = ere_escape
 
 # Plain (unquoted) rendering, for values that are not shell text: URLs, regexes, paths polled
 # from the control machine.
-_PLAIN = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+_PLAIN = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _PLAIN.filters["raw"] = _raw
 _PLAIN.filters["q"] = lambda v: shlex.quote(str(v))
 _PLAIN.filters["ere"] = ere_escape
@@ -75,6 +77,10 @@ def render(template: str, context: Mapping[str, Any], *, where: str, shell: bool
         raise TemplateError(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from None
     except jinja2.TemplateError as exc:
         raise TemplateError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise TemplateError(f"{where}: the template recurses without end") from None
+    except Exception as exc:  # {{ 1/0 }}, {{ '%d' % 'x' }}: the profile's error, not ours
+        raise TemplateError(f"{where}: {type(exc).__name__} while rendering: {exc}") from None
 
 
 def check_syntax(template: str, *, where: str) -> None:

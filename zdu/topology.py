@@ -53,30 +53,74 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
     return parse_topology(data, source=source)
 
 
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int | None = None) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: let the base class report it
+                break
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def _read_document(path: Path, *, what: str) -> Any:
     if not path.exists():
         raise ConfigError(f"{path}: {what} file not found")
     if not path.is_file():
         raise ConfigError(f"{path}: {what} path is not a file")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {what} file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: {what} file is not valid UTF-8 (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} file: {exc.strerror}") from None
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: YAML syntax error{where}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}") from None
+        if path.suffix.lower() == ".json":
+            try:
+                return json.loads(text, object_pairs_hook=_json_pairs)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
+                                  f"{exc.msg}") from None
+        try:
+            return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: YAML syntax error{where}: {exc.problem}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: YAML error: {exc}") from None
+    except _DuplicateKey as dup:
+        where = f" (line {dup.line})" if dup.line else ""
+        raise ConfigError(f"{path}: duplicate key {dup.key!r}{where}: each field may appear once") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the {what} is nested too deeply") from None
 
 
 def read_document(path: Path, *, what: str) -> Any:
@@ -139,11 +183,26 @@ class _Checker:
         return tuple(value)
 
     def vars(self, value: Any, where: str) -> Mapping[str, Any]:
+        """Template variables: a scalar, a flat list of scalars, or ``{env: NAME}``."""
         data = self.mapping(value, where)
-        for key in data:
+        for key, item in data.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise self.fail(f"{where}.{key}", "variable names must be identifiers (letters, digits, _)")
+            self._var_value(item, f"{where}.{key}")
         return frozen_map(data)
+
+    def _var_value(self, item: Any, where: str) -> None:
+        if isinstance(item, Mapping):
+            if set(item) != {"env"} or not isinstance(item["env"], str) or not item["env"]:
+                raise self.fail(where, "a variable is a string, number, boolean, a list of those, "
+                                       "or {env: NAME} (from the control machine's environment)")
+            return
+        for scalar in (item if isinstance(item, list) else [item]):
+            if scalar is not None and not isinstance(scalar, (str, int, float, bool)):
+                raise self.fail(where, f"a variable is a string, number, boolean or a list of those, "
+                                       f"got {_kind(scalar)}")
+            if isinstance(scalar, str) and "\x00" in scalar:
+                raise self.fail(where, "contains a NUL byte, which no shell can receive")
 
     def optional(self, data: Mapping[str, Any], key: str, where: str,
                  parse: Callable[[Any, str], Any], default: Any) -> Any:

@@ -112,7 +112,6 @@ def test_secret_in_a_failure_message_is_masked(fresh_lab: Lab, tmp_path: Path) -
 ENV_PROFILE = PROFILE.replace("secrets: [admin_password]\n", "")   # env values are secret by themselves
 
 
-@pytest.mark.xfail(strict=True, reason="env vars: in progress")
 def test_secret_from_the_control_machine_environment(fresh_lab: Lab, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``vars: {admin_password: {env: ZDU_ADMIN_PASSWORD}}``: the value comes from the control
