@@ -65,8 +65,8 @@ def test_stdin_is_closed(handler: LocalHandler) -> None:
 
 
 def test_megabytes_and_invalid_utf8(handler: LocalHandler) -> None:
-    big = handler.run("head -c 5000000 /dev/zero | tr '\\0' x")
-    assert len(big.stdout) == 5_000_000
+    big = handler.run("head -c 2000000 /dev/zero | tr '\\0' x")
+    assert big.stdout == "x" * 2_000_000  # within the head + tail kept: nothing cut
     assert handler.run("printf '\\xff\\xfe'").stdout == "\ufffd\ufffd"
     assert handler.run("yes é | head -n 100000 | tr -d '\\n'").stdout == "é" * 100_000
 
@@ -108,3 +108,15 @@ def test_backoff_policy() -> None:
         retry_call(lambda: {"y": 1}["x"], policy=Backoff(retries=3),
                    retry_if=lambda e: isinstance(e, OSError), sleep=slept.append)
     assert slept == [0.5, 1.0]
+
+
+def test_huge_output_keeps_head_and_tail_and_says_what_was_cut() -> None:
+    handler = LocalHandler(Node(name="ctl", host="127.0.0.1", transport="local"))
+    result = handler.run("printf START; head -c 5000000 /dev/zero | tr '\\0' x; printf END; "
+                         "head -c 3000000 /dev/zero | tr '\\0' y >&2", timeout=60)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("START") and result.stdout.endswith("END")
+    assert "characters of output truncated here" in result.stdout
+    cut = int(result.stdout.split("[... zdupgrade: ")[1].split(" ")[0])
+    assert len(result.stdout.replace("x", "")) < 200 and cut + result.stdout.count("x") == 5_000_000
+    assert "truncated" in result.stderr and result.stderr.count("y") == 2 * 1024 * 1024

@@ -8,6 +8,7 @@ SIGTERM to the group, up to one second of grace, then SIGKILL to the group).
 from __future__ import annotations
 
 import codecs
+import collections
 import os
 import signal
 import subprocess
@@ -36,6 +37,37 @@ class IncrementalDecodeMixin:
 
     read_chunk_size = 64 * 1024
     encoding: str
+    #: characters kept from the start and from the end of each stream; the middle of a
+    #: longer output is dropped (and says so), so a command printing gigabytes cannot
+    #: exhaust the control machine's memory or the logs
+    keep_head = 1024 * 1024
+    keep_tail = 1024 * 1024
+
+    def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Callable[[int], bytes | None]) -> None:
+        head = 0
+        tail: collections.deque[str] = collections.deque()
+        tail_len = dropped = 0
+        for data in self.read_proc_output(reader):  # type: ignore[attr-defined]
+            if head < self.keep_head:
+                kept = data[: self.keep_head - head]
+                buffer_.append(kept)
+                head += len(kept)
+                data = data[len(kept):]
+                if not data:
+                    continue
+            tail.append(data)
+            tail_len += len(data)
+            while tail and tail_len - len(tail[0]) >= self.keep_tail:
+                tail_len -= len(tail[0])
+                dropped += len(tail.popleft())
+        rest = "".join(tail)
+        if len(rest) > self.keep_tail:
+            dropped += len(rest) - self.keep_tail
+            rest = rest[len(rest) - self.keep_tail:]
+        if dropped:
+            buffer_.append(f"\n[... zdupgrade: {dropped} characters of output truncated here ...]\n")
+        if rest:
+            buffer_.append(rest)
 
     def read_proc_output(self, reader: Callable[[int], bytes | None]) -> Generator[str, None, None]:
         decoder = codecs.getincrementaldecoder(self.encoding)("replace")
