@@ -123,3 +123,26 @@ def test_script_hook_missing_is_refused(tmp_path: Path) -> None:
     status, _, err = call(*DIRS, "--config", config, "--log_dir", str(tmp_path / "logs"))
     assert status in (Status.NODE_UNREACHABLE, Status.CONFIG_ERROR)
     assert "hook script not found: /no/such/hook" in err
+
+
+@pytest.mark.parametrize("config,old,new", [
+    ("config/topology.yaml", "/opt/Axway-7.5.3", "/opt/Axway-7.7"),
+    ("config/topology.json", "/opt/apinizer-worker", "/opt/apinizer-worker-2026.04.6"),
+])
+def test_sample_topologies_plan(config: str, old: str, new: str, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["--config", str(root / config), "--old_install_dir", old, "--new_install_dir", new,
+                   "--dry-run", "--log_dir", str(tmp_path)], {"AXWAY_ADMIN_PASSWORD": "pa55-word"}, out=out, err=err)
+    assert status is Status.SUCCESS, err.getvalue()
+    text = out.getvalue()
+    assert text.count("[load balancer] disable") == 3 and "pa55-word" not in text
+
+
+def test_env_variable_missing_is_a_clear_error(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    err = io.StringIO()
+    status = main(["--config", str(root / "config/topology.yaml"), "--old_install_dir", "/opt/a",
+                   "--new_install_dir", "/opt/b", "--dry-run"], {}, out=io.StringIO(), err=err)
+    assert status is Status.CONFIG_ERROR
+    assert "environment variable 'AXWAY_ADMIN_PASSWORD' is not set" in err.getvalue()
