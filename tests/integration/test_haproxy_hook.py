@@ -2,7 +2,7 @@
 
 Instance 1 is driven over its unix socket, instance 2 over tcp:127.0.0.1:PORT, so
 both transports run in every test.  Backends are python http.server threads on
-127.0.0.31/32 with a slow endpoint; health checks run every 100 ms.
+127.0.0.231/232 with a slow endpoint; health checks run every 100 ms.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from zdu.model import CommandResult, Node
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None or shutil.which("socat") is None,
                                 reason="needs haproxy and socat")
 
-NODE_A = Node("Node-A", "127.0.0.31", lb_server="node-a")
-NODE_B = Node("Node-B", "127.0.0.32", lb_server="node-b")
+NODE_A = Node("Node-A", "127.0.0.231", lb_server="node-a")
+NODE_B = Node("Node-B", "127.0.0.232", lb_server="node-b")
 
 
 # ---------------------------------------------------------------------------- lab pieces
@@ -151,7 +151,7 @@ backend gateways
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    backends = {"node-a": Backend("127.0.0.31"), "node-b": Backend("127.0.0.32")}
+    backends = {"node-a": Backend("127.0.0.231"), "node-b": Backend("127.0.0.232")}
     lab = Lab(backends)
     try:
         lab.instances.append(start_haproxy(tmp_path, 1, backends, tcp=False))
@@ -213,7 +213,7 @@ def test_check_accepts_known_servers_on_unix_and_tcp(lab: Lab) -> None:
 
 def test_check_refuses_unknown_server_backend_and_socket(lab: Lab, tmp_path: Path) -> None:
     with pytest.raises(LoadBalancerError, match="has no server 'node-z'") as info:
-        lab.lb().check([NODE_A, Node("Node-Z", "127.0.0.39", lb_server="node-z")])
+        lab.lb().check([NODE_A, Node("Node-Z", "127.0.0.239", lb_server="node-z")])
     assert lab.sockets[0] in str(info.value) and lab.sockets[1] in str(info.value)
 
     with pytest.raises(LoadBalancerError, match="no backend 'nope'"):
@@ -239,12 +239,12 @@ def test_disable_drains_a_live_slow_request_then_maint(lab: Lab) -> None:
     assert result.ok, result.message
     assert result.details["sessions_cut"] == 0
     assert result.details["drain_seconds"] >= 0.3
-    assert out == [(200, '{"version": "127.0.0.31"}')]          # served, not cut
+    assert out == [(200, '{"version": "127.0.0.231"}')]          # served, not cut
     assert lb.server_states(NODE_A) == {s: "MAINT" for s in lab.sockets}
     assert lb.server_states(NODE_B) == {s: "UP" for s in lab.sockets}
     # traffic now goes to node-b on both instances
     for inst in lab.instances:
-        assert get(inst.frontend, "/") == (200, '{"version": "127.0.0.32"}')
+        assert get(inst.frontend, "/") == (200, '{"version": "127.0.0.232"}')
 
 
 def test_drain_timeout_cuts_and_counts_sessions(lab: Lab) -> None:
@@ -388,7 +388,7 @@ def test_rolling_disable_enable_drops_no_request(lab: Lab) -> None:
     report = probe.report()
     assert report.sent > 150
     assert report.failed == 0, report.first_failures
-    assert set(report.versions) == {"127.0.0.31", "127.0.0.32"}
+    assert set(report.versions) == {"127.0.0.231", "127.0.0.232"}
     assert [w.failed for w in report.windows] == [0, 0]
 
 

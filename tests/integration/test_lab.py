@@ -145,12 +145,12 @@ def test_manual_upgrade_serves_2_0(fresh_lab: Lab) -> None:
     log = run(lab, "Node-A", "cat /opt/gateway-2.0/logs/gateway.log")
     assert f"Started gateway 2.0 on {lab.node('Node-A').host}:8080" in log
     # and back: the APPLY rollback of the profile, by hand
-    run(lab, "Node-A", f"{GW2} stop --timeout 10 && {GW1} start --host 127.0.0.11")
+    run(lab, "Node-A", f"{GW2} stop --timeout 10 && {GW1} start --host {lab.node('Node-A').host}")
     assert lab.served_version("Node-A") == "1.0" and lab.running_versions("Node-A") == ["1.0"]
 
 
 def test_2_0_refuses_to_start_without_its_converted_config(fresh_lab: Lab) -> None:
-    out = run(fresh_lab, "Node-B", f"{GW1} stop && {GW2} start --host 127.0.0.12", expect=1)
+    out = run(fresh_lab, "Node-B", f"{GW1} stop && {GW2} start --host {fresh_lab.node('Node-B').host}", expect=1)
     assert "missing config" in out
     assert fresh_lab.running_versions("Node-B") == []
     assert run(fresh_lab, "Node-B", f"{GW2} check", expect=1)
@@ -242,11 +242,11 @@ def test_fault_start_never_listens_and_1_0_is_unaffected(fresh_lab: Lab) -> None
         lab.inject_fault("Node-A", word)
     run(lab, "Node-A", f"mkdir -p /var/tmp/zdupgrade/t && {GW1} export --out {EXPORT} && {GW2} upgrade --from {EXPORT}")
     run(lab, "Node-A", f"{GW1} stop")
-    run(lab, "Node-A", f"{GW2} start --host 127.0.0.11", expect=1)
+    run(lab, "Node-A", f"{GW2} start --host {lab.node('Node-A').host}", expect=1)
     assert lab.running_versions("Node-A") == [] and lab.served_version("Node-A") is None
     assert "injected fault: start" in run(lab, "Node-A", "tail -n 5 /opt/gateway-2.0/logs/gateway.log")
     # rollback to 1.0 ignores the 2.0 faults
-    run(lab, "Node-A", f"{GW1} check && {GW1} start --host 127.0.0.11")
+    run(lab, "Node-A", f"{GW1} check && {GW1} start --host {lab.node('Node-A').host}")
     status, body = get_json(lab.node("Node-A").url + "/health")
     assert status == 200 and body["version"] == "1.0"
 
@@ -342,7 +342,7 @@ def test_write_topology(lab: Lab, tmp_path: Path, lb: str) -> None:
     assert doc["profile"] == "lab-gateway" and doc["serial"] == 2
     assert doc["ssh"] == {"user": "root", "key_file": str(lab.key_file), "known_hosts": str(lab.known_hosts),
                           "host_key_policy": "strict", "connect_timeout": 3, "command_timeout": 120}
-    assert doc["nodes"][0] == {"name": "Node-A", "host": "127.0.0.11", "port": 2222, "group": "Gateway",
+    assert doc["nodes"][0] == {"name": "Node-A", "host": lab.node("Node-A").host, "port": 2222, "group": "Gateway",
                                "roles": ["gateway"], "lb_server": "node-a"}
     assert doc["load_balancer"]["type"] == lb
     if lb == "haproxy":
