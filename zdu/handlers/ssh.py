@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import shlex
@@ -79,6 +80,10 @@ HostKeyCallback = Callable[[str, str, str], None]
 KILL_GRACE = 1.0
 #: seconds between keepalives on an idle connection
 KEEPALIVE = 15
+
+# paramiko logs the failures we map and report ourselves (with tracebacks, at ERROR); with no
+# logging configured they would land on stderr through logging's last-resort handler
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _known_hosts_lock = threading.Lock()
