@@ -142,9 +142,20 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         super().__init__(*args, **kwargs)
         self._stderr_head: bytes | None = b""
 
+    #: seconds to wait for the node to answer the exec request (None: forever)
+    start_timeout: float | None = None
+    #: the node did not answer the exec request within start_timeout
+    start_expired = False
+
     def send_start_message(self, command: str) -> None:
         wrapped = f"printf '\\036zdu-pgid=%s\\n' \"$$\" >&2\n{command}"
-        super().send_start_message(wrapped)
+        # paramiko waits for the answer to an exec request without any timeout, and invoke's
+        # command timer starts only after it: a node that freezes right then (paused, link
+        # gone silent) would hang the run for good
+        if not _bounded(self.channel, lambda: super(_Remote, self).send_start_message(wrapped),
+                        self.start_timeout):
+            self.start_expired = True
+            raise SSHException(f"no answer to the exec request within {self.start_timeout:g}s")
         self.command_sent = True
         # we never feed stdin: give the command EOF instead of a pipe that never ends
         self.channel.shutdown_write()
@@ -175,7 +186,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
             if self.pgid:
                 # root sessions are not privilege-separated and OpenSSH refuses the
                 # "signal" request for them, so signal the group from a second session
-                self._side_command(f"kill -{name} -- -{self.pgid} 2>/dev/null")
+                if not self._side_command(f"kill -{name} -- -{self.pgid} 2>/dev/null"):
+                    break        # the node does not answer: a KILL would not get through either
             else:
                 # fallback: a "signal" request races with the channel closing, and
                 # sshd drops the whole connection on a request for a closed channel;
@@ -187,16 +199,19 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
             chan.status_event.wait(KILL_GRACE)
         chan.close()
 
-    def _side_command(self, command: str) -> None:
+    def _side_command(self, command: str) -> bool:
+        """Run ``command`` in a second session; False if the node did not even answer."""
         try:
             side = self.channel.transport.open_session(timeout=KILL_GRACE * 5)
             try:
-                side.exec_command(command)
+                if not _bounded(side, lambda: side.exec_command(command), KILL_GRACE * 5):
+                    return False
                 side.status_event.wait(KILL_GRACE * 5)
             finally:
                 side.close()
         except Exception:  # noqa: BLE001 - best effort; the channel close follows
-            pass
+            return False
+        return True
 
 
 class _HostKeyGuard(paramiko.MissingHostKeyPolicy):
@@ -438,6 +453,7 @@ class SshHandler(CommandHandler):
                 conn = self._conn
                 assert conn is not None
                 runner = _Remote(context=conn, inline_env=True)
+                runner.start_timeout = limit
                 started, t0 = time.time(), time.monotonic()
                 try:
                     result = runner.run(remote_command, hide=True, warn=True, in_stream=False,
@@ -446,6 +462,12 @@ class SshHandler(CommandHandler):
                     return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
                                          started, time.monotonic() - t0, error="timeout")
                 except (SSHException, EOFError, OSError, ThreadException) as exc:
+                    if runner.start_expired:
+                        # the node never answered the exec request: a timeout, and the
+                        # connection is useless now (the next run() reconnects)
+                        self._discard()
+                        return CommandResult(command, None, "", "", started,
+                                             time.monotonic() - t0, error="timeout")
                     if runner.command_sent:
                         return self._lost(command, runner, started, t0)
                     # the session could not even be opened: the connection we thought
@@ -475,6 +497,32 @@ class SshHandler(CommandHandler):
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _bounded(chan: paramiko.Channel, request: Callable[[], None], seconds: float | None) -> bool:
+    """Make ``request`` (which waits for the node's answer on ``chan``) give up after
+    ``seconds`` by closing ``chan`` (that wakes paramiko's wait, which then raises);
+    False when it had to."""
+    if seconds is None:
+        request()
+        return True
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        chan.close()
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        request()
+    except Exception:
+        if expired.is_set():
+            return False
+        raise
+    finally:
+        timer.cancel()
+    return not expired.is_set()
+
 
 class _Transient(Exception):
     """A connect failure worth retrying (refused, timeout, reset during handshake)."""
