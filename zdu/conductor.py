@@ -72,6 +72,8 @@ class Conductor:
         self._done = {s.key for s in state.steps if s.ended is not None and not s.error
                       and s.phase != Phase.ROLLBACK.value} if resume else set()
         self._last_action: Action | None = None
+        # node -> (action, ok) of the last load-balancer call this process made for it
+        self._last_lb: dict[str, tuple[str, bool]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -345,7 +347,10 @@ class Conductor:
                    message=f"undoing {furthest}: {len(steps)} step(s)")
         ok = True
         message = ""
-        if steps and disruptive and node_state.in_lb:
+        # a failed enable (or disable) may have acted anyway: unless the last call was a
+        # successful disable, the node may be taking traffic, so take it out first
+        known_out = not node_state.in_lb and self._last_lb.get(name, ("disable", True)) == ("disable", True)
+        if steps and disruptive and not known_out:
             result = self._lb_action(name, "disable")
             if not result.ok:
                 self._warn(f"{name}: could not take the node out of the load balancer before rolling it "
@@ -393,6 +398,7 @@ class Conductor:
         except Exception as exc:  # a hook bug is a failed action, not a crashed run
             result = LbResult(False, f"{type(exc).__name__}: {exc}", time.time() - started)
         now = time.time()
+        self._last_lb[name] = (action, result.ok)
         if action == "enable" and result.ok:
             node_state.in_lb = True
             if node_state.out_since is not None:
