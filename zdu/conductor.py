@@ -399,6 +399,9 @@ class Conductor:
             result = LbResult(False, f"{type(exc).__name__}: {exc}", time.time() - started)
         now = time.time()
         self._last_lb[name] = (action, result.ok)
+        self.state.lb_actions.append({"node": name, "action": action, "ok": result.ok, "message": result.message,
+                                      "started": started, "duration": result.duration,
+                                      "details": _jsonable(result.details)})
         if action == "enable" and result.ok:
             node_state.in_lb = True
             if node_state.out_since is not None:
@@ -452,3 +455,14 @@ class Conductor:
               data: dict | None = None) -> None:
         self.bus.emit(Event(kind, node=node, phase=phase, message=message, data=data or {}))
 
+
+
+def _jsonable(value: object) -> object:
+    """``value`` with anything JSON cannot hold turned into text (hook details are free-form)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

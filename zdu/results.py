@@ -109,6 +109,7 @@ class RunState:
     rollback_queue: list[str] = field(default_factory=list)    # nodes still to roll back, in order
     resumed: list[float] = field(default_factory=list)         # times the run was resumed
     lock: dict[str, Any] | None = None                         # the fleet lock this run holds
+    lb_actions: list[dict[str, Any]] = field(default_factory=list)  # every load-balancer call and its answer
 
     def __post_init__(self) -> None:
         for name in self.node_names:

@@ -69,6 +69,8 @@ def test_full_upgrade_every_node_runs_new_version(fresh_lab: Lab, tmp_path: Path
     assert_one_version_each(fresh_lab, {n: "2.0" for n in NODES})
     assert_balanced_and_in(fresh_lab, record)
     assert all(record["nodes"][n]["lb_calls"] == {"disable": 1, "enable": 1} for n in NODES)
+    assert [(a["node"], a["action"], a["ok"]) for a in record["lb_actions"]] == \
+        [(n, action, True) for n in NODES for action in ("disable", "enable")]
     # the summary, like Axway's
     assert "Summary table (Status.SUCCESS):" in out
     rows = table_rows(out)
