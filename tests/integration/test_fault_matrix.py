@@ -21,6 +21,22 @@ Faults (columns of ``CELLS``):
 * ``sigkill-resume``: ``hang-<word>``, SIGKILL the zdupgrade process while the step runs, clear
   the fault and kill the hung command on the node, then ``zdupgrade --resume``.
 
+What each cell ends with (exit status; decision on Node-B)::
+
+                    EXPORT     UPGRADE    PRE-APPLY     APPLY         POST-APPLY
+    fail            70 ABORT   71 ABORT   72 RB_ALL     73 RB_ALL     74 RB_ALL
+    hang            70 ABORT   71 ABORT   72 RB_ALL     73 RB_ALL     74 RB_ALL
+    sshd-killed     70 ABORT   71 ABORT   75 RB_ALL     75 RB_ALL     75 RB_ALL
+    paused          70 ABORT   71 ABORT   75 RB_ALL     75 RB_ALL     75 RB_ALL
+    killed          70 ABORT   71 ABORT   75 RB_ALL     75 RB_ALL     75 RB_ALL
+    lb-fail         78 -       78 -       73 RB_ALL     73 RB_ALL     74 RB_ALL
+    sigkill-resume   0          0          0             0             0
+
+(RB_ALL = ROLLBACK_ALL: Node-B, then Node-A; 75 = Node-B itself could not be rolled back.)
+Zero failed requests is required wherever Node-B stays reachable, and also where it is lost
+while out of rotation or keeps serving (sshd killed); only a node frozen or crashed while in
+rotation may cost requests (HAProxy's health checks take it out).
+
 The lab profile's own step timeouts (60 s) and gate deadlines would make every hang a minute
 long, so the cells run a copy of ``lab-gateway`` with only its timeouts and deadlines shortened
 (``fast_profile``); steps and commands are the real ones.
@@ -84,6 +100,13 @@ class Cell:
     b_versions: list[str] | None = field(default_factory=lambda: ["1.0"])  # on Node-B at the end (None: cannot look)
     b_in_lb: bool = True               # run.json (and HAProxy admin state) of Node-B at the end
     b_version_word: str = "old"        # run.json's record of Node-B's version
+
+    @property
+    def zero_failures(self) -> bool:
+        """Not one request may fail: Node-B stays up, or is lost while out of rotation, or
+        keeps serving (only its sshd died)."""
+        return (self.reachable or self.fault == "sshd-killed"
+                or (self.phase in ("APPLY", "POST-APPLY") and not self.b_in_lb))
 
     @property
     def id(self) -> str:
@@ -316,7 +339,7 @@ def decision_line(data: dict[str, Any]) -> str:
 def assert_traffic_clean(data: dict[str, Any], out: str) -> None:
     traffic = data.get("traffic")
     assert traffic, f"no traffic report in run.json:\n{out[-3000:]}"
-    assert traffic["sent"] > 50, traffic["summary_line"]
+    assert traffic["sent"] >= 10, traffic["summary_line"]   # an offline failure ends in under a second
     assert traffic["failed"] == 0, (traffic["summary_line"], traffic.get("first_failures"))
 
 
@@ -368,7 +391,7 @@ def check_outcome(lab: Lab, cell: Cell, code: int, out: str, data: dict[str, Any
         assert any(line.startswith(f"WARNING: {FAULTY}") or line.startswith(f"WARNING: !!! {FAULTY}")
                    for line in out.splitlines()), ctx
     assert "Traceback" not in out, ctx
-    if cell.reachable and cell.status != CONFIG_ERROR:
+    if cell.zero_failures and cell.status != CONFIG_ERROR:
         assert_traffic_clean(data, out)
 
 
