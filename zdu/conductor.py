@@ -373,8 +373,8 @@ class Conductor:
         outcome.code = 0 if ok else outcome.code
         outcome.message = message
         outcome.ended = time.time()
-        if ok and disruptive:
-            node_state.version = "old"
+        if disruptive:  # a rollback that stopped half-way leaves the node on no known version
+            node_state.version = "old" if ok else "unknown"
         self._emit(ev.ROLLBACK_FINISHED, node=name, phase=Phase.ROLLBACK, message=outcome.cell(),
                    data={"outcome": outcome.outcome, "code": outcome.code,
                          "classification": outcome.classification, "message": message})

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from zdu.cli import main
+from zdu.lb.haproxy_api import LocalSocketApi, parse_servers_state
 from zdu.lab.fleet import BACKEND, Lab, wait_until
 from zdu.status import Status
 from zdu.traffic import TrafficProbe
@@ -220,20 +221,10 @@ backend {BACKEND}
         return f"http://127.0.0.1:{self.port}/"
 
     def cmd(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.socket))
-            sock.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return LocalSocketApi(str(self.socket)).execute(command)
 
     def server_states(self) -> dict[str, dict[str, str]]:
-        lines = [line for line in self.cmd(f"show servers state {BACKEND}").splitlines() if line.strip()]
-        header = next(line for line in lines if line.startswith("#")).lstrip("# ").split()
-        rows = (dict(zip(header, line.split())) for line in lines if line[0].isdigit())
-        return {row["srv_name"]: row for row in rows if "srv_name" in row}
+        return parse_servers_state(self.cmd(f"show servers state {BACKEND}"))
 
     def wait_up(self) -> None:
         def up() -> bool:

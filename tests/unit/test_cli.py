@@ -109,7 +109,7 @@ def test_unreachable_node_is_reported_before_any_change(tmp_path: Path) -> None:
     status, out, err = call(*DIRS, "--config", config, "--log_dir", str(tmp_path / "logs"))
     assert status is Status.NODE_UNREACHABLE
     assert "preflight found 2 problem(s); nothing was changed" in err
-    assert f"gw1: " in err and f"gw2: " in err and str(port) in err
+    assert "gw1: " in err and "gw2: " in err and str(port) in err
     assert "Traceback" not in err + out
     run_json = next((tmp_path / "logs").glob("*/run.json")).read_text()
     assert '"NODE_UNREACHABLE"' in run_json

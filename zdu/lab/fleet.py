@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
+from ..lb.haproxy_api import LocalSocketApi, parse_servers_state
 from ..model import Node  # noqa: E402
 from .image import ensure_image  # noqa: E402
 
@@ -515,27 +516,11 @@ backend {BACKEND}
 
     def haproxy_cmd(self, cmd: str, *, timeout: float = 5.0) -> str:
         """Send one runtime-API command over the unix socket; return the answer."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(self.haproxy_socket))
-            sock.sendall(cmd.encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return LocalSocketApi(str(self.haproxy_socket), timeout=timeout).execute(cmd)
 
     def server_states(self) -> dict[str, dict[str, str]]:
         """``show servers state`` of the backend, keyed by server name (fields by their header names)."""
-        lines = [line for line in self.haproxy_cmd(f"show servers state {BACKEND}").splitlines() if line.strip()]
-        header = next(line for line in lines if line.startswith("#")).lstrip("# ").split()
-        states: dict[str, dict[str, str]] = {}
-        for line in lines:
-            if not line[0].isdigit():   # the version line and the header
-                continue
-            row = dict(zip(header, line.split()))
-            if "srv_name" in row:
-                states[row["srv_name"]] = row
-        return states
+        return parse_servers_state(self.haproxy_cmd(f"show servers state {BACKEND}"))
 
     def wait_servers_up(self, timeout: float = 15.0) -> None:
         """Wait until HAProxy's health checks see every server UP (operational state 2)."""

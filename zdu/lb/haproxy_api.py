@@ -166,3 +166,20 @@ def parse_stat_csv(text: str) -> list[dict[str, str]]:
             body = "\n".join(row for row in lines[index + 1:] if row.strip())
             return [dict(zip(header, row)) for row in csv.reader(io.StringIO(body))]
     return []
+
+
+def parse_servers_state(text: str) -> dict[str, dict[str, str]]:
+    """Parse ``show servers state [BACKEND]`` into one dict per server, keyed by server name.
+
+    Fields are named by HAProxy's own header (``srv_admin_state``, ``srv_op_state``, ...).
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = next((line for line in lines if line.startswith("#")), "").lstrip("# ").split()
+    states: dict[str, dict[str, str]] = {}
+    for line in lines:
+        if not line[0].isdigit():  # the version line and the header
+            continue
+        row = dict(zip(header, line.split()))
+        if "srv_name" in row:
+            states[row["srv_name"]] = row
+    return states
