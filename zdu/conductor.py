@@ -355,6 +355,7 @@ class Conductor:
             if not result.ok:
                 self._warn(f"{name}: could not take the node out of the load balancer before rolling it "
                            f"back ({result.message}); rolling back anyway so the fleet runs one version")
+        steps_done = 0
         for step in steps:
             record = self._run_step(step)
             if record.error:
@@ -363,6 +364,7 @@ class Conductor:
                 outcome.code = record.exit_code
                 outcome.classification = record.error
                 break
+            steps_done += 1
         if not node_state.in_lb:
             result = self._lb_action(name, "enable")
             if not result.ok:
@@ -373,8 +375,11 @@ class Conductor:
         outcome.code = 0 if ok else outcome.code
         outcome.message = message
         outcome.ended = time.time()
-        if disruptive:  # a rollback that stopped half-way leaves the node on no known version
-            node_state.version = "old" if ok else "unknown"
+        if ok and disruptive:
+            node_state.version = "old"
+        elif disruptive and (steps_done or outcome.classification != "unreachable"):
+            node_state.version = "unknown"  # the rollback changed the node, then stopped half-way
+        # (a node that could not be reached for the first rollback step keeps the version it had)
         self._emit(ev.ROLLBACK_FINISHED, node=name, phase=Phase.ROLLBACK, message=outcome.cell(),
                    data={"outcome": outcome.outcome, "code": outcome.code,
                          "classification": outcome.classification, "message": message})

@@ -104,7 +104,8 @@ def test_unknown_or_wrong_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- gateway + haproxy
 
-def test_each_gateway_answers_1_0_directly_and_through_haproxy(lab: Lab) -> None:
+def test_each_gateway_answers_1_0_directly_and_through_haproxy(fresh_lab: Lab) -> None:
+    lab = fresh_lab  # after other modules' runs: every server back UP before counting round-robin
     for node in lab.nodes:
         assert lab.served_version(node.name) == "1.0"
         assert lab.running_versions(node.name) == ["1.0"]

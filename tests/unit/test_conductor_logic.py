@@ -49,10 +49,10 @@ class CountingLb(LoadBalancer):
         return LbResult(True)
 
 
-def run(fail: set[str]) -> tuple[Status, RunState, list[str], CountingLb]:
+def run(fail: set[str], profile: dict | None = None) -> tuple[Status, RunState, list[str], CountingLb]:
     topo = Topology(nodes=tuple(Node(name=n, host=f"127.0.0.{i + 1}") for i, n in enumerate("ABC")))
-    plan = build_plan(topo, parse_profile(PROFILE, source="p"), old_install_dir="/o", new_install_dir="/n",
-                      run_id="r")
+    plan = build_plan(topo, parse_profile(profile or PROFILE, source="p"), old_install_dir="/o",
+                      new_install_dir="/n", run_id="r")
     state = RunState(run_id="r", old_install_dir="/o", new_install_dir="/n", profile="p", topology="t",
                      node_names=list("ABC"))
     log: list[str] = []
@@ -111,3 +111,11 @@ def test_rollback_failure_is_status_75() -> None:
 
 def test_phase_enum_values() -> None:
     assert Phase.parse("pre_apply") is Phase.PRE_APPLY
+
+
+def test_half_done_rollback_leaves_the_version_unknown() -> None:
+    profile = dict(PROFILE, rollback={"APPLY": ["stop new {{ node.name }}", "start old {{ node.name }}"]})
+    status, state, log, _ = run({"apply B", "start old B"}, profile)
+    assert status is Status.ROLLBACK_FAILED
+    assert log[-4:] == ["stop new B", "start old B", "stop new A", "start old A"]
+    assert state.nodes["B"].version == "unknown" and state.nodes["A"].version == "old"
