@@ -221,7 +221,7 @@ class Conductor:
         return Failure(name, phase, classification, message)
 
     def _run_step(self, step: PlannedStep) -> StepRecord:
-        shown = self.plan.mask(step.command if step.kind == "run" else (step.wait.target if step.wait else ""))
+        shown = self.plan.mask((step.command or "") if step.kind == "run" else (step.wait.target if step.wait else ""))
         record = StepRecord(key=step.key, node=step.node, phase=step.phase.value, name=step.name,
                             kind=step.kind, command=shown, started=time.time())
         self.state.steps.append(record)
@@ -275,7 +275,7 @@ class Conductor:
             node=failure.node, phase=failure.phase, classification=failure.classification,
             message=failure.message, exit_code=failure.exit_code,
             switched=tuple(n for n in self.state.switched if n != failure.node),
-            results={n: {p: o.outcome for p, o in s.phases.items()} for n, s in self.state.nodes.items()})
+            results={n: {Phase(p): o.outcome for p, o in s.phases.items()} for n, s in self.state.nodes.items()})
         try:
             decision = self.policy(context)
             if not isinstance(decision, Decision):

@@ -4,14 +4,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, TypeVar
 
 from .status import Phase
 
 HostKeyPolicy = Literal["strict", "accept-new"]
 
 
-def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(data: Mapping[K, V] | None = None) -> Mapping[K, V]:
     """A read-only copy of ``data`` (dataclasses here are frozen all the way down)."""
     return MappingProxyType(dict(data or {}))
 

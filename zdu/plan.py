@@ -132,7 +132,7 @@ def compute_waves(names: Sequence[str], serial: SerialSpec = 1) -> tuple[tuple[s
     ``serial`` is a count, a percentage (``"30%"``, rounded down, at least 1) or a
     list of those; the last value of a list repeats until every node is placed.
     """
-    specs = list(serial) if isinstance(serial, (list, tuple)) else [serial]
+    specs: list[int | str] = list(serial) if isinstance(serial, (list, tuple)) else [serial]  # type: ignore[list-item]
     if not specs:
         raise ConfigError("serial: the list of wave sizes is empty")
     total = len(names)
