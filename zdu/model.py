@@ -102,7 +102,8 @@ class WaitSpec:
     ``kind`` is one of: command (exit 0 on the node), http (URL answers with
     ``status`` and a body matching ``body``), tcp (``host:port`` accepts),
     process (a process matching ``pattern`` is running, or has exited when
-    ``state`` is "exited"), log (file ``path`` has a line matching ``pattern``).
+    ``state`` is "exited"; with ``kill`` whatever still runs at the deadline is killed
+    with SIGKILL), log (file ``path`` has a line matching ``pattern``).
     ``where`` says who polls: the node (over its connection) or the control machine.
     """
 
@@ -115,6 +116,7 @@ class WaitSpec:
     where: Literal["node", "control"] = "node"
     deadline: float = 60.0
     interval: float = 1.0
+    kill: bool = False                 # process/exited: SIGKILL what is left at the deadline
 
 
 Step = CommandSpec | WaitSpec

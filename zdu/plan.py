@@ -33,6 +33,7 @@ class PlannedWait:
     state: str
     deadline: float
     interval: float
+    kill_command: str | None = None   # run on the node when the deadline passes (process, exited)
 
 
 @dataclass(frozen=True)
@@ -286,8 +287,9 @@ def _plan_wait(spec: WaitSpec, context: Mapping[str, Any], *, where: str) -> Pla
         target = render(spec.target, context, where=where, shell=False)
     else:
         target = _node_poll_command(spec, context, pattern, where=where)
+    kill_command = f"pkill -KILL -f -- {_hidden(pattern or '')}" if spec.kill else None
     return PlannedWait(kind=spec.kind, where=spec.where, target=target, pattern=pattern, status=spec.status,
-                       state=spec.state, deadline=spec.deadline, interval=spec.interval)
+                       state=spec.state, deadline=spec.deadline, interval=spec.interval, kill_command=kill_command)
 
 
 def _hidden(text: str) -> str:
@@ -369,8 +371,9 @@ def _format_steps(steps: Sequence[PlannedStep], indent: str) -> list[str]:
             cond = {"http": f"HTTP {w.status}" + (f" body ~ /{w.pattern}/" if w.pattern else ""),
                     "tcp": "port open", "process": f"process matching /{w.pattern}/ {w.state}", "log": f"log line ~ /{w.pattern}/",
                     "command": "exit 0"}[w.kind]
+            then = ", then SIGKILL what is left" if w.kill_command else ""
             lines.append(f"{indent}- wait{label}: {step.name}: {cond}, from {w.where}, "
-                         f"every {w.interval:g}s, deadline {w.deadline:g}s:")
+                         f"every {w.interval:g}s, deadline {w.deadline:g}s{then}:")
             lines.append(f"{indent}    {'$ ' if w.where == 'node' else ''}{w.target}")
     return lines
 

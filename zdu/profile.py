@@ -21,6 +21,7 @@ ship with zdupgrade (``zdu/profiles/``); anything else is a file path.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -30,7 +31,7 @@ from .errors import ConfigError
 from .model import CommandSpec, Profile, Step, WaitSpec, frozen_map
 from .status import ONLINE_PHASES, UPGRADE_PHASES, Phase
 from .templates import check_syntax
-from .topology import _Checker, read_document
+from .topology import _Checker, _kind as _kind_of, read_document
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 USER_DIR = Path("config") / "profiles"
@@ -38,7 +39,7 @@ USER_DIR = Path("config") / "profiles"
 _TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback"}
 _CMD = {"name", "run", "timeout"}
 _WAIT_KINDS = ("command", "http", "tcp", "process", "log")
-_WAIT_FIELDS = set(_WAIT_KINDS) | {"status", "body", "pattern", "state", "where", "deadline", "interval"}
+_WAIT_FIELDS = set(_WAIT_KINDS) | {"status", "body", "pattern", "state", "where", "deadline", "interval", "kill"}
 
 
 def builtin_profiles() -> list[str]:
@@ -188,6 +189,12 @@ def _wait(c: _Checker, raw: Any, where: str, name: Any) -> WaitSpec:
         deadline=c.optional(data, "deadline", w, lambda v, x: c.number(v, x, 0.1, 86400), 60.0),
         interval=c.optional(data, "interval", w, lambda v, x: c.number(v, x, 0.01, 3600), 1.0),
     )
+    if "kill" in data:
+        if not isinstance(data["kill"], bool):
+            raise c.fail(f"{w}.kill", f"expected true or false, got {_kind_of(data['kill'])}")
+        if data["kill"] and (kind != "process" or spec.state != "exited"):
+            raise c.fail(f"{w}.kill", "kill goes with a process wait for state: exited")
+        spec = dataclasses.replace(spec, kill=data["kill"])
     if spec.where == "control" and kind in ("process", "log", "command"):
         raise c.fail(f"{w}.where", f"a {kind} wait runs on the node; 'where: control' is only for http and tcp")
     return spec

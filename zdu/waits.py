@@ -105,6 +105,24 @@ def run_wait(wait: PlannedWait, *, run_on_node: RunOnNode, clock: Callable[[], f
         if check.ok:
             return WaitOutcome(True, polls, waited, check.message)
         if waited >= wait.deadline or stop():
+            if wait.kill_command and not stop():
+                return _kill_and_recheck(wait, run_on_node, polls, clock, sleep, start)
             why = "stopped" if stop() else f"not healthy after {waited:.1f}s (deadline {wait.deadline:g}s)"
             return WaitOutcome(False, polls, waited, f"{why}: {check.message}")
         sleep(min(wait.interval, wait.deadline - waited))
+
+
+def _kill_and_recheck(wait: PlannedWait, run_on_node: RunOnNode, polls: int,
+                      clock: Callable[[], float], sleep: Callable[[float], None], start: float) -> WaitOutcome:
+    """The deadline passed with the process still running: SIGKILL it, then check it is gone."""
+    assert wait.kill_command is not None
+    run_on_node(wait.kill_command, 30)
+    for _ in range(25):  # a killed process is reaped within moments; bounded at ~5 s
+        polls += 1
+        check = node_check(wait, run_on_node(wait.target, 30))
+        if check.ok:
+            return WaitOutcome(True, polls, clock() - start,
+                               f"still running at the {wait.deadline:g}s deadline: killed with SIGKILL")
+        sleep(0.2)
+    return WaitOutcome(False, polls, clock() - start,
+                       f"still running after the {wait.deadline:g}s deadline and SIGKILL")

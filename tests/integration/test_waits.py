@@ -168,6 +168,24 @@ def test_process_gates_follow_a_process_that_starts_and_exits(gates: Gates) -> N
     assert gone.polls >= 2 and gone.waited > 0.5, gone                  # the gate polled until it did
 
 
+def test_process_that_ignores_sigterm_is_killed_at_the_deadline(gates: Gates) -> None:
+    token = f"zdu-stubborn-{uuid.uuid4().hex}"
+    code, out = gates.lab.exec(NODE, "nohup python3 -c 'import signal, time; signal.signal(signal.SIGTERM, "
+                                     f"signal.SIG_IGN); time.sleep(300)' {token} >/dev/null 2>&1 </dev/null &")
+    assert code == 0, out
+    gates.passes({"process": token})
+    gates.lab.exec(NODE, f"pkill -TERM -f {token}; true")             # a stop that is ignored
+    without_kill = gates.fails({"process": token, "state": "exited"})
+    assert "killed" not in without_kill.message
+    outcome, elapsed, planned = gates.run({"process": token, "state": "exited", "kill": True,
+                                           "deadline": DEADLINE, "interval": 0.2})
+    assert planned.kill_command and token not in planned.kill_command  # pkill must not match its shell
+    assert outcome.ok and "killed with SIGKILL" in outcome.message, outcome
+    assert DEADLINE <= elapsed < DEADLINE + MARGIN
+    # gone: "[z]du..." matches the process but not this pgrep's own shell
+    assert gates.lab.exec(NODE, f"pgrep -f '[{token[0]}]{token[1:]}'; true")[1].strip() == ""
+
+
 # ---------------------------------------------------------------------------- log
 
 def test_log(gates: Gates) -> None:

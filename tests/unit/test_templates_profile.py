@@ -70,6 +70,9 @@ BAD_PROFILES = [
     (_profile(phases={"APPLY": [{"wait": {"process": "x", "where": "control"}}]}), "runs on the node"),
     (_profile(phases={"APPLY": [{"run": "x", "timeout": "soon"}]}), "timeout: expected a number"),
     (_profile(rollback=None), "no rollback steps"),
+    (_profile(phases={"APPLY": [{"wait": {"process": "x", "kill": True}}]}), "kill goes with a process wait for state: exited"),
+    (_profile(phases={"APPLY": [{"wait": {"tcp": "a:1", "kill": True}}]}), "kill goes with"),
+    (_profile(phases={"APPLY": [{"wait": {"process": "x", "state": "exited", "kill": "yes"}}]}), "expected true or false"),
     (_profile(colour="red"), "unknown field 'colour'"),
     (_profile(phases={"APPLY": "restart"}), "expected a list of steps"),
 ]
