@@ -184,33 +184,8 @@ class SecondHaproxy:
         self.socket = workdir / "ha2.sock"
         self.log = workdir / "ha2.log"
         self.port = _free_port()
-        servers = "\n".join(f"    server {n.lb_server} {n.host}:{n.service_port} check inter 200ms fall 2 rise 2"
-                            for n in lab.nodes)
         config = workdir / "ha2.cfg"
-        config.write_text(f"""\
-global
-    stats socket {self.socket} mode 600 level admin
-    stats timeout 30s
-
-defaults
-    mode http
-    option redispatch
-    retries 3
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout check 1s
-
-frontend gateway_in
-    bind 127.0.0.1:{self.port}
-    default_backend {BACKEND}
-
-backend {BACKEND}
-    balance roundrobin
-    option httpchk GET /health
-    http-check expect status 200
-{servers}
-""")
+        config.write_text(lab.haproxy_config(socket_path=self.socket, frontend_port=self.port))
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         with self.log.open("wb") as logfile:
             self.proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdin=subprocess.DEVNULL,

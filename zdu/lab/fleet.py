@@ -448,16 +448,22 @@ class Lab:
 
     # ------------------------------------------------------------------ HAProxy
 
-    def _haproxy_config(self) -> str:
+    def haproxy_config(self, *, socket_path: Path | None = None, frontend_port: int | None = None,
+                       admin_port: int | None = None, pidfile: Path | None = None) -> str:
+        """An HAProxy configuration balancing the lab's gateways (backend ``gateways``, one server
+        per node, health-checked on ``/health``).  Defaults: this lab's own socket and ports; a test
+        that starts a second instance (an HA pair) passes its own."""
+        socket_path = socket_path or self.haproxy_socket
+        frontend_port = frontend_port or self.haproxy_port
         servers = "\n".join(
             f"    server {n.lb_server} {n.host}:{n.service_port} check inter 200ms fall 2 rise 2"
             for n in self._nodes)
+        admin = f"\n    stats socket ipv4@127.0.0.1:{admin_port} level admin" if admin_port else ""
+        pid = f"\n    pidfile {pidfile}" if pidfile else ""
         return f"""\
 global
-    stats socket {self.haproxy_socket} mode 600 level admin
-    stats socket ipv4@127.0.0.1:{self.haproxy_admin_port} level admin
-    stats timeout 30s
-    pidfile {self.workdir / 'haproxy.pid'}
+    stats socket {socket_path} mode 600 level admin{admin}
+    stats timeout 30s{pid}
 
 defaults
     mode http
@@ -470,7 +476,7 @@ defaults
     timeout queue 5s
 
 frontend gateway_in
-    bind 127.0.0.1:{self.haproxy_port}
+    bind 127.0.0.1:{frontend_port}
     default_backend {BACKEND}
 
 backend {BACKEND}
@@ -482,7 +488,8 @@ backend {BACKEND}
 
     def _start_haproxy(self) -> None:
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        config = _write(self.workdir / "haproxy.cfg", self._haproxy_config())
+        config = _write(self.workdir / "haproxy.cfg", self.haproxy_config(
+            admin_port=self.haproxy_admin_port, pidfile=self.workdir / "haproxy.pid"))
         check = subprocess.run([binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
         if check.returncode != 0:
             raise LabError(f"haproxy config invalid:\n{check.stdout}{check.stderr}")
