@@ -130,3 +130,16 @@ def test_failure_in_each_phase(fresh_lab: Lab, tmp_path: Path, phase: str, fault
 def _rollback_order(run_dir: Path) -> list[dict[str, str]]:
     lines = (run_dir / "run.log").read_text().splitlines()
     return [{"node": line.split("[", 1)[1].split("]", 1)[0]} for line in lines if "ROLLBACK started" in line]
+
+
+def test_preflight_sudo_and_free_space_refused_before_any_change(fresh_lab: Lab, tmp_path: Path) -> None:
+    profile = tmp_path / "sudo.yaml"
+    profile.write_text("name: needs-sudo\nphases:\n  EXPORT: ['sudo -n true']\nrollback: ['true']\n")
+    status, out, err, record, _ = upgrade(fresh_lab, tmp_path, args=("--profile", str(profile),
+                                                                     "--min-free-mb", "100000000"))
+    assert status is Status.CONFIG_ERROR, out + err
+    for name in NODES:   # every problem of every node, at once
+        assert f"{name}: the profile runs commands with sudo" in err
+        assert f"{name}: only " in err and "MB free under /var/tmp, need 100000000 MB" in err
+    assert record["steps"] == [] and all(record["nodes"][n]["lb_calls"]["disable"] == 0 for n in NODES)
+    assert_one_version_each(fresh_lab, {n: "1.0" for n in NODES})

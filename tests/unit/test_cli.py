@@ -146,3 +146,30 @@ def test_env_variable_missing_is_a_clear_error(tmp_path: Path) -> None:
                    "--new_install_dir", "/opt/b", "--dry-run"], {}, out=io.StringIO(), err=err)
     assert status is Status.CONFIG_ERROR
     assert "environment variable 'AXWAY_ADMIN_PASSWORD' is not set" in err.getvalue()
+
+
+def test_local_transport_node_runs_every_phase_on_the_control_machine(tmp_path: Path) -> None:
+    """A `transport: local` node: real processes via invoke, real files, the whole flow."""
+    old, new, state = tmp_path / "old gw", tmp_path / "new gw", tmp_path / "state"
+    old.mkdir(), new.mkdir(), state.mkdir()
+    (old / "version").write_text("1.0")
+    (new / "version").write_text("2.0")
+    profile = tmp_path / "p.yaml"
+    profile.write_text("""\
+name: local
+phases:
+  EXPORT: ["cp {{ old_install_dir }}/version {{ state }}/exported"]
+  UPGRADE: ["cp {{ state }}/exported {{ new_install_dir }}/imported"]
+  PRE-APPLY: ["test -s {{ new_install_dir }}/imported"]
+  APPLY: ["ln -sfn {{ new_install_dir }} {{ state }}/current"]
+  POST-APPLY:
+    - {name: current is new, wait: {command: "grep -qx 2.0 {{ state }}/current/version", deadline: 5, interval: 0.1}}
+rollback: ["ln -sfn {{ old_install_dir }} {{ state }}/current"]
+""")
+    config = topology(tmp_path, f"vars: {{state: '{state}'}}\nnodes:\n  - {{name: ctl, host: localhost, transport: local}}\n")
+    status, out, err = call("--old_install_dir", str(old), "--new_install_dir", str(new), "--config", config,
+                            "--profile", str(profile), "--log_dir", str(tmp_path / "logs"))
+    assert status is Status.SUCCESS, out + err
+    assert (state / "current").resolve() == new and (new / "imported").read_text() == "1.0"
+    row = next(line for line in out.splitlines() if line.startswith("| ctl"))
+    assert [c.strip() for c in row.strip("|").split("|")] == ["ctl"] + ["PASSED (0)"] * 5 + ["*"]

@@ -119,3 +119,37 @@ def test_half_done_rollback_leaves_the_version_unknown() -> None:
     assert status is Status.ROLLBACK_FAILED
     assert log[-4:] == ["stop new B", "start old B", "stop new A", "start old A"]
     assert state.nodes["B"].version == "unknown" and state.nodes["A"].version == "old"
+
+
+def test_custom_policy_continue_and_node_only() -> None:
+    from zdu.rollback import Action, Decision
+
+    calls = []
+
+    def keep_going(ctx):  # type: ignore[no-untyped-def]
+        calls.append((ctx.node, ctx.phase, ctx.switched))
+        return Decision(Action.CONTINUE, "known flaky check, operator accepts")
+
+    topo = Topology(nodes=tuple(Node(name=n, host=f"127.0.0.{i + 1}") for i, n in enumerate("ABC")))
+    plan = build_plan(topo, parse_profile(PROFILE, source="p"), old_install_dir="/o", new_install_dir="/n",
+                      run_id="r")
+    state = RunState(run_id="r", old_install_dir="/o", new_install_dir="/n", profile="p", topology="t",
+                     node_names=list("ABC"))
+    log: list[str] = []
+    lb = CountingLb()
+    status = Conductor(plan, state, handler_factory=lambda node: FakeNode(node, {"post-apply B"}, log), lb=lb,
+                       bus=EventBus(), policy=keep_going).execute()
+    assert status is Status.POST_APPLY_FAILED          # the run still says what failed ...
+    assert "post-apply C" in log and not any(c.startswith("undo") for c in log)  # ... but went on
+    assert calls == [("B", Phase.POST_APPLY, ("A",))]
+    assert state.decisions[0].action == "CONTINUE" and "operator accepts" in state.decisions[0].reason
+    assert all(state.nodes[n].in_lb for n in "ABC")
+
+    from zdu.rollback import rollback_node_only
+    state2 = RunState(run_id="r", old_install_dir="/o", new_install_dir="/n", profile="p", topology="t",
+                      node_names=list("ABC"))
+    log2: list[str] = []
+    status = Conductor(plan, state2, handler_factory=lambda node: FakeNode(node, {"apply B"}, log2), lb=CountingLb(),
+                       bus=EventBus(), policy=rollback_node_only).execute()
+    assert status is Status.APPLY_FAILED and log2[-1] == "undo B" and "undo A" not in log2
+    assert state2.nodes["A"].version == "new" and state2.nodes["B"].version == "old"
