@@ -141,3 +141,26 @@ def test_ctrl_c_stops_at_a_safe_point_and_puts_nodes_back(fresh_lab: Lab, tmp_pa
     assert_fleet(fresh_lab, {"Node-A": "2.0", "Node-B": "1.0", "Node-C": "1.0"})
     assert "Summary table (Status.INTERRUPTED)" in out
     assert not any(lock_present(fresh_lab, n) for n in NODES)
+
+
+def test_sigkill_mid_rollback_then_resume_finishes_the_rollback(fresh_lab: Lab, tmp_path: Path) -> None:
+    fresh_lab.inject_fault("Node-B", "health")      # POST-APPLY fails on Node-B ...
+    fresh_lab.inject_fault("Node-B", "hang-stop")   # ... and its rollback hangs stopping 2.0
+    proc, log_dir = start(fresh_lab, tmp_path)
+    wait_record(log_dir, step_running("Node-B/ROLLBACK/0"), "Node-B stuck in its rollback")
+    proc.kill()
+    proc.wait(timeout=10)
+    killed = record(log_dir)
+    assert killed["decisions"][0]["action"] == "ROLLBACK_ALL"
+    assert killed["rollback_queue"] == ["Node-B", "Node-A"]
+    fresh_lab.clear_faults("Node-B")
+    fresh_lab.exec("Node-B", "pkill -f 'gateway stop' || true")
+    done = resume(log_dir, tmp_path)
+    assert done.returncode == 74, done.stdout + done.stderr     # the run's own outcome: POST_APPLY_FAILED
+    assert "resuming the rollback: Node-B, Node-A" in done.stdout
+    data = record(log_dir)
+    assert data["rollback_queue"] == [] and data["status"]["name"] == "POST_APPLY_FAILED"
+    assert [data["nodes"][n]["rollback"]["outcome"] for n in ("Node-A", "Node-B")] == ["PASSED", "PASSED"]
+    assert data["nodes"]["Node-C"]["rollback"] is None
+    assert_fleet(fresh_lab, {n: "1.0" for n in NODES})
+    assert all(data["nodes"][n]["in_lb"] for n in NODES)
