@@ -180,7 +180,6 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     """Load topology and profile and render the plan; ConfigError on any problem."""
     topology = load_topology(args.config) if args.config else reference_topology()
     if args.host_key_policy:
-        import dataclasses
         topology = dataclasses.replace(topology, ssh=dataclasses.replace(
             topology.ssh, host_key_policy=args.host_key_policy))
     profile_ref = args.profile or topology.profile

@@ -139,7 +139,7 @@ class RunFolder:
             out.write(f"# {stamp} result: {event.message}\n{banner}\n\n")
         elif event.kind == ev.STEP_FINISHED:
             d = event.data
-            out.write(f"{MARK}\n# step: {event.message} ({d.get('kind')}) at {stamp}\ncommand [\n"
+            out.write(f"{MARK}\n# step: {event.message} ({d.get('kind')}), ended {stamp}\ncommand [\n"
                       f"{d.get('command') or ''}\n]\n")
             if "stdout" in d:
                 out.write(f"stdout [\n{_block(d['stdout'])}]\nstderr [\n{_block(d['stderr'])}]\n")
