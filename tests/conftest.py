@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-``lab`` (session): a running :class:`zdu.lab.Lab` (3 real OpenSSH nodes + HAProxy).  Tests that
+``lab`` (session): a running :class:`zdu.lab.Lab` (3 real OpenSSH nodes + HAProxy), placed by
+``ZDU_LAB_SLOT`` (see :func:`zdu.lab.fleet.placement_from_env`).  Tests that
 use it are marked ``lab``; without Docker or HAProxy they are skipped, unless
 ``ZDU_LAB_REQUIRED=1`` (CI), where a missing lab is an error.
 
@@ -50,20 +51,10 @@ def lab() -> Iterator["Lab"]:
         if os.environ.get("ZDU_LAB_REQUIRED") == "1":
             pytest.fail(f"lab required but unavailable: {reason} (run scripts/setup.sh)")
         pytest.skip(f"lab unavailable: {reason} (run scripts/setup.sh)")
-    from zdu.lab.fleet import Lab
+    from zdu.lab.fleet import Lab, placement_from_env
 
-    with Lab(**_lab_placement()) as running:
+    with Lab(**placement_from_env()) as running:
         yield running
-
-
-def _lab_placement() -> dict[str, object]:
-    """Where the session's lab lives.  ``ZDU_LAB_SLOT=N`` (N >= 1) moves it to other loopback
-    addresses, ports and container names, so that two test sessions can run on one machine."""
-    slot = int(os.environ.get("ZDU_LAB_SLOT", "0"))
-    if slot == 0:
-        return {}
-    return {"first_host": 11 + 20 * slot, "haproxy_port": 18080 + 10 * slot,
-            "haproxy_admin_port": 19999 - 10 * slot, "name_prefix": f"zdu-lab{slot}"}
 
 
 @pytest.fixture

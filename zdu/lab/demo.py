@@ -20,11 +20,11 @@ def run_lab(args: argparse.Namespace, console: Any, run: Callable[[argparse.Name
     if args.config:
         console.error("--lab brings up its own fleet and writes its topology; leave out --config")
         return Status.USAGE_ERROR
-    from .fleet import Lab
+    from .fleet import Lab, placement_from_env
 
-    console.line("lab: starting 3 OpenSSH nodes (Docker, host network, 127.0.0.11-13) and HAProxy ...")
+    console.line("lab: starting 3 OpenSSH nodes (Docker, host network) and HAProxy ...")
     try:
-        lab = Lab().start()
+        lab = Lab(**placement_from_env()).start()
     except Exception as exc:  # docker missing, image build failing, port taken: say it plainly
         console.error(f"cannot start the lab: {type(exc).__name__}: {exc} "
                       "(the lab needs root, Docker and HAProxy: run scripts/setup.sh)")

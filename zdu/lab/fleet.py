@@ -630,6 +630,19 @@ def _owner_alive(labels: Mapping[str, str]) -> int | None:
     return pid if state != "Z" else None
 
 
+def placement_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Lab keyword arguments from ``ZDU_LAB_SLOT=N``: slot N >= 1 moves the lab to other loopback
+    addresses (127.0.0.(11+20N)...), ports and container names, so that labs of several test
+    sessions (or a test of ``zdupgrade --lab``) can run on one machine.  Slot 0 / unset: defaults."""
+    slot = int((os.environ if environ is None else environ).get("ZDU_LAB_SLOT", "0") or 0)
+    if not 0 <= slot <= 11:
+        raise ValueError(f"ZDU_LAB_SLOT must be 0..11, got {slot}")
+    if slot == 0:
+        return {}
+    return {"first_host": 11 + 20 * slot, "haproxy_port": 18080 + 10 * slot,
+            "haproxy_admin_port": 19999 - 10 * slot, "name_prefix": f"zdu-lab{slot}"}
+
+
 def remove_lab_containers(*, force: bool = False) -> int:
     """Remove lab containers (label ``zdupgrade.lab``) whose lab process is gone; return how many.
 
