@@ -136,7 +136,9 @@ def _lost_node_cells(fault: str) -> list[Cell]:
     cells = []
     # a hung command on a paused node cannot be killed or answered: it ends by its timeout;
     # a dropped connection (sshd or the whole node killed) ends it at once as unreachable
-    lost = "timeout" if fault == "paused" else "unreachable"
+    # (a frozen node and a lost network look alike from the control machine: on a busy machine the
+    # paused node's connection may be judged dead before the command's timeout -- either is right)
+    lost = "timeout|unreachable" if fault == "paused" else "unreachable"
     can_look = fault == "sshd-killed"    # docker exec still works on Node-B
     for phase in PHASES:
         if phase in ("EXPORT", "UPGRADE"):
@@ -354,10 +356,11 @@ def check_outcome(lab: Lab, cell: Cell, code: int, out: str, data: dict[str, Any
         decision = data["decisions"][0]
         assert (decision["node"], decision["phase"], decision["action"]) == \
             (FAULTY, cell.failed_phase, cell.action), decision
-        assert f"({cell.classification})" in decision["reason"], decision
+        allowed = (cell.classification or "").split("|")
+        assert any(f"({c})" in decision["reason"] for c in allowed), decision
         assert decision_line(data) in out, f"decision not in the summary{ctx}"
         b = data["nodes"][FAULTY]["phases"][cell.failed_phase]
-        assert (b["outcome"], b["classification"]) == ("FAILED", cell.classification), b
+        assert b["outcome"] == "FAILED" and b["classification"] in allowed, b
     rollbacks = {n: s["rollback"]["outcome"] for n, s in data["nodes"].items() if s["rollback"]}
     assert rollbacks == cell.rollback, rollbacks
     # the fleet: reachable nodes on exactly one version, back in HAProxy, and run.json agrees
