@@ -154,6 +154,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ZduError as exc:
         console.error(str(exc))
         return Status.CONFIG_ERROR
+    except Exception as exc:  # a bug: say so plainly; the conductor has already put nodes back
+        console.error(f"internal error: {type(exc).__name__}: {exc} (this is a zdupgrade bug; the run "
+                      "folder's run.json and run.log say what was done)")
+        return Status.FATAL_ERROR
 
 
 def _check_dirs(old: str, new: str) -> None:

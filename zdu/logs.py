@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from . import events as ev
+from .errors import ConfigError
 from .events import Event
 from .results import RunState, write_json_atomic
 
@@ -30,11 +31,15 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
 
 
 def make_run_dir(log_dir: Path, run_id: str) -> Path:
-    """Create ``log_dir/run_id`` with mode 0700."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    """Create ``log_dir/run_id`` with mode 0700; ConfigError if the log dir cannot hold it."""
     run_dir = log_dir / run_id
-    run_dir.mkdir(mode=0o700)
-    os.chmod(run_dir, 0o700)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700)
+        os.chmod(run_dir, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"--log_dir {log_dir}: cannot create the run folder {run_dir}: "
+                          f"{exc.strerror or exc}") from None
     return run_dir
 
 

@@ -173,3 +173,14 @@ rollback: ["ln -sfn {{ old_install_dir }} {{ state }}/current"]
     assert (state / "current").resolve() == new and (new / "imported").read_text() == "1.0"
     row = next(line for line in out.splitlines() if line.startswith("| ctl"))
     assert [c.strip() for c in row.strip("|").split("|")] == ["ctl"] + ["PASSED (0)"] * 5 + ["*"]
+
+
+def test_log_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    port = free_port()
+    config = topology(tmp_path, f"profile: lab-gateway\nnodes:\n  - {{name: gw1, host: 127.0.0.1, port: {port}}}\n")
+    status, out, err = call(*DIRS, "--config", config, "--log_dir", str(blocker / "logs"))
+    assert status is Status.CONFIG_ERROR
+    assert f"--log_dir {blocker / 'logs'}: cannot create the run folder" in err
+    assert "Traceback" not in out + err
