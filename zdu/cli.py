@@ -142,6 +142,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     elif args.lab or args.dry_run:
         console.error("--resume continues a stopped run as it was planned; it does not go with --lab or --dry-run")
         return Status.USAGE_ERROR
+    previous_hook = threading.excepthook
+
+    def thread_error(hook_args: threading.ExceptHookArgs) -> None:  # one line, not a traceback
+        console.error(f"internal error in thread {hook_args.thread.name if hook_args.thread else '?'}: "
+                      f"{hook_args.exc_type.__name__}: {hook_args.exc_value}")
+    threading.excepthook = thread_error
     try:
         if args.resume is None:
             _check_dirs(args.old_install_dir, args.new_install_dir)
@@ -158,6 +164,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         console.error(f"internal error: {type(exc).__name__}: {exc} (this is a zdupgrade bug; the run "
                       "folder's run.json and run.log say what was done)")
         return Status.FATAL_ERROR
+    finally:
+        threading.excepthook = previous_hook
 
 
 def _check_dirs(old: str, new: str) -> None:

@@ -509,7 +509,10 @@ def _bounded(chan: paramiko.Channel, request: Callable[[], None], seconds: float
 
     def expire() -> None:
         expired.set()
-        chan.close()
+        try:
+            chan.close()
+        except (EOFError, OSError, paramiko.SSHException):
+            pass  # the connection is already gone: the waiting request fails on its own
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
