@@ -292,6 +292,12 @@ def _run(args: argparse.Namespace, console: Console, env: Mapping[str, str],
     else:
         run_id = new_run_id()
     topology, plan = prepare(args, run_id, env)
+    if args.traffic:  # a bad URL or rate is a usage error now, not a failure after nodes were locked
+        from .traffic import TrafficProbe
+        try:
+            TrafficProbe(args.traffic, rate=args.traffic_rate)
+        except ValueError as exc:
+            raise ConfigError(f"--traffic {args.traffic!r} --traffic-rate {args.traffic_rate:g}: {exc}") from None
     fingerprint = hashlib.sha256(format_plan(plan).encode()).hexdigest()
     if previous is not None:
         if previous["plan_fingerprint"] != fingerprint:

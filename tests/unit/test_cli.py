@@ -184,3 +184,15 @@ def test_log_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None
     assert status is Status.CONFIG_ERROR
     assert f"--log_dir {blocker / 'logs'}: cannot create the run folder" in err
     assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("traffic,rate,needle", [("notaurl", "200", "must be http(s)"),
+                                                 ("http://127.0.0.1:1/", "0", "must be > 0")])
+def test_bad_traffic_option_fails_before_any_node_is_contacted(tmp_path: Path, traffic: str, rate: str,
+                                                              needle: str) -> None:
+    port = free_port()
+    config = topology(tmp_path, f"profile: lab-gateway\nnodes:\n  - {{name: gw1, host: 127.0.0.1, port: {port}}}\n")
+    status, out, err = call(*DIRS, "--config", config, "--traffic", traffic, "--traffic-rate", rate,
+                            "--log_dir", str(tmp_path / "logs"))
+    assert status is Status.CONFIG_ERROR and needle in err and "--traffic" in err
+    assert not (tmp_path / "logs").exists() and "Traceback" not in out + err
