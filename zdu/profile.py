@@ -80,13 +80,7 @@ def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
 def parse_profile(data: Any, *, source: str) -> Profile:
     """Validate a parsed profile document."""
     c = _Checker(source)
-    if data is None:
-        raise ConfigError(f"{source}: the profile file is empty")
-    top = c.mapping(data, "top level")
-    c.known(top, _TOP, "top level")
-    for required in ("name", "phases"):
-        if required not in top:
-            raise c.fail("top level", f"missing required field {required!r}")
+    top = c.document(data, "profile", _TOP, ("name", "phases"))
     name = c.string(top["name"], "name")
     raw_phases = c.mapping(top["phases"], "phases")
     phases: dict[Phase, tuple[Step, ...]] = {}

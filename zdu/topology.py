@@ -134,6 +134,17 @@ class _Checker:
     def __init__(self, source: str) -> None:
         self.source = source
 
+    def document(self, data: Any, what: str, allowed: set[str], required: tuple[str, ...]) -> Mapping[str, Any]:
+        """The top level of a topology or profile: a mapping of known fields with the required ones."""
+        if data is None:
+            raise ConfigError(f"{self.source}: the {what} file is empty")
+        top = self.mapping(data, "top level")
+        self.known(top, allowed, "top level")
+        for field in required:
+            if field not in top:
+                raise self.fail("top level", f"missing required field {field!r}")
+        return top
+
     def fail(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {where}: {message}")
 
@@ -230,12 +241,7 @@ def _kind(value: Any) -> str:
 def parse_topology(data: Any, *, source: str) -> Topology:
     """Validate a parsed topology document (dict) into a Topology."""
     c = _Checker(source)
-    if data is None:
-        raise ConfigError(f"{source}: the topology file is empty")
-    top = c.mapping(data, "top level")
-    c.known(top, _TOP_FIELDS, "top level")
-    if "nodes" not in top:
-        raise c.fail("top level", "missing required field 'nodes'")
+    top = c.document(data, "topology", _TOP_FIELDS, ("nodes",))
     raw_nodes = top["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise c.fail("nodes", f"expected a non-empty list of nodes, got {_kind(raw_nodes)}")
