@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from zdu.cli import main  # noqa: E402
+from zdu.cli.main import main  # noqa: E402
 from zdu.lab.fleet import Lab  # noqa: E402
 from zdu.status import Status  # noqa: E402
 

@@ -3,7 +3,7 @@
 Every error a user can cause or meet carries a message that names what is
 wrong and where; ``cli`` prints it without a traceback.  Transport errors
 (refused, auth, host key, timeout) raised by third-party libraries are mapped
-to these types in ``handlers/ssh.py`` and nowhere else.
+to these types in ``transport/ssh.py`` and nowhere else.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Mapping, TypeVar
 
-from .status import Phase
+from zdu.status import Phase
 
 HostKeyPolicy = Literal["strict", "accept-new"]
 

@@ -28,11 +28,11 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.lb.haproxy_api import LocalSocketApi, parse_servers_state
 from zdu.lab.fleet import BACKEND, Lab, wait_until
 from zdu.status import Status
-from zdu.traffic import TrafficProbe
+from zdu.run.traffic import TrafficProbe
 
 OLD, NEW = "/opt/gateway-1.0", "/opt/gateway-2.0"
 NODES = ["Node-A", "Node-B", "Node-C"]

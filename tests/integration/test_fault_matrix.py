@@ -56,7 +56,7 @@ import pytest
 import yaml
 
 from zdu.lab.fleet import Lab, wait_until
-from zdu.profile import BUILTIN_DIR
+from zdu.config.profile import BUILTIN_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "/opt/gateway-1.0", "/opt/gateway-2.0"

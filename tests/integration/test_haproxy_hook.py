@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from zdu.errors import ConfigError, LoadBalancerError
-from zdu.handlers.base import CommandHandler
+from zdu.transport.base import CommandHandler
 from zdu.lb.haproxy import HaproxyLoadBalancer, from_options
 from zdu.model import CommandResult, Node
 
@@ -375,7 +375,7 @@ def test_from_options_names_the_bad_field(options: dict, field: str) -> None:
 def test_rolling_disable_enable_drops_no_request(lab: Lab) -> None:
     """The point of the hook: traffic through the pair stays clean while each node goes
     out and back in (probe on instance 1's frontend, 200 req/s)."""
-    from zdu.traffic import TrafficProbe
+    from zdu.run.traffic import TrafficProbe
 
     lb = lab.lb()
     probe = TrafficProbe(f"http://127.0.0.1:{lab.instances[0].frontend}/", rate=200, timeout=2)

@@ -10,8 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.sshd import SshdServer, sshd_server  # noqa: F401
-from zdu.cli import main
+from tests.support.sshd import SshdServer, sshd_server  # noqa: F401
+from zdu.cli.main import main
 from zdu.lab.fleet import Lab
 from zdu.status import Status
 

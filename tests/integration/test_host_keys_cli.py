@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.lab.fleet import Lab
 from zdu.status import Status
-from tests.sshd import keygen
+from tests.support.sshd import keygen
 
 NODES = ["Node-A", "Node-B", "Node-C"]
 PROFILE = "name: harmless\nphases:\n  EXPORT: [{name: touch nothing, run: 'true'}]\n"

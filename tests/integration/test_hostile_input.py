@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.lab.fleet import Lab
 from zdu.status import Status
 

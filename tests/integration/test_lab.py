@@ -17,8 +17,8 @@ import yaml
 
 from zdu.lab.fleet import Lab, LabError, http_get, ssh_banner, wait_until
 from zdu.lab.image import node_image_tag
-from zdu.profile import load_profile
-from zdu.topology import load_topology
+from zdu.config.profile import load_profile
+from zdu.config.topology import load_topology
 
 GW1 = "/opt/gateway-1.0/bin/gateway"
 GW2 = "/opt/gateway-2.0/bin/gateway"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.lab.fleet import Lab
 from zdu.status import Status
 

@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.sshd import SshdServer, free_port, keygen, sshd_server  # noqa: F401 (fixture)
+from tests.support.sshd import SshdServer, free_port, keygen, sshd_server  # noqa: F401 (fixture)
 from zdu.errors import AuthError, HostKeyError, UnreachableError
-from zdu.handlers import make_handler
-from zdu.handlers.retry import Backoff
-from zdu.handlers.ssh import SshHandler
+from zdu.transport import make_handler
+from zdu.transport.retry import Backoff
+from zdu.transport.ssh import SshHandler
 from zdu.model import CommandResult, Node, SshSettings
 
 Factory = Callable[..., SshdServer]
@@ -294,7 +294,7 @@ def test_timeout_escalates_to_kill(handler: SshHandler) -> None:
 
 
 def _wait_for_remote(server: SshdServer, needle: str, deadline: float = 10.0) -> None:
-    from tests.sshd import descendants
+    from tests.support.sshd import descendants
     assert server.process is not None
     end = time.monotonic() + deadline
     while time.monotonic() < end:

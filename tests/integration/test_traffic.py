@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from zdu.traffic import TrafficProbe, main
+from zdu.run.traffic import TrafficProbe, main
 
 HOST = "127.0.0.42"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.lab.fleet import Lab
 from zdu.status import Status
 

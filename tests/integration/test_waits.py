@@ -3,7 +3,7 @@
 Each wait is declared the way a user declares it (a profile dict read by
 ``zdu.profile.parse_profile``), rendered by ``zdu.plan.build_plan`` (so node-side
 waits run the exact poll command the plan renders) and run by ``zdu.waits.run_wait``
-with the node's :class:`~zdu.handlers.ssh.SshHandler`.  For every kind -- command,
+with the node's :class:`~zdu.transport.ssh.SshHandler`.  For every kind -- command,
 http (from the node and from the control machine), tcp, process running / exited,
 log -- the gate passes when its condition holds, and fails once its deadline has
 passed when it does not (returning within the deadline plus a margin).
@@ -16,14 +16,14 @@ from typing import Any, Iterator
 
 import pytest
 
-from zdu.handlers import make_handler
-from zdu.handlers.base import CommandHandler
+from zdu.transport import make_handler
+from zdu.transport.base import CommandHandler
 from zdu.lab.fleet import Lab
 from zdu.model import SshSettings, Topology, frozen_map
-from zdu.plan import PlannedWait, build_plan
-from zdu.profile import parse_profile
+from zdu.planning.plan import PlannedWait, build_plan
+from zdu.config.profile import parse_profile
 from zdu.status import Phase
-from zdu.waits import WaitOutcome, run_wait
+from zdu.run.waits import WaitOutcome, run_wait
 
 NODE = "Node-A"
 OLD, NEW = "/opt/gateway-1.0", "/opt/gateway-2.0"

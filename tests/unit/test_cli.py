@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.status import Status
 
 

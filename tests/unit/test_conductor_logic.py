@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from zdu.conductor import Conductor
-from zdu.events import EventBus
-from zdu.handlers.base import CommandHandler
+from zdu.run.conductor import Conductor
+from zdu.run.events import EventBus
+from zdu.transport.base import CommandHandler
 from zdu.lb.base import LbResult, LoadBalancer
 from zdu.model import CommandResult, Node, Topology
-from zdu.plan import build_plan
-from zdu.profile import parse_profile
-from zdu.results import RunState
+from zdu.planning.plan import build_plan
+from zdu.config.profile import parse_profile
+from zdu.run.state import RunState
 from zdu.status import Phase, Status
 
 PROFILE = {
@@ -122,7 +122,7 @@ def test_half_done_rollback_leaves_the_version_unknown() -> None:
 
 
 def test_custom_policy_continue_and_node_only() -> None:
-    from zdu.rollback import Action, Decision
+    from zdu.run.policy import Action, Decision
 
     calls = []
 
@@ -145,7 +145,7 @@ def test_custom_policy_continue_and_node_only() -> None:
     assert state.decisions[0].action == "CONTINUE" and "operator accepts" in state.decisions[0].reason
     assert all(state.nodes[n].in_lb for n in "ABC")
 
-    from zdu.rollback import rollback_node_only
+    from zdu.run.policy import rollback_node_only
     state2 = RunState(run_id="r", old_install_dir="/o", new_install_dir="/n", profile="p", topology="t",
                       node_names=list("ABC"))
     log2: list[str] = []

@@ -9,9 +9,9 @@ from typing import Iterator
 
 import pytest
 
-from zdu.handlers import make_handler
-from zdu.handlers.local import LocalHandler
-from zdu.handlers.retry import Backoff, retry_call
+from zdu.transport import make_handler
+from zdu.transport.local import LocalHandler
+from zdu.transport.retry import Backoff, retry_call
 from zdu.model import CommandResult, Node, SshSettings
 
 NODE = Node(name="control", host="localhost", transport="local")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from zdu.cli import main
+from zdu.cli.main import main
 from zdu.status import Status
 
 DIRS = ("--old_install_dir", "/opt/gateway-1.0", "--new_install_dir", "/opt/gateway-2.0")
@@ -184,7 +184,7 @@ def test_yaml_bomb_in_a_checked_field_is_refused_at_once(tmp_path: Path, where: 
 _BOUNDED_RUNNER = """
 import io, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
-from zdu.cli import main
+from zdu.cli.main import main
 out, err = io.StringIO(), io.StringIO()
 status = main(sys.argv[1:], out=out, err=err)
 sys.stdout.write(out.getvalue()); sys.stderr.write(err.getvalue())

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from zdu.plan import build_plan, format_plan
-from zdu.profile import load_profile
-from zdu.topology import load_topology
+from zdu.planning.plan import build_plan, format_plan
+from zdu.config.profile import load_profile
+from zdu.config.topology import load_topology
 
 DATA = Path(__file__).parent / "data" / "plan"
 CASES = sorted(p.name for p in DATA.iterdir() if p.is_dir())

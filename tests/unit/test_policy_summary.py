@@ -1,10 +1,10 @@
 """Rollback policy (pure) and the summary table."""
 from __future__ import annotations
 
-from zdu.results import DecisionRecord, PhaseOutcome, RunState
-from zdu.rollback import Action, FailureContext, default_policy, load_policy, rollback_node_only
+from zdu.run.state import DecisionRecord, PhaseOutcome, RunState
+from zdu.run.policy import Action, FailureContext, default_policy, load_policy, rollback_node_only
 from zdu.status import Phase, Status
-from zdu.summary import render_summary, summary_rows
+from zdu.report.summary import render_summary, summary_rows
 
 
 def ctx(phase: Phase, switched: tuple[str, ...] = ()) -> FailureContext:
@@ -34,8 +34,8 @@ def test_node_only_policy() -> None:
 def test_load_policy_by_name_and_path() -> None:
     assert load_policy(None) is default_policy
     assert load_policy("node-only") is rollback_node_only
-    assert load_policy("zdu.rollback:rollback_node_only") is rollback_node_only
-    assert load_policy("zdu.rollback.default_policy") is default_policy
+    assert load_policy("zdu.run.policy:rollback_node_only") is rollback_node_only
+    assert load_policy("zdu.run.policy.default_policy") is default_policy
 
 
 def test_load_policy_errors_are_clear() -> None:
@@ -44,7 +44,7 @@ def test_load_policy_errors_are_clear() -> None:
     with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
         load_policy("no_such_module:f")
     with pytest.raises(ConfigError, match="has no callable 'nope'"):
-        load_policy("zdu.rollback:nope")
+        load_policy("zdu.run.policy:nope")
 
 
 def test_summary_table_like_axway() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zdu.cli import build_parser
+from zdu.cli.main import build_parser
 from zdu.status import Status
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from zdu.errors import ConfigError, TemplateError
-from zdu.plan import mask_secrets
-from zdu.profile import load_profile, parse_profile
-from zdu.templates import render
+from zdu.planning.plan import mask_secrets
+from zdu.config.profile import load_profile, parse_profile
+from zdu.planning.templates import render
 
 HOSTILE = [
     "/opt/with space",

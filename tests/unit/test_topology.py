@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from zdu.errors import ConfigError
-from zdu.topology import load_topology, reference_topology
+from zdu.config.topology import load_topology, reference_topology
 
 GOOD = """\
 profile: lab-gateway

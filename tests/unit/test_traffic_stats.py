@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from zdu.traffic import Sample, Window, body_version, percentile, summarize, window_stats
+from zdu.run.traffic import Sample, Window, body_version, percentile, summarize, window_stats
 
 
 @pytest.mark.parametrize("values, q, expected", [

@@ -25,18 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     if args.command == "image":
-        from .image import ensure_image
+        from zdu.lab.image import ensure_image
         started = time.monotonic()
         tag = ensure_image()
         logging.info("image ready in %.1fs", time.monotonic() - started)
         print(tag)
         return 0
     if args.command == "down":
-        from .fleet import remove_lab_containers
+        from zdu.lab.fleet import remove_lab_containers
         print(f"removed {remove_lab_containers(force=args.force)} container(s)")
         return 0
 
-    from .fleet import Lab
+    from zdu.lab.fleet import Lab
     started = time.monotonic()
     with Lab(size=args.size, workdir=Path(args.workdir)) as lab:
         topology = lab.write_topology(lab.workdir / "topology.yaml", lb=args.lb)

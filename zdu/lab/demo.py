@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..status import Status
+from zdu.status import Status
 
 
 def run_lab(args: argparse.Namespace, console: Any, run: Callable[[argparse.Namespace], Status]) -> Status:
@@ -20,7 +20,7 @@ def run_lab(args: argparse.Namespace, console: Any, run: Callable[[argparse.Name
     if args.config:
         console.error("--lab brings up its own fleet and writes its topology; leave out --config")
         return Status.USAGE_ERROR
-    from .fleet import Lab, placement_from_env
+    from zdu.lab.fleet import Lab, placement_from_env
 
     console.line("lab: starting 3 OpenSSH nodes (Docker, host network) and HAProxy ...")
     try:

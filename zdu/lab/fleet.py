@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
-from ..lb.haproxy_api import LocalSocketApi, parse_servers_state
-from ..model import Node  # noqa: E402
-from .image import ensure_image  # noqa: E402
+from zdu.lb.haproxy_api import LocalSocketApi, parse_servers_state
+from zdu.model import Node  # noqa: E402
+from zdu.lab.image import ensure_image  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
-from ..errors import ConfigError
-from ..handlers.base import CommandHandler
-from ..model import LbSettings
-from .base import LbResult, LoadBalancer
+from zdu.errors import ConfigError
+from zdu.transport.base import CommandHandler
+from zdu.model import LbSettings
+from zdu.lb.base import LbResult, LoadBalancer
 
 __all__ = ["LbResult", "LoadBalancer", "make_load_balancer", "ENTRY_POINT_GROUP"]
 
@@ -26,15 +26,15 @@ def make_load_balancer(settings: LbSettings, *,
                        handler_factory: Callable[[str], CommandHandler] | None = None) -> LoadBalancer:
     """Build the hook a topology names; ConfigError for bad options (nothing contacted)."""
     if settings.type == "none":
-        from .none import NoLoadBalancer
+        from zdu.lb.none import NoLoadBalancer
         if settings.options:
             raise ConfigError(f"load_balancer: type none takes no options (got {', '.join(settings.options)})")
         return NoLoadBalancer()
     if settings.type == "script":
-        from .script import ScriptLoadBalancer
+        from zdu.lb.script import ScriptLoadBalancer
         return ScriptLoadBalancer.from_options(settings.options)
     if settings.type == "haproxy":
-        from .haproxy import from_options
+        from zdu.lb.haproxy import from_options
         return from_options(settings.options, handler_factory=handler_factory)
     plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     try:

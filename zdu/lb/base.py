@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..model import Node
+from zdu.model import Node
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..errors import ConfigError, LoadBalancerError
-from ..handlers.base import CommandHandler
-from ..model import Node
-from .base import LbResult, LoadBalancer
-from .haproxy_api import (LocalSocketApi, RemoteSocketApi, RuntimeApi, SocketUnreachable,
+from zdu.errors import ConfigError, LoadBalancerError
+from zdu.transport.base import CommandHandler
+from zdu.model import Node
+from zdu.lb.base import LbResult, LoadBalancer
+from zdu.lb.haproxy_api import (LocalSocketApi, RemoteSocketApi, RuntimeApi, SocketUnreachable,
                           is_success, parse_address, parse_stat_csv)
 
 #: statuses that mean "in rotation and healthy"; "no check" = no health check configured

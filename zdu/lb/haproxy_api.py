@@ -14,8 +14,8 @@ import shlex
 import socket
 from typing import Callable
 
-from ..errors import TransportError
-from ..handlers.base import CommandHandler
+from zdu.errors import TransportError
+from zdu.transport.base import CommandHandler
 
 #: the stat columns this package reads (HAProxy management guide, section 9.1)
 STAT_COLUMNS = ("pxname", "svname", "scur", "status", "check_status")

@@ -1,8 +1,8 @@
 """The ``none`` load-balancer hook: for fleets without one (traffic is not managed)."""
 from __future__ import annotations
 
-from ..model import Node
-from .base import LbResult, LoadBalancer
+from zdu.model import Node
+from zdu.lb.base import LbResult, LoadBalancer
 
 
 class NoLoadBalancer(LoadBalancer):

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import ConfigError, LoadBalancerError
-from ..model import Node
-from .base import LbResult, LoadBalancer
+from zdu.errors import ConfigError, LoadBalancerError
+from zdu.model import Node
+from zdu.lb.base import LbResult, LoadBalancer
 
 _OPTIONS = {"path", "timeout", "env"}
 

@@ -19,17 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from . import events as ev
-from .errors import TransportError
-from .events import Event, EventBus
-from .handlers.base import CommandHandler
-from .lb.base import LbResult, LoadBalancer
-from .model import CommandResult, Node
-from .plan import Plan, PlannedStep
-from .results import DecisionRecord, PhaseOutcome, RunState, StepRecord
-from .rollback import Action, Decision, FailureContext, Policy, default_policy
-from .status import OFFLINE_PHASES, Phase, Status
-from .waits import run_wait
+from zdu import events as ev
+from zdu.errors import TransportError
+from zdu.run.events import Event, EventBus
+from zdu.transport.base import CommandHandler
+from zdu.lb.base import LbResult, LoadBalancer
+from zdu.model import CommandResult, Node
+from zdu.planning.plan import Plan, PlannedStep
+from zdu.run.state import DecisionRecord, PhaseOutcome, RunState, StepRecord
+from zdu.run.policy import Action, Decision, FailureContext, Policy, default_policy
+from zdu.status import OFFLINE_PHASES, Phase, Status
+from zdu.run.waits import run_wait
 
 HandlerFactory = Callable[[Node], CommandHandler]
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from .errors import ConfigError
-from .model import LbSettings, Node, SshSettings, Topology, frozen_map
+from zdu.errors import ConfigError
+from zdu.model import LbSettings, Node, SshSettings, Topology, frozen_map
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")

@@ -13,10 +13,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from .errors import ConfigError
-from .model import CommandSpec, Node, Profile, Step, Topology, WaitSpec, frozen_map
-from .status import ONLINE_PHASES, UPGRADE_PHASES, Phase
-from .templates import render
+from zdu.errors import ConfigError
+from zdu.model import CommandSpec, Node, Profile, Step, Topology, WaitSpec, frozen_map
+from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase
+from zdu.planning.templates import render
 
 MASK = "******"
 

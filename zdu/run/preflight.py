@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .errors import TransportError, ZduError
-from .handlers.base import CommandHandler
-from .lb.base import LoadBalancer
-from .model import Node
-from .plan import Plan
+from zdu.errors import TransportError, ZduError
+from zdu.transport.base import CommandHandler
+from zdu.lb.base import LoadBalancer
+from zdu.model import Node
+from zdu.planning.plan import Plan
 
 
 @dataclass(frozen=True)

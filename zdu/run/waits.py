@@ -14,8 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
-from .model import CommandResult
-from .plan import PlannedWait
+from zdu.model import CommandResult
+from zdu.planning.plan import PlannedWait
 
 RunOnNode = Callable[[str, float], CommandResult]
 

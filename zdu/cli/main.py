@@ -19,24 +19,24 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
-from . import __version__
-from .conductor import Conductor
-from .errors import ConfigError, LockError, ZduError
-from .events import Event, EventBus
-from .handlers.base import CommandHandler
-from .lb import make_load_balancer
-from .lb.base import LoadBalancer
-from .lock import FleetLock, LockOwner
-from .logs import LineWriter, RunFolder, make_run_dir, new_run_id
-from .model import Node, Topology
-from .plan import Plan, build_plan, format_plan
-from .preflight import preflight
-from .profile import builtin_profiles, load_profile
-from .results import RunState
-from .rollback import load_policy
-from .status import Status
-from .summary import render_summary
-from .topology import load_topology, reference_topology
+from zdu import __version__
+from zdu.run.conductor import Conductor
+from zdu.errors import ConfigError, LockError, ZduError
+from zdu.run.events import Event, EventBus
+from zdu.transport.base import CommandHandler
+from zdu.lb import make_load_balancer
+from zdu.lb.base import LoadBalancer
+from zdu.run.lock import FleetLock, LockOwner
+from zdu.report.runfolder import LineWriter, RunFolder, make_run_dir, new_run_id
+from zdu.model import Node, Topology
+from zdu.planning.plan import Plan, build_plan, format_plan
+from zdu.run.preflight import preflight
+from zdu.config.profile import builtin_profiles, load_profile
+from zdu.run.state import RunState
+from zdu.run.policy import load_policy
+from zdu.status import Status
+from zdu.report.summary import render_summary
+from zdu.config.topology import load_topology, reference_topology
 
 STATUS_HELP = "\n".join(f"  {int(s):>3}  {s.name}" for s in Status)
 
@@ -209,7 +209,7 @@ class HandlerPool:
     """One handler per node, created on first use and shared by preflight and the conductor."""
 
     def __init__(self, topology: Topology, on_host_key: Callable[[str, str, str], None]) -> None:
-        from .handlers import make_handler
+        from zdu.transport import make_handler
         self._make = lambda node: make_handler(node, topology.ssh, on_host_key_accepted=on_host_key)
         self._handlers: dict[str, CommandHandler] = {}
         self._lock = threading.Lock()
@@ -293,7 +293,7 @@ def _run(args: argparse.Namespace, console: Console, env: Mapping[str, str],
         run_id = new_run_id()
     topology, plan = prepare(args, run_id, env)
     if args.traffic:  # a bad URL or rate is a usage error now, not a failure after nodes were locked
-        from .traffic import TrafficProbe
+        from zdu.run.traffic import TrafficProbe
         try:
             TrafficProbe(args.traffic, rate=args.traffic_rate)
         except ValueError as exc:
@@ -388,7 +388,7 @@ def _execute(args: argparse.Namespace, console: Console, stop_event: threading.E
 def _start_traffic(args: argparse.Namespace, bus: EventBus) -> Any:
     if not args.traffic:
         return None
-    from .traffic import TrafficProbe
+    from zdu.run.traffic import TrafficProbe
     probe = TrafficProbe(args.traffic, rate=args.traffic_rate)
     probe.start()
 
@@ -438,7 +438,7 @@ def _signals(stop: threading.Event, console: Console) -> Iterator[None]:
 
 
 def _run_lab(args: argparse.Namespace, console: Console, run: Callable[[argparse.Namespace], Status]) -> Status:
-    from .lab.demo import run_lab
+    from zdu.lab.demo import run_lab
     return run_lab(args, console, run)
 
 

@@ -7,23 +7,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import Node, SshSettings
-from .base import CommandHandler
+from zdu.model import Node, SshSettings
+from zdu.transport.base import CommandHandler
 
 __all__ = ["CommandHandler", "make_handler"]
 
 
 def make_handler(node: Node, settings: SshSettings, **kw: Any) -> CommandHandler:
-    """A handler for ``node``: :class:`~zdu.handlers.ssh.SshHandler` for ``transport: ssh``,
-    :class:`~zdu.handlers.local.LocalHandler` for ``transport: local``.
+    """A handler for ``node``: :class:`~zdu.transport.ssh.SshHandler` for ``transport: ssh``,
+    :class:`~zdu.transport.local.LocalHandler` for ``transport: local``.
 
     Keyword arguments (``on_host_key_accepted``, ``sleep``, ``backoff``) go to the SSH
     handler; the local handler ignores them.
     """
     if node.transport == "local":
-        from .local import LocalHandler
+        from zdu.transport.local import LocalHandler
         return LocalHandler(node, settings)
     if node.transport == "ssh":
-        from .ssh import SshHandler
+        from zdu.transport.ssh import SshHandler
         return SshHandler(node, settings, **kw)
     raise ValueError(f"{node.name}: unknown transport {node.transport!r}")

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .status import Phase
+from zdu.status import Phase
 
 # kinds
 RUN_STARTED = "run_started"

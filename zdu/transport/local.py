@@ -20,8 +20,8 @@ from invoke import Config, Context
 from invoke.exceptions import CommandTimedOut
 from invoke.runners import Local
 
-from ..model import CommandResult, Node, SshSettings
-from .base import CommandHandler
+from zdu.model import CommandResult, Node, SshSettings
+from zdu.transport.base import CommandHandler
 
 #: grace period between SIGTERM and SIGKILL when a command times out
 KILL_GRACE = 1.0

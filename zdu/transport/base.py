@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 
-from ..model import CommandResult, Node
+from zdu.model import CommandResult, Node
 
 
 class CommandHandler(abc.ABC):

@@ -23,7 +23,7 @@ Host keys (never silently auto-added):
 
 Connection failures: refused / unreachable / connect or banner timeout / reset during
 the handshake are transient and retried ``settings.connect_retries`` times with
-exponential backoff (:mod:`zdu.handlers.retry`, injectable ``sleep``); DNS, auth
+exponential backoff (:mod:`zdu.transport.retry`, injectable ``sleep``); DNS, auth
 and host-key failures are not retried.
 
 A dropped connection while a command runs (sshd killed, node crashed, link reset)
@@ -68,11 +68,11 @@ from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException
                                     NoValidConnectionsError, PasswordRequiredException,
                                     SSHException)
 
-from ..errors import AuthError, HostKeyError, TransportError, UnreachableError
-from ..model import CommandResult, Node, SshSettings
-from .base import CommandHandler
-from .local import IncrementalDecodeMixin, TimeoutKillMixin
-from .retry import Backoff, Sleep, retry_call
+from zdu.errors import AuthError, HostKeyError, TransportError, UnreachableError
+from zdu.model import CommandResult, Node, SshSettings
+from zdu.transport.base import CommandHandler
+from zdu.transport.local import IncrementalDecodeMixin, TimeoutKillMixin
+from zdu.transport.retry import Backoff, Sleep, retry_call
 
 HostKeyCallback = Callable[[str, str, str], None]
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .status import UPGRADE_PHASES, Phase, Status
+from zdu.status import UPGRADE_PHASES, Phase, Status
 
 Outcome = Literal["PASSED", "FAILED", "RUNNING"]
 

@@ -8,7 +8,7 @@ spawned (sessions, commands), which is what a node crash looks like to a client.
 
 Test modules import the fixtures explicitly::
 
-    from tests.sshd import SshdServer, sshd_server  # noqa: F401
+    from tests.support.sshd import SshdServer, sshd_server  # noqa: F401
 
 Only loopback addresses are accepted.
 """

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .results import RunState
-from .status import UPGRADE_PHASES, Status
+from zdu.run.state import RunState
+from zdu.status import UPGRADE_PHASES, Status
 
 TITLE = "MULTI-NODE ZERO DOWN-TIME UPGRADE SUMMARY"
 NOT_RUN = "*"

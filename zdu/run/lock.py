@@ -20,9 +20,9 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
-from .errors import LockError, TransportError
-from .handlers.base import CommandHandler
-from .model import Node
+from zdu.errors import LockError, TransportError
+from zdu.transport.base import CommandHandler
+from zdu.model import Node
 
 LOCK_DIR = "/var/tmp/zdupgrade/lock"
 

@@ -11,8 +11,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .errors import ConfigError
-from .status import Phase
+from zdu.errors import ConfigError
+from zdu.status import Phase
 
 
 class Action(str, enum.Enum):

@@ -27,13 +27,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .model import CommandSpec, Profile, Step, WaitSpec, frozen_map
-from .status import ONLINE_PHASES, UPGRADE_PHASES, Phase
-from .templates import check_syntax
-from .topology import _Checker, _kind as _kind_of, read_document
+from zdu.errors import ConfigError
+from zdu.model import CommandSpec, Profile, Step, WaitSpec, frozen_map
+from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase
+from zdu.planning.templates import check_syntax
+from zdu.config.topology import _Checker, _kind as _kind_of, read_document
 
-BUILTIN_DIR = Path(__file__).parent / "profiles"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
 USER_DIR = Path("config") / "profiles"
 
 _TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback"}

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import jinja2
 import jinja2.sandbox
 
-from .errors import TemplateError
+from zdu.errors import TemplateError
 
 
 class Raw(str):

@@ -16,10 +16,10 @@ import threading
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import events as ev
-from .errors import ConfigError
-from .events import Event
-from .results import RunState, write_json_atomic
+from zdu import events as ev
+from zdu.errors import ConfigError
+from zdu.run.events import Event
+from zdu.run.state import RunState, write_json_atomic
 
 MARK = "------------- ZDU_EXEC_CMD -------------"
 

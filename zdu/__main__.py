@@ -1,0 +1,4 @@
+"""``python3 -m zdu``: the same as the ``zdupgrade`` command."""
+from .cli import entry_point
+
+entry_point()
