@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable, TextIO
 
-from zdu import events as ev
+from zdu.run import events as ev
 from zdu.errors import ConfigError
 from zdu.run.events import Event
 from zdu.run.state import RunState, write_json_atomic

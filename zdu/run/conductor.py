@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from zdu import events as ev
+from zdu.run import events as ev
 from zdu.errors import TransportError
 from zdu.run.events import Event, EventBus
 from zdu.transport.base import CommandHandler
