@@ -22,6 +22,7 @@ class Status(enum.IntEnum):
     NODE_UNREACHABLE = 76    # a node could not be reached before anything changed
     LOCKED = 77              # another run holds the fleet lock; nothing changed
     CONFIG_ERROR = 78        # bad topology, profile, directory or option; nothing was contacted
+    RECORD_FAILED = 79       # the upgrade succeeded, but a log, run.json or another listener failed
     FATAL_ERROR = 80         # an internal error; the logs say what was done before it
     INTERRUPTED = 130        # Ctrl-C / SIGTERM; every node taken out was put back or reported
 
@@ -74,3 +75,78 @@ _FAILED = {
     Phase.POST_APPLY: Status.POST_APPLY_FAILED,
     Phase.ROLLBACK: Status.ROLLBACK_FAILED,
 }
+
+
+class Outcome(str, enum.Enum):
+    """How a phase, a rollback or a node ended (a cell of the summary table)."""
+
+    PASSED = "PASSED"
+    FAILED = "FAILED"
+    RUNNING = "RUNNING"
+    SKIPPED = "SKIPPED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class FailureKind(str, enum.Enum):
+    """Why a step, a phase or a node failed; what the rollback policy is told."""
+
+    FAILED = "failed"              # the command exited non-zero, or a health gate did not hold
+    TIMEOUT = "timeout"            # the command outlived its timeout and was killed
+    UNREACHABLE = "unreachable"    # the node stopped answering or dropped the connection
+    LB = "lb"                      # the load balancer refused or failed an action
+    INTERRUPTED = "interrupted"    # Ctrl-C, SIGTERM or SIGHUP
+    ERROR = "error"                # an unexpected error inside zdupgrade while running the step
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Version(str, enum.Enum):
+    """Which installation a node runs, as far as the run knows."""
+
+    OLD = "old"
+    NEW = "new"
+    UNKNOWN = "unknown"            # changed half-way: neither version can be vouched for
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LbAction(str, enum.Enum):
+    """What the load-balancer hook is asked to do."""
+
+    DISABLE = "disable"
+    ENABLE = "enable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LbState(str, enum.Enum):
+    """Where a node stands in the load balancer, as far as the run knows."""
+
+    IN = "in"
+    OUT = "out"
+    TAKING_OUT = "taking-out"      # a disable was started and has not answered (yet)
+    PUTTING_BACK = "putting-back"  # an enable was started and has not answered (yet)
+    UNKNOWN = "unknown"            # an action failed and may have acted anyway
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def certain(self) -> bool:
+        return self in (LbState.IN, LbState.OUT)
+
+
+class StepKind(str, enum.Enum):
+    """What a profile step does."""
+
+    RUN = "run"                    # a shell command on the node
+    WAIT = "wait"                  # a health gate polled until it holds
+    HTTP = "http"                  # one HTTP request
+
+    def __str__(self) -> str:
+        return self.value

@@ -1,14 +1,14 @@
 """Rollback policy (pure) and the summary table."""
 from __future__ import annotations
 
-from zdu.run.state import DecisionRecord, PhaseOutcome, RunState
+from zdu.run.state import DecisionRecord, PhaseResult, RunState
 from zdu.run.policy import Action, FailureContext, default_policy, load_policy, rollback_node_only
-from zdu.status import Phase, Status
+from zdu.status import FailureKind, Outcome, Phase, Status
 from zdu.report.summary import render_summary, summary_rows
 
 
 def ctx(phase: Phase, switched: tuple[str, ...] = ()) -> FailureContext:
-    return FailureContext(node="Node-B", phase=phase, classification="failed", message="boom",
+    return FailureContext(node="Node-B", phase=phase, classification=FailureKind.FAILED, message="boom",
                           exit_code=1, switched=switched, results={})
 
 
@@ -52,11 +52,11 @@ def test_summary_table_like_axway() -> None:
                      topology="t", node_names=["Node-A", "Node-B", "Node-C"])
     for name in ("Node-A", "Node-B", "Node-C"):
         for phase in (Phase.EXPORT, Phase.UPGRADE):
-            state.nodes[name].phases[phase.value] = PhaseOutcome("PASSED", 0)
-    state.nodes["Node-A"].phases["PRE-APPLY"] = PhaseOutcome("PASSED", 0)
-    state.nodes["Node-A"].phases["APPLY"] = PhaseOutcome("FAILED", 3, "failed")
-    state.nodes["Node-A"].rollback = PhaseOutcome("PASSED", 0)
-    state.decisions.append(DecisionRecord("Node-A", "APPLY", "ROLLBACK_ALL", "because"))
+            state.nodes[name].phases[phase] = PhaseResult(Outcome.PASSED, 0)
+    state.nodes["Node-A"].phases[Phase.PRE_APPLY] = PhaseResult(Outcome.PASSED, 0)
+    state.nodes["Node-A"].phases[Phase.APPLY] = PhaseResult(Outcome.FAILED, 3, FailureKind.FAILED)
+    state.nodes["Node-A"].rollback = PhaseResult(Outcome.PASSED, 0)
+    state.decisions.append(DecisionRecord("Node-A", Phase.APPLY, "ROLLBACK_ALL", "because", FailureKind.FAILED))
     state.status = Status.APPLY_FAILED
     rows = summary_rows(state)
     assert rows[0] == ["Node-A", "PASSED (0)", "PASSED (0)", "PASSED (0)", "FAILED (3)", "*", "PASSED (0)"]
@@ -71,4 +71,4 @@ def test_summary_table_like_axway() -> None:
 
 
 def test_timeout_cell() -> None:
-    assert PhaseOutcome("FAILED", None, "timeout").cell() == "FAILED (timeout)"
+    assert PhaseResult(Outcome.FAILED, None, FailureKind.TIMEOUT).cell() == "FAILED (timeout)"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zdu.errors import ConfigError, TemplateError
-from zdu.planning.plan import mask_secrets
+from zdu.planning.masking import Masker
 from zdu.config.profile import load_profile, parse_profile
 from zdu.planning.templates import render
 
@@ -50,7 +50,7 @@ def test_undefined_variable_is_an_error_naming_where() -> None:
 
 def test_mask_secrets_plain_and_quoted() -> None:
     text = "login --password 's3cr3t value' then s3cr3t value"
-    assert mask_secrets(text, ["s3cr3t value"]) == "login --password ****** then ******"
+    assert Masker(["s3cr3t value"])(text) == "login --password ****** then ******"
 
 
 def _profile(**overrides: object) -> dict:

@@ -4,21 +4,34 @@ Pure: no I/O.  ``build_plan`` renders every command of every node (so a missing
 variable or a bad template fails here, before any node is touched), groups the
 nodes into waves (ansible ``serial`` rules) and records each phase's rollback
 path.  ``format_plan`` is what ``--dry-run`` prints.
+
+Secrets are masked at render time: every template is rendered a second time with each secret
+value replaced by ``******`` (:class:`~zdu.planning.masking.Secret` marks them in the context), and
+that second rendering is what the plan, the logs and run.json show (``shown``).  Nothing else of
+the text is touched.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from zdu.errors import ConfigError
+from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, Node, Profile, Step, Topology, WaitSpec, frozen_map
-from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase
-from zdu.planning.templates import render
+from zdu.planning.masking import MASK, Masker
+from zdu.planning.templates import Raw, render
+from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase, StepKind
 
-MASK = "******"
+__all__ = ["MASK", "Plan", "NodePlan", "PlannedStep", "PlannedWait", "Secret", "build_plan", "format_plan",
+           "compute_waves", "render_context"]
+
+
+class Secret(str):
+    """A template variable's value that is a secret: rendered for the node as it is, shown as
+    ``******`` everywhere else."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,8 @@ class PlannedWait:
     deadline: float
     interval: float
     kill_command: str | None = None   # run on the node when the deadline passes (process, exited)
+    shown: str = ""                   # ``target`` as the logs show it (secrets masked)
+    shown_pattern: str | None = None  # ``pattern`` as shown
 
 
 @dataclass(frozen=True)
@@ -44,11 +59,12 @@ class PlannedStep:
     phase: Phase
     index: int
     name: str
-    kind: Literal["run", "wait"]
-    command: str | None = None          # run: the shell command; node-side wait: the poll command
+    kind: StepKind
+    command: str | None = None          # run: the shell command
     wait: PlannedWait | None = None
     timeout: float | None = None
     smoke: bool = False                 # a smoke check (runs last in POST-APPLY)
+    shown: str = ""                     # the command / wait target as the logs show it (secrets masked)
 
     @property
     def key(self) -> str:
@@ -89,7 +105,7 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     waves: tuple[tuple[str, ...], ...]
     parallel: int
-    secrets: tuple[str, ...] = ()       # rendered secret values, for masking
+    masker: Masker = Masker()           # the secret values, for text zdupgrade did not render
     lb_type: str = "none"
 
     def node_plan(self, name: str) -> NodePlan:
@@ -103,25 +119,8 @@ class Plan:
         return tuple(p.node.name for p in self.nodes)
 
     def mask(self, text: str) -> str:
-        """``text`` with every secret value (plain or shell-quoted) replaced by ******."""
-        return mask_secrets(text, self.secrets)
-
-
-def mask_secrets(text: str, secrets: Sequence[str]) -> str:
-    """Replace each secret (longest first, and its shell-quoted form) with ******.
-
-    Also the form a secret takes inside a larger quoted word (``{{ 'x=' ~ secret }}`` renders
-    as ``'x=pa'"'"'ss'``): each ``'`` escaped as ``'"'"'``, without the outer quotes.
-    """
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        quoted = shlex.quote(secret)
-        if quoted != secret:
-            text = text.replace(quoted, MASK)
-        escaped = secret.replace("'", "'\"'\"'")
-        if escaped != secret:
-            text = text.replace(escaped, MASK)
-        text = text.replace(secret, MASK)
-    return text
+        """Free text (output, messages) with every secret value replaced by ******."""
+        return self.masker(text)
 
 
 SerialSpec = int | str | Sequence[int | str]
@@ -161,6 +160,47 @@ def _wave_size(spec: int | str, total: int) -> int:
     return max(1, math.floor(total * float(match.group(1)) / 100))
 
 
+# --------------------------------------------------------------------------- contexts
+
+@dataclass(frozen=True)
+class _Contexts:
+    """What one node's templates see: ``real`` for the node, ``shown`` with secrets masked."""
+
+    real: Mapping[str, Any]
+    shown: Mapping[str, Any]
+    secrets: frozenset[str]
+
+    def render(self, template: str, *, where: str, shell: bool = True) -> tuple[str, str]:
+        real = render(template, self.real, where=where, shell=shell)
+        if not self.secrets:
+            return real, real
+        return real, render(template, self.shown, where=where, shell=shell)
+
+
+def _secret(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_secret(v) for v in value]
+    if value is None or value == "":
+        return value
+    return Secret(value if isinstance(value, str) else str(value))
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return Raw(MASK)
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+def _values(value: Any) -> list[str]:
+    if isinstance(value, Secret):
+        return [str(value)]
+    if isinstance(value, list):
+        return [s for v in value for s in _values(v)]
+    return []
+
+
 def render_context(topology: Topology, profile: Profile, node: Node, *, old_install_dir: str,
                    new_install_dir: str, run_id: str, env: Mapping[str, str] | None = None,
                    secrets: set[str] | None = None) -> dict[str, Any]:
@@ -168,33 +208,49 @@ def render_context(topology: Topology, profile: Profile, node: Node, *, old_inst
     node vars, then the run's own values, which cannot be overridden.
 
     A variable written ``{env: NAME}`` takes its value from the control machine's
-    environment variable NAME; such values are always secret (added to ``secrets``).
+    environment variable NAME; such values are always secret.  Secret values (those and the
+    profile's ``secrets``) are :class:`Secret` strings (lists: each element); their values are
+    added to ``secrets``.
     """
     context: dict[str, Any] = {"work_dir": f"/var/tmp/zdupgrade/{run_id}"}
     for source, variables in (("profile", profile.vars), ("topology", topology.vars),
                               (f"node {node.name}", node.vars)):
         for name, value in variables.items():
-            context[name] = _resolve(name, value, source, env, secrets)
+            context[name] = _resolve(name, value, source, env)
+    for name in profile.secrets:
+        if name in context:
+            context[name] = _secret(context[name])
     context.update(
         old_install_dir=old_install_dir,
         new_install_dir=new_install_dir,
         run_id=run_id,
         node=_NodeView(node),
     )
+    if secrets is not None:
+        for value in context.values():
+            secrets.update(_values(value))
     return context
 
 
-def _resolve(name: str, value: Any, source: str, env: Mapping[str, str] | None,
-             secrets: set[str] | None) -> Any:
+def _contexts(topology: Topology, profile: Profile, node: Node, **kw: Any) -> _Contexts:
+    values: set[str] = set()
+    real = render_context(topology, profile, node, secrets=values, **kw)
+    shown = {k: _masked(v) for k, v in real.items()} if values else real
+    return _Contexts(real, shown, frozenset(values))
+
+
+def _resolve(name: str, value: Any, source: str, env: Mapping[str, str] | None) -> Any:
     if not (isinstance(value, Mapping) and set(value) == {"env"}):
         return value
     key = value["env"]
     if env is None or not isinstance(key, str) or key not in env:
         raise ConfigError(f"{source} variable {name!r}: environment variable {key!r} is not set "
                           "on the control machine")
-    if secrets is not None and env[key]:
-        secrets.add(env[key])
-    return env[key]
+    text = env[key]
+    if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise ConfigError(f"{source} variable {name!r}: environment variable {key!r} holds a NUL byte or "
+                          "bytes that are not UTF-8")
+    return _secret(text) if text else text
 
 
 @dataclass(frozen=True)
@@ -231,88 +287,119 @@ class _NodeView:
         return self._node.name
 
 
+# --------------------------------------------------------------------------- building
+
 def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, new_install_dir: str,
                run_id: str, serial: SerialSpec | None = None, env: Mapping[str, str] | None = None) -> Plan:
     """Render every step for every node; raise ConfigError (naming the template) on any problem.
 
-    ``env`` is the control machine's environment, for ``{env: NAME}`` variables."""
+    ``env`` is the control machine's environment, for ``{env: NAME}`` variables.  A template
+    error's message is masked: it may quote a secret value."""
     node_plans: list[NodePlan] = []
     secrets: set[str] = set()
     for node in topology.nodes:
-        context = render_context(topology, profile, node, old_install_dir=old_install_dir,
-                                 new_install_dir=new_install_dir, run_id=run_id, env=env, secrets=secrets)
-        for name in profile.secrets:
-            if name in context and context[name] not in (None, ""):
-                secrets.add(str(context[name]))
-        phases: dict[Phase, tuple[PlannedStep, ...]] = {}
-        for phase in UPGRADE_PHASES:
-            steps = [_plan_step(profile, node, phase, i, step, context, f"phases.{phase}[{i}]")
-                     for i, step in enumerate(profile.phases.get(phase, ()))]
-            if phase is Phase.POST_APPLY:
-                base = len(steps)
-                steps += [_plan_step(profile, node, phase, base + i, step, context, f"smoke[{i}]", smoke=True)
-                          for i, step in enumerate(profile.smoke)]
-            phases[phase] = tuple(steps)
-        rollback: dict[Phase, tuple[PlannedStep, ...]] = {}
-        for key, steps_spec in profile.rollback.items():
-            rollback[key] = tuple(_plan_step(profile, node, Phase.ROLLBACK, i, step, context,
-                                             f"rollback.{key}[{i}]") for i, step in enumerate(steps_spec))
-        node_plans.append(NodePlan(node=node, phases=frozen_map(phases), rollback=frozen_map(rollback)))
-
+        ctx = _contexts(topology, profile, node, old_install_dir=old_install_dir,
+                        new_install_dir=new_install_dir, run_id=run_id, env=env)
+        secrets |= ctx.secrets
+        try:
+            node_plans.append(_node_plan(profile, node, ctx))
+        except TemplateError as exc:
+            raise TemplateError(Masker(secrets)(str(exc))) from None
     waves = compute_waves([n.name for n in topology.nodes],
                           topology.serial if serial is None else serial)
     return Plan(run_id=run_id, old_install_dir=old_install_dir, new_install_dir=new_install_dir,
                 profile=profile.name, topology=topology.source, nodes=tuple(node_plans), waves=waves,
-                parallel=topology.ssh.parallel, secrets=tuple(sorted(secrets)),
-                lb_type=topology.load_balancer.type)
+                parallel=topology.ssh.parallel, masker=Masker(secrets), lb_type=topology.load_balancer.type)
+
+
+def _node_plan(profile: Profile, node: Node, ctx: _Contexts) -> NodePlan:
+    phases: dict[Phase, tuple[PlannedStep, ...]] = {}
+    for phase in UPGRADE_PHASES:
+        steps = [_plan_step(profile, node, phase, i, step, ctx, f"phases.{phase}[{i}]")
+                 for i, step in enumerate(profile.phases.get(phase, ()))]
+        if phase is Phase.POST_APPLY:
+            base = len(steps)
+            steps += [_plan_step(profile, node, phase, base + i, step, ctx, f"smoke[{i}]", smoke=True)
+                      for i, step in enumerate(profile.smoke)]
+        phases[phase] = tuple(steps)
+    rollback: dict[Phase, tuple[PlannedStep, ...]] = {}
+    for key, steps_spec in profile.rollback.items():
+        rollback[key] = tuple(_plan_step(profile, node, Phase.ROLLBACK, i, step, ctx, f"rollback.{key}[{i}]")
+                              for i, step in enumerate(steps_spec))
+    return NodePlan(node=node, phases=frozen_map(phases), rollback=frozen_map(rollback))
 
 
 def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Step,
-               context: Mapping[str, Any], section: str, smoke: bool = False) -> PlannedStep:
+               ctx: _Contexts, section: str, smoke: bool = False) -> PlannedStep:
     where = f"{profile.source}: {section}"
     if isinstance(step, CommandSpec):
-        command = render(step.run, context, where=f"{where} step {step.name!r} (node {node.name})")
-        return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind="run",
-                           command=command, timeout=step.timeout, smoke=smoke)
-    return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind="wait",
-                       wait=_plan_wait(step, context, where=f"{where} wait {step.name!r} (node {node.name})"),
-                       smoke=smoke)
+        command, shown = ctx.render(step.run, where=f"{where} step {step.name!r} (node {node.name})")
+        return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.RUN,
+                           command=command, timeout=step.timeout, smoke=smoke, shown=shown)
+    wait = _plan_wait(step, ctx, where=f"{where} wait {step.name!r} (node {node.name})")
+    return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.WAIT,
+                       wait=wait, smoke=smoke, shown=wait.shown)
 
 
-def _plan_wait(spec: WaitSpec, context: Mapping[str, Any], *, where: str) -> PlannedWait:
-    pattern = render(spec.pattern, context, where=where, shell=False) if spec.pattern else None
+def _plan_wait(spec: WaitSpec, ctx: _Contexts, *, where: str) -> PlannedWait:
+    pattern, shown_pattern = (ctx.render(spec.pattern, where=where, shell=False) if spec.pattern
+                              else (None, None))
     if spec.kind == "process":
-        pattern = render(spec.target, context, where=where, shell=False)
+        pattern, shown_pattern = ctx.render(spec.target, where=where, shell=False)
+    plain, shown_plain = ctx.render(spec.target, where=where, shell=False)
+    if spec.kind == "tcp":
+        _check_tcp_target(plain, where)
     if spec.where == "control":
-        target = render(spec.target, context, where=where, shell=False)
+        target, shown = plain, shown_plain
+    elif spec.kind == "command":
+        target, shown = ctx.render(spec.target, where=where)
     else:
-        target = _node_poll_command(spec, context, pattern, where=where)
+        target = _node_poll_command(spec.kind, spec.state, plain, pattern)
+        shown = _node_poll_command(spec.kind, spec.state, shown_plain, shown_pattern)
     kill_command = f"pkill -KILL -f -- {_hidden(pattern or '')}" if spec.kill else None
     return PlannedWait(kind=spec.kind, where=spec.where, target=target, pattern=pattern, status=spec.status,
-                       state=spec.state, deadline=spec.deadline, interval=spec.interval, kill_command=kill_command)
+                       state=spec.state, deadline=spec.deadline, interval=spec.interval, kill_command=kill_command,
+                       shown=shown, shown_pattern=shown_pattern)
+
+
+_TCP_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _check_tcp_target(target: str, where: str) -> None:
+    """A tcp wait's target must be HOST:PORT with a plain host name or IP address."""
+    host, sep, port = target.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536
+    if ok:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            ok = bool(_TCP_HOST.match(host)) and ".." not in host
+    if not ok:
+        raise TemplateError(f"{where}: a tcp wait needs HOST:PORT (a host name or IP address and a port "
+                            f"number), got {target[:80]!r}")
 
 
 def _hidden(text: str) -> str:
     """A shell word that expands to ``text`` but does not contain it, so ``pgrep -f`` in a
     shell whose own command line holds the pattern does not find that shell."""
-    octal = "".join(f"\\0{b:03o}" for b in text.encode())
+    octal = "".join(f"\\0{b:03o}" for b in text.encode("utf-8", "surrogateescape"))
     return f"\"$(printf '%b' '{octal}')\""
 
 
-def _node_poll_command(spec: WaitSpec, context: Mapping[str, Any], pattern: str | None, *, where: str) -> str:
-    if spec.kind == "command":
-        return render(spec.target, context, where=where)
-    plain = render(spec.target, context, where=where, shell=False)
-    if spec.kind == "process":
+def _node_poll_command(kind: str, state: str, plain: str, pattern: str | None) -> str:
+    """The command a node-side wait polls with (every value a separate, quoted word)."""
+    if kind == "process":
         found = f"pgrep -f -- {_hidden(plain)} >/dev/null"
-        return found if spec.state == "running" else f"! {found}"
-    if spec.kind == "log":
+        return found if state == "running" else f"! {found}"
+    if kind == "log":
         return f"grep -Eq -- {shlex.quote(pattern or '')} {shlex.quote(plain)}"
-    if spec.kind == "tcp":
+    if kind == "tcp":
         host, _, port = plain.rpartition(":")
-        return f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{host}/{port}')}"
+        probe = 'exec 3<>"/dev/tcp/$1/$2"'
+        return f"timeout 5 bash -c {shlex.quote(probe)} zdu-tcp {shlex.quote(host.strip('[]'))} {shlex.quote(port)}"
     # http, polled from the node: print the body, then the status on the last line
-    return f"curl -sS -m 5 -w '\\n%{{http_code}}' -- {shlex.quote(plain)}"
+    return f"curl -sS -m 5 --noproxy '*' -w '\\n%{{http_code}}' -- {shlex.quote(plain)}"
 
 
 # --------------------------------------------------------------------------- dry run
@@ -353,7 +440,7 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
                 steps = np_.rollback_for(phase)
                 out.append(f"        after a failure in {phase}:" + ("" if steps else " nothing to undo"))
                 out.extend(_format_steps(steps, "          "))
-    return plan.mask("\n".join(out)) + "\n"
+    return "\n".join(out) + "\n"
 
 
 def _format_steps(steps: Sequence[PlannedStep], indent: str) -> list[str]:
@@ -362,18 +449,19 @@ def _format_steps(steps: Sequence[PlannedStep], indent: str) -> list[str]:
     lines = []
     for step in steps:
         label = " (smoke)" if step.smoke else ""
-        if step.kind == "run":
+        if step.kind is StepKind.RUN:
             lines.append(f"{indent}- {step.name}{label}:")
-            lines.extend(f"{indent}    $ {line}" for line in (step.command or "").splitlines() or [""])
+            lines.extend(f"{indent}    $ {line}" for line in step.shown.splitlines() or [""])
         else:
             assert step.wait is not None
             w = step.wait
-            cond = {"http": f"HTTP {w.status}" + (f" body ~ /{w.pattern}/" if w.pattern else ""),
-                    "tcp": "port open", "process": f"process matching /{w.pattern}/ {w.state}", "log": f"log line ~ /{w.pattern}/",
-                    "command": "exit 0"}[w.kind]
+            pattern = w.shown_pattern
+            cond = {"http": f"HTTP {w.status}" + (f" body ~ /{pattern}/" if pattern else ""),
+                    "tcp": "port open", "process": f"process matching /{pattern}/ {w.state}",
+                    "log": f"log line ~ /{pattern}/", "command": "exit 0"}[w.kind]
             then = ", then SIGKILL what is left" if w.kill_command else ""
             lines.append(f"{indent}- wait{label}: {step.name}: {cond}, from {w.where}, "
                          f"every {w.interval:g}s, deadline {w.deadline:g}s{then}:")
-            lines.append(f"{indent}    {'$ ' if w.where == 'node' else ''}{w.target}")
+            lines.append(f"{indent}    {'$ ' if w.where == 'node' else ''}{w.shown}")
     return lines
 

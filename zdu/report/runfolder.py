@@ -1,27 +1,37 @@
-"""Run folder, run log, node logs and run.json — all event listeners.
+"""The run folder: run log, node logs, journal and run.json — listeners of the recorder.
 
 One folder per run, ``<log_dir>/<run_id>/`` (mode 0700), holds:
-  - ``run.log``: progress lines and the summary table;
-  - ``<node>.log``: every command of that node between ``ZDU_EXEC_CMD`` markers,
-    under its phase, with its output and exit code;
-  - ``run.json``: the machine-readable record, rewritten atomically after each step.
-Files are created 0600.  Secrets are masked before anything reaches them.
+  - ``run.log``: progress lines (ISO time with time zone) and the summary table;
+  - ``<node>.log``: every command of that node between ``ZDU_EXEC_CMD`` markers, under its
+    phase, with its output and exit code;
+  - ``journal.jsonl``: every event, one JSON object per line, appended as it happens -- the
+    source of truth ``--resume`` replays;
+  - ``run.json``: the state of the run (docs/run-json.md), rewritten atomically whenever it
+    changed, at most every :data:`RUN_JSON_INTERVAL` seconds, and at the end.
+Files are created 0600 and never through a symlink.  Secrets are masked before anything
+reaches them (events carry masked text).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 import threading
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
-from zdu.run import events as ev
-from zdu.errors import ConfigError
-from zdu.run.events import Event
-from zdu.run.state import RunState, write_json_atomic
+from ..errors import ConfigError
+from ..run import events as ev
+from ..run.state import Recorder, RunView
+from ..status import StepKind
 
 MARK = "------------- ZDU_EXEC_CMD -------------"
+#: run.json is rewritten at most this often (the journal has every event at once)
+RUN_JSON_INTERVAL = 0.25
+JOURNAL = "journal.jsonl"
+RUN_JSON = "run.json"
+RUN_LOG = "run.log"
 
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
@@ -30,13 +40,22 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
     return now.strftime("%Y%m%d-%H%M%S-%f")
 
 
+def iso(at: float) -> str:
+    """``at`` as an ISO 8601 time with milliseconds and the local time zone."""
+    return _dt.datetime.fromtimestamp(at).astimezone().isoformat(timespec="milliseconds")
+
+
+def short(at: float) -> str:
+    return _dt.datetime.fromtimestamp(at).strftime("%H:%M:%S")
+
+
 def make_run_dir(log_dir: Path, run_id: str) -> Path:
     """Create ``log_dir/run_id`` with mode 0700; ConfigError if the log dir cannot hold it."""
     run_dir = log_dir / run_id
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir(mode=0o700)
-        os.chmod(run_dir, 0o700)
+        os.chmod(run_dir, 0o700, follow_symlinks=False)
     except OSError as exc:
         raise ConfigError(f"--log_dir {log_dir}: cannot create the run folder {run_dir}: "
                           f"{exc.strerror or exc}") from None
@@ -44,88 +63,194 @@ def make_run_dir(log_dir: Path, run_id: str) -> Path:
 
 
 def _open_private(path: Path) -> TextIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=1)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def progress_line(event: Event) -> str | None:
+# --------------------------------------------------------------------------- progress lines
+
+def progress_line(event: ev.Event, stamp: Callable[[float], str] = short) -> str | None:
     """The one-line console / run-log rendering of an event (None: not shown)."""
-    stamp = _dt.datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
+    at = stamp(event.at)
     who = f"[{event.node}]" if event.node else ""
-    phase = f" {event.phase}" if event.phase else ""
-    if event.kind == ev.RUN_STARTED:
-        return f"{stamp} {event.message}"
-    if event.kind == ev.PHASE_STARTED:
-        return f"{stamp} {who}{phase} started ({event.message})"
-    if event.kind in (ev.PHASE_FINISHED, ev.ROLLBACK_FINISHED):
-        detail = event.data.get("message") or ""
-        return f"{stamp} {who}{phase} {event.message}" + (f" - {detail}" if detail else "")
-    if event.kind == ev.STEP_FINISHED:
-        d = event.data
-        status = "ok" if not d.get("error") else d["error"].upper()
-        extra = f" - {d['message']}" if d.get("message") else ""
-        return f"{stamp} {who}{phase}   {event.message}: {status} ({d.get('duration', 0):.2f}s){extra}"
-    if event.kind == ev.LB_ACTION:
-        return f"{stamp} {who} load balancer {event.message}"
-    if event.kind == ev.DECISION:
-        return f"{stamp} {who}{phase} rollback policy: {event.message}"
-    if event.kind == ev.ROLLBACK_STARTED:
-        return f"{stamp} {who} ROLLBACK started ({event.message})"
-    if event.kind == ev.WARNING:
-        return f"{stamp} WARNING: {event.message}"
-    if event.kind in (ev.INFO, ev.RUN_FINISHED):
-        return f"{stamp} {event.message}"
+    phase = getattr(event, "phase", None)
+    ph = f" {phase}" if phase else ""
+    if isinstance(event, (ev.RunStarted, ev.Noted, ev.RunFinished)):
+        return f"{at} {event.message}"
+    if isinstance(event, ev.PhaseStarted):
+        return f"{at} {who}{ph} started ({event.steps} step(s))"
+    if isinstance(event, ev.PhaseFinished):
+        cell = "PASSED (0)" if event.outcome.value == "PASSED" else \
+            f"FAILED ({event.code if event.code is not None else event.failure or 'error'})"
+        return f"{at} {who}{ph} {cell}" + (f" - {event.message}" if event.message else "")
+    if isinstance(event, ev.StepFinished):
+        status = "ok" if event.failure is None else event.failure.value.upper()
+        extra = f" - {event.message}" if event.message else ""
+        return f"{at} {who}{ph}   {event.name}: {status} ({event.duration:.2f}s){extra}"
+    if isinstance(event, ev.LbFinished):
+        return (f"{at} {who} load balancer {event.action}: {'ok' if event.ok else 'FAILED'}"
+                f"{(' - ' + event.message) if event.message else ''}")
+    if isinstance(event, ev.LbRefused):
+        return f"{at} {who} load balancer: {event.message}"
+    if isinstance(event, ev.Decided):
+        return f"{at} {who}{ph} rollback policy: {event.action}: {event.reason}"
+    if isinstance(event, ev.RollbackStarted):
+        return f"{at} {who} ROLLBACK started (undoing {event.undoing}: {event.steps} step(s))"
+    if isinstance(event, ev.RollbackFinished):
+        cell = "PASSED (0)" if event.outcome.value == "PASSED" else \
+            f"FAILED ({event.code if event.code is not None else event.failure or 'error'})"
+        return f"{at} {who} ROLLBACK {cell}" + (f" - {event.message}" if event.message else "")
+    if isinstance(event, ev.Warned):
+        return f"{at} WARNING: {event.message}"
+    if isinstance(event, ev.HostKeyAccepted):
+        return f"{at} {who} host key accepted (accept-new): {event.key_type} {event.fingerprint}"
+    if isinstance(event, ev.LockTaken):
+        return f"{at} fleet lock taken ({event.owner.get('run_id')})"
+    if isinstance(event, ev.PreflightFailed):
+        return "\n".join(f"{at} PREFLIGHT: {p}" for p in event.problems)
     return None
 
 
 class LineWriter:
-    """Listener that writes progress lines to a callable (the console) or a file."""
+    """Listener that writes progress lines to a callable (the console)."""
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    name = "console"
+
+    def __init__(self, write: Callable[[str], None], stamp: Callable[[float], str] = short) -> None:
         self.write = write
+        self.stamp = stamp
 
-    def __call__(self, event: Event) -> None:
-        line = progress_line(event)
+    def __call__(self, event: ev.Event, state: RunView) -> None:
+        line = progress_line(event, self.stamp)
         if line is not None:
             self.write(line)
 
 
-class RunFolder:
-    """The run's folder: run.log, node logs and run.json."""
+# --------------------------------------------------------------------------- the folder
 
-    def __init__(self, run_dir: Path, state: RunState) -> None:
+class RunFolder:
+    """The run's folder; subscribe its listeners (``listeners()``) to the recorder."""
+
+    def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
-        self.state = state
-        self.run_log_path = run_dir / "run.log"
-        self.json_path = run_dir / "run.json"
+        self.run_log_path = run_dir / RUN_LOG
+        self.json_path = run_dir / RUN_JSON
+        self.journal_path = run_dir / JOURNAL
         self._run_log = _open_private(self.run_log_path)
+        self._journal = _open_private(self.journal_path)
         self._node_logs: dict[str, TextIO] = {}
         self._lock = threading.Lock()
-        self.write_json()
+        self._recorder: Recorder | None = None
+        self._json_dirty = False
+        self._json_written = 0.0
+        self._timer: threading.Timer | None = None
 
     def node_log_path(self, node: str) -> Path:
-        return self.dir / f"{_safe_name(node)}.log"
+        return self.dir / f"{safe_name(node)}.log"
+
+    # -- listeners
+
+    def listeners(self, recorder: Recorder) -> list[Callable[[ev.Event, RunView], None]]:
+        """The folder's listeners, in the order they must see events (journal first)."""
+        self._recorder = recorder
+        return [self.journal, self.run_log, self.node_logs, self.run_json]
+
+    def journal(self, event: ev.Event, state: RunView) -> None:
+        self._journal.write(json.dumps(event.to_json(), ensure_ascii=False, default=str) + "\n")
+        if isinstance(event, (ev.RunFinished, ev.LbStarted, ev.Decided)):
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+
+    def run_log(self, event: ev.Event, state: RunView) -> None:
+        line = progress_line(event, iso)
+        if line is not None:
+            self.log(line)
 
     def log(self, line: str) -> None:
         """Append a line to run.log."""
         with self._lock:
             self._run_log.write(line.rstrip("\n") + "\n")
 
-    def write_json(self) -> None:
-        write_json_atomic(self.json_path, self.state.to_dict())
+    def run_json(self, event: ev.Event, state: RunView) -> None:
+        now = event.at
+        final = isinstance(event, (ev.RunFinished, ev.RunOpened, ev.PreflightFailed))
+        if final or now - self._json_written >= RUN_JSON_INTERVAL:
+            self._write_json(state.to_dict())
+        else:
+            self._json_dirty = True
+            self._schedule()
 
-    def __call__(self, event: Event) -> None:
-        line = progress_line(event)
-        if line is not None:
-            self.log(line)
-        if event.node:
-            self._node_event(event)
-        if event.kind != ev.INFO:  # every change of state, so that --resume knows where it stopped
-            self.write_json()
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(RUN_JSON_INTERVAL, self._deferred)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _deferred(self) -> None:
+        with self._lock:
+            self._timer = None
+        recorder = self._recorder
+        if recorder is None or not self._json_dirty:
+            return
+        try:
+            recorder.query(lambda s: self._write_json(s.to_dict()))
+        except Exception:  # noqa: BLE001 - reported by the next synchronous write
+            pass
+
+    def _write_json(self, data: dict[str, Any]) -> None:
+        import time as _time
+        write_json_atomic(self.json_path, data)
+        self._json_written = _time.time()
+        self._json_dirty = False
+
+    def write_json(self, data: dict[str, Any]) -> None:
+        """Write run.json now (the CLI, at the end of a run)."""
+        self._write_json(data)
+
+    def node_logs(self, event: ev.Event, state: RunView) -> None:
+        if not event.node or isinstance(event, (ev.Warned, ev.Noted, ev.HostKeyAccepted)):
+            return
+        out = self._node(event.node)
+        phase = getattr(event, "phase", None)
+        if isinstance(event, (ev.RollbackStarted, ev.RollbackFinished)):
+            phase = "ROLLBACK"
+        banner = f"########## {phase} ##########" if phase else ""
+        stamp = iso(event.at)
+        if isinstance(event, ev.PhaseStarted):
+            out.write(f"{banner}\n# {stamp} started: {event.steps} step(s)\n")
+        elif isinstance(event, ev.RollbackStarted):
+            out.write(f"{banner}\n# {stamp} started: undoing {event.undoing}: {event.steps} step(s)\n")
+        elif isinstance(event, (ev.PhaseFinished, ev.RollbackFinished)):
+            line = progress_line(event, lambda _: "").strip()  # type: ignore[union-attr]
+            out.write(f"# {stamp} result: {line.split(' ', 1)[1] if ' ' in line else line}\n{banner}\n\n")
+        elif isinstance(event, ev.StepFinished):
+            out.write(f"{MARK}\n# step: {event.name} ({event.kind}), ended {stamp}\ncommand [\n"
+                      f"{event.command}\n]\n")
+            if event.kind is StepKind.RUN or event.stdout or event.stderr:
+                out.write(f"stdout [\n{_block(event.stdout)}]\nstderr [\n{_block(event.stderr)}]\n")
+            code = event.exit_code
+            out.write(f"exit code: {code if code is not None else 'none'}"
+                      f"{' (' + event.failure.value + ')' if event.failure else ''}; "
+                      f"duration {event.duration:.3f}s")
+            if event.message:
+                out.write(f"; {event.message}")
+            out.write(f"\n{MARK}\n")
+        elif isinstance(event, ev.LbFinished):
+            out.write(f"# {stamp} load balancer {event.action}: {'ok' if event.ok else 'FAILED'}"
+                      f"{(' - ' + event.message) if event.message else ''}\n")
+            output = event.details.get("output") if isinstance(event.details, dict) else None
+            if output:
+                out.write(f"hook output [\n{_block(str(output))}]\n")
+        elif isinstance(event, ev.LbRefused):
+            out.write(f"# {stamp} load balancer: {event.message}\n")
+        elif isinstance(event, ev.Decided):
+            out.write(f"# {stamp} rollback policy: {event.action}: {event.reason}\n")
 
     def _node(self, node: str) -> TextIO:
         handle = self._node_logs.get(node)
@@ -133,36 +258,13 @@ class RunFolder:
             handle = self._node_logs[node] = _open_private(self.node_log_path(node))
         return handle
 
-    def _node_event(self, event: Event) -> None:
-        assert event.node is not None
-        out = self._node(event.node)
-        banner = f"########## {event.phase} ##########" if event.phase else ""
-        stamp = _dt.datetime.fromtimestamp(event.time).isoformat(timespec="milliseconds")
-        if event.kind in (ev.PHASE_STARTED, ev.ROLLBACK_STARTED):
-            out.write(f"{banner}\n# {stamp} started: {event.message}\n")
-        elif event.kind in (ev.PHASE_FINISHED, ev.ROLLBACK_FINISHED):
-            out.write(f"# {stamp} result: {event.message}\n{banner}\n\n")
-        elif event.kind == ev.STEP_FINISHED:
-            d = event.data
-            out.write(f"{MARK}\n# step: {event.message} ({d.get('kind')}), ended {stamp}\ncommand [\n"
-                      f"{d.get('command') or ''}\n]\n")
-            if "stdout" in d:
-                out.write(f"stdout [\n{_block(d['stdout'])}]\nstderr [\n{_block(d['stderr'])}]\n")
-            code = d.get("exit_code")
-            out.write(f"exit code: {code if code is not None else 'none'}"
-                      f"{' (' + d['error'] + ')' if d.get('error') else ''}; "
-                      f"duration {d.get('duration', 0):.3f}s")
-            if d.get("message"):
-                out.write(f"; {d['message']}")
-            out.write(f"\n{MARK}\n")
-        elif event.kind == ev.LB_ACTION:
-            out.write(f"# {stamp} load balancer {event.message}\n")
-        elif event.kind == ev.DECISION:
-            out.write(f"# {stamp} rollback policy: {event.message}\n")
-
     def close(self) -> None:
         with self._lock:
-            for handle in [self._run_log, *self._node_logs.values()]:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        with self._lock:
+            for handle in [self._run_log, self._journal, *self._node_logs.values()]:
                 try:
                     handle.close()
                 except OSError:
@@ -174,3 +276,42 @@ def _block(text: str) -> str:
     if not text:
         return ""
     return text if text.endswith("\n") else text + "\n"
+
+
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
+    """Write ``data`` as JSON to ``path`` so that a reader never sees half a file."""
+    import tempfile
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, default=str)
+            handle.write("\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_journal(path: Path) -> Iterator[ev.Event]:
+    """The events of a journal; ValueError naming the line for one that does not parse
+    (a last line cut short by a kill is ignored)."""
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        lines = handle.read().split("\n")
+    complete = lines[:-1]   # the text after the last newline is an unfinished write
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"line {number}: not JSON ({exc})") from None
+        try:
+            yield ev.Event.from_json(data)
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None

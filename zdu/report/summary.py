@@ -4,7 +4,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from zdu.run.state import RunState
-from zdu.status import UPGRADE_PHASES, Status
+from zdu.status import UPGRADE_PHASES, LbState, Status, Version
 
 TITLE = "MULTI-NODE ZERO DOWN-TIME UPGRADE SUMMARY"
 NOT_RUN = "*"
@@ -18,7 +18,7 @@ def summary_rows(state: RunState) -> list[list[str]]:
         row = [name]
         for phase in UPGRADE_PHASES:
             outcome = node.outcome(phase)
-            row.append(outcome.cell() if outcome else NOT_RUN)
+            row.append(outcome.cell() if outcome else ("SKIPPED" if node.skipped else NOT_RUN))
         row.append(node.rollback.cell() if node.rollback else NOT_RUN)
         rows.append(row)
     return rows
@@ -36,8 +36,7 @@ def render_summary(state: RunState) -> str:
         for d in state.decisions:
             lines.append(f"  - {d.node} {d.phase}: {d.action}: {d.reason}")
     lines.append("Nodes:")
-    lines.extend(f"  {n}: {_version_word(state, n)}, {'in' if state.nodes[n].in_lb else 'OUT OF'} the load balancer"
-                 for n in state.node_names)
+    lines.extend(f"  {n}: {_node_line(state, n)}" for n in state.node_names)
     windows = [(n, w["seconds"]) for n in state.node_names for w in state.nodes[n].out_windows]
     if windows:
         lines.append("Out of rotation: " + ", ".join(f"{n} {s:.2f}s" for n, s in windows))
@@ -49,15 +48,22 @@ def render_summary(state: RunState) -> str:
                          f"p99 {_ms(window.get('p99_ms'))}")
     for warning in state.warnings:
         lines.append(f"WARNING: {warning}")
+    for listener, error in state.listener_failures.items():
+        lines.append(f"WARNING: the run record is incomplete: {listener} failed: {error}")
     if state.ended:
         lines.append(f"Status {int(status)} ({status.name}) after {state.ended - state.started:.1f}s")
     return "\n".join(lines)
 
 
-def _version_word(state: RunState, name: str) -> str:
-    version = state.nodes[name].version
-    return {"old": f"on old ({state.old_install_dir})", "new": f"on new ({state.new_install_dir})",
-            "unknown": "on an UNKNOWN version"}[version]
+def _node_line(state: RunState, name: str) -> str:
+    node = state.nodes[name]
+    if node.skipped:
+        return "skipped (--limit), not touched"
+    version = {Version.OLD: f"on old ({state.old_install_dir})", Version.NEW: f"on new ({state.new_install_dir})",
+               Version.UNKNOWN: "on an UNKNOWN version"}[node.version]
+    lb = {LbState.IN: "in the load balancer", LbState.OUT: "OUT OF the load balancer"}.get(
+        node.lb, f"load balancer state UNKNOWN ({node.lb})")
+    return f"{version}, {lb}"
 
 
 def _ms(value: float | None) -> str:

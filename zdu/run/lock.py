@@ -85,10 +85,14 @@ class FleetLock:
         self.held: list[Node] = []
         self.broken: list[str] = []
 
-    def acquire(self) -> None:
-        """Lock every node or none; LockError naming each holder."""
+    def acquire(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Lock every node or none; LockError naming each holder.  False (and nothing held) when
+        ``stop()`` became true on the way (an interrupt)."""
         problems: list[str] = []
         for node in self.nodes:
+            if stop():
+                self.release()
+                return False
             try:
                 problem = self._take(node)
             except TransportError as exc:
@@ -100,6 +104,7 @@ class FleetLock:
             self.release()
             raise LockError("the fleet is locked by another run; nothing was changed:\n  - "
                             + "\n  - ".join(problems))
+        return True
 
     def _take(self, node: Node) -> str | None:
         handler = self.handlers(node)
@@ -119,9 +124,15 @@ class FleetLock:
                 self.held.append(node)
                 return None
             holder = _parse_owner(out)
+            if holder is not None and holder.run_id == self.owner.run_id and holder.pid != self.owner.pid \
+                    and not (holder.host == self.owner.host and holder.is_stale()) and not self.break_lock:
+                where = "on this machine" if holder.host == self.owner.host else f"on {holder.host}, which cannot be checked from here"
+                return (f"{node.name}: this run's lock is held by another zdupgrade process that may still be "
+                        f"alive (pid {holder.pid} {where}); refusing to drive the node twice. If that process is "
+                        "gone, rerun with --break-lock")
             if holder is not None and holder.run_id == self.owner.run_id:
                 handler.run(f"printf '%s' {shlex.quote(owner_json)} > {owner_file}", timeout=30)
-                self.held.append(node)  # our own lock, left by this run before it was killed: resume
+                self.held.append(node)  # our own lock, left by this run before it died: resume
                 return None
             described = holder.describe() if holder else "an unknown owner (no owner.json: being taken now?)"
             if self.break_lock and attempt == 0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from zdu.errors import ConfigError
-from zdu.status import Phase
+from zdu.status import FailureKind, Phase
 
 
 class Action(str, enum.Enum):
@@ -41,11 +41,13 @@ class FailureContext:
 
     node: str
     phase: Phase
-    classification: str                          # "failed" | "timeout" | "unreachable" | "lb" | "interrupted"
+    classification: FailureKind                  # a str enum: compares equal to "failed", "timeout", ...
     message: str
     exit_code: int | None
     switched: tuple[str, ...]                    # nodes whose APPLY started, oldest first (failed node excluded)
     results: Mapping[str, Mapping[Phase, str]]   # node -> phase -> "PASSED" | "FAILED" (phases run so far)
+    #: the other failures of the same wave (nodes of a wave run in parallel); each is decided too
+    others: tuple[str, ...] = ()
 
 
 Policy = Callable[[FailureContext], Decision]
@@ -60,7 +62,7 @@ def default_policy(ctx: FailureContext) -> Decision:
     - Interrupted (Ctrl-C, SIGTERM): roll back the node being changed, if any, and stop;
       nodes already upgraded stay upgraded (each node still runs exactly one version).
     """
-    if ctx.classification == "interrupted":
+    if ctx.classification is FailureKind.INTERRUPTED:
         if ctx.phase in (Phase.APPLY, Phase.POST_APPLY):
             return Decision(Action.ROLLBACK_NODE, f"interrupted during {ctx.phase} on {ctx.node}: rolling back "
                                                   f"{ctx.node} only; nodes already upgraded stay on the new version")

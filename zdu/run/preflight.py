@@ -67,13 +67,20 @@ def _needs_sudo(plan: Plan, name: str) -> bool:
 
 
 def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBalancer, *,
-              parallel: int = 8, min_free_mb: int = 0, check_dirs: bool = True) -> list[Problem]:
-    """Every problem found, in topology order (empty: good to go)."""
+              parallel: int = 8, min_free_mb: int = 0, check_dirs: bool = True,
+              stop: Callable[[], bool] = lambda: False) -> list[Problem]:
+    """Every problem found, in topology order (empty: good to go).  Nodes not yet checked when
+    ``stop()`` turns true are skipped (the caller sees the interrupt)."""
     nodes: Sequence[Node] = [p.node for p in plan.nodes]
     problems: list[Problem] = []
+
+    def check(node: Node) -> list[Problem]:
+        return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs)
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
-        for found in pool.map(lambda n: _check_node(n, handlers(n), plan, min_free_mb, check_dirs), nodes):
+        for found in pool.map(check, nodes):
             problems.extend(found)
+    if stop():
+        return problems
     try:
         lb.check(nodes)
     except ZduError as exc:

@@ -1,59 +1,70 @@
-"""The state of a run: what every node went through, as the summary and run.json show it."""
+"""The state of a run, and the one writer that changes it.
+
+:class:`RunState` is what the summary, run.json, ``zdupgrade show`` and ``--resume`` read: what
+every node went through, where it stands in the load balancer, which version it runs.  Nothing
+assigns to it directly: every change is an :mod:`event <zdu.run.events>` given to
+:class:`Recorder.emit`, which applies it (:func:`apply`, under one lock) and then hands the event to
+the listeners.  A listener that raises is reported (``state.listener_failures``, the summary and
+the exit status), never allowed to stop the upgrade.
+
+Because the state is a pure reduction of the events, ``journal.jsonl`` (every event, one per
+line) is enough to rebuild it: :func:`replay` is what ``--resume`` uses.
+"""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+import copy
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
-from zdu.status import UPGRADE_PHASES, Phase, Status
+from ..status import UPGRADE_PHASES, FailureKind, LbAction, LbState, Outcome, Phase, Status, StepKind, Version
+from . import events as ev
 
-Outcome = Literal["PASSED", "FAILED", "RUNNING"]
+#: run.json's format version (documented in docs/run-json.md)
+RUN_SCHEMA = 2
+
+
+@dataclass
+class PhaseResult:
+    """A node's result in one phase or its rollback (a cell of the summary table)."""
+
+    outcome: Outcome
+    code: int | None = None                 # exit code of the failing command, 0 when passed
+    classification: FailureKind | None = None
+    message: str = ""
+    started: float = 0.0
+    ended: float | None = None
+
+    def cell(self) -> str:
+        if self.outcome is Outcome.PASSED:
+            return "PASSED (0)"
+        if self.outcome in (Outcome.RUNNING, Outcome.SKIPPED):
+            return self.outcome.value
+        code = self.code if self.code is not None else (self.classification or "error")
+        return f"FAILED ({code})"
 
 
 @dataclass
 class StepRecord:
-    """One step as it ran (command or wait)."""
+    """One step as it ran (command, wait or request)."""
 
     key: str
     node: str
-    phase: str
+    phase: Phase
     name: str
-    kind: str
-    command: str | None          # masked
+    kind: StepKind
+    command: str                  # as shown (masked)
     started: float
     ended: float | None = None
     exit_code: int | None = None
-    error: str | None = None     # None | "timeout" | "unreachable" | "failed"
-    polls: int = 0               # waits: how many checks were made
-    message: str = ""            # masked; waits: why the last check failed
+    error: FailureKind | None = None
+    polls: int = 0
+    message: str = ""
 
     @property
     def duration(self) -> float:
-        return (self.ended or time.time()) - self.started
-
-
-@dataclass
-class PhaseOutcome:
-    """A node's result in one phase (a cell of the summary table)."""
-
-    outcome: Outcome
-    code: int | None = None      # exit code of the failing command, 0 when passed
-    classification: str | None = None
-    message: str = ""
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-
-    def cell(self) -> str:
-        if self.outcome == "PASSED":
-            return "PASSED (0)"
-        if self.outcome == "RUNNING":
-            return "RUNNING"
-        code = self.code if self.code is not None else (self.classification or "error")
-        return f"FAILED ({code})"
+        return (self.ended or self.started) - self.started
 
 
 @dataclass
@@ -61,31 +72,43 @@ class NodeState:
     """Where one node stands."""
 
     name: str
-    phases: dict[str, PhaseOutcome] = field(default_factory=dict)
-    rollback: PhaseOutcome | None = None
-    in_lb: bool = True
-    version: Literal["old", "new", "unknown"] = "old"
-    furthest: str | None = None              # furthest upgrade phase entered
+    phases: dict[Phase, PhaseResult] = field(default_factory=dict)
+    rollback: PhaseResult | None = None
+    lb: LbState = LbState.IN
+    version: Version = Version.OLD
+    furthest: Phase | None = None             # furthest upgrade phase entered
+    last_failure: FailureKind | None = None   # of the latest phase or rollback that failed
     lb_calls: dict[str, int] = field(default_factory=lambda: {"disable": 0, "enable": 0})
     out_since: float | None = None
     out_windows: list[dict[str, float]] = field(default_factory=list)
+    skipped: bool = False                     # left out of this run (--limit)
 
-    def outcome(self, phase: Phase) -> PhaseOutcome | None:
-        return self.phases.get(phase.value)
+    @property
+    def in_lb(self) -> bool:
+        return self.lb is LbState.IN
+
+    def outcome(self, phase: Phase) -> PhaseResult | None:
+        return self.phases.get(phase)
+
+    def passed(self, phase: Phase) -> bool:
+        result = self.phases.get(phase)
+        return result is not None and result.outcome is Outcome.PASSED
 
 
 @dataclass
 class DecisionRecord:
     node: str
-    phase: str
+    phase: Phase
     action: str
     reason: str
-    time: float = field(default_factory=time.time)
+    classification: FailureKind
+    targets: tuple[str, ...] = ()
+    time: float = 0.0
 
 
 @dataclass
 class RunState:
-    """Mutable record of a run; the conductor writes it, listeners read it."""
+    """The record of a run.  Change it only through :class:`Recorder`."""
 
     run_id: str
     old_install_dir: str
@@ -93,7 +116,7 @@ class RunState:
     profile: str
     topology: str
     node_names: list[str]
-    started: float = field(default_factory=time.time)
+    started: float = 0.0
     ended: float | None = None
     status: Status | None = None
     nodes: dict[str, NodeState] = field(default_factory=dict)
@@ -103,61 +126,349 @@ class RunState:
     traffic: dict[str, Any] | None = None
     host_keys_accepted: list[dict[str, str]] = field(default_factory=list)
     lb: str = "none"
-    invocation: dict[str, Any] = field(default_factory=dict)   # what --resume needs to rebuild the plan
-    plan_fingerprint: str = ""                                 # sha256 of the rendered plan
+    invocation: dict[str, Any] = field(default_factory=dict)
+    plan_fingerprint: str = ""
     switched: list[str] = field(default_factory=list)          # nodes whose APPLY started, in order
     rollback_queue: list[str] = field(default_factory=list)    # nodes still to roll back, in order
-    resumed: list[float] = field(default_factory=list)         # times the run was resumed
-    lock: dict[str, Any] | None = None                         # the fleet lock this run holds
-    lb_actions: list[dict[str, Any]] = field(default_factory=list)  # every load-balancer call and its answer
+    stopping: bool = False                                     # a decision ended the run (rollbacks may remain)
+    resumed: list[float] = field(default_factory=list)
+    lock: dict[str, Any] | None = None
+    lb_actions: list[dict[str, Any]] = field(default_factory=list)
+    preflight_problems: list[str] = field(default_factory=list)
+    listener_failures: dict[str, str] = field(default_factory=dict)
+    tool_version: str = ""
+    user: str = ""
+    host: str = ""
+    argv: list[str] = field(default_factory=list)
+    events: int = 0                                            # events applied so far
 
     def __post_init__(self) -> None:
         for name in self.node_names:
             self.nodes.setdefault(name, NodeState(name))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunState":
-        """Rebuild a state from its run.json (for --resume)."""
-        data = dict(data)
-        data.pop("phases", None)
-        status = data.pop("status", None)
-        nodes = data.pop("nodes", {})
-        steps = data.pop("steps", [])
-        decisions = data.pop("decisions", [])
-        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        state.status = Status[status["name"]] if status else None
-        state.steps = [StepRecord(**s) for s in steps]
-        state.decisions = [DecisionRecord(**d) for d in decisions]
-        for name, raw in nodes.items():
-            raw = dict(raw)
-            phases = {k: PhaseOutcome(**v) for k, v in raw.pop("phases", {}).items()}
-            rollback = raw.pop("rollback", None)
-            state.nodes[name] = NodeState(**raw, phases=phases,
-                                          rollback=PhaseOutcome(**rollback) if rollback else None)
+    def opened(cls, event: ev.RunOpened) -> "RunState":
+        """The state of a new run folder, from its first event."""
+        state = cls(run_id=event.run_id, old_install_dir=event.old_install_dir,
+                    new_install_dir=event.new_install_dir, profile=event.profile,
+                    topology=event.topology, node_names=list(event.node_names), started=event.at,
+                    lb=event.lb, invocation=dict(event.invocation), plan_fingerprint=event.plan_fingerprint,
+                    tool_version=event.tool_version, user=event.user, host=event.host, argv=list(event.argv))
+        for name in event.skipped:
+            state.nodes[name].skipped = True
         return state
 
+    @property
+    def active_nodes(self) -> list[str]:
+        """The nodes this run works on (all but those --limit left out)."""
+        return [n for n in self.node_names if not self.nodes[n].skipped]
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The JSON form (run.json)."""
+        data = _plain(dataclasses.asdict(self))
+        data["schema"] = RUN_SCHEMA
         data["status"] = None if self.status is None else {"name": self.status.name, "code": int(self.status)}
         data["phases"] = [p.value for p in UPGRADE_PHASES]
+        for name, node in self.nodes.items():
+            data["nodes"][name]["in_lb"] = node.in_lb
         return data
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
-    """Write ``data`` as JSON to ``path`` so that a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _plain(value: Any) -> Any:
+    if isinstance(value, Status):
+        return value.name
+    if isinstance(value, (Phase, Outcome, FailureKind, LbState, Version, StepKind, LbAction)):
+        return value.value
+    if isinstance(value, dict):
+        return {(k.value if isinstance(k, Phase) else k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- the reducer
+
+def apply(state: RunState, event: ev.Event) -> None:
+    """Apply one event to ``state`` (the only code that changes a RunState)."""
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:
+        handler(state, event)
+    state.events += 1
+
+
+def _node(state: RunState, event: ev.Event) -> NodeState:
+    assert event.node is not None, f"{event.type_name} needs a node"
+    node = state.nodes.get(event.node)
+    if node is None:
+        raise ValueError(f"{event.type_name}: {event.node!r} is not a node of this run")
+    return node
+
+
+def _run_started(state: RunState, event: ev.RunStarted) -> None:
+    if event.resumed:
+        state.resumed.append(event.at)
+        state.status, state.ended = None, None
+
+
+def _run_finished(state: RunState, event: ev.RunFinished) -> None:
+    state.status, state.ended = event.status, event.at
+
+
+def _warned(state: RunState, event: ev.Warned) -> None:
+    state.warnings.append(f"{event.node}: {event.message}" if event.node and not
+                          event.message.startswith(event.node) else event.message)
+
+
+def _preflight(state: RunState, event: ev.PreflightFailed) -> None:
+    state.preflight_problems.extend(event.problems)
+    state.warnings.extend(f"preflight: {p}" for p in event.problems)
+
+
+def _host_key(state: RunState, event: ev.HostKeyAccepted) -> None:
+    state.host_keys_accepted.append({"node": event.node or "", "key_type": event.key_type,
+                                     "fingerprint": event.fingerprint})
+
+
+def _lock_taken(state: RunState, event: ev.LockTaken) -> None:
+    state.lock = dict(event.owner)
+    state.warnings.extend(f"lock broken with --break-lock: {b}" for b in event.broken)
+
+
+def _lock_released(state: RunState, event: ev.LockReleased) -> None:
+    state.warnings.extend(event.problems)
+    if state.lock is not None:
+        state.lock = dict(state.lock, released=event.at)
+
+
+def _traffic(state: RunState, event: ev.TrafficMeasured) -> None:
+    state.traffic = dict(event.report)
+
+
+_ORDER = {p: i for i, p in enumerate(UPGRADE_PHASES)}
+
+
+def _phase_started(state: RunState, event: ev.PhaseStarted) -> None:
+    node = _node(state, event)
+    if node.furthest is None or _ORDER[event.phase] > _ORDER[node.furthest]:
+        node.furthest = event.phase
+    node.phases[event.phase] = PhaseResult(Outcome.RUNNING, started=event.at)
+    if event.phase is Phase.APPLY:
+        if node.name not in state.switched:
+            state.switched.append(node.name)
+        node.version = Version.UNKNOWN
+
+
+def _phase_finished(state: RunState, event: ev.PhaseFinished) -> None:
+    node = _node(state, event)
+    result = node.phases.get(event.phase) or PhaseResult(Outcome.RUNNING, started=event.at)
+    node.phases[event.phase] = dataclasses.replace(result, outcome=event.outcome, code=event.code,
+                                                   classification=event.failure, message=event.message,
+                                                   ended=event.at)
+    if event.outcome is Outcome.FAILED:
+        node.last_failure = event.failure
+    if event.phase is Phase.APPLY and event.outcome is Outcome.PASSED:
+        node.version = Version.NEW
+
+
+def _step_started(state: RunState, event: ev.StepStarted) -> None:
+    _node(state, event)
+    state.steps.append(StepRecord(key=event.key, node=event.node or "", phase=event.phase, name=event.name,
+                                  kind=event.kind, command=event.command, started=event.at))
+
+
+def _step_finished(state: RunState, event: ev.StepFinished) -> None:
+    _node(state, event)
+    for record in reversed(state.steps):
+        if record.key == event.key and record.ended is None:
+            break
+    else:
+        record = StepRecord(key=event.key, node=event.node or "", phase=event.phase, name=event.name,
+                            kind=event.kind, command=event.command, started=event.at - event.duration)
+        state.steps.append(record)
+    record.ended = event.at
+    record.exit_code = event.exit_code
+    record.error = event.failure
+    record.polls = event.polls
+    record.message = event.message
+
+
+def _lb_started(state: RunState, event: ev.LbStarted) -> None:
+    node = _node(state, event)
+    node.lb_calls[event.action.value] += 1
+    if event.action is LbAction.DISABLE:
+        if node.lb is LbState.IN:
+            node.out_since = event.at
+        node.lb = LbState.TAKING_OUT
+    else:
+        node.lb = LbState.PUTTING_BACK
+
+
+def _lb_finished(state: RunState, event: ev.LbFinished) -> None:
+    node = _node(state, event)
+    state.lb_actions.append({"node": node.name, "action": event.action.value, "ok": event.ok,
+                             "message": event.message, "started": event.at - event.duration,
+                             "duration": event.duration, "details": dict(event.details)})
+    if event.action is LbAction.DISABLE:
+        node.lb = LbState.OUT if event.ok else LbState.UNKNOWN
+        return
+    if event.ok:
+        node.lb = LbState.IN
+        if node.out_since is not None:
+            node.out_windows.append({"out": node.out_since, "in": event.at,
+                                     "seconds": event.at - node.out_since})
+            node.out_since = None
+    else:
+        node.lb = LbState.UNKNOWN
+
+
+def _lb_refused(state: RunState, event: ev.LbRefused) -> None:
+    state.warnings.append(event.message)
+
+
+def _decided(state: RunState, event: ev.Decided) -> None:
+    _node(state, event)
+    for target in event.targets:
+        if target not in state.nodes:
+            raise ValueError(f"Decided: rollback target {target!r} is not a node of this run")
+    state.decisions.append(DecisionRecord(node=event.node or "", phase=event.phase, action=event.action.value,
+                                          reason=event.reason, classification=event.failure,
+                                          targets=tuple(event.targets), time=event.at))
+
+
+def _rollbacks_planned(state: RunState, event: ev.RollbacksPlanned) -> None:
+    for target in event.order:
+        if target not in state.nodes:
+            raise ValueError(f"RollbacksPlanned: {target!r} is not a node of this run")
+    state.rollback_queue.extend(t for t in event.order if t not in state.rollback_queue)
+    state.stopping = state.stopping or event.stop
+
+
+def _rollback_started(state: RunState, event: ev.RollbackStarted) -> None:
+    _node(state, event).rollback = PhaseResult(Outcome.RUNNING, started=event.at)
+
+
+def _rollback_finished(state: RunState, event: ev.RollbackFinished) -> None:
+    node = _node(state, event)
+    started = node.rollback.started if node.rollback else event.at
+    node.rollback = PhaseResult(event.outcome, event.code, event.failure, event.message, started, event.at)
+    node.version = event.version
+    if event.outcome is Outcome.FAILED:
+        node.last_failure = event.failure
+    if node.name in state.rollback_queue:
+        state.rollback_queue.remove(node.name)
+
+
+_HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
+    ev.RunStarted: _run_started, ev.RunFinished: _run_finished, ev.Warned: _warned,
+    ev.PreflightFailed: _preflight, ev.HostKeyAccepted: _host_key, ev.LockTaken: _lock_taken,
+    ev.LockReleased: _lock_released, ev.TrafficMeasured: _traffic, ev.PhaseStarted: _phase_started,
+    ev.PhaseFinished: _phase_finished, ev.StepStarted: _step_started, ev.StepFinished: _step_finished,
+    ev.LbStarted: _lb_started, ev.LbFinished: _lb_finished, ev.LbRefused: _lb_refused,
+    ev.Decided: _decided, ev.RollbacksPlanned: _rollbacks_planned, ev.RollbackStarted: _rollback_started, ev.RollbackFinished: _rollback_finished,
+}
+
+
+def replay(events: Iterable[ev.Event]) -> RunState:
+    """Rebuild a state from a run's events (the first must be RunOpened); ValueError if they
+    do not make a run."""
+    iterator = iter(events)
+    first = next(iterator, None)
+    if not isinstance(first, ev.RunOpened):
+        raise ValueError("the journal does not start with RunOpened")
+    state = RunState.opened(first)
+    state.events = 1
+    for event in iterator:
+        if isinstance(event, ev.RunOpened):
+            raise ValueError("the journal holds a second RunOpened")
+        apply(state, event)
+    return state
+
+
+# --------------------------------------------------------------------------- the writer
+
+#: Follows a run: called with every event after it was applied, under the recorder's lock, with
+#: a read-only view of the state.  It must not keep the view or change it.
+Listener = Callable[[ev.Event, "RunView"], None]
+
+
+class RunView:
+    """Read-only access to the state for listeners (valid during the call only)."""
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self._dict: dict[str, Any] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self._state.run_id
+
+    def node(self, name: str) -> NodeState:
+        """A copy of one node's state."""
+        return copy.deepcopy(self._state.nodes[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        """run.json's content now (computed once per event, a fresh copy for each caller)."""
+        if self._dict is None:
+            self._dict = self._state.to_dict()
+        return copy.deepcopy(self._dict)
+
+
+def listener_name(listener: Any) -> str:
+    return str(getattr(listener, "name", None) or getattr(listener, "__name__", None)
+               or type(listener).__name__)
+
+
+class Recorder:
+    """The one writer of a run's state.
+
+    ``emit`` is thread-safe: nodes of a wave work in parallel, and each event is applied and
+    delivered to every listener before the next one is.
+    """
+
+    def __init__(self, state: RunState, listeners: Iterable[Listener] = ()) -> None:
+        self._state = state
+        self._listeners: list[Listener] = list(listeners)
+        self._lock = threading.RLock()
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def emit(self, event: ev.Event) -> None:
+        """Apply ``event`` and tell every listener."""
+        with self._lock:
+            apply(self._state, event)
+            view = RunView(self._state)
+            for listener in list(self._listeners):
+                try:
+                    listener(event, view)
+                except Exception as exc:  # a full disk must not abandon a half-upgraded fleet
+                    name = listener_name(listener)
+                    if name not in self._state.listener_failures:
+                        self._state.listener_failures[name] = f"{type(exc).__name__}: {exc}"[:500]
+
+    # -- reads (copies: the state keeps changing under other threads)
+
+    def node(self, name: str) -> NodeState:
+        with self._lock:
+            return copy.deepcopy(self._state.nodes[name])
+
+    def snapshot(self) -> RunState:
+        """A deep copy of the whole state."""
+        with self._lock:
+            return copy.deepcopy(self._state)
+
+    def query(self, read: Callable[[RunState], Any]) -> Any:
+        """``read(state)`` under the lock; ``read`` must not change the state or keep it."""
+        with self._lock:
+            return read(self._state)
+
+    @property
+    def listener_failures(self) -> Mapping[str, str]:
+        with self._lock:
+            return dict(self._state.listener_failures)

@@ -28,6 +28,7 @@ class WaitOutcome:
     polls: int
     waited: float
     message: str               # on success what held; on failure why the last check failed
+    interrupted: bool = False  # ``stop()`` ended it before the deadline
 
 
 @dataclass(frozen=True)
@@ -36,17 +37,35 @@ class Check:
     message: str
 
 
+#: proxies from the environment are not used for health checks (a gate must see the node itself)
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_check(url: str, status: int | None, pattern: str | None, timeout: float) -> Check:
-    """One HTTP GET from the control machine."""
+    """One HTTP GET from the control machine.  Never raises: whatever goes wrong (refused,
+    timeout, a port that does not speak HTTP, a malformed URL) is a failed check saying why."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (URL from the profile)
+        with _OPENER.open(url, timeout=timeout) as response:  # noqa: S310 (URL from the profile)
             code, body = response.status, response.read(1 << 20).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
-        code, body = exc.code, exc.read(1 << 20).decode("utf-8", "replace") if exc.fp else ""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Check(False, f"GET {url}: {reason}")
+        try:
+            body = exc.read(1 << 20).decode("utf-8", "replace") if exc.fp else ""
+        except Exception:  # noqa: BLE001 - the status is what counts
+            body = ""
+        code = exc.code
+    except urllib.error.URLError as exc:
+        return Check(False, f"GET {url}: {_reason(exc.reason)}")
+    except Exception as exc:  # noqa: BLE001 - BadStatusLine, InvalidURL, reset, UnicodeError ...
+        return Check(False, f"GET {url}: {_reason(exc)}")
     return _judge_http(url, code, body, status, pattern)
+
+
+def _reason(exc: object) -> str:
+    if isinstance(exc, BaseException):
+        text = str(exc).strip()
+        name = type(exc).__name__
+        return f"{name}: {text[:200]}" if text else name
+    return str(exc)[:200]
 
 
 def _judge_http(url: str, code: int, body: str, status: int | None, pattern: str | None) -> Check:
@@ -62,8 +81,8 @@ def tcp_check(target: str, timeout: float) -> Check:
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return Check(True, f"{target} accepts connections")
-    except (OSError, ValueError) as exc:
-        return Check(False, f"{target}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - refused, unreachable, bad port: a failed check
+        return Check(False, f"{target}: {_reason(exc)}")
 
 
 def node_check(wait: PlannedWait, result: CommandResult) -> Check:
@@ -101,14 +120,17 @@ def run_wait(wait: PlannedWait, *, run_on_node: RunOnNode, clock: Callable[[], f
                      else tcp_check(wait.target, per_check))
         else:
             check = node_check(wait, run_on_node(wait.target, per_check + 5))
+        if wait.state == "down":  # wait until the check stops holding (a port closed, a URL gone)
+            check = Check(not check.ok, f"no longer: {check.message}" if not check.ok else f"still: {check.message}")
         waited = clock() - start
         if check.ok:
             return WaitOutcome(True, polls, waited, check.message)
-        if waited >= wait.deadline or stop():
-            if wait.kill_command and not stop():
+        stopped = stop()
+        if waited >= wait.deadline or stopped:
+            if wait.kill_command and not stopped:
                 return _kill_and_recheck(wait, run_on_node, polls, clock, sleep, start)
-            why = "stopped" if stop() else f"not healthy after {waited:.1f}s (deadline {wait.deadline:g}s)"
-            return WaitOutcome(False, polls, waited, f"{why}: {check.message}")
+            why = "interrupted" if stopped else f"not healthy after {waited:.1f}s (deadline {wait.deadline:g}s)"
+            return WaitOutcome(False, polls, waited, f"{why}: {check.message}", interrupted=stopped)
         sleep(min(wait.interval, wait.deadline - waited))
 
 

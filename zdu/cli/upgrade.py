@@ -1,0 +1,304 @@
+"""The upgrade command: load, plan, preflight, lock, conduct, report.
+
+``Upgrade(args, ...).run()`` is the program behind ``zdupgrade --old_install_dir ...``; errors
+it raises (ConfigError, LockError, ...) are mapped to a status by :mod:`zdu.cli.main`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import hashlib
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import __version__
+from ..config.profile import load_profile
+from ..config.topology import load_topology, reference_topology
+from ..errors import ConfigError
+from ..lb import make_load_balancer
+from ..lb.base import LoadBalancer
+from ..model import Topology
+from ..planning.masking import NO_SECRETS, Masker
+from ..planning.plan import Plan, build_plan, format_plan
+from ..report.runfolder import LineWriter, RunFolder, make_run_dir, new_run_id
+from ..report.summary import render_summary
+from ..run import events as ev
+from ..run.conductor import Conductor
+from ..run.lock import FleetLock, LockOwner
+from ..run.policy import load_policy
+from ..run.preflight import preflight
+from ..run.resume import ControlLock, Previous, find_run, load_previous
+from ..run.state import Recorder, RunState, RunView
+from ..status import Status
+from ..transport.pool import Connections
+from .console import Console
+
+
+def parse_serial_option(text: str | None) -> Any:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    values: list[int | str] = [int(p) if p.isdigit() else p for p in parts]
+    return values if len(values) != 1 else values[0]
+
+
+def check_install_dirs(old: str, new: str) -> None:
+    for option, value in (("--old_install_dir", old), ("--new_install_dir", new)):
+        if not value.strip():
+            raise ConfigError(f"{option}: the directory is empty")
+        if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ConfigError(f"{option}: the directory contains a NUL byte or bytes that are not UTF-8")
+        if not value.startswith("/"):
+            raise ConfigError(f"{option}: {value!r} is not an absolute path (the same path is used on every node)")
+    if os.path.normpath(old) == os.path.normpath(new):
+        raise ConfigError(f"--old_install_dir and --new_install_dir are the same directory: {old!r}")
+
+
+def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
+    """Load topology and profile and render the plan; ConfigError on any problem."""
+    topology = load_topology(args.config) if args.config else reference_topology()
+    if args.host_key_policy:
+        topology = dataclasses.replace(topology, ssh=dataclasses.replace(
+            topology.ssh, host_key_policy=args.host_key_policy))
+    profile_ref = args.profile or topology.profile
+    if not profile_ref:
+        raise ConfigError(f"{topology.source}: no profile: set 'profile' in the topology or pass --profile")
+    base_dir = Path(args.config).parent if args.config and not args.profile else None
+    profile = load_profile(profile_ref, base_dir)
+    plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
+                      new_install_dir=args.new_install_dir, run_id=run_id,
+                      serial=parse_serial_option(args.serial), env=env)
+    return topology, plan
+
+
+def invocation(args: argparse.Namespace) -> dict[str, Any]:
+    """What --resume needs to rebuild the same plan: file references made absolute, and the
+    working directory (relative paths inside the topology are resolved against it)."""
+    def absolute(ref: str | None) -> str | None:
+        if ref and (os.sep in ref or ref.endswith((".yaml", ".yml", ".json"))):
+            return os.path.abspath(os.path.expanduser(ref))
+        return ref
+    return {"old_install_dir": args.old_install_dir, "new_install_dir": args.new_install_dir,
+            "config": absolute(args.config), "profile": absolute(args.profile), "serial": args.serial,
+            "rollback_policy": args.rollback_policy, "host_key_policy": args.host_key_policy,
+            "traffic": args.traffic, "traffic_rate": args.traffic_rate, "min_free_mb": args.min_free_mb,
+            "cwd": os.getcwd()}
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    return hashlib.sha256(format_plan(plan).encode()).hexdigest()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+class Upgrade:
+    """One ``zdupgrade`` upgrade (or ``--resume``) run."""
+
+    def __init__(self, args: argparse.Namespace, console: Console, env: Mapping[str, str],
+                 stop: threading.Event, argv: list[str]) -> None:
+        self.args = args
+        self.console = console
+        self.env = env
+        self.stop = stop
+        self.argv = argv
+        #: masks secrets in messages printed if something goes wrong (known once the plan exists)
+        self.masker: Masker = NO_SECRETS
+        self._cwd: str | None = None
+        self._control: ControlLock | None = None
+
+    def run(self) -> Status:
+        try:
+            return self._run()
+        finally:
+            if self._control is not None:
+                self._control.release()
+            if self._cwd is not None:
+                os.chdir(self._cwd)
+
+    def _run(self) -> Status:
+        args = self.args
+        previous: Previous | None = None
+        if args.resume is not None:
+            log_dir = Path(args.log_dir).absolute()
+            args.log_dir = str(log_dir)
+            run_dir = find_run(log_dir, args.resume)
+            control = ControlLock(run_dir)
+            control.acquire()
+            self._control = control
+            previous = load_previous(run_dir)
+            for key, value in previous.invocation.items():
+                if key != "cwd":
+                    setattr(args, key, value)
+            cwd = previous.invocation.get("cwd")
+            if cwd:
+                if not os.path.isdir(cwd):
+                    raise ConfigError(f"run {previous.state.run_id} was started in {cwd}, which no longer exists")
+                self._cwd = os.getcwd()
+                os.chdir(cwd)
+            run_id = previous.state.run_id
+        else:
+            check_install_dirs(args.old_install_dir, args.new_install_dir)
+            run_id = new_run_id()
+        topology, plan = prepare(args, run_id, self.env)
+        self.masker = plan.masker
+        if args.traffic:  # a bad URL or rate is a usage error now, not a failure after nodes were locked
+            from ..run.traffic import TrafficProbe
+            try:
+                TrafficProbe(args.traffic, rate=args.traffic_rate)
+            except ValueError as exc:
+                raise ConfigError(f"--traffic {args.traffic!r} --traffic-rate {args.traffic_rate:g}: {exc}") from None
+        fingerprint = plan_fingerprint(plan)
+        if previous is not None and previous.state.plan_fingerprint != fingerprint:
+            raise ConfigError(f"run {run_id}: the topology, profile or environment changed since the run "
+                              "started, so the plan is not the same; refusing to resume (see run.log for "
+                              "where it stopped)")
+        if args.dry_run:
+            connections = Connections(topology)   # handlers are made, never connected
+            lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name)
+            try:
+                self.console.write(format_plan(plan, lb.describe))
+            finally:
+                lb.close()
+                connections.close()
+            return Status.SUCCESS
+        policy = load_policy(args.rollback_policy)
+        return self._execute(topology, plan, fingerprint, previous, policy)
+
+    # ------------------------------------------------------------------ the run
+
+    def _execute(self, topology: Topology, plan: Plan, fingerprint: str, previous: Previous | None,
+                 policy: Any) -> Status:
+        args = self.args
+        if previous is None:
+            run_dir = make_run_dir(Path(args.log_dir), plan.run_id)
+            self._control = ControlLock(run_dir)
+            self._control.acquire()
+            opened = ev.RunOpened(run_id=plan.run_id, old_install_dir=plan.old_install_dir,
+                                  new_install_dir=plan.new_install_dir, profile=plan.profile,
+                                  topology=plan.topology, node_names=plan.node_names,
+                                  lb=topology.load_balancer.type, invocation=invocation(args),
+                                  plan_fingerprint=fingerprint, tool_version=__version__, user=_user(),
+                                  host=socket.gethostname(), argv=tuple(self.argv))
+            state = RunState.opened(opened)
+        else:
+            run_dir, state = previous.run_dir, previous.state
+        folder = RunFolder(run_dir)
+        recorder = Recorder(state)
+        for listener in folder.listeners(recorder):
+            recorder.subscribe(listener)
+        recorder.subscribe(LineWriter(self.console.line))
+        if previous is None:
+            recorder.emit(opened)
+        resuming = previous is not None
+        self.console.line(f"zdupgrade {__version__}: {'resuming ' if resuming else ''}run {plan.run_id}, "
+                          f"logs in {run_dir}")
+        connections = Connections(topology, lambda node, kind, fp: recorder.emit(
+            ev.HostKeyAccepted(node=node, key_type=kind, fingerprint=fp)))
+        lb: LoadBalancer | None = None
+        lock: FleetLock | None = None
+        try:
+            lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name)
+            status = self._preflight(plan, topology, connections, lb, recorder, resuming)
+            if status is not None:
+                return status
+            lock = FleetLock([p.node for p in plan.nodes], connections,
+                             LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock)
+            try:
+                taken = lock.acquire(self.stop.is_set)
+            except Exception:
+                if not resuming:
+                    recorder.emit(ev.RunFinished(status=Status.LOCKED, message="the fleet is locked"))
+                raise
+            if not taken:
+                return self._stopped_early(recorder, resuming, "while taking the fleet lock")
+            recorder.emit(ev.LockTaken(owner=dataclasses.asdict(lock.owner), broken=tuple(lock.broken)))
+            probe = self._start_traffic(recorder)
+            conductor = Conductor(plan, recorder, handlers=connections, lb=lb, policy=policy,
+                                  command_timeout=topology.ssh.command_timeout, stop_event=self.stop,
+                                  resume=resuming)
+            status = conductor.execute()
+            if probe is not None:
+                probe.stop()
+                report = probe.report()
+                recorder.emit(ev.TrafficMeasured(report={**report.to_dict(), "summary_line": report.summary_line()}))
+            recorder.emit(ev.LockReleased(problems=tuple(lock.release())))
+            if status is Status.SUCCESS and recorder.listener_failures:
+                status = Status.RECORD_FAILED
+            final = recorder.snapshot()
+            final.status = status
+            summary = render_summary(final)
+            self.console.line("")
+            self.console.line(summary)
+            folder.log(summary)
+            if self.console.lost:
+                folder.log(f"(the console was lost during the run: {self.console.lost})")
+            folder.write_json(final.to_dict())
+            self.console.line(f"run log: {folder.run_log_path}")
+            return status
+        finally:
+            if lock is not None and lock.held:
+                lock.release()
+            if lb is not None:
+                lb.close()
+            connections.close()
+            folder.close()
+
+    def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,
+                   recorder: Recorder, resuming: bool) -> Status | None:
+        problems = preflight(plan, connections, lb, parallel=max(topology.ssh.parallel, len(plan.nodes)),
+                             min_free_mb=self.args.min_free_mb, check_dirs=not resuming, stop=self.stop.is_set)
+        if self.stop.is_set():
+            return self._stopped_early(recorder, resuming, "during preflight")
+        if not problems:
+            return None
+        self.console.error(f"preflight found {len(problems)} problem(s); nothing was changed:")
+        for problem in problems:
+            self.console.err_line(f"  - {self.masker(str(problem))}")
+        unreachable = all(p.kind in ("unreachable", "host-key", "auth") for p in problems)
+        status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
+        recorder.emit(ev.PreflightFailed(problems=tuple(self.masker(str(p)) for p in problems), status=status))
+        if not resuming:  # a failed resume leaves the run resumable
+            recorder.emit(ev.RunFinished(status=status, message=f"preflight: {len(problems)} problem(s)"))
+        return status
+
+    def _stopped_early(self, recorder: Recorder, resuming: bool, where: str) -> Status:
+        message = f"interrupted {where}: nothing was changed"
+        self.console.error(message)
+        if resuming:
+            recorder.emit(ev.Warned(message=message))
+        else:
+            recorder.emit(ev.RunFinished(status=Status.INTERRUPTED, message=message))
+        return Status.INTERRUPTED
+
+    def _start_traffic(self, recorder: Recorder) -> Any:
+        if not self.args.traffic:
+            return None
+        from ..run.traffic import TrafficProbe
+        probe = TrafficProbe(self.args.traffic, rate=self.args.traffic_rate)
+        probe.start()
+        opened: dict[str, str] = {}
+        count: dict[str, int] = {}
+
+        def windows(event: ev.Event, state: RunView) -> None:  # one window per time a node is out
+            if not isinstance(event, (ev.LbStarted, ev.LbFinished)) or not event.node:
+                return
+            if isinstance(event, ev.LbStarted) and event.action.value == "disable" and event.node not in opened:
+                count[event.node] = count.get(event.node, 0) + 1
+                label = event.node if count[event.node] == 1 else f"{event.node} ({count[event.node]})"
+                opened[event.node] = label
+                probe.open_window(label)
+            elif isinstance(event, ev.LbFinished) and event.action.value == "enable" and event.ok \
+                    and event.node in opened:
+                probe.close_window(opened.pop(event.node))
+        windows.name = "traffic windows"  # type: ignore[attr-defined]
+        recorder.subscribe(windows)
+        return probe

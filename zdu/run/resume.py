@@ -1,0 +1,127 @@
+"""Finding and checking the run ``--resume`` continues.
+
+The journal (``journal.jsonl``) is the source of truth: replaying it rebuilds the state the run
+had when its control process died.  Everything read from the run folder is checked: an edited
+or corrupt journal is a clear error, not a crash; only the invocation keys zdupgrade itself
+writes are taken, with their types.  A run whose control process is still alive (it holds the
+folder's ``control.lock``) is refused.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError, LockError
+from ..report.runfolder import JOURNAL, read_journal
+from .state import RunState, replay
+
+CONTROL_LOCK = "control.lock"
+
+#: what a run records of its command line, and the type of each value (None allowed)
+INVOCATION: Mapping[str, tuple[type, ...]] = {
+    "old_install_dir": (str,), "new_install_dir": (str,), "config": (str,), "profile": (str,),
+    "serial": (str,), "rollback_policy": (str,), "host_key_policy": (str,), "traffic": (str,),
+    "traffic_rate": (int, float), "min_free_mb": (int,), "cwd": (str,), "limit": (str,),
+    "inventory": (str,), "pause_after_wave": (int,),
+}
+
+
+@dataclass
+class Previous:
+    """A run to resume."""
+
+    run_dir: Path
+    state: RunState
+    invocation: dict[str, Any]
+
+
+class ControlLock:
+    """Held (flock) by the process that drives a run, for as long as it lives."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / CONTROL_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; LockError naming the live owner if another process holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockError(f"run {self.path.parent.name} is still being driven by a live zdupgrade "
+                                f"process ({owner or 'pid unknown'}); refusing to run it twice. Stop that "
+                                "process (Ctrl-C) or wait for it to end, then --resume") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+def find_run(log_dir: Path, run_id: str) -> Path:
+    """The folder of ``run_id`` (the latest run when empty); ConfigError if there is none."""
+    if run_id:
+        if "/" in run_id or run_id in (".", "..") or "\x00" in run_id:
+            raise ConfigError(f"--resume {run_id[:80]!r}: not a run id")
+        run_dir = log_dir / run_id
+        if not (run_dir / JOURNAL).is_file():
+            raise ConfigError(f"--resume {run_id}: no run record ({JOURNAL}) in {run_dir}")
+        return run_dir
+    runs = sorted(p.parent for p in log_dir.glob(f"*/{JOURNAL}"))
+    if not runs:
+        raise ConfigError(f"--resume: no run to resume under {log_dir}/")
+    return runs[-1]
+
+
+def load_previous(run_dir: Path) -> Previous:
+    """Replay the run's journal and check it can be resumed; ConfigError saying why not."""
+    path = run_dir / JOURNAL
+    try:
+        state = replay(read_journal(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the run record: {exc}") from None
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ConfigError(f"{path}: the run record is damaged or was edited ({str(exc)[:300]}); "
+                          "not resuming") from None
+    invocation = check_invocation(state.invocation, path)
+    if state.status is not None and state.ended is not None:
+        raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
+                          f"({int(state.status)}); nothing to resume")
+    if not any(n.phases or n.rollback for n in state.nodes.values()) and state.lock is None:
+        raise ConfigError(f"{run_dir}: run {state.run_id} never started changing nodes "
+                          "(it stopped in preflight); start a new run instead")
+    return Previous(run_dir, state, invocation)
+
+
+def check_invocation(raw: Mapping[str, Any], where: Path) -> dict[str, Any]:
+    """Only the keys zdupgrade writes, each of its type; ConfigError for anything else."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: the run's invocation is not a mapping; not resuming")
+    checked: dict[str, Any] = {}
+    for key, value in raw.items():
+        types = INVOCATION.get(key)
+        if types is None:
+            raise ConfigError(f"{where}: unexpected invocation field {str(key)[:40]!r} (edited?); not resuming")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise ConfigError(f"{where}: invocation field {key!r} has the wrong type; not resuming")
+        if isinstance(value, str) and ("\x00" in value or len(value) > 4096):
+            raise ConfigError(f"{where}: invocation field {key!r} is not a usable value; not resuming")
+        checked[key] = value
+    for key in ("old_install_dir", "new_install_dir"):
+        if not isinstance(checked.get(key), str):
+            raise ConfigError(f"{where}: the invocation lacks {key}; not resuming")
+    return checked
