@@ -63,7 +63,7 @@ def lock_present(lab: Lab, name: str) -> bool:
 def test_sigkill_mid_apply_then_resume_finishes_the_run(fresh_lab: Lab, tmp_path: Path) -> None:
     fresh_lab.inject_fault("Node-B", "hang-start")
     proc, log_dir = start(fresh_lab, tmp_path)
-    wait_record(log_dir, step_running("Node-B/APPLY/1"), "Node-B stuck starting 2.0")
+    wait_record(log_dir, step_running("Node-B/APPLY/2"), "Node-B stuck starting 2.0")
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait(timeout=10)
     killed = record(log_dir)
@@ -92,7 +92,7 @@ def test_sigkill_mid_apply_then_resume_finishes_the_run(fresh_lab: Lab, tmp_path
 def test_resume_refuses_a_changed_plan(fresh_lab: Lab, tmp_path: Path) -> None:
     fresh_lab.inject_fault("Node-A", "hang-start")
     proc, log_dir = start(fresh_lab, tmp_path)
-    wait_record(log_dir, step_running("Node-A/APPLY/1"), "Node-A stuck")
+    wait_record(log_dir, step_running("Node-A/APPLY/2"), "Node-A stuck")
     proc.kill()
     proc.wait(timeout=10)
     topology = tmp_path / "topology.yaml"
