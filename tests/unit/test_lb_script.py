@@ -63,32 +63,3 @@ def test_missing_or_not_executable_refused_in_check(tmp_path: Path) -> None:
 def test_bad_options(options: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         make_load_balancer(LbSettings("script", frozen_map(options)))
-
-
-class _Recorder(__import__("zdu.lb.base", fromlist=["LoadBalancer"]).LoadBalancer):
-    name = "recorder"
-
-    def __init__(self, options: dict) -> None:
-        self.options = options
-
-    def disable(self, node: Node):  # type: ignore[no-untyped-def]
-        from zdu.lb.base import LbResult
-        return LbResult(True, f"disabled {node.name} in {self.options['pool']}")
-
-    def enable(self, node: Node):  # type: ignore[no-untyped-def]
-        from zdu.lb.base import LbResult
-        return LbResult(True)
-
-
-def make_recorder(options: dict) -> _Recorder:
-    return _Recorder(options)
-
-
-def test_custom_hook_by_dotted_path() -> None:
-    lb = make_load_balancer(LbSettings("tests.unit.test_lb_script:make_recorder", frozen_map({"pool": "p1"})))
-    assert lb.disable(NODE).message == "disabled Node-A in p1"
-
-
-def test_custom_hook_that_cannot_load() -> None:
-    with pytest.raises(ConfigError, match="cannot load hook 'no_such_pkg.lb:make'"):
-        make_load_balancer(LbSettings("no_such_pkg.lb:make"))
