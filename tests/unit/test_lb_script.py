@@ -83,6 +83,14 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def gone(pids: list[int], timeout: float = 2.0) -> bool:
+    """True once none of ``pids`` is alive (SIGKILL is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not any(alive(p) for p in pids)
+
+
 def test_a_hook_that_ignores_sigterm_is_killed_with_its_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     path = hook(tmp_path, f"trap '' TERM\necho started\nsleep 300 & echo $$ $! > {pids}\nwait\nsleep 300\n")
@@ -93,7 +101,7 @@ def test_a_hook_that_ignores_sigterm_is_killed_with_its_group(tmp_path: Path) ->
                               "group (SIGTERM ignored, SIGKILL after 2s)")
     assert result.details["output"] == "started\n"
     assert 2.4 < result.duration < 6
-    assert not any(alive(int(pid)) for pid in pids.read_text().split())   # the hook and its child
+    assert gone([int(pid) for pid in pids.read_text().split()])   # the hook and its child
 
 
 def test_a_hook_that_stops_on_sigterm_says_so(tmp_path: Path) -> None:
@@ -101,7 +109,7 @@ def test_a_hook_that_stops_on_sigterm_says_so(tmp_path: Path) -> None:
     result = make(hook(tmp_path, f"sleep 300 & echo $! > {pids}\nwait\n"), timeout=0.5).enable(NODE)
     assert not result.ok and result.message.endswith("killed its process group (stopped by SIGTERM)")
     assert result.duration < 2.4
-    assert not alive(int(pids.read_text()))
+    assert gone([int(pids.read_text())])
 
 
 def test_a_hook_that_closes_its_output_and_hangs_still_times_out(tmp_path: Path) -> None:
@@ -195,3 +203,18 @@ def test_a_signal_to_zdupgrades_process_group_does_not_stop_the_hook(tmp_path: P
         while "drained" not in mark.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
     assert mark.read_text() == "begun\ndrained Node-A\n"
+
+
+def test_a_control_character_in_a_node_value_never_reaches_the_hook(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    lb = make(hook(tmp_path, f"echo called >> {calls}\n"))
+    odd = Node(name="Node-A", host="127.0.0.11", group="Gate\nway", lb_server="node-a\nset server x")
+    with pytest.raises(ConfigError, match=r"node 'Node-A': group: control character '\\n'"):
+        lb.validate([NODE, odd])
+    with pytest.raises(ConfigError, match="node 'Node-A': group"):
+        lb.check([odd])
+    result = lb.disable(Node(name="Node-A", host="127.0.0.11", lb_server="node-a\x00"))
+    assert not result.ok and "lb_server: control character" in result.message
+    assert result.message.endswith("the hook was not run")
+    assert not calls.exists()
+    lb.validate([NODE])

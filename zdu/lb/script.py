@@ -87,7 +87,14 @@ class ScriptLoadBalancer(LoadBalancer):
                 raise ConfigError(f"load_balancer.env: {key!r} is not an environment variable name")
         return cls(path, timeout=float(timeout), env={str(k): str(v) for k, v in env.items()})
 
+    def validate(self, nodes: Sequence[Node]) -> None:
+        """ConfigError for a control character in any node value the hook is given: a
+        hook that pastes ``$ZDU_LB_SERVER`` into a command line must not meet a newline."""
+        for node in nodes:
+            _refuse_in_node(node)
+
     def check(self, nodes: Sequence[Node]) -> None:
+        self.validate(nodes)
         if not os.path.isfile(self.path):
             raise LoadBalancerError(f"load-balancer hook script not found: {self.path}")
         if not os.access(self.path, os.X_OK):
@@ -109,6 +116,11 @@ class ScriptLoadBalancer(LoadBalancer):
                    ZDU_NODE_PORT=str(node.port), ZDU_NODE_GROUP=node.group, ZDU_LB_SERVER=node.lb_name)
         started = time.monotonic()
         label = f"{self.path} {action} {node.name}"
+        try:
+            _refuse_in_node(node)
+        except ConfigError as exc:
+            return LbResult(False, f"{label}: {exc}; the hook was not run", 0.0,
+                            {"exit_code": None, "output": ""})
         try:
             run = _run_hook([self.path, action, node.name], env, self.timeout)
         except (OSError, ValueError) as exc:  # missing, not executable, NUL in an argument
@@ -132,6 +144,12 @@ class ScriptLoadBalancer(LoadBalancer):
             return LbResult(False, f"{label}: did not exit", duration, details)
         status = f"exit {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
         return LbResult(code == 0, status + (f": {tail}" if tail else ""), duration, details)
+
+
+def _refuse_in_node(node: Node) -> None:
+    for field in ("name", "host", "group", "lb_name"):
+        refuse_control_characters(getattr(node, field), f"node {node.name!r}: "
+                                                        f"{'lb_server' if field == 'lb_name' else field}")
 
 
 def _run_hook(argv: list[str], env: dict[str, str], timeout: float) -> _Run:
