@@ -2,24 +2,21 @@
 
 Instance 1 is driven over its unix socket, instance 2 over tcp:127.0.0.1:PORT, so
 both transports run in every test.  Backends are python http.server threads on
-127.0.0.231/232 with a slow endpoint; health checks run every 100 ms.
+127.0.0.231/232 with a slow endpoint; health checks run every 100 ms
+(:mod:`tests.support.haproxy`).
 """
 from __future__ import annotations
 
-import http.client
-import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.support.haproxy import HaproxyLab as Lab, free_port, get, haproxy_lab, wait_for
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.transport.base import CommandHandler
 from zdu.lb.haproxy import HaproxyLoadBalancer, from_options
@@ -32,154 +29,11 @@ NODE_A = Node("Node-A", "127.0.0.231", lb_server="node-a")
 NODE_B = Node("Node-B", "127.0.0.232", lb_server="node-b")
 
 
-# ---------------------------------------------------------------------------- lab pieces
-
-class _Backend(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.startswith("/slow/"):
-            time.sleep(float(self.path.rsplit("/", 1)[1]))
-        body = json.dumps({"version": self.server.server_address[0]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass        # health checks and cut sessions reset connections; that is expected
-
-
-class Backend:
-    """A small real HTTP server on one loopback address, stoppable mid-test."""
-
-    def __init__(self, host: str) -> None:
-        self.server = _QuietServer((host, 0), _Backend)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join(5)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Haproxy:
-    proc: subprocess.Popen
-    socket: str             # the admin socket the hook drives
-    user_socket: str        # a level-user socket: set commands are refused
-    frontend: int
-
-
-@dataclass
-class Lab:
-    backends: dict[str, Backend]
-    instances: list[Haproxy] = field(default_factory=list)
-
-    @property
-    def sockets(self) -> list[str]:
-        return [h.socket for h in self.instances]
-
-    def lb(self, **options: object) -> HaproxyLoadBalancer:
-        opts = {"backend": "gateways", "sockets": self.sockets, "poll_interval": 0.05,
-                "drain_timeout": 5, "up_timeout": 5, **options}
-        return from_options(opts)
-
-
-def start_haproxy(workdir: Path, index: int, backends: dict[str, Backend], tcp: bool) -> Haproxy:
-    unix_sock = workdir / f"admin{index}.sock"
-    user_sock = workdir / f"user{index}.sock"
-    tcp_port = free_port()
-    frontend = free_port()
-    servers = "\n".join(
-        f"  server {name} {b.server.server_address[0]}:{b.port} check inter 100ms rise 2 fall 2"
-        for name, b in backends.items())
-    cfg = workdir / f"haproxy{index}.cfg"
-    cfg.write_text(f"""
-global
-  stats socket {unix_sock} mode 600 level admin
-  stats socket {user_sock} mode 600 level user
-  stats socket ipv4@127.0.0.1:{tcp_port} level admin
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 10s
-  timeout server 10s
-frontend fe
-  bind 127.0.0.1:{frontend}
-  default_backend gateways
-backend gateways
-  balance first
-  option httpchk GET /health
-{servers}
-""")
-    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    inst = Haproxy(proc, f"tcp:127.0.0.1:{tcp_port}" if tcp else str(unix_sock),
-                   str(user_sock), frontend)
-    lb = from_options({"backend": "gateways", "socket": inst.socket})
-    for _ in range(100):   # <= ~5 s: every server UP (first checks passed)
-        if proc.poll() is not None:
-            raise RuntimeError(f"haproxy exited: {proc.stderr.read().decode()}")
-        try:
-            states = [lb.server_states(Node(n, "x")) for n in backends]
-            if all(s == "UP" for st in states for s in st.values()):
-                return inst
-        except LoadBalancerError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("haproxy did not come up")
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    backends = {"node-a": Backend("127.0.0.231"), "node-b": Backend("127.0.0.232")}
-    lab = Lab(backends)
-    try:
-        lab.instances.append(start_haproxy(tmp_path, 1, backends, tcp=False))
-        lab.instances.append(start_haproxy(tmp_path, 2, backends, tcp=True))
+    with haproxy_lab(tmp_path, {"node-a": "127.0.0.231", "node-b": "127.0.0.232"},
+                     instances=2, tcp=(1,)) as lab:
         yield lab
-    finally:
-        for inst in lab.instances:
-            inst.proc.terminate()
-            try:
-                inst.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                inst.proc.kill()
-                inst.proc.wait(5)
-        for b in backends.values():
-            b.stop()
-
-
-def get(port: int, path: str, timeout: float = 10.0) -> tuple[int | None, str]:
-    """One GET through a frontend; (status, body) or (None, error) when cut."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    except (OSError, http.client.HTTPException) as exc:
-        return None, repr(exc)
-    finally:
-        conn.close()
 
 
 def scur(lb: HaproxyLoadBalancer, node: Node) -> int:
@@ -191,15 +45,6 @@ def start_slow(port: int, seconds: float) -> tuple[threading.Thread, list]:
     t = threading.Thread(target=lambda: out.append(get(port, f"/slow/{seconds}")), daemon=True)
     t.start()
     return t, out
-
-
-def wait_for(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # ---------------------------------------------------------------------------- tests
@@ -392,55 +237,48 @@ def test_rolling_disable_enable_drops_no_request(lab: Lab) -> None:
     assert [w.failed for w in report.windows] == [0, 0]
 
 
-class FakeApi:
-    """A scripted runtime API: scur never drops, clock only moves when we sleep."""
-
-    def __init__(self, instance: str) -> None:
-        self.instance = self.address = instance
-        self.commands: list[str] = []
-
-    def execute(self, command: str) -> str:
-        self.commands.append(command)
-        if command.startswith("show stat"):
-            return ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,"
-                    "eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,"
-                    "qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,"
-                    "check_status,\n"
-                    "gateways,node-a,0,0,3,3,,3,0,0,,0,,0,0,0,0,DRAIN,1,1,0,0,0,1,0,,1,3,1,,3,,2,"
-                    "0,,1,L7OK,\n"
-                    "gateways,BACKEND,0,0,3,3,,3,0,0,0,0,,0,0,0,0,UP,1,1,0,,0,1,0,,1,3,0,,3,,1,"
-                    "0,,1,,\n")
-        return "\n"
-
-    def close(self) -> None:
-        pass
+def test_check_refuses_sockets_below_level_admin(lab: Lab) -> None:
+    """A user- or operator-level socket answers ``show stat`` like an admin one; without
+    this check the run would only fail at the first disable, on a live node."""
+    inst = lab.instances[0]
+    with pytest.raises(LoadBalancerError) as info:
+        lab.lb(sockets=[inst.socket, inst.operator_socket, inst.user_socket]).check([NODE_A, NODE_B])
+    text = str(info.value)
+    assert f"haproxy {inst.operator_socket}: the socket is at level operator; the hook needs " \
+           "'stats socket ... level admin'" in text
+    assert f"haproxy {inst.user_socket}: the socket is at level user" in text
+    assert f"haproxy {inst.socket}:" not in text
+    lab.lb().check([NODE_A, NODE_B])                           # both admin sockets pass
 
 
-def test_drain_wait_uses_the_injected_clock_and_is_bounded() -> None:
-    now = [100.0]
-    slept: list[float] = []
+def test_serving_reads_what_haproxy_does(lab: Lab) -> None:
+    lb = lab.lb(up_timeout=1.0)
+    nodes = [NODE_A, NODE_B]
+    assert lb.serving(nodes) == {"Node-A": True, "Node-B": True}
 
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
+    lab.command("set server gateways/node-a state drain", index=1)   # one instance of the pair
+    assert lb.serving(nodes) == {"Node-A": False, "Node-B": True}
+    lab.command("set server gateways/node-a state ready", index=1)
+    wait_for(lambda: lb.serving(nodes)["Node-A"])
 
-    apis = [FakeApi("one"), FakeApi("two")]
-    lb = HaproxyLoadBalancer("gateways", apis, drain_timeout=30, poll_interval=0.2,  # type: ignore[arg-type]
-                             sleep=sleep, clock=lambda: now[0])
-    started = time.monotonic()
-    result = lb.disable(NODE_A)
+    assert lb.disable(NODE_B).ok                                        # MAINT
+    assert lb.serving(nodes) == {"Node-A": True, "Node-B": False}
+    lab.backends["node-b"].stop()
+    assert not lb.enable(NODE_B).ok                                     # DOWN, back to MAINT
+    assert lb.serving(nodes) == {"Node-A": True, "Node-B": False}
+    lab.command("set server gateways/node-b state ready")
+    wait_for(lambda: lab.status("node-b") == "DOWN")
+    assert lb.serving(nodes)["Node-B"] is False
 
-    assert time.monotonic() - started < 1                      # never really slept
-    assert sum(slept) == pytest.approx(30)
-    assert 140 <= len(slept) <= 152
-    assert result.ok and result.details["sessions_cut"] == 6   # 3 on each instance
-    assert result.details["drain_seconds"] == pytest.approx(30)
-    for api in apis:
-        sets = [c for c in api.commands if not c.startswith("show")]
-        assert sets == ["set server gateways/node-a state drain",
-                        "set server gateways/node-a state maint",
-                        "shutdown sessions server gateways/node-a"]
 
-    frozen = HaproxyLoadBalancer("gateways", [FakeApi("x")], drain_timeout=5,  # type: ignore[list-item]
-                                 poll_interval=1, sleep=lambda s: None, clock=lambda: 0.0)
-    assert frozen.disable(NODE_A).details["sessions_cut"] == 3  # a stuck clock still ends
+def test_a_server_name_with_a_command_in_it_never_reaches_haproxy(lab: Lab) -> None:
+    """``;`` is HAProxy's command separator: ``node-b;set server gateways/node-a state maint``
+    would take node-a out too.  It is refused before any socket is contacted."""
+    hostile = Node("Node-X", "127.0.0.239", lb_server="node-b;set server gateways/node-a state maint")
+    lb = lab.lb()
+    with pytest.raises(ConfigError, match="node Node-X: lb_server .* is not a HAProxy server name"):
+        lb.check([NODE_A, hostile])
+    for action in (lb.disable, lb.enable):
+        result = action(hostile)
+        assert not result.ok and "nothing was sent" in result.message
+    assert [lab.status(s, i) for s in ("node-a", "node-b") for i in (0, 1)] == ["UP"] * 4

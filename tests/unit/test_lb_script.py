@@ -1,6 +1,12 @@
 """The script load-balancer hook, with real executables."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +15,7 @@ from zdu.errors import ConfigError, LoadBalancerError
 from zdu.lb import make_load_balancer
 from zdu.model import LbSettings, Node, frozen_map
 
+ROOT = Path(__file__).resolve().parents[2]
 NODE = Node(name="Node-A", host="127.0.0.11", port=2222, group="Gateway", lb_server="node-a")
 
 
@@ -65,30 +72,149 @@ def test_bad_options(options: dict, needle: str) -> None:
         make_load_balancer(LbSettings("script", frozen_map(options)))
 
 
-class _Recorder(__import__("zdu.lb.base", fromlist=["LoadBalancer"]).LoadBalancer):
-    name = "recorder"
+# ---------------------------------------------------------------------------- real processes
 
-    def __init__(self, options: dict) -> None:
-        self.options = options
-
-    def disable(self, node: Node):  # type: ignore[no-untyped-def]
-        from zdu.lb.base import LbResult
-        return LbResult(True, f"disabled {node.name} in {self.options['pool']}")
-
-    def enable(self, node: Node):  # type: ignore[no-untyped-def]
-        from zdu.lb.base import LbResult
-        return LbResult(True)
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
-def make_recorder(options: dict) -> _Recorder:
-    return _Recorder(options)
+def gone(pids: list[int], timeout: float = 2.0) -> bool:
+    """True once none of ``pids`` is alive (SIGKILL is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not any(alive(p) for p in pids)
 
 
-def test_custom_hook_by_dotted_path() -> None:
-    lb = make_load_balancer(LbSettings("tests.unit.test_lb_script:make_recorder", frozen_map({"pool": "p1"})))
-    assert lb.disable(NODE).message == "disabled Node-A in p1"
+def test_a_hook_that_ignores_sigterm_is_killed_with_its_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    path = hook(tmp_path, f"trap '' TERM\necho started\nsleep 300 & echo $$ $! > {pids}\nwait\nsleep 300\n")
+    result = make(path, timeout=0.5).disable(NODE)
+
+    assert not result.ok
+    assert result.message == (f"{path} disable Node-A: no answer within 0.5s; killed its process "
+                              "group (SIGTERM ignored, SIGKILL after 2s)")
+    assert result.details["output"] == "started\n"
+    assert 2.4 < result.duration < 6
+    assert gone([int(pid) for pid in pids.read_text().split()])   # the hook and its child
 
 
-def test_custom_hook_that_cannot_load() -> None:
-    with pytest.raises(ConfigError, match="cannot load hook 'no_such_pkg.lb:make'"):
-        make_load_balancer(LbSettings("no_such_pkg.lb:make"))
+def test_a_hook_that_stops_on_sigterm_says_so(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    result = make(hook(tmp_path, f"sleep 300 & echo $! > {pids}\nwait\n"), timeout=0.5).enable(NODE)
+    assert not result.ok and result.message.endswith("killed its process group (stopped by SIGTERM)")
+    assert result.duration < 2.4
+    assert gone([int(pids.read_text())])
+
+
+def test_a_hook_that_closes_its_output_and_hangs_still_times_out(tmp_path: Path) -> None:
+    result = make(hook(tmp_path, "echo bye\nexec >&- 2>&-\nsleep 300\n"), timeout=0.5).disable(NODE)
+    assert not result.ok and "no answer within 0.5s" in result.message
+    assert result.details["output"] == "bye\n" and result.duration < 4
+
+
+def test_a_child_that_outlives_the_hook_does_not_hold_the_action(tmp_path: Path) -> None:
+    child = tmp_path / "child"
+    path = hook(tmp_path, f"(sleep 30; echo late) &\necho $! > {child}\necho done\n")
+    result = make(path).disable(NODE)
+    pid = int(child.read_text())
+    try:
+        assert result.ok and result.message == "exit 0: done"
+        assert result.duration < 3                   # not the child's 30 s
+        assert result.details["left_running"] is True
+        assert alive(pid)                            # the hook's business, not killed by us
+        assert os.getpgid(pid) != os.getpgrp()       # it ran in a session of its own
+    finally:
+        group = os.getpgid(pid)
+        if group != os.getpgrp():                    # never signal the test runner's own group
+            os.killpg(group, signal.SIGKILL)
+
+
+def test_a_hook_that_prints_a_lot_keeps_the_last_64_kib(tmp_path: Path,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    body = "head -c 3000000 /dev/zero | tr '\\0' x\necho\necho 'LAST LINE' >&2\n"
+    result = make(hook(tmp_path, body)).enable(NODE)
+
+    assert result.ok and result.message == "exit 0: LAST LINE"
+    output = result.details["output"]
+    assert len(output) == 64 * 1024 and output.endswith("x\nLAST LINE\n")
+    assert result.details["output_truncated_bytes"] == 3000011 - 64 * 1024
+    assert capfd.readouterr() == ("", "")            # nothing printed past the event recorder
+
+
+def test_a_hook_killed_by_a_signal_missing_or_unrunnable_is_a_result(tmp_path: Path) -> None:
+    result = make(hook(tmp_path, "echo crashing\nkill -SEGV $$\n")).disable(NODE)
+    assert not result.ok and result.message == "killed by SIGSEGV: crashing"
+    assert result.details["exit_code"] == -signal.SIGSEGV
+
+    missing = make(tmp_path / "nope").disable(NODE)
+    assert not missing.ok and "cannot run: No such file or directory" in missing.message
+
+    odd = Node(name="bad\x00name", host="127.0.0.11")
+    assert not make(hook(tmp_path, "exit 0\n")).disable(odd).ok
+
+
+HARNESS = """
+import json, signal, sys
+from zdu.lb.script import ScriptLoadBalancer
+from zdu.model import Node
+got = []
+if sys.argv[2] == "handled":   # like zdupgrade's run: a signal only asks to stop at a safe point
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, lambda n, f: got.append(n))
+result = ScriptLoadBalancer(sys.argv[1], timeout=30).disable(Node("Node-A", "127.0.0.231"))
+print(json.dumps({"ok": result.ok, "message": result.message, "signals": got}))
+"""
+
+
+@pytest.mark.parametrize("sig, mode", [(signal.SIGINT, "handled"), (signal.SIGHUP, "handled"),
+                                       (signal.SIGINT, "default"), (signal.SIGHUP, "default")])
+def test_a_signal_to_zdupgrades_process_group_does_not_stop_the_hook(tmp_path: Path, sig: signal.Signals,
+                                                                    mode: str) -> None:
+    """Ctrl-C / a hang-up reaches the whole foreground process group of the terminal; a hook
+    halfway through draining a node must still finish (and, when zdupgrade is alive to hear
+    it, report) its action."""
+    mark = tmp_path / "mark"
+    path = hook(tmp_path, f"echo begun > {mark}\nsleep 1.5\necho \"drained $2\" >> {mark}\necho finished\n")
+    parent = subprocess.Popen([sys.executable, "-c", HARNESS, str(path), mode], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)     # its own group: our terminal stays out
+    try:
+        deadline = time.monotonic() + 20
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mark.exists(), parent.communicate(timeout=5)
+        os.killpg(parent.pid, sig)
+        out, err = parent.communicate(timeout=20)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    if mode == "handled":
+        assert parent.returncode == 0, err
+        assert json.loads(out) == {"ok": True, "message": "exit 0: finished", "signals": [int(sig)]}
+    else:
+        assert parent.returncode != 0                           # zdupgrade itself died ...
+        deadline = time.monotonic() + 5                         # ... the hook did not
+        while "drained" not in mark.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert mark.read_text() == "begun\ndrained Node-A\n"
+
+
+def test_a_control_character_in_a_node_value_never_reaches_the_hook(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    lb = make(hook(tmp_path, f"echo called >> {calls}\n"))
+    odd = Node(name="Node-A", host="127.0.0.11", group="Gate\nway", lb_server="node-a\nset server x")
+    with pytest.raises(ConfigError, match=r"node 'Node-A': group: control character '\\n'"):
+        lb.validate([NODE, odd])
+    with pytest.raises(ConfigError, match="node 'Node-A': group"):
+        lb.check([odd])
+    result = lb.disable(Node(name="Node-A", host="127.0.0.11", lb_server="node-a\x00"))
+    assert not result.ok and "lb_server: control character" in result.message
+    assert result.message.endswith("the hook was not run")
+    assert not calls.exists()
+    lb.validate([NODE])

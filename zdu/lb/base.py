@@ -2,15 +2,19 @@
 
 A hook takes a node out of traffic before the disruptive part of its upgrade
 (``disable``: drain, then stop sending) and puts it back once it is healthy
-(``enable``).  ``check`` runs before anything changes and refuses, with a clear
-message, a load balancer that cannot be reached or does not know a node.
+(``enable``).  ``validate`` refuses, without contacting anything, node values the
+hook could not pass on safely; ``check`` runs before anything changes and refuses,
+with a clear message, a load balancer that cannot be reached or does not know a
+node; ``serving`` reads which nodes the balancer sends traffic to.
 """
 from __future__ import annotations
 
 import abc
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from zdu.errors import ConfigError
 from zdu.model import Node
 
 
@@ -30,6 +34,12 @@ class LoadBalancer(abc.ABC):
     #: the name shown in plans and logs
     name: str = "lb"
 
+    def validate(self, nodes: Sequence[Node]) -> None:
+        """Raise ConfigError for a node value this hook cannot use; contacts nothing.
+
+        Called before the plan is printed or any node is contacted (``--dry-run`` too).
+        """
+
     def check(self, nodes: Sequence[Node]) -> None:
         """Raise LoadBalancerError if the hook cannot act on every node; change nothing."""
 
@@ -41,9 +51,35 @@ class LoadBalancer(abc.ABC):
     def enable(self, node: Node) -> LbResult:
         """Put ``node`` back in traffic, waiting until the balancer sees it healthy."""
 
+    def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool] | None:
+        """Which of ``nodes`` the balancer sends traffic to now (node name -> in service
+        and healthy); read-only.  ``None`` when this hook cannot tell (the default).
+
+        A hook that can tell but cannot reach its balancer raises LoadBalancerError.
+        """
+        return None
+
     def describe(self, action: str, node: Node) -> str:
         """One line for ``--dry-run``: what ``action`` on ``node`` will do."""
         return f"{self.name} {action} {node.lb_name}"
 
     def close(self) -> None:
         """Release connections (idempotent)."""
+
+
+def refuse_control_characters(value: Any, where: str) -> None:
+    """ConfigError if a string anywhere in ``value`` (mappings and lists walked, keys
+    included) holds a control character: a newline ends a runtime-API command, a NUL
+    cannot pass through exec, and neither belongs in a name, path or address."""
+    if isinstance(value, str):
+        for index, char in enumerate(value):
+            if unicodedata.category(char) == "Cc":
+                raise ConfigError(f"{where}: control character {char!r} at position {index} "
+                                  f"in {value!r}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            refuse_control_characters(key, where)
+            refuse_control_characters(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            refuse_control_characters(item, f"{where}[{index}]")

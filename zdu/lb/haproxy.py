@@ -14,12 +14,20 @@ Topology options (``load_balancer:``)::
     type: haproxy
     backend: gateways
     sockets: [/run/haproxy/admin.sock, "tcp:127.0.0.1:9999"]   # or socket: one
-    via: null            # or a node name: run socat on that host over its handler
+    via: null            # or a node name / user@host:port: run socat on that host over SSH
     drain_timeout: 30    # s, DRAIN -> scur 0
     up_timeout: 30       # s, READY -> status UP (health check passed)
     poll_interval: 0.2   # s
     command_timeout: 5   # s, one runtime-API command
     cut_sessions: true   # after drain_timeout, "shutdown sessions server" what is left
+
+Every value that reaches a runtime-API command is checked before anything is sent:
+the backend and each node's server name (``lb_server``, else the node name) must be
+HAProxy identifiers (letters, digits, ``-_.:``) -- ``;`` separates commands, a
+newline ends one, a space splits words; no option holds a control character; a
+socket reached ``via:`` the LB host must be a plain absolute path or tcp:HOST:PORT,
+because socat parses its address (see :mod:`zdu.lb.haproxy_api`).  ``check`` also
+makes sure every socket is at level admin.
 """
 from __future__ import annotations
 
@@ -30,12 +38,23 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.transport.base import CommandHandler
 from zdu.model import Node
-from zdu.lb.base import LbResult, LoadBalancer
-from zdu.lb.haproxy_api import (LocalSocketApi, RemoteSocketApi, RuntimeApi, SocketUnreachable,
-                          is_success, parse_address, parse_stat_csv)
+from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
+from zdu.lb.haproxy_api import (IDENTIFIER_HINT, LocalSocketApi, RemoteSocketApi, RuntimeApi,
+                                SocketUnreachable, is_identifier, is_success, parse_address,
+                                parse_stat_csv, socat_address)
 
 #: statuses that mean "in rotation and healthy"; "no check" = no health check configured
 UP_STATUSES = frozenset({"UP", "no check"})
+
+
+def is_serving(row: Mapping[str, str]) -> bool:
+    """True when a ``show stat`` server row is taking new traffic: status UP (also
+    ``UP 1/3``, still up while its checks start failing) or ``no check``, with a
+    weight above 0.  DOWN, MAINT, DRAIN, NOLB and weight 0 are not serving."""
+    status = row.get("status", "")
+    up = status == "no check" or status.split(" ", 1)[0] == "UP"
+    return up and row.get("weight", "") != "0"
+
 
 _OPTIONS = frozenset({"type", "backend", "socket", "sockets", "via", "drain_timeout",
                       "up_timeout", "poll_interval", "command_timeout", "cut_sessions"})
@@ -59,6 +78,8 @@ class HaproxyLoadBalancer(LoadBalancer):
             raise ValueError("at least one runtime API socket is needed")
         if poll_interval <= 0:
             raise ValueError("poll_interval must be > 0")
+        if not is_identifier(backend):
+            raise ValueError(f"backend {backend!r}: {IDENTIFIER_HINT}")
         self.backend = backend
         self.apis = tuple(apis)
         self.drain_timeout = drain_timeout
@@ -75,16 +96,30 @@ class HaproxyLoadBalancer(LoadBalancer):
         """The instance names (socket addresses, ``via:`` prefixed when remote)."""
         return [api.instance for api in self.apis]
 
+    def validate(self, nodes: Sequence[Node]) -> None:
+        """ConfigError naming every node whose server name is not a HAProxy identifier."""
+        problems = [p for p in map(_server_problem, nodes) if p]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
     def check(self, nodes: Sequence[Node]) -> None:
-        """Raise LoadBalancerError unless every socket answers, the backend exists and
-        every node's server is in it, on every instance.  Changes nothing."""
+        """Raise LoadBalancerError unless every socket answers at level admin, the backend
+        exists and every node's server is in it, on every instance.  Changes nothing.
+
+        A server name that is not a HAProxy identifier is a ConfigError, raised before
+        any socket is contacted.
+        """
+        self.validate(nodes)
         problems: list[str] = []
         for api in self.apis:
             try:
                 rows = self._backend_rows(api)
+                level = self._level_problem(api, nodes)
             except SocketUnreachable as exc:
                 problems.append(f"haproxy socket {exc.instance} cannot be reached: {exc.reason}")
                 continue
+            if level:
+                problems.append(level)
             if rows is None:
                 problems.append(f"haproxy {api.instance}: no backend {self.backend!r}")
                 continue
@@ -102,10 +137,35 @@ class HaproxyLoadBalancer(LoadBalancer):
 
         Raises LoadBalancerError if a socket cannot be reached or does not know the server.
         """
+        problem = _server_problem(node)
+        if problem:
+            raise LoadBalancerError(problem)
         try:
             return {api.instance: self._row(api, node.lb_name)["status"] for api in self.apis}
         except (SocketUnreachable, _Failed) as exc:
             raise LoadBalancerError(str(exc)) from exc
+
+    def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool]:
+        """Node name -> True when its server takes new traffic on *every* instance
+        (see :func:`is_serving`); a server missing from the backend is not serving.
+
+        One ``show stat`` per instance; changes nothing.  Raises LoadBalancerError when
+        a socket cannot be reached or has no such backend, ConfigError for a bad name.
+        """
+        self.validate(nodes)
+        serving = {node.name: True for node in nodes}
+        for api in self.apis:
+            try:
+                rows = self._backend_rows(api)
+            except SocketUnreachable as exc:
+                raise LoadBalancerError(str(exc)) from exc
+            if rows is None:
+                raise LoadBalancerError(f"haproxy {api.instance}: no backend {self.backend!r}")
+            for node in nodes:
+                row = rows.get(node.lb_name)
+                if row is None or not is_serving(row):
+                    serving[node.name] = False
+        return serving
 
     def disable(self, node: Node) -> LbResult:
         """DRAIN on every instance, wait for scur 0 (<= drain_timeout), then MAINT.
@@ -119,6 +179,9 @@ class HaproxyLoadBalancer(LoadBalancer):
         target = f"{self.backend}/{server}"
         details: dict[str, Any] = {"backend": self.backend, "server": server,
                                    "drain_seconds": 0.0, "sessions_cut": 0, "instances": []}
+        problem = _server_problem(node)
+        if problem:
+            return LbResult(False, f"haproxy disable: {problem}; nothing was sent", 0.0, details)
         changed: list[RuntimeApi] = []
         try:
             before = {api.instance: self._row(api, server)["status"] for api in self.apis}
@@ -175,6 +238,9 @@ class HaproxyLoadBalancer(LoadBalancer):
         target = f"{self.backend}/{server}"
         details: dict[str, Any] = {"backend": self.backend, "server": server,
                                    "up_seconds": None, "instances": []}
+        problem = _server_problem(node)
+        if problem:
+            return LbResult(False, f"haproxy enable: {problem}; nothing was sent", 0.0, details)
         try:
             rows = {api.instance: self._row(api, server) for api in self.apis}
             gated = [api for api in self.apis if rows[api.instance]["status"] not in UP_STATUSES]
@@ -249,6 +315,23 @@ class HaproxyLoadBalancer(LoadBalancer):
                     pass
         return f" (set back to ready on {', '.join(undone)})" if undone else ""
 
+    def _level_problem(self, api: RuntimeApi, nodes: Sequence[Node]) -> str | None:
+        """Why ``api`` is not at level admin, or None.  A socket at level operator or user
+        answers ``show stat`` fine and would only fail at the first ``set server``."""
+        level = api.execute("show cli level").strip()
+        if level == "admin":
+            return None
+        fix = "the hook needs 'stats socket ... level admin' to change server states"
+        if level in ("operator", "user"):
+            return f"haproxy {api.instance}: the socket is at level {level}; {fix}"
+        # HAProxy < 2.0 has no "show cli level": a "set server" naming no action changes
+        # nothing, and HAProxy checks the level before it looks at the arguments
+        server = nodes[0].lb_name if nodes else "zdu-level-probe"
+        answer = api.execute(f"set server {self.backend}/{server}")
+        if "permission denied" in answer.lower():
+            return f"haproxy {api.instance}: the socket is not at level admin ({answer.strip()}); {fix}"
+        return None
+
     def _backend_rows(self, api: RuntimeApi) -> dict[str, dict[str, str]] | None:
         """Server rows of the backend by server name; None when there is no such backend."""
         rows = parse_stat_csv(api.execute(f"show stat {self.backend} 6 -1"))
@@ -295,6 +378,18 @@ class HaproxyLoadBalancer(LoadBalancer):
         return False, obs
 
 
+def _server_problem(node: Node) -> str | None:
+    """Why ``node``'s server name cannot go into a runtime-API command, or None."""
+    name = node.lb_name
+    if is_identifier(name):
+        return None
+    if node.lb_server is not None:
+        return (f"node {node.name}: lb_server {name!r} is not a HAProxy server name; "
+                f"use {IDENTIFIER_HINT}")
+    return (f"node {node.name}: its name {name!r} is used as the HAProxy server name and is not "
+            f"one; set lb_server to the server's name ({IDENTIFIER_HINT})")
+
+
 def _instances(obs: Mapping[str, tuple[str, str]]) -> list[dict[str, str]]:
     return [{"instance": inst, "status": s, "check_status": c} for inst, (s, c) in obs.items()]
 
@@ -320,13 +415,18 @@ def from_options(options: Mapping[str, Any], *,
     ``handler_factory(node_name)`` gives the CommandHandler of the LB host when
     ``via`` is set.  Raises ConfigError naming the bad field.
     """
+    refuse_control_characters(dict(options), "load_balancer")
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise ConfigError(f"load_balancer: unknown option(s) {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(_OPTIONS))})")
     backend = options.get("backend")
-    if not isinstance(backend, str) or not backend.strip() or any(c.isspace() for c in backend):
-        raise ConfigError(f"load_balancer.backend: expected a backend name, got {backend!r}")
+    if not isinstance(backend, str) or not is_identifier(backend):
+        raise ConfigError(f"load_balancer.backend: expected a HAProxy backend name "
+                          f"({IDENTIFIER_HINT}), got {backend!r}")
+    via = options.get("via")
+    if via is not None and (not isinstance(via, str) or not via or any(c.isspace() for c in via)):
+        raise ConfigError(f"load_balancer.via: expected a node name or user@host:port, got {via!r}")
 
     if "socket" in options and "sockets" in options:
         raise ConfigError("load_balancer.socket: give either socket or sockets, not both")
@@ -344,7 +444,7 @@ def from_options(options: Mapping[str, Any], *,
         if not isinstance(sock, str):
             raise ConfigError(f"load_balancer.{field}: expected a string, got {sock!r}")
         try:
-            parse_address(sock)
+            parse_address(sock) if via is None else socat_address(sock)
         except ValueError as exc:
             raise ConfigError(f"load_balancer.{field}: {exc}") from None
 
@@ -356,13 +456,10 @@ def from_options(options: Mapping[str, Any], *,
     if not isinstance(cut_sessions, bool):
         raise ConfigError(f"load_balancer.cut_sessions: expected true or false, got {cut_sessions!r}")
 
-    via = options.get("via")
     apis: list[RuntimeApi]
     if via is None:
         apis = [LocalSocketApi(s, timeout=command_timeout) for s in sockets]
     else:
-        if not isinstance(via, str) or not via:
-            raise ConfigError(f"load_balancer.via: expected a node name, got {via!r}")
         if handler_factory is None:
             raise ConfigError(f"load_balancer.via: {via!r} needs a command handler "
                               "(none was provided to the haproxy hook)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 import csv
 import io
+import ipaddress
+import re
 import shlex
 import socket
 from typing import Callable
@@ -18,7 +20,7 @@ from zdu.errors import TransportError
 from zdu.transport.base import CommandHandler
 
 #: the stat columns this package reads (HAProxy management guide, section 9.1)
-STAT_COLUMNS = ("pxname", "svname", "scur", "status", "check_status")
+STAT_COLUMNS = ("pxname", "svname", "scur", "status", "weight", "check_status")
 
 
 class SocketUnreachable(Exception):
@@ -50,21 +52,75 @@ class RuntimeApi(abc.ABC):
         """Release any connection (idempotent)."""
 
 
-def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
-    """Split ``"tcp:HOST:PORT"`` or a unix socket path into (kind, target).
+#: HAProxy's identifier characters (proxy and server names): anything else is refused,
+#: because in a runtime-API command ``;`` separates commands, a newline ends one and a
+#: space splits its words
+IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]+")
+IDENTIFIER_HINT = "only letters, digits, '-', '_', '.' and ':' (HAProxy's identifier characters)"
 
-    Raises ValueError for a malformed tcp address.
+#: a unix socket path that socat takes as a plain path: no ``!!`` (dual address), ``,``
+#: (address options), ``:`` (address type) or whitespace
+_SOCAT_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def is_identifier(name: str) -> bool:
+    """True when ``name`` is a HAProxy backend or server name that is safe in a command."""
+    return bool(IDENTIFIER.fullmatch(name))
+
+
+def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
+    """Split ``"tcp:HOST:PORT"`` or a unix socket path (``unix:`` prefix optional) into
+    (kind, target).  HOST is an IP address (IPv6 in brackets) or a plain host name.
+
+    Raises ValueError for a malformed address.
     """
     if address.startswith("tcp:"):
         host, sep, port = address[4:].rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected tcp:HOST:PORT, got {address!r}")
-        return "tcp", (host.strip("[]"), int(port))
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not _valid_host(host):
+            raise ValueError(f"expected tcp:HOST:PORT with HOST an IP address or a host name "
+                             f"and PORT 1-65535, got {address!r}")
+        return "tcp", (host, int(port))
     if address.startswith("unix:"):
         address = address[5:]
     if not address:
         raise ValueError("empty socket path")
     return "unix", address
+
+
+def _valid_host(host: str) -> bool:
+    if "%" in host:  # ipaddress accepts any text as an IPv6 scope id
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(host))
+
+
+def socat_address(address: str) -> str:
+    """The socat address of a runtime-API socket on the LB host; ValueError for anything
+    socat could read as more than a plain path or host and port."""
+    _, target = parse_address(address)
+    if isinstance(target, tuple):
+        host, port = target
+        return f"TCP:[{host}]:{port}" if ":" in host else f"TCP:{host}:{port}"
+    path = str(target)
+    if not _SOCAT_PATH.fullmatch(path):
+        raise ValueError(f"{address!r}: a socket reached over via: must be an absolute path of "
+                         "letters, digits and . _ / @ + - (socat would read ':' ',' '!!' or a "
+                         "space as address syntax)")
+    return f"UNIX-CONNECT:{path}"
+
+
+def refuse_unsafe_command(command: str) -> None:
+    """A runtime-API command is one line of words: refuse ``;`` and control characters
+    (names are validated before any command is built; this is the last guard)."""
+    if ";" in command or any(ord(c) < 0x20 or ord(c) == 0x7F for c in command):
+        raise ValueError(f"refusing to send an unsafe runtime-API command: {command!r}")
 
 
 class LocalSocketApi(RuntimeApi):
@@ -76,6 +132,7 @@ class LocalSocketApi(RuntimeApi):
         self.timeout = timeout
 
     def execute(self, command: str) -> str:
+        refuse_unsafe_command(command)
         family = socket.AF_UNIX if self.kind == "unix" else socket.AF_INET
         if self.kind == "tcp" and ":" in str(self.target[0]):  # type: ignore[index]
             family = socket.AF_INET6
@@ -96,12 +153,19 @@ class LocalSocketApi(RuntimeApi):
 
 
 class RemoteSocketApi(RuntimeApi):
-    """A socket on the LB host, reached by running ``socat`` there over a CommandHandler."""
+    """A socket on the LB host, reached by running ``socat`` there over a CommandHandler.
+
+    The command goes through the LB account's login shell, whatever it is (bash, dash,
+    zsh): ``printf '%s\\n'`` passes it byte for byte where ``echo`` would expand
+    backslash escapes, and the socat address is validated to be a plain path or
+    host:port (see :func:`socat_address`) and quoted.  ValueError for a bad address.
+    """
 
     def __init__(self, address: str, via: str, handler_factory: Callable[[str], CommandHandler],
                  *, timeout: float = 10.0) -> None:
         super().__init__(address)
         self.kind, self.target = parse_address(address)
+        self.peer = socat_address(address)
         self.via = via
         self._factory = handler_factory
         self._handler: CommandHandler | None = None
@@ -113,24 +177,24 @@ class RemoteSocketApi(RuntimeApi):
 
     def socat_command(self, command: str) -> str:
         """The shell line run on the LB host for ``command``."""
-        if self.kind == "unix":
-            peer = f"UNIX-CONNECT:{self.target}"
-        else:
-            host, port = self.target  # type: ignore[misc,str-unpack]
-            peer = f"TCP:{host}:{port}"
-        return f"echo {shlex.quote(command)} | socat stdio {shlex.quote(peer)}"
+        refuse_unsafe_command(command)
+        return f"printf '%s\\n' {shlex.quote(command)} | socat - {shlex.quote(self.peer)}"
 
     def execute(self, command: str) -> str:
+        line = self.socat_command(command)
         try:
             if self._handler is None:
                 handler = self._factory(self.via)
                 handler.open()
                 self._handler = handler
-            result = self._handler.run(self.socat_command(command), timeout=self.timeout)
+            result = self._handler.run(line, timeout=self.timeout)
         except TransportError as exc:
             self.close()
             raise SocketUnreachable(self.instance, f"via {self.via}: {exc.detail}") from exc
         if not result.ok:
+            if result.exit_code == 127:
+                raise SocketUnreachable(self.instance, f"socat is not installed on {self.via} "
+                                                       "(exit 127)")
             why = result.error or f"socat exit {result.exit_code}"
             err = (result.stderr or "").strip().splitlines()
             raise SocketUnreachable(self.instance, f"{why}: {err[-1]}" if err else why)

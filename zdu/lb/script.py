@@ -7,20 +7,51 @@ ZDU_NODE_GROUP, ZDU_LB_SERVER.  Exit status 0 means done; anything else, or
 running past ``timeout`` seconds, is a failed action.  Topology::
 
     load_balancer: {type: script, path: scripts/lb-hook-example.sh, timeout: 60}
+
+The hook runs in a session of its own, so the Ctrl-C or hang-up that reaches
+zdupgrade's terminal never reaches the hook: an action that has started finishes
+(zdupgrade itself stops at its next safe point).  Only a timeout stops it -- its
+whole process group gets SIGTERM, then SIGKILL after a short grace.  Output (stdout
+and stderr together, the last 64 KiB) is returned in ``details["output"]``, never
+printed: the caller's event recorder masks secrets in it.
 """
 from __future__ import annotations
 
 import os
+import selectors
+import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.model import Node
-from zdu.lb.base import LbResult, LoadBalancer
+from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
 
 _OPTIONS = {"path", "timeout", "env"}
+
+#: the most output kept per action (the tail: errors come last)
+OUTPUT_LIMIT = 64 * 1024
+#: after SIGTERM on timeout, how long the group gets before SIGKILL
+KILL_GRACE = 2.0
+#: after the hook exits, how long a process it left behind may keep its output open
+_DRAIN_GRACE = 0.5
+#: after SIGKILL, how long to wait for a process that still does not go away
+_UNKILLABLE_WAIT = 5.0
+
+
+@dataclass
+class _Run:
+    """What one execution of the hook came to."""
+
+    returncode: int | None
+    output: str
+    output_bytes: int
+    timed_out: bool = False
+    needed_kill: bool = False      # SIGTERM was not enough
+    left_running: bool = False     # the hook exited but something it started holds its output
 
 
 class ScriptLoadBalancer(LoadBalancer):
@@ -35,6 +66,8 @@ class ScriptLoadBalancer(LoadBalancer):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "ScriptLoadBalancer":
+        """Build from the topology's ``load_balancer:`` mapping; ConfigError naming the field."""
+        refuse_control_characters(dict(options), "load_balancer")
         unknown = sorted(set(options) - _OPTIONS)
         if unknown:
             raise ConfigError(f"load_balancer: unknown field {unknown[0]!r} for type script "
@@ -43,14 +76,25 @@ class ScriptLoadBalancer(LoadBalancer):
         if not isinstance(path, str) or not path:
             raise ConfigError("load_balancer.path: the script hook needs the path of an executable")
         timeout = options.get("timeout", 60)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"load_balancer.timeout: expected a positive number of seconds, got {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 86400:
+            raise ConfigError(f"load_balancer.timeout: expected a positive number of seconds "
+                              f"(below a day), got {timeout!r}")
         env = options.get("env") or {}
         if not isinstance(env, Mapping):
             raise ConfigError("load_balancer.env: expected a mapping of environment variables")
+        for key in env:
+            if not isinstance(key, str) or not key or "=" in key:
+                raise ConfigError(f"load_balancer.env: {key!r} is not an environment variable name")
         return cls(path, timeout=float(timeout), env={str(k): str(v) for k, v in env.items()})
 
+    def validate(self, nodes: Sequence[Node]) -> None:
+        """ConfigError for a control character in any node value the hook is given: a
+        hook that pastes ``$ZDU_LB_SERVER`` into a command line must not meet a newline."""
+        for node in nodes:
+            _refuse_in_node(node)
+
     def check(self, nodes: Sequence[Node]) -> None:
+        self.validate(nodes)
         if not os.path.isfile(self.path):
             raise LoadBalancerError(f"load-balancer hook script not found: {self.path}")
         if not os.access(self.path, os.X_OK):
@@ -71,16 +115,138 @@ class ScriptLoadBalancer(LoadBalancer):
         env.update(ZDU_ACTION=action, ZDU_NODE_NAME=node.name, ZDU_NODE_HOST=node.host,
                    ZDU_NODE_PORT=str(node.port), ZDU_NODE_GROUP=node.group, ZDU_LB_SERVER=node.lb_name)
         started = time.monotonic()
+        label = f"{self.path} {action} {node.name}"
         try:
-            proc = subprocess.run([self.path, action, node.name], env=env, capture_output=True, text=True,
-                                  errors="replace", timeout=self.timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return LbResult(False, f"{self.path} {action} {node.name}: no answer within {self.timeout:g}s "
-                                   "(killed)", time.monotonic() - started)
-        except OSError as exc:
-            return LbResult(False, f"{self.path}: cannot run: {exc.strerror}", time.monotonic() - started)
-        output = (proc.stdout + proc.stderr).strip()
-        tail = output.splitlines()[-1][:300] if output else ""
-        message = f"exit {proc.returncode}" + (f": {tail}" if tail else "")
-        return LbResult(proc.returncode == 0, message, time.monotonic() - started,
-                        {"exit_code": proc.returncode, "output": output[-4000:]})
+            _refuse_in_node(node)
+        except ConfigError as exc:
+            return LbResult(False, f"{label}: {exc}; the hook was not run", 0.0,
+                            {"exit_code": None, "output": ""})
+        try:
+            run = _run_hook([self.path, action, node.name], env, self.timeout)
+        except (OSError, ValueError) as exc:  # missing, not executable, NUL in an argument
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return LbResult(False, f"{self.path}: cannot run: {why}", time.monotonic() - started,
+                            {"exit_code": None, "output": ""})
+        duration = time.monotonic() - started
+        details: dict[str, Any] = {"exit_code": run.returncode, "output": run.output}
+        if run.output_bytes > OUTPUT_LIMIT:
+            details["output_truncated_bytes"] = run.output_bytes - OUTPUT_LIMIT
+        if run.left_running:
+            details["left_running"] = True
+        if run.timed_out:
+            how = (f"SIGTERM ignored, SIGKILL after {KILL_GRACE:g}s" if run.needed_kill
+                   else "stopped by SIGTERM")
+            return LbResult(False, f"{label}: no answer within {self.timeout:g}s; killed its "
+                                   f"process group ({how})", duration, details)
+        tail = _last_line(run.output)
+        code = run.returncode
+        if code is None:
+            return LbResult(False, f"{label}: did not exit", duration, details)
+        status = f"exit {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        return LbResult(code == 0, status + (f": {tail}" if tail else ""), duration, details)
+
+
+def _refuse_in_node(node: Node) -> None:
+    for field in ("name", "host", "group", "lb_name"):
+        refuse_control_characters(getattr(node, field), f"node {node.name!r}: "
+                                                        f"{'lb_server' if field == 'lb_name' else field}")
+
+
+def _run_hook(argv: list[str], env: dict[str, str], timeout: float) -> _Run:
+    """Run ``argv`` in a new session; collect the tail of its output; bounded by ``timeout``
+    (plus the kill grace, plus a few seconds for a process that will not die)."""
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = bytearray()
+    total = 0
+    deadline = time.monotonic() + timeout
+    exited_at: float | None = None
+    timed_out = needed_kill = eof = False
+
+    def kill() -> None:
+        nonlocal timed_out, needed_kill, deadline
+        timed_out = True
+        needed_kill = _kill_group(proc.pid)
+        deadline = time.monotonic() + _UNKILLABLE_WAIT
+
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while not eof:
+                now = time.monotonic()
+                if exited_at is None and _exited(proc.pid):
+                    exited_at = now
+                if exited_at is not None and now - exited_at > _DRAIN_GRACE:
+                    break            # a process the hook left behind still holds the pipe
+                if exited_at is None and now >= deadline:
+                    if timed_out:
+                        break        # killed, and still not gone
+                    kill()
+                    continue         # read what is left until EOF or the drain grace
+                if sel.select(min(0.05, max(0.0, deadline - now))):
+                    data = os.read(fd, 65536)
+                    eof = not data
+                    total += len(data)
+                    buf += data
+                    if len(buf) > OUTPUT_LIMIT:
+                        del buf[:-OUTPUT_LIMIT]
+        if exited_at is None and eof:
+            # the hook closed its output but has not exited yet
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                if not timed_out:
+                    kill()
+    finally:
+        proc.stdout.close()
+    try:
+        returncode: int | None = proc.wait(_UNKILLABLE_WAIT)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    return _Run(returncode, buf.decode(errors="replace"), total, timed_out, needed_kill,
+                left_running=exited_at is not None and not timed_out and not eof)
+
+
+def _exited(pid: int) -> bool:
+    """True once ``pid`` has exited, without reaping it: while it is a zombie its pid --
+    the group id we may have to signal -- cannot be reused by another process."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def _kill_group(pgid: int) -> bool:
+    """SIGTERM the hook's process group, SIGKILL it after KILL_GRACE if the hook is still
+    there; True when SIGKILL was needed.  Children the hook started die with it."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline:
+        if _exited(pgid):
+            break
+        time.sleep(0.02)
+    needed = not _exited(pgid)
+    _signal_group(pgid, signal.SIGKILL)   # the leader may be gone while its children linger
+    return needed
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _last_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
