@@ -76,6 +76,7 @@ class Topology:
     vars: Mapping[str, Any] = field(default_factory=frozen_map)
     serial: int | str | tuple[int | str, ...] = 1   # nodes per wave (online phases), ansible-style
     source: str = "<built-in reference topology>"
+    lock_dir: str = "/var/tmp/zdupgrade/lock"       # the fleet lock's directory on every node
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

@@ -41,9 +41,9 @@ def test_load_policy_by_name_and_path() -> None:
 def test_load_policy_errors_are_clear() -> None:
     import pytest
     from zdu.errors import ConfigError
-    with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
+    with pytest.raises(ConfigError, match="cannot load 'no_such_module:f': no module named 'no_such_module'"):
         load_policy("no_such_module:f")
-    with pytest.raises(ConfigError, match="has no callable 'nope'"):
+    with pytest.raises(ConfigError, match="zdu.run.policy has no attribute 'nope'"):
         load_policy("zdu.run.policy:nope")
 
 

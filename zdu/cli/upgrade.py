@@ -29,7 +29,7 @@ from ..report.summary import render_summary
 from ..run import events as ev
 from ..run.conductor import Conductor
 from ..run.lock import FleetLock, LockOwner
-from ..run.policy import load_policy
+from ..run.policy import describe_policy, load_policy
 from ..run.preflight import preflight
 from ..run.resume import ControlLock, Previous, find_run, load_previous
 from ..run.state import Recorder, RunState, RunView
@@ -75,13 +75,17 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     return topology, plan
 
 
+def _absolute(ref: str | None) -> str | None:
+    """A file reference (anything with a / or a YAML/JSON suffix) made absolute; names stay."""
+    if ref and (os.sep in ref or ref.endswith((".yaml", ".yml", ".json"))):
+        return os.path.abspath(os.path.expanduser(ref))
+    return ref
+
+
 def invocation(args: argparse.Namespace) -> dict[str, Any]:
-    """What --resume needs to rebuild the same plan: file references made absolute, and the
-    working directory (relative paths inside the topology are resolved against it)."""
-    def absolute(ref: str | None) -> str | None:
-        if ref and (os.sep in ref or ref.endswith((".yaml", ".yml", ".json"))):
-            return os.path.abspath(os.path.expanduser(ref))
-        return ref
+    """What --resume needs to rebuild the same plan: file references absolute, and the working
+    directory (relative paths inside the topology, and config/profiles/NAME, are found from it)."""
+    absolute = _absolute
     return {"old_install_dir": args.old_install_dir, "new_install_dir": args.new_install_dir,
             "config": absolute(args.config), "profile": absolute(args.profile), "serial": args.serial,
             "rollback_policy": args.rollback_policy, "host_key_policy": args.host_key_policy,
@@ -114,6 +118,7 @@ class Upgrade:
         self.masker: Masker = NO_SECRETS
         self._cwd: str | None = None
         self._control: ControlLock | None = None
+        self._recorder: Recorder | None = None
 
     def run(self) -> Status:
         try:
@@ -147,6 +152,8 @@ class Upgrade:
             run_id = previous.state.run_id
         else:
             check_install_dirs(args.old_install_dir, args.new_install_dir)
+            # file references absolute from the start, so that a resume from elsewhere plans the same
+            args.config, args.profile = _absolute(args.config), _absolute(args.profile)
             run_id = new_run_id()
         topology, plan = prepare(args, run_id, self.env)
         self.masker = plan.masker
@@ -161,22 +168,32 @@ class Upgrade:
             raise ConfigError(f"run {run_id}: the topology, profile or environment changed since the run "
                               "started, so the plan is not the same; refusing to resume (see run.log for "
                               "where it stopped)")
-        if args.dry_run:
-            connections = Connections(topology)   # handlers are made, never connected
-            lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name)
-            try:
+        # the hook is built and its settings checked before anything is created or contacted;
+        # --dry-run runs no code a topology or an option names: custom hooks are not imported
+        connections = Connections(topology, self._host_key_accepted)
+        lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name,
+                                load_code=not args.dry_run)
+        try:
+            lb.validate(topology.nodes)
+            if args.dry_run:
+                policy_text = describe_policy(args.rollback_policy)
                 self.console.write(format_plan(plan, lb.describe))
-            finally:
-                lb.close()
-                connections.close()
-            return Status.SUCCESS
-        policy = load_policy(args.rollback_policy)
-        return self._execute(topology, plan, fingerprint, previous, policy)
+                self.console.line(f"rollback policy: {policy_text}")
+                return Status.SUCCESS
+            policy = load_policy(args.rollback_policy)
+            return self._execute(topology, plan, fingerprint, previous, policy, connections, lb)
+        finally:
+            lb.close()
+            connections.close()
+
+    def _host_key_accepted(self, node: str, key_type: str, fingerprint: str) -> None:
+        if self._recorder is not None:
+            self._recorder.emit(ev.HostKeyAccepted(node=node, key_type=key_type, fingerprint=fingerprint))
 
     # ------------------------------------------------------------------ the run
 
     def _execute(self, topology: Topology, plan: Plan, fingerprint: str, previous: Previous | None,
-                 policy: Any) -> Status:
+                 policy: Any, connections: Connections, lb: LoadBalancer) -> Status:
         args = self.args
         if previous is None:
             run_dir = make_run_dir(Path(args.log_dir), plan.run_id)
@@ -201,17 +218,15 @@ class Upgrade:
         resuming = previous is not None
         self.console.line(f"zdupgrade {__version__}: {'resuming ' if resuming else ''}run {plan.run_id}, "
                           f"logs in {run_dir}")
-        connections = Connections(topology, lambda node, kind, fp: recorder.emit(
-            ev.HostKeyAccepted(node=node, key_type=kind, fingerprint=fp)))
-        lb: LoadBalancer | None = None
+        self._recorder = recorder
         lock: FleetLock | None = None
         try:
-            lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name)
             status = self._preflight(plan, topology, connections, lb, recorder, resuming)
             if status is not None:
                 return status
             lock = FleetLock([p.node for p in plan.nodes], connections,
-                             LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock)
+                             LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock,
+                             lock_dir=topology.lock_dir)
             try:
                 taken = lock.acquire(self.stop.is_set)
             except Exception:
@@ -247,9 +262,6 @@ class Upgrade:
         finally:
             if lock is not None and lock.held:
                 lock.release()
-            if lb is not None:
-                lb.close()
-            connections.close()
             folder.close()
 
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,

@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 
-_TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial"}
+_TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir"}
 _NODE_FIELDS = {"name", "host", "port", "user", "group", "roles", "vars", "transport",
                 "lb_server", "host_key"}
 _SSH_FIELDS = {"user", "key_file", "known_hosts", "host_key_policy", "connect_timeout",
@@ -274,7 +274,19 @@ def parse_topology(data: Any, *, source: str) -> Topology:
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
     serial = c.optional(top, "serial", "", lambda v, w: _parse_serial(c, v, w), 1)
     return Topology(nodes=tuple(nodes), ssh=ssh, load_balancer=lb, profile=profile,
-                    vars=variables, serial=serial, source=source)
+                    vars=variables, serial=serial, source=source,
+                    lock_dir=c.optional(top, "lock_dir", "", _parse_lock_dir(c), Topology.lock_dir))
+
+
+def _parse_lock_dir(c: _Checker) -> Callable[[Any, str], str]:
+    def parse(value: Any, where: str) -> str:
+        text = c.string(value, where)
+        parts = text.split("/")
+        if not text.startswith("/") or text == "/" or any(p in (".", "..") for p in parts[1:]) \
+                or any(ord(ch) < 32 for ch in text):
+            raise c.fail(where, f"expected an absolute directory path on the nodes, got {text[:80]!r}")
+        return text.rstrip("/")
+    return parse
 
 
 def _parse_node(c: _Checker, raw: Any, index: int) -> Node:

@@ -7,11 +7,10 @@ module.path:function``.  Policies are pure: they look at the context and decide.
 from __future__ import annotations
 
 import enum
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from zdu.errors import ConfigError
+from zdu.plugins import describe_ref, load_callable
 from zdu.status import FailureKind, Phase
 
 
@@ -83,24 +82,27 @@ def rollback_node_only(ctx: FailureContext) -> Decision:
     return Decision(Action.ROLLBACK_NODE, f"{ctx.phase} failed on {ctx.node}; rolling back {ctx.node} only")
 
 
+#: packages may register policies here: ``zdupgrade.rollback_policies = careful = mypkg.pol:careful``
+POLICY_GROUP = "zdupgrade.rollback_policies"
+
+
 def load_policy(ref: str | None) -> Policy:
-    """``None``/``default`` → default_policy; ``node-only`` → rollback_node_only;
-    ``package.module:function`` (or ``package.module.function``) → that callable."""
+    """``None``/``default`` → default_policy; ``node-only`` → rollback_node_only; an entry point
+    name of :data:`POLICY_GROUP`, ``package.module:function`` or ``package.module.function`` →
+    that callable (ConfigError naming the option if it cannot be loaded)."""
     if ref in (None, "", "default"):
         return default_policy
     if ref == "node-only":
         return rollback_node_only
     assert ref is not None
-    module_name, sep, attr = ref.partition(":")
-    if not sep:
-        module_name, _, attr = ref.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(f"--rollback-policy {ref!r}: expected default, node-only or module.path:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--rollback-policy {ref!r}: cannot import {module_name!r}: {exc}") from None
-    policy = getattr(module, attr, None)
-    if not callable(policy):
-        raise ConfigError(f"--rollback-policy {ref!r}: {module_name} has no callable {attr!r}")
-    return policy  # type: ignore[no-any-return]
+    return load_callable(ref, setting="--rollback-policy", group=POLICY_GROUP)  # type: ignore[return-value]
+
+
+def describe_policy(ref: str | None) -> str:
+    """What ``--rollback-policy`` names, for --dry-run, without importing anything."""
+    if ref in (None, "", "default"):
+        return "default"
+    if ref == "node-only":
+        return "node-only"
+    assert ref is not None
+    return describe_ref(ref, setting="--rollback-policy", group=POLICY_GROUP) + " (not loaded by --dry-run)"

@@ -1,0 +1,176 @@
+"""Interrupts and resume with zdupgrade as a real process, on a fleet of ``transport: local`` nodes
+(real shells, a real script hook, real signals; the Docker lab proves the same over SSH).
+
+- SIGHUP (the operator's SSH session drops) mid-APPLY stops at a safe point like SIGTERM;
+- an interrupt during preflight or with two nodes of a wave in flight;
+- ``--resume`` of a run whose process is still alive is refused;
+- a kill while the load-balancer hook is taking a node out: the resumed run takes it out again
+  before APPLY;
+- ``--resume`` from another working directory, after a run started with relative paths;
+- a damaged or edited run record is refused with a clear error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.support.localfleet import LocalFleet
+from zdu.status import Status
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_apply_stops_safely(tmp_path: Path, sig: signal.Signals) -> None:
+    fleet = LocalFleet(tmp_path, hold=True)
+    proc = fleet.start()
+    fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
+    proc.send_signal(sig)
+    fleet.release()                      # the held step ends; the next step boundary is the safe point
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == int(Status.INTERRUPTED), out
+    assert "Traceback" not in out
+    assert f"{sig.name}: stopping at the next safe point" in out
+    # A was being changed: rolled back to the old version and put back; B and C untouched
+    assert fleet.running("A") == "1.0" and fleet.lb("A") == "in"
+    assert fleet.lb_log("A") == ["disable", "enable"]
+    for name in "BC":
+        assert fleet.running(name) == "1.0" and fleet.lb_log(name) == []
+    data = fleet.record()
+    assert data["status"]["name"] == "INTERRUPTED"
+    assert data["decisions"][0]["action"] == "ROLLBACK_NODE"
+    assert not (fleet.run_dir() / "control.lock").read_text().strip() == ""  # it was written
+    resumed = fleet.resume()
+    assert resumed.returncode == int(Status.CONFIG_ERROR) and "already finished with INTERRUPTED" in resumed.stderr
+
+
+def test_two_nodes_in_flight_are_both_rolled_back(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path, hold=True, serial=2)
+    proc = fleet.start()
+    fleet.wait_for(lambda: fleet.in_apply("A") and fleet.in_apply("B"), "A and B inside APPLY", proc)
+    proc.send_signal(signal.SIGINT)
+    fleet.release()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == int(Status.INTERRUPTED), out
+    for name in "AB":
+        assert fleet.running(name) == "1.0" and fleet.lb(name) == "in", (name, out)
+    assert fleet.running("C") == "1.0" and fleet.lb_log("C") == []
+    decisions = {(d["node"], d["action"]) for d in fleet.record()["decisions"]}
+    assert decisions == {("A", "ROLLBACK_NODE"), ("B", "ROLLBACK_NODE")}
+
+
+def test_an_interrupt_while_the_hook_drains_lets_the_hook_finish(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    fleet.hold_hook("disable", "A")
+    proc = fleet.start()
+    fleet.wait_for(lambda: (tmp_path / "in-disable-A").exists(), "the disable hook of A running", proc)
+    os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C goes to the whole foreground process group
+    fleet.release()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == int(Status.INTERRUPTED), out
+    # the hook was not killed mid-action: it completed, then the untouched node was put back
+    assert fleet.lb_log("A") == ["disable", "enable"] and fleet.lb("A") == "in"
+    assert fleet.running("A") == "1.0"
+
+
+def test_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path, hold=True)
+    proc = fleet.start()
+    try:
+        fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
+        second = fleet.resume()
+        assert second.returncode == int(Status.LOCKED), second.stdout + second.stderr
+        assert "still being driven by a live zdupgrade process" in second.stderr
+        assert fleet.lb_log("A") == ["disable"]     # the second process touched nothing
+    finally:
+        fleet.release()
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert all(fleet.running(n) == "2.0" for n in "ABC")
+
+
+def test_kill_during_disable_then_resume_takes_the_node_out_again(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    fleet.hold_hook("disable", "B")
+    proc = fleet.start()
+    fleet.wait_for(lambda: (tmp_path / "in-disable-B").exists(), "the disable hook of B running", proc)
+    os.killpg(proc.pid, signal.SIGKILL)   # the control process and its hook die: B was never taken out
+    proc.wait(timeout=10)
+    assert fleet.lb("B") == "in" and fleet.running("B") == "1.0"
+    (tmp_path / "hold-disable-B").unlink()
+    done = fleet.resume()
+    assert done.returncode == 0, done.stdout + done.stderr
+    # disable again before APPLY, then enable; nothing was applied while B could take traffic
+    assert fleet.lb_log("B") == ["disable", "disable", "enable"]
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    journal = [json.loads(line) for line in (fleet.run_dir() / "journal.jsonl").read_text().splitlines()]
+    of_b = [(e["type"], e.get("phase") or e.get("action")) for e in journal if e.get("node") == "B"]
+    assert of_b.index(("LbFinished", "disable")) < of_b.index(("PhaseStarted", "APPLY"))
+
+
+def test_resume_from_another_directory_after_relative_paths(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path, hold=True)
+    proc = fleet.start("--config", "topology.yaml", "--log_dir", "logs", cwd=tmp_path)
+    fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
+    proc.kill()
+    proc.wait(timeout=10)
+    fleet.release()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = fleet.resume(cwd=elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+
+
+def test_an_interrupt_before_the_lock_changes_nothing(tmp_path: Path) -> None:
+    import io
+    import threading
+
+    from zdu.cli import main
+    fleet = LocalFleet(tmp_path)
+    stop = threading.Event()
+    stop.set()                           # the operator pressed Ctrl-C while preflight ran
+    out, err = io.StringIO(), io.StringIO()
+    status = main(fleet.argv(), out=out, err=err, stop_event=stop)
+    assert status is Status.INTERRUPTED, err.getvalue()
+    assert "interrupted during preflight: nothing was changed" in err.getvalue()
+    for name in "ABC":
+        assert fleet.running(name) == "1.0" and fleet.lb_log(name) == []
+        assert not (tmp_path / name / "export").exists()
+    assert fleet.record()["status"]["name"] == "INTERRUPTED"
+
+
+# --------------------------------------------------------------------------- a damaged run record
+
+def _killed_run(tmp_path: Path) -> LocalFleet:
+    fleet = LocalFleet(tmp_path, hold=True)
+    proc = fleet.start()
+    fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
+    proc.kill()
+    proc.wait(timeout=10)
+    fleet.release()
+    return fleet
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda lines: lines[:1] + ['{"type": "PhaseStarted", "node": "ghost", "phase": "APPLY", "steps": 1}'] + lines[1:],
+     "'ghost' is not a node of this run"),
+    (lambda lines: [lines[0].replace('"invocation": {', '"invocation": {"break_lock": true, ')] + lines[1:],
+     "unexpected invocation field 'break_lock'"),
+    (lambda lines: lines[:2] + ["this is not json"] + lines[2:], "line 3: not JSON"),
+    (lambda lines: [lines[0].replace('"type": "RunOpened"', '"type": "RunStarted"')] + lines[1:],
+     "unknown field|does not start with RunOpened"),
+])
+def test_a_damaged_run_record_is_refused(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    fleet = _killed_run(tmp_path)
+    journal = fleet.run_dir() / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(edit(lines)) + "\n")
+    done = fleet.resume()
+    assert done.returncode == int(Status.CONFIG_ERROR), done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    import re
+    assert re.search(message, done.stderr), done.stderr
+    assert fleet.lb_log("B") == []        # nothing was touched
