@@ -3,7 +3,7 @@
 # Idempotent: run it again at any time.
 #
 #   1. apt: docker.io haproxy debootstrap openssh-client openssh-server curl socat (skipped when present)
-#   2. pip install -e '.[test]' from the repo root
+#   2. pip install -e '.[test,lab]' from the repo root
 #   3. a Docker engine: if `docker info` fails, start `dockerd --bridge=none --iptables=false`
 #      in the background (log: /var/log/zdu-dockerd.log) and wait for it
 #   4. the lab node image: python3 -m zdu.lab image (debootstrap + docker import, ~1 min the first
@@ -52,8 +52,8 @@ PY
 then
     pip_args+=(--break-system-packages)
 fi
-say "pip install -e '.[test]'"
-(cd "$REPO_ROOT" && "$PYTHON" -m pip install -q "${pip_args[@]}" -e '.[test]')
+say "pip install -e '.[test,lab]'"
+(cd "$REPO_ROOT" && "$PYTHON" -m pip install -q "${pip_args[@]}" -e '.[test,lab]')
 
 # ------------------------------------------------------------------------- 3. dockerd
 if docker info >/dev/null 2>&1; then

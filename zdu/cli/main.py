@@ -7,6 +7,7 @@ is in :mod:`zdu.cli.upgrade`.  Only ``zdu.cli`` touches argv, stdout/stderr and 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import threading
@@ -120,6 +121,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         with stop_on_signals(stop, console):
             if args.lab:
+                if importlib.util.find_spec("testcontainers") is None:
+                    console.error("--lab needs the lab extra (testcontainers is not installed): "
+                                  "pip install 'zdupgrade[lab]', or run scripts/setup.sh")
+                    return Status.CONFIG_ERROR
                 from zdu.lab.demo import run_lab
                 return run_lab(args, console, lambda a: Upgrade(a, console, environ, stop, arguments).run())
             upgrade = Upgrade(args, console, environ, stop, arguments)
