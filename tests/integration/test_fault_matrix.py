@@ -43,8 +43,6 @@ long, so the cells run a copy of ``lab-gateway`` with only its timeouts and dead
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -55,6 +53,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from tests.support.runs import latest_record, step_running as running_step, wait_record as wait_for_record
 from zdu.lab.fleet import Lab, wait_until
 from zdu.config.profile import BUILTIN_DIR
 
@@ -249,32 +248,16 @@ def start(lab: Lab, tmp_path: Path, *, lb: str = "haproxy", lb_extra: dict[str, 
 
 
 def record(log_dir: Path) -> dict[str, Any]:
-    runs = sorted(log_dir.glob("*/run.json"))
-    return json.loads(runs[-1].read_text()) if runs else {}
+    return latest_record(log_dir)
 
 
 def wait_record(run: Run, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        if run.proc.poll() is not None:
-            raise AssertionError(f"zdupgrade ended ({run.proc.returncode}) before {what}:\n{run.text()[-3000:]}")
-        try:
-            data = record(run.log_dir)
-        except ValueError:
-            return None
-        return data if data and predicate(data) else None
-    try:
-        return wait_until(check, timeout=60, interval=0.05, what=what)
-    except AssertionError:
-        raise
-    except Exception:
-        run.proc.kill()
-        raise
+    return wait_for_record(run.log_dir, predicate, what, proc=run.proc, describe=run.text)
 
 
 def step_running(phase: str) -> Callable[[dict[str, Any]], bool]:
     """Node-B's hung step of ``phase`` has started and not ended."""
-    return lambda data: any((s["node"], s["phase"], s["name"]) == (FAULTY, phase, HUNG_STEP[phase])
-                            and s["ended"] is None for s in data["steps"])
+    return running_step(FAULTY, phase, HUNG_STEP[phase])
 
 
 # --------------------------------------------------------------------------- load-balancer hook
@@ -363,6 +346,14 @@ def check_outcome(lab: Lab, cell: Cell, code: int, out: str, data: dict[str, Any
         assert b["outcome"] == "FAILED" and b["classification"] in allowed, b
     rollbacks = {n: s["rollback"]["outcome"] for n, s in data["nodes"].items() if s["rollback"]}
     assert rollbacks == cell.rollback, rollbacks
+    if cell.rollback:   # newest first: the failed node, then the one switched before it
+        started = [line.split("[", 1)[1].split("]", 1)[0] for line in out.splitlines() if "ROLLBACK started" in line]
+        assert started == ["Node-B", "Node-A"], started
+    # Node-C, after the failed node, was never touched online; the table says so
+    if cell.status:
+        row_c = next(line for line in out.splitlines() if line.startswith("| Node-C "))
+        assert [c.strip() for c in row_c.strip("|").split("|")][3:] == ["*", "*", "*", "*"], row_c
+        assert "Node-C" not in [s["node"] for s in data["steps"] if s["phase"] in ("PRE-APPLY", "APPLY")]
     # the fleet: reachable nodes on exactly one version, back in HAProxy, and run.json agrees
     expected = {"Node-A": "1.0", "Node-C": "1.0"} if cell.status else {"Node-A": "2.0", "Node-C": "2.0"}
     for name, version in expected.items():
@@ -390,7 +381,7 @@ def check_outcome(lab: Lab, cell: Cell, code: int, out: str, data: dict[str, Any
         # the lost node is reported: its failed rollback in the table, and a warning naming it
         row = next(line for line in out.splitlines() if line.startswith(f"| {FAULTY} "))
         if cell.rollback:
-            assert row.rstrip(" |").endswith(f"FAILED (unreachable)"), row
+            assert row.rstrip(" |").endswith("FAILED (unreachable)"), row
         assert any(line.startswith(f"WARNING: {FAULTY}") or line.startswith(f"WARNING: !!! {FAULTY}")
                    for line in out.splitlines()), ctx
     assert "Traceback" not in out, ctx
@@ -489,3 +480,8 @@ def _sigkill_resume(lab: Lab, tmp_path: Path, cell: Cell) -> None:
     # traffic restarted with the resumed run (from the stored invocation): not one request failed
     assert data["invocation"]["traffic"] == f"{lab.frontend_url}/"
     assert_traffic_clean(data, out)
+    # the fleet lock was released on every node, and the finished run cannot be resumed again
+    for name in NODES:
+        assert lab.exec(name, "test -e /var/tmp/zdupgrade/lock")[0] != 0, f"{name} still locked"
+    again = zdupgrade(tmp_path, "--resume", name="again")
+    assert again.wait() == CONFIG_ERROR and "already finished with SUCCESS" in again.text()

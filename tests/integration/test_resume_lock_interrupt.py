@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from zdu.lab.fleet import Lab, wait_until
+from tests.support.runs import latest_record, step_running as running_step, wait_record
+from zdu.lab.fleet import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "/opt/gateway-1.0", "/opt/gateway-2.0"
@@ -25,23 +26,12 @@ def start(lab: Lab, tmp_path: Path, *extra: str, lb: str = "haproxy") -> tuple[s
     return proc, log_dir
 
 
-def record(log_dir: Path) -> dict[str, Any]:
-    runs = sorted(log_dir.glob("*/run.json"))
-    return json.loads(runs[-1].read_text()) if runs else {}
-
-
-def wait_record(log_dir: Path, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        try:
-            data = record(log_dir)
-        except ValueError:
-            return None
-        return data if data and predicate(data) else None
-    return wait_until(check, timeout=60, interval=0.05, what=what)
+record = latest_record
 
 
 def step_running(key: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda data: any(s["key"] == key and s["ended"] is None for s in data["steps"])
+    node, phase, _ = key.split("/")
+    return running_step(node, phase, key=key)
 
 
 def resume(log_dir: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -58,35 +48,6 @@ def assert_fleet(lab: Lab, expected: dict[str, str]) -> None:
 
 def lock_present(lab: Lab, name: str) -> bool:
     return lab.exec(name, "test -d /var/tmp/zdupgrade/lock")[0] == 0
-
-
-def test_sigkill_mid_apply_then_resume_finishes_the_run(fresh_lab: Lab, tmp_path: Path) -> None:
-    fresh_lab.inject_fault("Node-B", "hang-start")
-    proc, log_dir = start(fresh_lab, tmp_path)
-    wait_record(log_dir, step_running("Node-B/APPLY/2"), "Node-B stuck starting 2.0")
-    proc.kill()  # SIGKILL: no cleanup at all
-    proc.wait(timeout=10)
-    killed = record(log_dir)
-    assert killed["status"] is None and killed["nodes"]["Node-B"]["in_lb"] is False
-    assert fresh_lab.server_states()["node-b"]["srv_admin_state"] != "0"  # really left out of HAProxy
-    assert lock_present(fresh_lab, "Node-A")
-    # the operator clears the problem on the node, then resumes
-    fresh_lab.clear_faults("Node-B")
-    fresh_lab.exec("Node-B", "pkill -f 'gateway start' || true")
-    done = resume(log_dir, tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "resuming run" in done.stdout
-    data = record(log_dir)
-    assert data["status"]["name"] == "SUCCESS" and len(data["resumed"]) == 1
-    # the summary covers the whole run: Node-A's phases come from before the kill
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| Node-")]
-    assert len(rows) == 3 and all(row.count("PASSED (0)") == 5 for row in rows), rows
-    # Node-A was not upgraded twice
-    assert sum(1 for s in data["steps"] if s["key"] == "Node-A/APPLY/1") == 1
-    assert_fleet(fresh_lab, {n: "2.0" for n in NODES})
-    assert not any(lock_present(fresh_lab, n) for n in NODES)
-    again = resume(log_dir, tmp_path)
-    assert again.returncode == 78 and "already finished with SUCCESS" in again.stderr
 
 
 def test_resume_refuses_a_changed_plan(fresh_lab: Lab, tmp_path: Path) -> None:

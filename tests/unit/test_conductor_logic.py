@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fakes import PROFILE, FakeFleet, FakeLb, lost, run, timed_out
+from tests.support.fakes import PROFILE, FakeLb, lost, run, timed_out
 from zdu.model import CommandResult
 from zdu.run import events as ev
 from zdu.run.policy import Action, Decision, FailureContext, rollback_node_only

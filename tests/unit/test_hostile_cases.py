@@ -19,7 +19,7 @@ import yaml
 from tests.support.fakes import PROFILE, FakeLb, run
 from zdu.cli import main
 from zdu.config.profile import parse_profile
-from zdu.errors import ConfigError, TemplateError
+from zdu.errors import TemplateError
 from zdu.lb.base import LbResult
 from zdu.model import CommandResult, Node, Topology
 from zdu.planning.masking import Masker

@@ -70,7 +70,7 @@ BAD_TOPOLOGIES: list[tuple[str, str, bytes | str, tuple[str, ...]]] = [
     # id, file name, content, needles in the message
     ("binary-garbage", "t.yaml", random.Random(4).randbytes(4096), ("not valid UTF-8",)),
     ("utf16", "t.yaml", GOOD_TOPOLOGY.encode("utf-16"), ("not valid UTF-8",)),
-    ("latin1", "t.yaml", f"profile: lab-gateway\nnodes:\n  - {{name: gw-\xe9, host: 127.0.0.1}}\n".encode("latin-1"),
+    ("latin1", "t.yaml", "profile: lab-gateway\nnodes:\n  - {name: gw-\xe9, host: 127.0.0.1}\n".encode("latin-1"),
      ("not valid UTF-8", "byte")),
     ("nul-bytes", "t.yaml", "nodes:\x00\n  - " + NODE + "\n", ("YAML",)),
     ("python-tag", "t.yaml", "nodes: !!python/object/apply:os.system ['touch /tmp/zdu-pwned-yaml']\n",
