@@ -1,0 +1,452 @@
+"""Reading and checking topology and profile documents (YAML or JSON).
+
+``read_document`` turns a file into plain data with bounded cost whatever the file holds:
+
+- at most ``MAX_FILE_BYTES`` of strict UTF-8;
+- YAML aliases may add at most ``MAX_ALIAS_VALUES`` values to what the file spells out (each
+  use of an alias counts its whole expanded content, memoised per node, so the check itself is
+  linear): a 629-byte "billion laughs" is refused before anything is built from it;
+- nesting at most ``MAX_DEPTH`` levels, checked while composing (YAML) or by a bracket scan
+  (JSON), never by waiting for a RecursionError;
+- integers at most ``MAX_INT`` in magnitude: an integer of 5,000 digits is an error naming the
+  field and the line, not Python's int->str ValueError from inside the loader;
+- no string anywhere (keys included) holds a NUL or a lone surrogate (a byte that was not UTF-8).
+
+``_Checker`` gives the typed accessors the topology and profile parsers share; every error names
+the file and the field.  Identifier-like strings (names, hosts, users, paths, ...) may hold no
+control character at all; text (command templates, variables) may hold tabs and newlines only.
+Every message that shows a value shows it through ``describe_value``, which is bounded.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from zdu.errors import ConfigError
+from zdu.model import frozen_map
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_ALIAS_VALUES = 100_000
+MAX_DEPTH = 64
+MAX_INT = 10**18
+
+#: characters refused in text (templates, variables): they would be invisible or rewrite the
+#: operator's terminal when the plan is printed (``\r`` hides what precedes it, ESC starts an
+#: escape sequence).  Tab and newline are fine: every value is shell-quoted.
+_TEXT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: identifiers (names, hosts, users, paths, options) may not hold even a tab or a newline
+_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+
+# Longest spelling of an integer within MAX_INT, underscores removed: 0b + 60 binary digits.
+# Longer ones are out of range without converting them (int() of 10**7 digits is quadratic).
+_INT_TEXT_MAX = 64
+
+
+# --------------------------------------------------------------------------- values in messages
+
+def describe_value(value: Any, limit: int = 80) -> str:
+    """A short, bounded description of ``value`` for an error message.
+
+    Strings and bytes are shown with ``repr`` up to ``limit`` characters; containers by their
+    size only (a shared-reference bomb never reaches ``repr``); huge integers by their digit count.
+    """
+    if isinstance(value, (str, bytes)):
+        if len(value) <= limit:
+            return repr(value)
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value):,} {unit})"
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() <= 200:
+            return repr(value)
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    if isinstance(value, _OutOfRange):
+        return f"an integer of {value.digits:,} digits"
+    if isinstance(value, Mapping):
+        return f"a mapping of {len(value):,} keys"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return f"a list of {len(value):,} items"
+    return f"a {type(value).__name__}"
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters (for messages that quote an exception's text)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+_PLAIN_KEY = re.compile(r"[\x21-\x7e]{1,80}")  # printable ASCII, no space
+
+
+def field_path(where: str, key: Any) -> str:
+    """``where.key`` for an error message; a key that is long or not plain is shown quoted."""
+    name = key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else describe_value(key, 40)
+    return f"{where}.{name}" if where else name
+
+
+def _describe_char(value: str, index: int) -> str:
+    char = value[index]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode / surrogateescape keeps a bad byte as U+DC80+byte
+        return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"is not valid UTF-8 text (lone surrogate U+{code:04X} at position {index})"
+    if code == 0:
+        return f"contains a NUL byte (position {index}), which no shell or file name can hold"
+    names = {9: "a tab", 10: "a newline", 13: "a carriage return", 27: "an escape character"}
+    return f"contains {names.get(code, 'a control character')} (U+{code:04X}) at position {index}"
+
+
+def check_text(value: str, where: str, *, identifier: bool = False) -> str:
+    """``value`` if it is clean text, else ConfigError ``"{where}: ..."``.
+
+    Always refused: NUL, lone surrogates (a byte that was not UTF-8, as argv and the environment
+    carry them), and control characters other than tab and newline.  With ``identifier=True``
+    (names, hosts, paths, options) tab and newline are refused too.
+    """
+    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
+    if bad is not None:
+        raise ConfigError(f"{where}: {describe_value(value, 40)} {_describe_char(value, bad.start())}")
+    return value
+
+
+# --------------------------------------------------------------------------- loading
+
+class _OutOfRange:
+    """Stands for an integer literal beyond MAX_INT; ``check_values`` reports it by field."""
+
+    __slots__ = ("digits", "line")
+
+    def __init__(self, digits: int, line: int | None) -> None:
+        self.digits, self.line = digits, line
+
+
+class _DocumentError(Exception):
+    """A problem found while loading; ``read_document`` adds the file name (and "the topology"
+    before a ``message`` that is about the whole document: ``subject=True``)."""
+
+    def __init__(self, message: str, line: int | None = None, *, subject: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.line, self.subject = message, line, subject
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, deep nesting, alias bombs and huge integers."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> values it expands to (finished nodes)
+        self._alias_values = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            node: yaml.Node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+            size = self._expanded.get(id(node))
+            if size is None:  # the anchor is still open: the alias is inside what it names
+                raise _DocumentError(f"the alias *{shorten(event.anchor, 40)} refers to the node "
+                                     "that contains it", event.start_mark.line + 1)
+            self._alias_values += size
+            if self._alias_values > MAX_ALIAS_VALUES:
+                raise _DocumentError(f"expands to more than {MAX_ALIAS_VALUES:,} values through YAML "
+                                     "aliases (each use of an alias counts all it contains)",
+                                     event.start_mark.line + 1, subject=True)
+            return node
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _DocumentError(f"is nested more than {MAX_DEPTH} levels deep", mark.line + 1,
+                                     subject=True)
+            node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self._depth -= 1
+        self._expanded[id(node)] = 1 + sum(self._expanded[id(child)] for child in _children(node))
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults": the base class merges
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: let the base class report it
+                break
+            if duplicate:
+                raise _DocumentError(f"duplicate key {describe_value(key)}: each field may appear once",
+                                     key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int | _OutOfRange:
+        text = str(self.construct_scalar(node)).replace("_", "")  # type: ignore[no-untyped-call]
+        line = node.start_mark.line + 1
+        if len(text.lstrip("+-")) > _INT_TEXT_MAX:
+            return _OutOfRange(len(text.lstrip("+-")), line)
+        value = int(self.construct_yaml_int(node))  # type: ignore[no-untyped-call]
+        return _OutOfRange(len(str(abs(value))), line) if abs(value) > MAX_INT else value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_bounded_int)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DocumentError(f"duplicate key {describe_value(key)}: each field may appear once")
+        result[key] = value
+    return result
+
+
+def _json_int(text: str) -> int | _OutOfRange:
+    digits = len(text.lstrip("-"))
+    if digits > _INT_TEXT_MAX:
+        return _OutOfRange(digits, None)
+    value = int(text)
+    return _OutOfRange(digits, None) if abs(value) > MAX_INT else value
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _json_depth(text: str) -> int:
+    """How deep the brackets of a JSON text nest (strings skipped), without recursion."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def read_document(path: Path, *, what: str) -> Any:
+    """Parse a YAML or JSON file (by suffix) into checked plain data.
+
+    Raises ConfigError naming the file (and the line, where the parser knows it) for anything
+    unreadable, malformed or beyond the bounds described in this module's docstring.
+    """
+    if not path.exists():
+        raise ConfigError(f"{path}: {what} file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} path is not a file")
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {what} file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {what} file is not valid UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} file: {exc.strerror}") from None
+    if len(text) > MAX_FILE_BYTES:  # grew since stat (a pipe, a file being written)
+        raise ConfigError(f"{path}: {what} file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+    try:
+        data = _parse(path, text)
+    except _DocumentError as exc:
+        where = f" (line {exc.line})" if exc.line else ""
+        subject = f"the {what} " if exc.subject else ""
+        raise ConfigError(f"{path}: {subject}{exc.message}{where}") from None
+    check_values(data, str(path))
+    return data
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix.lower() == ".json":
+        if _json_depth(text) > MAX_DEPTH:
+            raise _DocumentError(f"is nested more than {MAX_DEPTH} levels deep", subject=True)
+        try:
+            return json.loads(text, object_pairs_hook=_json_pairs, parse_int=_json_int)
+        except json.JSONDecodeError as exc:
+            raise _DocumentError(f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except RecursionError:  # not reached: the bracket scan bounds the depth first
+            raise _DocumentError(f"is nested more than {MAX_DEPTH} levels deep", subject=True) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise _DocumentError(f"YAML syntax error{where}: {shorten(str(exc.problem))}") from None
+    except yaml.YAMLError as exc:
+        raise _DocumentError(f"YAML error: {shorten(str(exc))}") from None
+    except ValueError as exc:  # a scalar PyYAML cannot convert (a date out of range, ...)
+        raise _DocumentError(f"YAML value error: {shorten(str(exc))}") from None
+
+
+def check_values(data: Any, source: str) -> None:
+    """Refuse, naming the field, any NUL, lone surrogate or out-of-range integer in ``data``.
+
+    Iterative, and each container is visited once however often it is referenced.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            bad = _NUL_OR_SURROGATE.search(value)
+            if bad is not None:
+                raise ConfigError(f"{source}: {where or 'top level'}: {describe_value(value, 40)} "
+                                  f"{_describe_char(value, bad.start())}")
+        elif isinstance(value, _OutOfRange) or (isinstance(value, int) and not isinstance(value, bool)
+                                                and abs(value) > MAX_INT):
+            line = f" (line {value.line})" if isinstance(value, _OutOfRange) and value.line else ""
+            raise ConfigError(f"{source}: {where or 'top level'}: {describe_value(value)} is out of "
+                              f"range{line}: integers here are at most 10**18 in magnitude")
+        elif isinstance(value, (Mapping, list, tuple, set, frozenset)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            children: list[tuple[str, Any]] = []
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    bad = _NUL_OR_SURROGATE.search(key) if isinstance(key, str) else None
+                    if bad is not None:
+                        raise ConfigError(f"{source}: {where or 'top level'}: the key "
+                                          f"{describe_value(key, 40)} {_describe_char(key, bad.start())}")
+                    path = field_path(where, key)
+                    children += [(path, key), (path, item)]
+            else:
+                children = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
+            stack.extend(reversed(children))
+
+
+# --------------------------------------------------------------------------- typed accessors
+
+class _Checker:
+    """Small typed accessors whose errors name the file and the field path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def document(self, data: Any, what: str, allowed: set[str], required: tuple[str, ...]) -> Mapping[str, Any]:
+        """The top level of a topology or profile: a mapping of known fields with the required ones."""
+        if data is None:
+            raise ConfigError(f"{self.source}: the {what} file is empty")
+        check_values(data, self.source)
+        top = self.mapping(data, "top level")
+        self.known(top, allowed, "top level")
+        for field in required:
+            if field not in top:
+                raise self.fail("top level", f"missing required field {field!r}")
+        return top
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(where, f"keys must be strings, got {describe_value(key)}")
+        return value
+
+    def known(self, value: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(where, f"unknown field {describe_value(unknown[0])} "
+                                   f"(allowed: {', '.join(sorted(allowed))})")
+
+    def text(self, value: str, where: str, *, identifier: bool = True) -> str:
+        """``check_text`` with this file's name in the message."""
+        return check_text(value, f"{self.source}: {where}", identifier=identifier)
+
+    def string(self, value: Any, where: str, *, pattern: re.Pattern[str] | None = None,
+               hint: str = "", text: bool = False) -> str:
+        """A non-empty string; an identifier (no control characters) unless ``text``."""
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
+        self.text(value, where, identifier=not text)
+        if pattern is not None and not pattern.fullmatch(value):
+            raise self.fail(where, f"invalid value {describe_value(value)}{(': ' + hint) if hint else ''}")
+        return value
+
+    def integer(self, value: Any, where: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected an integer {lo}-{hi}, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(where, f"expected an integer {lo}-{hi}, got {describe_value(value)}")
+        return value
+
+    def number(self, value: Any, where: str, lo: float, hi: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(where, f"expected a number, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(where, f"expected a number between {lo:g} and {hi:g}, got {describe_value(value)}")
+        return float(value)
+
+    def choice(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(where, f"expected one of {', '.join(choices)}, got {describe_value(value)}")
+        return value
+
+    def string_list(self, value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(where, f"expected a list of strings, got {_kind(value)}")
+        for i, item in enumerate(value):
+            self.text(item, f"{where}[{i}]")
+        return tuple(value)
+
+    def vars(self, value: Any, where: str) -> Mapping[str, Any]:
+        """Template variables: a scalar, a flat list of scalars, or ``{env: NAME}``."""
+        data = self.mapping(value, where)
+        for key, item in data.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise self.fail(field_path(where, key), "variable names must be identifiers (letters, digits, _)")
+            self._var_value(item, f"{where}.{key}")
+        return frozen_map(data)
+
+    def _var_value(self, item: Any, where: str) -> None:
+        if isinstance(item, Mapping):
+            if set(item) != {"env"} or not isinstance(item["env"], str) or not item["env"]:
+                raise self.fail(where, "a variable is a string, number, boolean, a list of those, "
+                                       "or {env: NAME} (from the control machine's environment)")
+            self.text(item["env"], f"{where}.env")
+            if "=" in item["env"]:
+                raise self.fail(f"{where}.env", f"invalid environment variable name {describe_value(item['env'])}")
+            return
+        items = item if isinstance(item, list) else [item]
+        for i, scalar in enumerate(items):
+            at = f"{where}[{i}]" if isinstance(item, list) else where
+            if scalar is not None and not isinstance(scalar, (str, int, float, bool)):
+                raise self.fail(where, f"a variable is a string, number, boolean or a list of those, "
+                                       f"got {_kind(scalar)}")
+            if isinstance(scalar, str):
+                self.text(scalar, at, identifier=False)
+
+    def optional(self, data: Mapping[str, Any], key: str, where: str,
+                 parse: Callable[[Any, str], Any], default: Any) -> Any:
+        if key not in data or data[key] is None:
+            return default
+        return parse(data[key], f"{where}.{key}" if where else key)
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, for "expected X, got ..." messages (bounded)."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, (int, float, _OutOfRange)):
+        return f"a number ({describe_value(value)})"
+    if isinstance(value, str):
+        return f"a string ({describe_value(value)})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
