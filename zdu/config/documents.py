@@ -27,105 +27,25 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from zdu.config.values import (NUL_OR_SURROGATE, IntOutOfRange, check_text, describe_char, describe_value,
+                               field_path, kind_of as _kind, shorten)
 from zdu.errors import ConfigError
 from zdu.model import frozen_map
+
+__all__ = ["MAX_ALIAS_VALUES", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_INT", "check_text", "check_values",
+           "describe_value", "field_path", "read_document", "shorten"]
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_ALIAS_VALUES = 100_000
 MAX_DEPTH = 64
 MAX_INT = 10**18
 
-#: characters refused in text (templates, variables): they would be invisible or rewrite the
-#: operator's terminal when the plan is printed (``\r`` hides what precedes it, ESC starts an
-#: escape sequence).  Tab and newline are fine: every value is shell-quoted.
-_TEXT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-#: identifiers (names, hosts, users, paths, options) may not hold even a tab or a newline
-_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
-
 # Longest spelling of an integer within MAX_INT, underscores removed: 0b + 60 binary digits.
 # Longer ones are out of range without converting them (int() of 10**7 digits is quadratic).
 _INT_TEXT_MAX = 64
 
 
-# --------------------------------------------------------------------------- values in messages
-
-def describe_value(value: Any, limit: int = 80) -> str:
-    """A short, bounded description of ``value`` for an error message.
-
-    Strings and bytes are shown with ``repr`` up to ``limit`` characters; containers by their
-    size only (a shared-reference bomb never reaches ``repr``); huge integers by their digit count.
-    """
-    if isinstance(value, (str, bytes)):
-        if len(value) <= limit:
-            return repr(value)
-        unit = "characters" if isinstance(value, str) else "bytes"
-        return f"{value[:limit]!r}... ({len(value):,} {unit})"
-    if value is None or isinstance(value, (bool, float)):
-        return repr(value)
-    if isinstance(value, int):
-        if value.bit_length() <= 200:
-            return repr(value)
-        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
-    if isinstance(value, _OutOfRange):
-        return f"an integer of {value.digits:,} digits"
-    if isinstance(value, Mapping):
-        return f"a mapping of {len(value):,} keys"
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return f"a list of {len(value):,} items"
-    return f"a {type(value).__name__}"
-
-
-def shorten(text: str, limit: int = 300) -> str:
-    """``text`` cut to ``limit`` characters (for messages that quote an exception's text)."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
-_PLAIN_KEY = re.compile(r"[\x21-\x7e]{1,80}")  # printable ASCII, no space
-
-
-def field_path(where: str, key: Any) -> str:
-    """``where.key`` for an error message; a key that is long or not plain is shown quoted."""
-    name = key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else describe_value(key, 40)
-    return f"{where}.{name}" if where else name
-
-
-def _describe_char(value: str, index: int) -> str:
-    char = value[index]
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode / surrogateescape keeps a bad byte as U+DC80+byte
-        return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
-    if 0xD800 <= code <= 0xDFFF:
-        return f"is not valid UTF-8 text (lone surrogate U+{code:04X} at position {index})"
-    if code == 0:
-        return f"contains a NUL byte (position {index}), which no shell or file name can hold"
-    names = {9: "a tab", 10: "a newline", 13: "a carriage return", 27: "an escape character"}
-    return f"contains {names.get(code, 'a control character')} (U+{code:04X}) at position {index}"
-
-
-def check_text(value: str, where: str, *, identifier: bool = False) -> str:
-    """``value`` if it is clean text, else ConfigError ``"{where}: ..."``.
-
-    Always refused: NUL, lone surrogates (a byte that was not UTF-8, as argv and the environment
-    carry them), and control characters other than tab and newline.  With ``identifier=True``
-    (names, hosts, paths, options) tab and newline are refused too.
-    """
-    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
-    if bad is not None:
-        raise ConfigError(f"{where}: {describe_value(value, 40)} {_describe_char(value, bad.start())}")
-    return value
-
-
 # --------------------------------------------------------------------------- loading
-
-class _OutOfRange:
-    """Stands for an integer literal beyond MAX_INT; ``check_values`` reports it by field."""
-
-    __slots__ = ("digits", "line")
-
-    def __init__(self, digits: int, line: int | None) -> None:
-        self.digits, self.line = digits, line
-
 
 class _DocumentError(Exception):
     """A problem found while loading; ``read_document`` adds the file name (and "the topology"
@@ -187,13 +107,13 @@ class _StrictLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
-    def construct_bounded_int(self, node: yaml.ScalarNode) -> int | _OutOfRange:
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int | IntOutOfRange:
         text = str(self.construct_scalar(node)).replace("_", "")  # type: ignore[no-untyped-call]
         line = node.start_mark.line + 1
         if len(text.lstrip("+-")) > _INT_TEXT_MAX:
-            return _OutOfRange(len(text.lstrip("+-")), line)
+            return IntOutOfRange(len(text.lstrip("+-")), line)
         value = int(self.construct_yaml_int(node))  # type: ignore[no-untyped-call]
-        return _OutOfRange(len(str(abs(value))), line) if abs(value) > MAX_INT else value
+        return IntOutOfRange(len(str(abs(value))), line) if abs(value) > MAX_INT else value
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_bounded_int)
@@ -216,12 +136,12 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _json_int(text: str) -> int | _OutOfRange:
+def _json_int(text: str) -> int | IntOutOfRange:
     digits = len(text.lstrip("-"))
     if digits > _INT_TEXT_MAX:
-        return _OutOfRange(digits, None)
+        return IntOutOfRange(digits, None)
     value = int(text)
-    return _OutOfRange(digits, None) if abs(value) > MAX_INT else value
+    return IntOutOfRange(digits, None) if abs(value) > MAX_INT else value
 
 
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -297,13 +217,13 @@ def check_values(data: Any, source: str) -> None:
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            bad = _NUL_OR_SURROGATE.search(value)
+            bad = NUL_OR_SURROGATE.search(value)
             if bad is not None:
                 raise ConfigError(f"{source}: {where or 'top level'}: {describe_value(value, 40)} "
-                                  f"{_describe_char(value, bad.start())}")
-        elif isinstance(value, _OutOfRange) or (isinstance(value, int) and not isinstance(value, bool)
+                                  f"{describe_char(value, bad.start())}")
+        elif isinstance(value, IntOutOfRange) or (isinstance(value, int) and not isinstance(value, bool)
                                                 and abs(value) > MAX_INT):
-            line = f" (line {value.line})" if isinstance(value, _OutOfRange) and value.line else ""
+            line = f" (line {value.line})" if isinstance(value, IntOutOfRange) and value.line else ""
             raise ConfigError(f"{source}: {where or 'top level'}: {describe_value(value)} is out of "
                               f"range{line}: integers here are at most 10**18 in magnitude")
         elif isinstance(value, (Mapping, list, tuple, set, frozenset)):
@@ -313,10 +233,10 @@ def check_values(data: Any, source: str) -> None:
             children: list[tuple[str, Any]] = []
             if isinstance(value, Mapping):
                 for key, item in value.items():
-                    bad = _NUL_OR_SURROGATE.search(key) if isinstance(key, str) else None
+                    bad = NUL_OR_SURROGATE.search(key) if isinstance(key, str) else None
                     if bad is not None:
                         raise ConfigError(f"{source}: {where or 'top level'}: the key "
-                                          f"{describe_value(key, 40)} {_describe_char(key, bad.start())}")
+                                          f"{describe_value(key, 40)} {describe_char(key, bad.start())}")
                     path = field_path(where, key)
                     children += [(path, key), (path, item)]
             else:
@@ -433,20 +353,3 @@ class _Checker:
         if key not in data or data[key] is None:
             return default
         return parse(data[key], f"{where}.{key}" if where else key)
-
-
-def _kind(value: Any) -> str:
-    """What ``value`` is, for "expected X, got ..." messages (bounded)."""
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({value})"
-    if isinstance(value, (int, float, _OutOfRange)):
-        return f"a number ({describe_value(value)})"
-    if isinstance(value, str):
-        return f"a string ({describe_value(value)})"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__

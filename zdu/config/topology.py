@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from zdu.config.documents import _Checker, _kind, describe_value, field_path, read_document
 from zdu.model import LbSettings, Node, SshSettings, Topology, frozen_map
+from zdu.planning.serial import Serial, parse_serial
 
 # patterns are used with fullmatch ("$" would also match before a final newline)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -95,7 +96,7 @@ def parse_topology(data: Any, *, source: str) -> Topology:
     lb = _parse_lb(c, top.get("load_balancer"))
     profile = c.optional(top, "profile", "", lambda v, w: c.string(v, w), None)
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
-    serial = c.optional(top, "serial", "", lambda v, w: _parse_serial(c, v, w), 1)
+    serial = c.optional(top, "serial", "", lambda v, w: parse_serial(v, f"{c.source}: {w}"), Serial())
     return Topology(nodes=tuple(nodes), ssh=ssh, load_balancer=lb, profile=profile,
                     vars=variables, serial=serial, source=source)
 
@@ -208,20 +209,3 @@ def _lb_option(c: _Checker, value: Any, where: str, *, env: bool = False) -> Non
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             _lb_option(c, item, f"{where}[{i}]")
-
-
-def _parse_serial(c: _Checker, value: Any, where: str) -> int | str | tuple[int | str, ...]:
-    """ansible-style ``serial``: a count, a percentage, or a list of those (the last repeats)."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise c.fail(where, "expected a count, a percentage like '30%' or a non-empty list of those")
-    parsed: list[int | str] = []
-    for i, item in enumerate(items):
-        w = f"{where}[{i}]" if isinstance(value, list) else where
-        if isinstance(item, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", item):
-            if float(item.strip().rstrip("%")) <= 0:
-                raise c.fail(w, f"a percentage must be above 0, got {item!r}")
-            parsed.append(item.strip())
-        else:
-            parsed.append(c.integer(item, w, 1, 100_000))
-    return tuple(parsed) if isinstance(value, list) else parsed[0]
