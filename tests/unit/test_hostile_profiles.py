@@ -320,7 +320,7 @@ BAD_PROFILES: list[tuple[str, str, bytes | str, tuple[str, ...]]] = [
     ("template-syntax", "p.yaml", "name: p\nphases:\n  APPLY: ['echo {% if %}']\nrollback: [y]\n",
      ("phases.APPLY[0].run", "template syntax error")),
     ("unknown-filter", "p.yaml", "name: p\nphases:\n  APPLY: ['echo {{ x|shell }}']\nrollback: [y]\n",
-     ("(node gw1)", "No filter named 'shell'")),
+     ("phases.APPLY[0].run: template syntax error on line 1", "No filter named 'shell'")),
     ("undefined-attribute", "p.yaml", "name: p\nphases:\n  EXPORT: ['echo {{ node.password }}']\n",
      ("undefined variable", "password", "(node gw1)")),
 ]

@@ -207,41 +207,57 @@ def _parse(path: Path, text: str) -> Any:
         raise _DocumentError(f"YAML value error: {shorten(str(exc))}") from None
 
 
+_Path = tuple[Any, Any] | None  # (parent path, key or [index]); built into text only for a message
+
+
+def _path_text(path: _Path) -> str:
+    parts: list[Any] = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    where = ""
+    for part in reversed(parts):
+        where = f"{where}[{part[0]}]" if isinstance(part, list) else field_path(where, part)
+    return where or "top level"
+
+
 def check_values(data: Any, source: str) -> None:
     """Refuse, naming the field, any NUL, lone surrogate or out-of-range integer in ``data``.
 
     Iterative, and each container is visited once however often it is referenced.
     """
     seen: set[int] = set()
-    stack: list[tuple[str, Any]] = [("", data)]
+    stack: list[tuple[Any, _Path]] = [(data, None)]
     while stack:
-        where, value = stack.pop()
-        if isinstance(value, str):
+        value, path = stack.pop()
+        kind = type(value)
+        if kind is str or isinstance(value, str):
             bad = NUL_OR_SURROGATE.search(value)
             if bad is not None:
-                raise ConfigError(f"{source}: {where or 'top level'}: {describe_value(value, 40)} "
+                raise ConfigError(f"{source}: {_path_text(path)}: {describe_value(value, 40)} "
                                   f"{describe_char(value, bad.start())}")
-        elif isinstance(value, IntOutOfRange) or (isinstance(value, int) and not isinstance(value, bool)
-                                                and abs(value) > MAX_INT):
-            line = f" (line {value.line})" if isinstance(value, IntOutOfRange) and value.line else ""
-            raise ConfigError(f"{source}: {where or 'top level'}: {describe_value(value)} is out of "
-                              f"range{line}: integers here are at most 10**18 in magnitude")
-        elif isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        elif kind is int or kind is IntOutOfRange or (isinstance(value, int) and kind is not bool):
+            if kind is IntOutOfRange or abs(value) > MAX_INT:
+                line = f" (line {value.line})" if kind is IntOutOfRange and value.line else ""
+                raise ConfigError(f"{source}: {_path_text(path)}: {describe_value(value)} is out of "
+                                  f"range{line}: integers here are at most 10**18 in magnitude")
+        elif kind is dict or isinstance(value, Mapping):
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            children: list[tuple[str, Any]] = []
-            if isinstance(value, Mapping):
-                for key, item in value.items():
-                    bad = NUL_OR_SURROGATE.search(key) if isinstance(key, str) else None
-                    if bad is not None:
-                        raise ConfigError(f"{source}: {where or 'top level'}: the key "
-                                          f"{describe_value(key, 40)} {describe_char(key, bad.start())}")
-                    path = field_path(where, key)
-                    children += [(path, key), (path, item)]
-            else:
-                children = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
-            stack.extend(reversed(children))
+            for key, item in reversed(list(value.items())):
+                bad = NUL_OR_SURROGATE.search(key) if isinstance(key, str) else None
+                if bad is not None:
+                    raise ConfigError(f"{source}: {_path_text(path)}: the key {describe_value(key, 40)} "
+                                      f"{describe_char(key, bad.start())}")
+                child = (path, key)
+                stack.append((item, child))
+                stack.append((key, child))
+        elif kind is list or isinstance(value, (list, tuple, set, frozenset)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            stack.extend((item, (path, [i])) for i, item in reversed(list(enumerate(value))))
 
 
 # --------------------------------------------------------------------------- typed accessors
