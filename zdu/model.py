@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Mapping, TypeVar
 
+from zdu.planning.serial import Serial
 from zdu.status import Phase
 
 HostKeyPolicy = Literal["strict", "accept-new"]
@@ -74,7 +75,7 @@ class Topology:
     load_balancer: LbSettings = LbSettings()
     profile: str | None = None
     vars: Mapping[str, Any] = field(default_factory=frozen_map)
-    serial: int | str | tuple[int | str, ...] = 1   # nodes per wave (online phases), ansible-style
+    serial: Serial = Serial()          # nodes per wave (online phases), ansible-style; default 1
     source: str = "<built-in reference topology>"
     lock_dir: str = "/var/tmp/zdupgrade/lock"       # the fleet lock's directory on every node
 

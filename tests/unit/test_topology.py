@@ -7,6 +7,7 @@ import pytest
 
 from zdu.errors import ConfigError
 from zdu.config.topology import load_topology, reference_topology
+from zdu.planning.serial import Serial
 
 GOOD = """\
 profile: lab-gateway
@@ -34,7 +35,7 @@ def test_good_topology(tmp_path: Path) -> None:
     assert topo.nodes[0].lb_name == "Node-A"
     assert topo.ssh.host_key_policy == "accept-new" and topo.ssh.connect_timeout == 5.0
     assert topo.load_balancer.type == "script" and topo.load_balancer.options["path"] == "/bin/true"
-    assert topo.serial == 2 and topo.vars["region"] == "eu"
+    assert topo.serial == Serial((2,)) and topo.vars["region"] == "eu"
 
 
 def test_json_topology(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from typing import Any, Mapping
 
 from .. import __version__
 from ..config.profile import load_profile
+from ..config.install_dirs import validate_install_dirs
 from ..config.topology import load_topology, reference_topology
+from ..planning.serial import parse_serial
 from ..errors import ConfigError
 from ..lb import make_load_balancer
 from ..lb.base import LoadBalancer
@@ -38,26 +40,6 @@ from ..transport.pool import Connections
 from .console import Console
 
 
-def parse_serial_option(text: str | None) -> Any:
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    values: list[int | str] = [int(p) if p.isdigit() else p for p in parts]
-    return values if len(values) != 1 else values[0]
-
-
-def check_install_dirs(old: str, new: str) -> None:
-    for option, value in (("--old_install_dir", old), ("--new_install_dir", new)):
-        if not value.strip():
-            raise ConfigError(f"{option}: the directory is empty")
-        if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-            raise ConfigError(f"{option}: the directory contains a NUL byte or bytes that are not UTF-8")
-        if not value.startswith("/"):
-            raise ConfigError(f"{option}: {value!r} is not an absolute path (the same path is used on every node)")
-    if os.path.normpath(old) == os.path.normpath(new):
-        raise ConfigError(f"--old_install_dir and --new_install_dir are the same directory: {old!r}")
-
-
 def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
     """Load topology and profile and render the plan; ConfigError on any problem."""
     topology = load_topology(args.config) if args.config else reference_topology()
@@ -71,7 +53,7 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     profile = load_profile(profile_ref, base_dir)
     plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
                       new_install_dir=args.new_install_dir, run_id=run_id,
-                      serial=parse_serial_option(args.serial), env=env)
+                      serial=parse_serial(args.serial, "--serial") if args.serial is not None else None, env=env)
     return topology, plan
 
 
@@ -151,7 +133,8 @@ class Upgrade:
                 os.chdir(cwd)
             run_id = previous.state.run_id
         else:
-            check_install_dirs(args.old_install_dir, args.new_install_dir)
+            args.old_install_dir, args.new_install_dir = validate_install_dirs(args.old_install_dir,
+                                                                               args.new_install_dir)
             # file references absolute from the start, so that a resume from elsewhere plans the same
             args.config, args.profile = _absolute(args.config), _absolute(args.profile)
             run_id = new_run_id()

@@ -31,7 +31,7 @@ from zdu.errors import ConfigError
 from zdu.model import CommandSpec, Profile, Step, WaitSpec, frozen_map
 from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase
 from zdu.planning.templates import check_syntax
-from zdu.config.topology import _Checker, _kind as _kind_of, read_document
+from zdu.config.documents import _Checker, _kind as _kind_of, check_text, describe_value, read_document, shorten
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
 USER_DIR = Path("config") / "profiles"
@@ -53,6 +53,7 @@ def resolve_profile(ref: str, base_dir: Path | None = None) -> Path:
     A relative path is taken relative to ``base_dir`` (the topology file's folder,
     when the topology names the profile), else to the working directory.
     """
+    check_text(ref, "profile", identifier=True)
     if os.sep in ref or ref.endswith((".yaml", ".yml", ".json")):
         path = Path(ref).expanduser()
         if not path.is_absolute() and base_dir is not None:
@@ -60,14 +61,14 @@ def resolve_profile(ref: str, base_dir: Path | None = None) -> Path:
         if not path.is_file():
             raise ConfigError(f"profile file not found: {ref}")
         return path
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", ref):
-        raise ConfigError(f"invalid profile name {ref!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", ref):
+        raise ConfigError(f"invalid profile name {describe_value(ref)}")
     for folder in (USER_DIR, BUILTIN_DIR):
         for suffix in (".yaml", ".yml", ".json"):
             candidate = folder / f"{ref}{suffix}"
             if candidate.is_file():
                 return candidate
-    raise ConfigError(f"unknown profile {ref!r}: not in {USER_DIR}/ nor among the built-in profiles "
+    raise ConfigError(f"unknown profile {describe_value(ref)}: not in {USER_DIR}/ nor among the built-in profiles "
                       f"({', '.join(builtin_profiles())}); give a file path for your own")
 
 
@@ -116,7 +117,7 @@ def parse_profile(data: Any, *, source: str) -> Profile:
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
     return Profile(name=name, source=source, phases=frozen_map(phases), rollback=frozen_map(rollback),
                    smoke=smoke, vars=variables, secrets=secrets,
-                   description=str(top.get("description") or ""))
+                   description=c.optional(top, "description", "", lambda v, w: c.string(v, w, text=True), ""))
 
 
 def _phase_key(c: _Checker, key: str, where: str) -> Phase:
@@ -142,15 +143,20 @@ def _step(c: _Checker, raw: Any, where: str) -> Step:
         raise c.fail(where, "a step needs exactly one of 'run' or 'wait'")
     if "run" in data:
         c.known(data, _CMD, where)
-        run = c.string(data["run"], f"{where}.run")
+        run = c.string(data["run"], f"{where}.run", text=True)
         check_syntax(run, where=f"{c.source}: {where}.run")
         timeout = c.optional(data, "timeout", where, lambda v, w: c.number(v, w, 0.1, 86400), None)
-        return CommandSpec(name=str(data.get("name") or _short(run)), run=run, timeout=timeout)
+        return CommandSpec(name=_name(c, data, where) or _short(run), run=run, timeout=timeout)
     c.known(data, {"name", "wait"}, where)
-    return _wait(c, data["wait"], where, data.get("name"))
+    return _wait(c, data["wait"], where, _name(c, data, where))
 
 
-def _wait(c: _Checker, raw: Any, where: str, name: Any) -> WaitSpec:
+def _name(c: _Checker, data: Any, where: str) -> str | None:
+    """A step's name: shown in every log line, so one line of plain text."""
+    return c.optional(data, "name", where, lambda v, w: c.string(v, w), None)  # type: ignore[no-any-return]
+
+
+def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
     w = f"{where}.wait"
     data = c.mapping(raw, w)
     c.known(data, _WAIT_FIELDS, w)
@@ -158,7 +164,7 @@ def _wait(c: _Checker, raw: Any, where: str, name: Any) -> WaitSpec:
     if len(kinds) != 1:
         raise c.fail(w, f"a wait needs exactly one of {', '.join(_WAIT_KINDS)}")
     kind = kinds[0]
-    target = c.string(data[kind], f"{w}.{kind}")
+    target = c.string(data[kind], f"{w}.{kind}", text=True)
     check_syntax(target, where=f"{c.source}: {w}.{kind}")
     pattern = data.get("body") if kind == "http" else data.get("pattern")
     if kind == "http" and "pattern" in data:
@@ -166,14 +172,14 @@ def _wait(c: _Checker, raw: Any, where: str, name: Any) -> WaitSpec:
     if kind == "log" and pattern is None:
         raise c.fail(w, "a log wait needs 'pattern' (a regular expression)")
     if pattern is not None:
-        pattern = c.string(pattern, f"{w}.{'body' if kind == 'http' else 'pattern'}")
+        pattern = c.string(pattern, f"{w}.{'body' if kind == 'http' else 'pattern'}", text=True)
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise c.fail(f"{w}.pattern", f"invalid regular expression: {exc}") from None
+            raise c.fail(f"{w}.pattern", f"invalid regular expression: {shorten(str(exc))}") from None
     default_where = "control" if kind in ("http", "tcp") else "node"
     spec = WaitSpec(
-        name=str(name or f"wait {kind} {target}"),
+        name=name or _short(f"wait {kind} {target}"),
         kind=kind,  # type: ignore[arg-type]
         target=target,
         pattern=pattern,

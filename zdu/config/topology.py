@@ -6,20 +6,26 @@ the field; nothing is contacted before the whole topology is valid.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
-from zdu.errors import ConfigError
+from zdu.config.documents import _Checker, _kind, describe_value, field_path, read_document
 from zdu.model import LbSettings, Node, SshSettings, Topology, frozen_map
+from zdu.planning.serial import Serial, parse_serial
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
-_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+# patterns are used with fullmatch ("$" would also match before a final newline)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
+#: HAProxy's own rule for server names; they reach its runtime API
+_LB_SERVER = re.compile(r"[A-Za-z0-9._:-]{1,255}")
+#: a user name for ssh: no whitespace, and not an option for any command that receives it
+_USER = re.compile(r"[^\s-][^\s]{0,255}")
+
+#: files of the run folder: a node called ``run`` would write its log over ``run.log``
+RESERVED_NODE_NAMES = frozenset({"run", "journal", "events", "report", "control", "summary", "junit"})
 
 _TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir"}
 _NODE_FIELDS = {"name", "host", "port", "user", "group", "roles", "vars", "transport",
@@ -49,193 +55,8 @@ def reference_topology() -> Topology:
 def load_topology(path: str | os.PathLike[str]) -> Topology:
     """Read and validate a topology file; raise ConfigError naming file, node and field."""
     source = str(path)
-    data = _read_document(Path(path), what="topology")
+    data = read_document(Path(path), what="topology")
     return parse_topology(data, source=source)
-
-
-MAX_FILE_BYTES = 10 * 1024 * 1024
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int | None = None) -> None:
-        super().__init__(key)
-        self.key, self.line = key, line
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable key: let the base class report it
-                break
-            if duplicate:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def _read_document(path: Path, *, what: str) -> Any:
-    if not path.exists():
-        raise ConfigError(f"{path}: {what} file not found")
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} path is not a file")
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f"{path}: {what} file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: {what} file is not valid UTF-8 (byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} file: {exc.strerror}") from None
-    try:
-        if path.suffix.lower() == ".json":
-            try:
-                return json.loads(text, object_pairs_hook=_json_pairs)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
-                                  f"{exc.msg}") from None
-        try:
-            return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: YAML syntax error{where}: {exc.problem}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: YAML error: {exc}") from None
-    except _DuplicateKey as dup:
-        where = f" (line {dup.line})" if dup.line else ""
-        raise ConfigError(f"{path}: duplicate key {dup.key!r}{where}: each field may appear once") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: the {what} is nested too deeply") from None
-
-
-def read_document(path: Path, *, what: str) -> Any:
-    """Parse a YAML or JSON file (by suffix) with errors that name the file and line."""
-    return _read_document(path, what=what)
-
-
-class _Checker:
-    """Small typed accessors whose errors name the file and the field path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def document(self, data: Any, what: str, allowed: set[str], required: tuple[str, ...]) -> Mapping[str, Any]:
-        """The top level of a topology or profile: a mapping of known fields with the required ones."""
-        if data is None:
-            raise ConfigError(f"{self.source}: the {what} file is empty")
-        top = self.mapping(data, "top level")
-        self.known(top, allowed, "top level")
-        for field in required:
-            if field not in top:
-                raise self.fail("top level", f"missing required field {field!r}")
-        return top
-
-    def fail(self, where: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where}: {message}")
-
-    def mapping(self, value: Any, where: str) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(where, f"keys must be strings, got {key!r}")
-        return value
-
-    def known(self, value: Mapping[str, Any], allowed: set[str], where: str) -> None:
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise self.fail(where, f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-
-    def string(self, value: Any, where: str, *, pattern: re.Pattern[str] | None = None,
-               hint: str = "") -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(where, f"invalid value {value!r}{(': ' + hint) if hint else ''}")
-        return value
-
-    def integer(self, value: Any, where: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(where, f"expected an integer {lo}-{hi}, got {_kind(value)}")
-        if not lo <= value <= hi:
-            raise self.fail(where, f"expected an integer {lo}-{hi}, got {value}")
-        return value
-
-    def number(self, value: Any, where: str, lo: float, hi: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(where, f"expected a number, got {_kind(value)}")
-        if not lo <= value <= hi:
-            raise self.fail(where, f"expected a number between {lo:g} and {hi:g}, got {value}")
-        return float(value)
-
-    def choice(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(where, f"expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    def string_list(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(where, f"expected a list of strings, got {_kind(value)}")
-        return tuple(value)
-
-    def vars(self, value: Any, where: str) -> Mapping[str, Any]:
-        """Template variables: a scalar, a flat list of scalars, or ``{env: NAME}``."""
-        data = self.mapping(value, where)
-        for key, item in data.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise self.fail(f"{where}.{key}", "variable names must be identifiers (letters, digits, _)")
-            self._var_value(item, f"{where}.{key}")
-        return frozen_map(data)
-
-    def _var_value(self, item: Any, where: str) -> None:
-        if isinstance(item, Mapping):
-            if set(item) != {"env"} or not isinstance(item["env"], str) or not item["env"]:
-                raise self.fail(where, "a variable is a string, number, boolean, a list of those, "
-                                       "or {env: NAME} (from the control machine's environment)")
-            return
-        for scalar in (item if isinstance(item, list) else [item]):
-            if scalar is not None and not isinstance(scalar, (str, int, float, bool)):
-                raise self.fail(where, f"a variable is a string, number, boolean or a list of those, "
-                                       f"got {_kind(scalar)}")
-            if isinstance(scalar, str) and "\x00" in scalar:
-                raise self.fail(where, "contains a NUL byte, which no shell can receive")
-
-    def optional(self, data: Mapping[str, Any], key: str, where: str,
-                 parse: Callable[[Any, str], Any], default: Any) -> Any:
-        if key not in data or data[key] is None:
-            return default
-        return parse(data[key], f"{where}.{key}" if where else key)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({value})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__
 
 
 def parse_topology(data: Any, *, source: str) -> Topology:
@@ -248,23 +69,26 @@ def parse_topology(data: Any, *, source: str) -> Topology:
 
     ssh = _parse_ssh(c, top.get("ssh"))
     nodes: list[Node] = []
-    names: dict[str, int] = {}
+    names: dict[str, tuple[int, str]] = {}   # lower-case name -> (index, name)
     endpoints: dict[tuple[str, int], str] = {}
     lb_names: dict[str, str] = {}
     for index, raw in enumerate(raw_nodes):
         node = _parse_node(c, raw, index)
-        if node.name in names:
-            raise c.fail(f"nodes[{index}] ({node.name})",
-                         f"duplicate node name {node.name!r} (also nodes[{names[node.name]}])")
-        names[node.name] = index
+        where = f"nodes[{index}] ({node.name})"
+        if node.name.lower() in names:
+            first, other = names[node.name.lower()]
+            if other == node.name:
+                raise c.fail(where, f"duplicate node name {node.name!r} (also nodes[{first}])")
+            raise c.fail(f"{where}.name", f"{node.name!r} differs from node {other!r} (nodes[{first}]) only "
+                                          "by case: their logs would be one file on a case-insensitive file system")
+        names[node.name.lower()] = (index, node.name)
         if node.transport == "ssh":
             endpoint = (node.host.lower(), node.port)
             if endpoint in endpoints:
-                raise c.fail(f"nodes[{index}] ({node.name})",
-                             f"duplicate host:port {node.host}:{node.port} (also node {endpoints[endpoint]})")
+                raise c.fail(where, f"duplicate host:port {node.host}:{node.port} (also node {endpoints[endpoint]})")
             endpoints[endpoint] = node.name
         if node.lb_name in lb_names:
-            raise c.fail(f"nodes[{index}] ({node.name}).lb_server",
+            raise c.fail(f"{where}.lb_server",
                          f"load-balancer server {node.lb_name!r} is also used by node {lb_names[node.lb_name]}")
         lb_names[node.lb_name] = node.name
         nodes.append(node)
@@ -272,7 +96,7 @@ def parse_topology(data: Any, *, source: str) -> Topology:
     lb = _parse_lb(c, top.get("load_balancer"))
     profile = c.optional(top, "profile", "", lambda v, w: c.string(v, w), None)
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
-    serial = c.optional(top, "serial", "", lambda v, w: _parse_serial(c, v, w), 1)
+    serial = c.optional(top, "serial", "", lambda v, w: parse_serial(v, f"{c.source}: {w}"), Serial())
     return Topology(nodes=tuple(nodes), ssh=ssh, load_balancer=lb, profile=profile,
                     vars=variables, serial=serial, source=source,
                     lock_dir=c.optional(top, "lock_dir", "", _parse_lock_dir(c), Topology.lock_dir))
@@ -292,17 +116,22 @@ def _parse_lock_dir(c: _Checker) -> Callable[[Any, str], str]:
 def _parse_node(c: _Checker, raw: Any, index: int) -> Node:
     where = f"nodes[{index}]"
     data = c.mapping(raw, where)
-    if "name" in data and isinstance(data["name"], str):
-        where = f"nodes[{index}] ({data['name']})"
+    name_value = data.get("name")
+    if isinstance(name_value, str) and 0 < len(name_value) <= 64 and name_value.isprintable():
+        where = f"nodes[{index}] ({name_value})"
     c.known(data, _NODE_FIELDS, where)
     for required in ("name", "host"):
         if required not in data:
             raise c.fail(where, f"missing required field {required!r}")
     name = c.string(data["name"], f"{where}.name", pattern=_NAME,
                     hint="letters, digits, '.', '_' and '-', at most 63 characters")
+    if name.lower() in RESERVED_NODE_NAMES:
+        raise c.fail(f"{where}.name", f"{name!r} is reserved: the node's log ({name}.log) would share its "
+                                      f"name with a file of the run folder (reserved, in any case: "
+                                      f"{', '.join(sorted(RESERVED_NODE_NAMES))})")
     host = c.string(data["host"], f"{where}.host")
     if not _valid_host(host):
-        raise c.fail(f"{where}.host", f"invalid host {host!r}: expected a host name or an IP address")
+        raise c.fail(f"{where}.host", f"invalid host {describe_value(host)}: expected a host name or an IP address")
     transport = c.optional(data, "transport", where,
                            lambda v, w: c.choice(v, w, ("ssh", "local")), "ssh")
     host_key = c.optional(data, "host_key", where,
@@ -313,14 +142,21 @@ def _parse_node(c: _Checker, raw: Any, index: int) -> Node:
         name=name,
         host=host,
         port=c.optional(data, "port", where, lambda v, w: c.integer(v, w, 1, 65535), 22),
-        user=c.optional(data, "user", where, lambda v, w: c.string(v, w), None),
+        user=c.optional(data, "user", where, lambda v, w: _user(c, v, w), None),
         group=c.optional(data, "group", where, lambda v, w: c.string(v, w), ""),
         roles=c.optional(data, "roles", where, c.string_list, ()),
         vars=c.optional(data, "vars", where, c.vars, frozen_map()),
         transport=transport,
-        lb_server=c.optional(data, "lb_server", where, lambda v, w: c.string(v, w), None),
+        lb_server=c.optional(data, "lb_server", where,
+                             lambda v, w: c.string(v, w, pattern=_LB_SERVER,
+                                                   hint="letters, digits, '.', '_', ':' and '-' (HAProxy's rule)"),
+                             None),
         host_key=host_key,
     )
+
+
+def _user(c: _Checker, value: Any, where: str) -> str:
+    return c.string(value, where, pattern=_USER, hint="no whitespace, and not starting with '-'")
 
 
 def _valid_host(host: str) -> bool:
@@ -328,7 +164,7 @@ def _valid_host(host: str) -> bool:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return bool(_HOST.match(host)) and ".." not in host
+        return bool(_HOST.fullmatch(host)) and ".." not in host
 
 
 def _parse_ssh(c: _Checker, raw: Any) -> SshSettings:
@@ -339,7 +175,7 @@ def _parse_ssh(c: _Checker, raw: Any) -> SshSettings:
     default = SshSettings()
     path = lambda v, w: os.path.expanduser(c.string(v, w))  # noqa: E731
     return SshSettings(
-        user=c.optional(data, "user", "ssh", lambda v, w: c.string(v, w), default.user),
+        user=c.optional(data, "user", "ssh", lambda v, w: _user(c, v, w), default.user),
         key_file=c.optional(data, "key_file", "ssh", path, None),
         known_hosts=c.optional(data, "known_hosts", "ssh", path, None),
         host_key_policy=c.optional(data, "host_key_policy", "ssh",
@@ -361,26 +197,27 @@ def _parse_lb(c: _Checker, raw: Any) -> LbSettings:
     if "type" not in data:
         raise c.fail("load_balancer", "missing required field 'type' (none, script, haproxy or module.path:Factory)")
     kind = c.string(data["type"], "load_balancer.type")
-    if kind not in ("none", "script", "haproxy") and not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", kind):
-        raise c.fail("load_balancer.type",
-                     f"unknown load balancer {kind!r}: expected none, script, haproxy or a dotted path")
+    if kind not in ("none", "script", "haproxy") and not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", kind):
+        raise c.fail("load_balancer.type", f"unknown load balancer {describe_value(kind)}: "
+                                           "expected none, script, haproxy or a dotted path")
     options = {k: v for k, v in data.items() if k != "type"}
+    for key, value in options.items():
+        _lb_option(c, value, f"load_balancer.{key}", env=key == "env")
     return LbSettings(type=kind, options=frozen_map(options))
 
 
-
-def _parse_serial(c: _Checker, value: Any, where: str) -> int | str | tuple[int | str, ...]:
-    """ansible-style ``serial``: a count, a percentage, or a list of those (the last repeats)."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise c.fail(where, "expected a count, a percentage like '30%' or a non-empty list of those")
-    parsed: list[int | str] = []
-    for i, item in enumerate(items):
-        w = f"{where}[{i}]" if isinstance(value, list) else where
-        if isinstance(item, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", item):
-            if float(item.strip().rstrip("%")) <= 0:
-                raise c.fail(w, f"a percentage must be above 0, got {item!r}")
-            parsed.append(item.strip())
-        else:
-            parsed.append(c.integer(item, w, 1, 100_000))
-    return tuple(parsed) if isinstance(value, list) else parsed[0]
+def _lb_option(c: _Checker, value: Any, where: str, *, env: bool = False) -> None:
+    """Every string of the load-balancer options is an identifier (a path, a backend, a socket
+    address, a node name); only the values of ``env`` (passed to the hook's environment) are text."""
+    if isinstance(value, str):
+        c.text(value, where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            c.text(str(key), where)
+            if env and isinstance(item, str):
+                c.text(item, field_path(where, key), identifier=False)
+            else:
+                _lb_option(c, item, field_path(where, key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _lb_option(c, item, f"{where}[{i}]")

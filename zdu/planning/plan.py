@@ -13,7 +13,6 @@ the text is touched.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, Node, Profile, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
+from zdu.planning.serial import Serial, parse_serial
 from zdu.planning.templates import Raw, render
 from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase, StepKind
 
 __all__ = ["MASK", "Plan", "NodePlan", "PlannedStep", "PlannedWait", "Secret", "build_plan", "format_plan",
-           "compute_waves", "render_context"]
+           "render_context"]
 
 
 class Secret(str):
@@ -105,6 +105,7 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     waves: tuple[tuple[str, ...], ...]
     parallel: int
+    pauses: frozenset[int] = frozenset()   # indices of the waves after which the run pauses
     masker: Masker = Masker()           # the secret values, for text zdupgrade did not render
     lb_type: str = "none"
 
@@ -121,43 +122,6 @@ class Plan:
     def mask(self, text: str) -> str:
         """Free text (output, messages) with every secret value replaced by ******."""
         return self.masker(text)
-
-
-SerialSpec = int | str | Sequence[int | str]
-
-
-def compute_waves(names: Sequence[str], serial: SerialSpec = 1) -> tuple[tuple[str, ...], ...]:
-    """Split ``names`` into waves, ansible ``serial`` style.
-
-    ``serial`` is a count, a percentage (``"30%"``, rounded down, at least 1) or a
-    list of those; the last value of a list repeats until every node is placed.
-    """
-    specs: list[int | str] = list(serial) if isinstance(serial, (list, tuple)) else [serial]  # type: ignore[list-item]
-    if not specs:
-        raise ConfigError("serial: the list of wave sizes is empty")
-    total = len(names)
-    waves: list[tuple[str, ...]] = []
-    pos = 0
-    i = 0
-    while pos < total:
-        size = _wave_size(specs[min(i, len(specs) - 1)], total)
-        waves.append(tuple(names[pos:pos + size]))
-        pos += size
-        i += 1
-    return tuple(waves)
-
-
-def _wave_size(spec: int | str, total: int) -> int:
-    if isinstance(spec, bool):
-        raise ConfigError(f"serial: invalid wave size {spec!r}")
-    if isinstance(spec, int):
-        if spec < 1:
-            raise ConfigError(f"serial: wave size must be at least 1, got {spec}")
-        return spec
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", str(spec))
-    if not match:
-        raise ConfigError(f"serial: invalid wave size {spec!r} (a count or a percentage like '30%')")
-    return max(1, math.floor(total * float(match.group(1)) / 100))
 
 
 # --------------------------------------------------------------------------- contexts
@@ -290,7 +254,7 @@ class _NodeView:
 # --------------------------------------------------------------------------- building
 
 def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, new_install_dir: str,
-               run_id: str, serial: SerialSpec | None = None, env: Mapping[str, str] | None = None) -> Plan:
+               run_id: str, serial: Serial | None = None, env: Mapping[str, str] | None = None) -> Plan:
     """Render every step for every node; raise ConfigError (naming the template) on any problem.
 
     ``env`` is the control machine's environment, for ``{env: NAME}`` variables.  A template
@@ -305,10 +269,13 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
             node_plans.append(_node_plan(profile, node, ctx))
         except TemplateError as exc:
             raise TemplateError(Masker(secrets)(str(exc))) from None
-    waves = compute_waves([n.name for n in topology.nodes],
-                          topology.serial if serial is None else serial)
+    chosen: Any = topology.serial if serial is None else serial
+    if not isinstance(chosen, Serial):
+        chosen = parse_serial(chosen, f"{topology.source}: serial")
+    names = [n.name for n in topology.nodes]
     return Plan(run_id=run_id, old_install_dir=old_install_dir, new_install_dir=new_install_dir,
-                profile=profile.name, topology=topology.source, nodes=tuple(node_plans), waves=waves,
+                profile=profile.name, topology=topology.source, nodes=tuple(node_plans),
+                waves=chosen.waves(names), pauses=chosen.pauses(names),
                 parallel=topology.ssh.parallel, masker=Masker(secrets), lb_type=topology.load_balancer.type)
 
 

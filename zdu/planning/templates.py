@@ -4,17 +4,21 @@ Every ``{{ value }}`` is shell-quoted (``shlex.quote``) unless it is marked raw
 with ``{{ value|raw }}``: an install dir such as ``/opt/my gw; rm -rf /`` reaches
 the node as one literal argument.  Undefined variables are an error
 (``StrictUndefined``) caught before anything runs.
+
+Rendering is sandboxed (a profile is data from the operator, not code run on the control
+machine) and bounded: ``zdu.planning.sandbox`` says what one render may cost.
 """
 from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
-import jinja2.sandbox
 
+from zdu.config.values import shorten
 from zdu.errors import TemplateError
+from zdu.planning.sandbox import BoundedSandbox, check_join, compile_template, meter, render_bounded
 
 
 class Raw(str):
@@ -38,54 +42,58 @@ def ere_escape(value: Any) -> str:
     return re.sub(r"([.\[\]{}()\\*+?^$|])", r"\\\1", str(value))
 
 
-def _join(values: Any, sep: str = " ") -> Raw:
+def _join(values: Iterable[Any], sep: str = " ") -> Raw:
     """``{{ list|qjoin }}``: each element quoted, joined by spaces."""
-    return Raw(sep.join(shlex.quote(str(v)) for v in values))
+    items = list(meter(values))
+    check_join(items, sep)
+    return Raw(sep.join(shlex.quote(str(v)) for v in items))
 
 
-# Sandboxed: a profile is data from the operator, not code run on the control machine.
-_ENV = jinja2.sandbox.SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    finalize=_finalize,
-    autoescape=False,
-    keep_trailing_newline=False,
-)
-_ENV.filters["raw"] = _raw
-_ENV.filters["qjoin"] = _join
-_ENV.filters["q"] = lambda v: Raw(shlex.quote(str(v)))
-_ENV.filters["ere"] = ere_escape
+# --------------------------------------------------------------------------- environments
+
+_FILTERS: dict[str, Callable[..., Any]] = {
+    "raw": _raw,
+    "qjoin": _join,
+    "q": lambda v: Raw(shlex.quote(str(v))),
+    "ere": ere_escape,
+}
+
+_ENV = BoundedSandbox(finalize=_finalize, keep_trailing_newline=False)
+_ENV.add_filters(_FILTERS)
 
 # Plain (unquoted) rendering, for values that are not shell text: URLs, regexes, paths polled
 # from the control machine.
-_PLAIN = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-_PLAIN.filters["raw"] = _raw
-_PLAIN.filters["q"] = lambda v: shlex.quote(str(v))
-_PLAIN.filters["ere"] = ere_escape
+_PLAIN = BoundedSandbox()
+_PLAIN.add_filters({"raw": _raw, "q": lambda v: shlex.quote(str(v)), "ere": ere_escape})
 
 
 def render(template: str, context: Mapping[str, Any], *, where: str, shell: bool = True) -> str:
     """Render ``template`` with ``context``; ``where`` names the template in errors.
 
-    ``shell=True`` quotes every substituted value for a POSIX shell.
+    ``shell=True`` quotes every substituted value for a POSIX shell.  Errors never carry more
+    than a bounded part of a value.
     """
     env = _ENV if shell else _PLAIN
     try:
-        return env.from_string(template).render(**context)
+        return render_bounded(env, template, context, where)
+    except TemplateError:
+        raise
     except jinja2.UndefinedError as exc:
-        raise TemplateError(f"{where}: undefined variable: {exc.message}") from None
+        raise TemplateError(f"{where}: undefined variable: {shorten(str(exc.message))}") from None
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from None
+        raise TemplateError(f"{where}: template syntax error on line {exc.lineno}: {shorten(str(exc.message))}") from None
     except jinja2.TemplateError as exc:
-        raise TemplateError(f"{where}: {exc}") from None
+        raise TemplateError(f"{where}: {shorten(str(exc))}") from None
     except RecursionError:
         raise TemplateError(f"{where}: the template recurses without end") from None
     except Exception as exc:  # {{ 1/0 }}, {{ '%d' % 'x' }}: the profile's error, not ours
-        raise TemplateError(f"{where}: {type(exc).__name__} while rendering: {exc}") from None
+        raise TemplateError(f"{where}: {type(exc).__name__} while rendering: {shorten(str(exc))}") from None
 
 
 def check_syntax(template: str, *, where: str) -> None:
-    """Raise TemplateError if ``template`` does not parse (no context needed)."""
+    """Raise TemplateError if ``template`` does not compile (no context needed): syntax errors,
+    unknown filters and tests surface when the profile is loaded."""
     try:
-        _ENV.parse(template)
+        compile_template(_ENV, template)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from None
+        raise TemplateError(f"{where}: template syntax error on line {exc.lineno}: {shorten(str(exc.message))}") from None

@@ -1,0 +1,114 @@
+"""Values in messages and clean text: bounded descriptions, control characters, bad UTF-8.
+
+Every error message that shows a value shows it through ``describe_value`` (bounded, whatever
+the value: a 1 MB string, a shared-reference bomb of 10**9 elements, a 5,000-digit integer).
+``check_text`` refuses what no shell, file name or terminal should receive.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from zdu.errors import ConfigError
+
+#: characters refused in text (templates, variables): they would be invisible or rewrite the
+#: operator's terminal when the plan is printed (``\r`` hides what precedes it, ESC starts an
+#: escape sequence).  Tab and newline are fine: every value is shell-quoted.
+_TEXT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: identifiers (names, hosts, users, paths, options) may not hold even a tab or a newline
+_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+
+
+class IntOutOfRange:
+    """Stands for an integer literal too large to keep (the loaders return it; the document
+    check reports it by field and line)."""
+
+    __slots__ = ("digits", "line")
+
+    def __init__(self, digits: int, line: int | None) -> None:
+        self.digits, self.line = digits, line
+
+
+def describe_value(value: Any, limit: int = 80) -> str:
+    """A short, bounded description of ``value`` for an error message.
+
+    Strings and bytes are shown with ``repr`` up to ``limit`` characters; containers by their
+    size only (a shared-reference bomb never reaches ``repr``); huge integers by their digit count.
+    """
+    if isinstance(value, (str, bytes)):
+        if len(value) <= limit:
+            return repr(value)
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value):,} {unit})"
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() <= 200:
+            return repr(value)
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    if isinstance(value, IntOutOfRange):
+        return f"an integer of {value.digits:,} digits"
+    if isinstance(value, Mapping):
+        return f"a mapping of {len(value):,} keys"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return f"a list of {len(value):,} items"
+    return f"a {type(value).__name__}"
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters (for messages that quote an exception's text)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+_PLAIN_KEY = re.compile(r"[\x21-\x7e]{1,80}")  # printable ASCII, no space
+
+
+def field_path(where: str, key: Any) -> str:
+    """``where.key`` for an error message; a key that is long or not plain is shown quoted."""
+    name = key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else describe_value(key, 40)
+    return f"{where}.{name}" if where else name
+
+
+def describe_char(value: str, index: int) -> str:
+    """What is wrong with the character at ``index`` of ``value`` (for ``check_text``'s messages)."""
+    char = value[index]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode / surrogateescape keeps a bad byte as U+DC80+byte
+        return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"is not valid UTF-8 text (lone surrogate U+{code:04X} at position {index})"
+    if code == 0:
+        return f"contains a NUL byte (position {index}), which no shell or file name can hold"
+    names = {9: "a tab", 10: "a newline", 13: "a carriage return", 27: "an escape character"}
+    return f"contains {names.get(code, 'a control character')} (U+{code:04X}) at position {index}"
+
+
+def check_text(value: str, where: str, *, identifier: bool = False) -> str:
+    """``value`` if it is clean text, else ConfigError ``"{where}: ..."``.
+
+    Always refused: NUL, lone surrogates (a byte that was not UTF-8, as argv and the environment
+    carry them), and control characters other than tab and newline.  With ``identifier=True``
+    (names, hosts, paths, options) tab and newline are refused too.
+    """
+    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
+    if bad is not None:
+        raise ConfigError(f"{where}: {describe_value(value, 40)} {describe_char(value, bad.start())}")
+    return value
+
+
+def kind_of(value: Any) -> str:
+    """What ``value`` is, for "expected X, got ..." messages (bounded)."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, (int, float, IntOutOfRange)):
+        return f"a number ({describe_value(value)})"
+    if isinstance(value, str):
+        return f"a string ({describe_value(value)})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
