@@ -67,6 +67,29 @@ class LbSettings:
 
 
 @dataclass(frozen=True)
+class Tier:
+    """An ordered group of nodes: its waves never mix with another tier's, and it must be done
+    (and its gate hold) before the next tier starts."""
+
+    name: str
+    nodes: tuple[str, ...]                     # node names, topology order
+    serial: Serial | None = None               # None: the topology's serial
+    gate: tuple["Step", ...] = ()              # must hold after the tier (on each of its nodes)
+    gate_on: str = "each"                      # each (node) | control
+    min_in_service: int | str | None = None    # capacity guard of this tier (N or "N%")
+    max_fail_percentage: float | None = None   # failure budget of this tier's waves
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """A ``before:`` or ``after:`` step and where it runs: ``control`` (the control machine),
+    ``all`` (every node of the run), or a node or host name."""
+
+    step: "Step"
+    on: str = "control"
+
+
+@dataclass(frozen=True)
 class Topology:
     """The validated topology file (or the built-in reference topology)."""
 
@@ -78,9 +101,24 @@ class Topology:
     serial: Serial = Serial()          # nodes per wave (online phases), ansible-style; default 1
     source: str = "<built-in reference topology>"
     lock_dir: str = "/var/tmp/zdupgrade/lock"       # the fleet lock's directory on every node
+    tiers: tuple[Tier, ...] = ()                    # () : one tier of every node
+    hosts: tuple[Node, ...] = ()                    # other hosts reached over SSH, never upgraded
+    before: tuple[RunStep, ...] = ()                # once, before any node is changed
+    after: tuple[RunStep, ...] = ()                 # once, at the end of a successful run
+    max_fail_percentage: float | None = None        # failure budget per wave (ansible's meaning)
+    min_in_service: int | str | None = None         # capacity guard of the whole backend
+    pause_timeout: float = 3600.0                   # seconds a pause waits for the operator
+    pause_timeout_action: Literal["abort", "continue"] = "abort"
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def host(self, name: str) -> Node:
+        """A node or an extra host by name."""
+        for node in (*self.nodes, *self.hosts):
             if node.name == name:
                 return node
         raise KeyError(name)
@@ -114,14 +152,42 @@ class WaitSpec:
     target: str                        # template: the command, URL, host:port, pattern or path
     pattern: str | None = None         # template: regex for body / log line / process
     status: int | None = None          # http: expected status
-    state: Literal["running", "exited"] = "running"
+    # process: running | exited; http and tcp: up (answers) | down (until it no longer answers)
+    state: Literal["running", "exited", "up", "down"] = "running"
     where: Literal["node", "control"] = "node"
     deadline: float = 60.0
     interval: float = 1.0
     kill: bool = False                 # process/exited: SIGKILL what is left at the deadline
 
 
-Step = CommandSpec | WaitSpec
+@dataclass(frozen=True)
+class HttpSpec:
+    """One HTTP request (``http:`` step): the call, and what its answer must be.
+
+    Strings (url, headers, body, every string inside ``json``, auth) are templates, rendered
+    unquoted.  Proxies from the environment are not used unless ``proxy`` is true.
+    """
+
+    name: str
+    url: str
+    method: str = "GET"
+    headers: Mapping[str, str] = field(default_factory=frozen_map)
+    json: Any = None                   # a JSON document to send (Content-Type: application/json)
+    body: str | None = None            # a raw body to send
+    user: str | None = None            # basic auth
+    password: str | None = None
+    status: tuple[int, ...] = (200,)   # accepted statuses
+    match: str | None = None           # regex the response body must match
+    verify: bool = True                # TLS: check the server certificate
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    proxy: bool = False
+    where: Literal["control", "node"] = "control"
+    timeout: float = 30.0
+
+
+Step = CommandSpec | WaitSpec | HttpSpec
 
 
 @dataclass(frozen=True)
@@ -136,6 +202,8 @@ class Profile:
     vars: Mapping[str, Any] = field(default_factory=frozen_map)
     secrets: tuple[str, ...] = ()                      # names of vars whose values are masked
     description: str = ""
+    before: tuple[RunStep, ...] = ()                   # once per run, before any node is changed
+    after: tuple[RunStep, ...] = ()                    # once, at the end of a successful run
 
 
 # --------------------------------------------------------------------------- results

@@ -13,6 +13,7 @@ class Status(enum.IntEnum):
 
     SUCCESS = 0
     USAGE_ERROR = 2          # bad command line (argparse's own code)
+    BEFORE_FAILED = 69       # a before: step failed; no node was changed
     EXPORT_FAILED = 70
     UPGRADE_FAILED = 71
     PRE_APPLY_FAILED = 72
@@ -24,6 +25,10 @@ class Status(enum.IntEnum):
     CONFIG_ERROR = 78        # bad topology, profile, directory or option; nothing was contacted
     RECORD_FAILED = 79       # the upgrade succeeded, but a log, run.json or another listener failed
     FATAL_ERROR = 80         # an internal error; the logs say what was done before it
+    AFTER_FAILED = 81        # every node upgraded and back in traffic, but an after: step failed
+    PARTIAL = 82             # the run went on past failed nodes (failure budget): they were rolled back
+    ABORTED = 83             # the operator aborted the run at a pause (or the pause timed out)
+    CAPACITY_REFUSED = 84    # a wave would have left too few nodes in service; it was not started
     INTERRUPTED = 130        # Ctrl-C / SIGTERM; every node taken out was put back or reported
 
     def __str__(self) -> str:  # "Status.APPLY_FAILED", as in the Axway summary
@@ -39,6 +44,9 @@ class Phase(str, enum.Enum):
     APPLY = "APPLY"
     POST_APPLY = "POST-APPLY"
     ROLLBACK = "ROLLBACK"
+    BEFORE = "BEFORE"        # run-level: once, before any node is changed
+    AFTER = "AFTER"          # run-level: once, at the end of a successful run
+    GATE = "GATE"            # after a tier: must hold before the next tier starts
 
     def __str__(self) -> str:
         return self.value
@@ -74,6 +82,9 @@ _FAILED = {
     Phase.APPLY: Status.APPLY_FAILED,
     Phase.POST_APPLY: Status.POST_APPLY_FAILED,
     Phase.ROLLBACK: Status.ROLLBACK_FAILED,
+    Phase.BEFORE: Status.BEFORE_FAILED,
+    Phase.AFTER: Status.AFTER_FAILED,
+    Phase.GATE: Status.POST_APPLY_FAILED,
 }
 
 

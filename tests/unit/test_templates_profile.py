@@ -62,7 +62,7 @@ def _profile(**overrides: object) -> dict:
 BAD_PROFILES = [
     ({"phases": {"APPLY": ["x"]}, "rollback": ["y"]}, "missing required field 'name'"),
     (_profile(phases={"DEPLOY": ["x"]}), "phases.DEPLOY: unknown phase"),
-    (_profile(phases={"APPLY": [{"run": "x", "wait": {"tcp": "a:1"}}]}), "exactly one of 'run' or 'wait'"),
+    (_profile(phases={"APPLY": [{"run": "x", "wait": {"tcp": "a:1"}}]}), "exactly one of 'run', 'wait' or 'http'"),
     (_profile(phases={"APPLY": [{"run": "{{ x"}]}), "template syntax error"),
     (_profile(phases={"APPLY": [{"wait": {"tcp": "a:1", "http": "u"}}]}), "a wait needs exactly one of"),
     (_profile(phases={"APPLY": [{"wait": {"log": "/var/log/x"}}]}), "needs 'pattern'"),

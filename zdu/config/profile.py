@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from zdu.errors import ConfigError
-from zdu.model import CommandSpec, Profile, Step, WaitSpec, frozen_map
+from zdu.model import CommandSpec, HttpSpec, Profile, RunStep, Step, WaitSpec, frozen_map
 from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase
 from zdu.planning.templates import check_syntax
 from zdu.config.documents import _Checker, _kind as _kind_of, check_text, describe_value, read_document, shorten
@@ -36,10 +36,14 @@ from zdu.config.documents import _Checker, _kind as _kind_of, check_text, descri
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
 USER_DIR = Path("config") / "profiles"
 
-_TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback"}
+_TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback", "before", "after"}
 _CMD = {"name", "run", "timeout"}
 _WAIT_KINDS = ("command", "http", "tcp", "process", "log")
 _WAIT_FIELDS = set(_WAIT_KINDS) | {"status", "body", "pattern", "state", "where", "deadline", "interval", "kill"}
+_HTTP_FIELDS = {"method", "url", "headers", "json", "data", "auth", "status", "body", "tls", "proxy", "where",
+                "timeout"}
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_STEP_KINDS = ("run", "wait", "http")
 
 
 def builtin_profiles() -> list[str]:
@@ -90,7 +94,8 @@ def parse_profile(data: Any, *, source: str) -> Profile:
         if phase in phases:
             raise c.fail(f"phases.{key}", f"duplicate phase: {key!r} is {phase} again")
         if phase not in UPGRADE_PHASES:
-            raise c.fail(f"phases.{key}", "ROLLBACK steps go under the top-level 'rollback' field")
+            raise c.fail(f"phases.{key}", "not an upgrade phase: ROLLBACK steps go under the top-level "
+                                          "'rollback' field, BEFORE and AFTER under 'before' and 'after'")
         phases[phase] = _steps(c, value, f"phases.{phase}")
     for phase in UPGRADE_PHASES:
         phases.setdefault(phase, ())
@@ -106,8 +111,8 @@ def parse_profile(data: Any, *, source: str) -> Profile:
             phase = _phase_key(c, key, "rollback")
             if phase in rollback:
                 raise c.fail(f"rollback.{key}", f"duplicate phase: {key!r} is {phase} again")
-            if phase is Phase.ROLLBACK:
-                raise c.fail(f"rollback.{key}", "a rollback cannot be keyed by ROLLBACK")
+            if phase not in UPGRADE_PHASES:
+                raise c.fail(f"rollback.{key}", f"a rollback is keyed by an upgrade phase, not {phase}")
             rollback[phase] = _steps(c, value, f"rollback.{phase}")
     if any(phases[p] for p in ONLINE_PHASES) and not any(rollback.get(p) for p in ONLINE_PHASES):
         raise c.fail("rollback", "the profile changes nodes (PRE-APPLY/APPLY/POST-APPLY) but has no "
@@ -117,7 +122,24 @@ def parse_profile(data: Any, *, source: str) -> Profile:
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
     return Profile(name=name, source=source, phases=frozen_map(phases), rollback=frozen_map(rollback),
                    smoke=smoke, vars=variables, secrets=secrets,
-                   description=c.optional(top, "description", "", lambda v, w: c.string(v, w, text=True), ""))
+                   description=c.optional(top, "description", "", lambda v, w: c.string(v, w, text=True), ""),
+                   before=run_steps(c, top.get("before"), "before"), after=run_steps(c, top.get("after"), "after"))
+
+
+def run_steps(c: _Checker, raw: Any, where: str) -> tuple[RunStep, ...]:
+    """``before:`` / ``after:``: steps, each with ``on:`` (control, all, or a node or host name)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise c.fail(where, f"expected a list of steps, got {_kind_of(raw)}")
+    result = []
+    for i, item in enumerate(raw):
+        w = f"{where}[{i}]"
+        data = dict(c.mapping(item if not isinstance(item, str) else {"run": item}, w))
+        on = data.pop("on", "control")
+        on = c.string(on, f"{w}.on")
+        result.append(RunStep(_step(c, data, w), on))
+    return tuple(result)
 
 
 def _phase_key(c: _Checker, key: str, where: str) -> Phase:
@@ -135,12 +157,20 @@ def _steps(c: _Checker, raw: Any, where: str) -> tuple[Step, ...]:
     return tuple(_step(c, item, f"{where}[{i}]") for i, item in enumerate(raw))
 
 
+def step(c: _Checker, raw: Any, where: str) -> Step:
+    """One step of a profile (or a topology's before/after/gate): ``run``, ``wait`` or ``http``."""
+    return _step(c, raw, where)
+
+
 def _step(c: _Checker, raw: Any, where: str) -> Step:
     if isinstance(raw, str):
         raw = {"run": raw}
     data = c.mapping(raw, where)
-    if ("run" in data) == ("wait" in data):
-        raise c.fail(where, "a step needs exactly one of 'run' or 'wait'")
+    if sum(k in data for k in _STEP_KINDS) != 1:
+        raise c.fail(where, "a step needs exactly one of 'run', 'wait' or 'http'")
+    if "http" in data:
+        c.known(data, {"name", "http"}, where)
+        return _http(c, data["http"], where, _name(c, data, where))
     if "run" in data:
         c.known(data, _CMD, where)
         run = c.string(data["run"], f"{where}.run", text=True)
@@ -184,7 +214,9 @@ def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
         target=target,
         pattern=pattern,
         status=c.optional(data, "status", w, lambda v, x: c.integer(v, x, 100, 599), 200 if kind == "http" else None),
-        state=c.optional(data, "state", w, lambda v, x: c.choice(v, x, ("running", "exited")), "running"),
+        state=c.optional(data, "state", w, lambda v, x: c.choice(
+            v, x, ("up", "down") if kind in ("http", "tcp") else ("running", "exited")),
+            "up" if kind in ("http", "tcp") else "running"),
         where=c.optional(data, "where", w, lambda v, x: c.choice(v, x, ("node", "control")), default_where),
         deadline=c.optional(data, "deadline", w, lambda v, x: c.number(v, x, 0.1, 86400), 60.0),
         interval=c.optional(data, "interval", w, lambda v, x: c.number(v, x, 0.01, 3600), 1.0),
@@ -198,6 +230,85 @@ def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
     if spec.where == "control" and kind in ("process", "log", "command"):
         raise c.fail(f"{w}.where", f"a {kind} wait runs on the node; 'where: control' is only for http and tcp")
     return spec
+
+
+def _http(c: _Checker, raw: Any, where: str, name: str | None) -> HttpSpec:
+    w = f"{where}.http"
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    data = c.mapping(raw, w)
+    c.known(data, _HTTP_FIELDS, w)
+    if "url" not in data:
+        raise c.fail(w, "missing required field 'url'")
+
+    def template(value: Any, at: str) -> str:
+        text = c.string(value, at, text=True)
+        check_syntax(text, where=f"{c.source}: {at}")
+        return text
+    url = template(data["url"], f"{w}.url")
+    method = c.choice(str(data.get("method", "GET")).upper(), f"{w}.method", _METHODS)
+    headers: dict[str, str] = {}
+    for key, value in c.mapping(data.get("headers") or {}, f"{w}.headers").items():
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", key):
+            raise c.fail(f"{w}.headers", f"invalid header name {describe_value(key)}")
+        headers[key] = template(value, f"{w}.headers.{key}")
+    if "json" in data and "data" in data:
+        raise c.fail(w, "give either json (a document) or data (a raw body), not both")
+    body_json = data.get("json")
+    if body_json is not None:
+        _check_json_templates(c, body_json, f"{w}.json")
+    raw_data = template(data["data"], f"{w}.data") if "data" in data else None
+    user = password = None
+    if "auth" in data:
+        auth = c.mapping(data["auth"], f"{w}.auth")
+        c.known(auth, {"user", "password"}, f"{w}.auth")
+        if set(auth) != {"user", "password"}:
+            raise c.fail(f"{w}.auth", "basic auth needs both user and password")
+        user, password = template(auth["user"], f"{w}.auth.user"), template(auth["password"], f"{w}.auth.password")
+    status_raw = data.get("status", 200)
+    statuses = status_raw if isinstance(status_raw, list) else [status_raw]
+    if not statuses:
+        raise c.fail(f"{w}.status", "expected a status or a non-empty list of statuses")
+    status = tuple(c.integer(v, f"{w}.status", 100, 599) for v in statuses)
+    match = data.get("body")
+    if match is not None:
+        match = c.string(match, f"{w}.body", text=True)
+        try:
+            re.compile(match)
+        except re.error as exc:
+            raise c.fail(f"{w}.body", f"invalid regular expression: {shorten(str(exc))}") from None
+    tls = c.mapping(data.get("tls") or {}, f"{w}.tls")
+    c.known(tls, {"verify", "ca_file", "cert", "key"}, f"{w}.tls")
+    verify = tls.get("verify", True)
+    if not isinstance(verify, bool):
+        raise c.fail(f"{w}.tls.verify", f"expected true or false, got {_kind_of(verify)}")
+    proxy = data.get("proxy", False)
+    if not isinstance(proxy, bool):
+        raise c.fail(f"{w}.proxy", f"expected true or false, got {_kind_of(proxy)}")
+    return HttpSpec(
+        name=name or _short(f"{method} {url}"), url=url, method=method, headers=frozen_map(headers),
+        json=body_json, body=raw_data, user=user, password=password, status=status, match=match,
+        verify=verify, ca_file=c.optional(tls, "ca_file", f"{w}.tls", lambda v, x: template(v, x), None),
+        client_cert=c.optional(tls, "cert", f"{w}.tls", lambda v, x: template(v, x), None),
+        client_key=c.optional(tls, "key", f"{w}.tls", lambda v, x: template(v, x), None),
+        proxy=proxy, where=c.optional(data, "where", w, lambda v, x: c.choice(v, x, ("control", "node")), "control"),
+        timeout=c.optional(data, "timeout", w, lambda v, x: c.number(v, x, 0.1, 86400), 30.0))
+
+
+def _check_json_templates(c: _Checker, value: Any, where: str) -> None:
+    """Every string inside a json body is a template: check its syntax."""
+    if isinstance(value, str):
+        check_syntax(value, where=f"{c.source}: {where}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise c.fail(where, "keys must be strings")
+            _check_json_templates(c, item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_templates(c, item, f"{where}[{i}]")
+    elif value is not None and not isinstance(value, (int, float, bool)):
+        raise c.fail(where, f"expected JSON values, got {_kind_of(value)}")
 
 
 def _short(command: str) -> str:

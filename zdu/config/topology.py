@@ -5,6 +5,7 @@ the field; nothing is contacted before the whole topology is valid.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from zdu.config.documents import _Checker, _kind, describe_value, field_path, read_document
-from zdu.model import LbSettings, Node, SshSettings, Topology, frozen_map
+from zdu.model import LbSettings, Node, RunStep, SshSettings, Tier, Topology, frozen_map
 from zdu.planning.serial import Serial, parse_serial
 
 # patterns are used with fullmatch ("$" would also match before a final newline)
@@ -27,7 +28,12 @@ _USER = re.compile(r"[^\s-][^\s]{0,255}")
 #: files of the run folder: a node called ``run`` would write its log over ``run.log``
 RESERVED_NODE_NAMES = frozenset({"run", "journal", "events", "report", "control", "summary", "junit"})
 
-_TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir"}
+_TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir", "tiers", "hosts",
+               "before", "after", "max_fail_percentage", "min_in_service", "pause_timeout", "pause_timeout_action"}
+_TIER_FIELDS = {"name", "group", "role", "nodes", "serial", "gate", "gate_on", "min_in_service",
+                "max_fail_percentage"}
+#: words of ``on:`` (before/after steps, gates): no node or host may be called so
+ON_WORDS = frozenset({"control", "all", "each"})
 _NODE_FIELDS = {"name", "host", "port", "user", "group", "roles", "vars", "transport",
                 "lb_server", "host_key"}
 _SSH_FIELDS = {"user", "key_file", "known_hosts", "host_key_policy", "connect_timeout",
@@ -97,9 +103,131 @@ def parse_topology(data: Any, *, source: str) -> Topology:
     profile = c.optional(top, "profile", "", lambda v, w: c.string(v, w), None)
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
     serial = c.optional(top, "serial", "", lambda v, w: parse_serial(v, f"{c.source}: {w}"), Serial())
+    for node in nodes:
+        if node.name.lower() in ON_WORDS:
+            raise c.fail(f"nodes ({node.name})", f"{node.name!r} is a word of 'on:' ({', '.join(sorted(ON_WORDS))}); "
+                                                 "choose another node name")
+    hosts = _parse_hosts(c, top.get("hosts"), names)
+    targets = {n.name for n in nodes} | {h.name for h in hosts}
+    before = _parse_run_steps(c, top.get("before"), "before", targets)
+    after = _parse_run_steps(c, top.get("after"), "after", targets)
     return Topology(nodes=tuple(nodes), ssh=ssh, load_balancer=lb, profile=profile,
                     vars=variables, serial=serial, source=source,
-                    lock_dir=c.optional(top, "lock_dir", "", _parse_lock_dir(c), Topology.lock_dir))
+                    lock_dir=c.optional(top, "lock_dir", "", _parse_lock_dir(c), Topology.lock_dir),
+                    tiers=_parse_tiers(c, top.get("tiers"), nodes), hosts=hosts, before=before, after=after,
+                    max_fail_percentage=c.optional(top, "max_fail_percentage", "",
+                                                   lambda v, w: c.number(v, w, 0, 100), None),
+                    min_in_service=c.optional(top, "min_in_service", "", _parse_capacity(c), None),
+                    pause_timeout=c.optional(top, "pause_timeout", "", lambda v, w: c.number(v, w, 1, 7 * 86400),
+                                             Topology.pause_timeout),
+                    pause_timeout_action=c.optional(top, "pause_timeout_action", "",
+                                                    lambda v, w: c.choice(v, w, ("abort", "continue")), "abort"))
+
+
+def _parse_capacity(c: _Checker) -> Callable[[Any, str], int | str]:
+    """``min_in_service``: a count of nodes, or a percentage of the backend (tier) like "50%"."""
+    def parse(value: Any, where: str) -> int | str:
+        if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", value):
+            if float(value.strip().rstrip("%")) > 100:
+                raise c.fail(where, f"a percentage is at most 100%, got {describe_value(value)}")
+            return value.strip()
+        return c.integer(value, where, 0, 100_000)
+    return parse
+
+
+def _parse_hosts(c: _Checker, raw: Any, names: Mapping[str, tuple[int, str]]) -> tuple[Node, ...]:
+    """``hosts:``: other hosts reached over SSH (a database server, a load-balancer host), never
+    upgraded; named by before/after steps and load_balancer.via."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise c.fail("hosts", f"expected a list of hosts, got {_kind(raw)}")
+    hosts: list[Node] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        host = _parse_node(c, item, index, section="hosts")
+        where = f"hosts[{index}] ({host.name})"
+        if host.name.lower() in names or host.name.lower() in seen:
+            raise c.fail(where, f"{host.name!r} is already the name of a node or host")
+        if host.name.lower() in ON_WORDS:
+            raise c.fail(where, f"{host.name!r} is a word of 'on:'; choose another host name")
+        seen.add(host.name.lower())
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _parse_run_steps(c: _Checker, raw: Any, where: str, targets: set[str]) -> tuple[RunStep, ...]:
+    from zdu.config.profile import run_steps
+    steps = run_steps(c, raw, where)
+    for i, item in enumerate(steps):
+        if item.on not in ("control", "all") and item.on not in targets:
+            raise c.fail(f"{where}[{i}].on", f"{describe_value(item.on)} is not control, all, a node or a host "
+                                             "(hosts: lists the hosts that are not upgraded)")
+    return steps
+
+
+def _parse_tiers(c: _Checker, raw: Any, nodes: list[Node]) -> tuple[Tier, ...]:
+    """``tiers:``: ordered groups of nodes; each node in the first tier it matches."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise c.fail("tiers", f"expected a non-empty list of tiers, got {_kind(raw)}")
+    from zdu.config.profile import step
+    specs = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        where = f"tiers[{index}]"
+        data = c.mapping({"name": item} if isinstance(item, str) else item, where)
+        c.known(data, _TIER_FIELDS, where)
+        if "name" not in data:
+            raise c.fail(where, "missing required field 'name'")
+        name = c.string(data["name"], f"{where}.name", pattern=re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
+                        hint="letters, digits, '.', '_' and '-'")
+        where = f"tiers[{index}] ({name})"
+        if name in seen:
+            raise c.fail(where, f"duplicate tier {name!r}")
+        seen.add(name)
+        explicit = c.optional(data, "nodes", where, c.string_list, None)
+        groups = c.optional(data, "group", where, _one_or_more(c), None)
+        roles = c.optional(data, "role", where, _one_or_more(c), None)
+        gate_raw = data.get("gate")
+        gate = tuple(step(c, g, f"{where}.gate[{i}]") for i, g in enumerate(
+            gate_raw if isinstance(gate_raw, list) else [gate_raw])) if gate_raw is not None else ()
+        specs.append((name, explicit, groups, roles, Tier(
+            name=name, nodes=(),
+            serial=c.optional(data, "serial", where, lambda v, w: parse_serial(v, f"{c.source}: {w}"), None),
+            gate=gate, gate_on=c.optional(data, "gate_on", where, lambda v, w: c.choice(v, w, ("each", "control")),
+                                          "each"),
+            min_in_service=c.optional(data, "min_in_service", where, _parse_capacity(c), None),
+            max_fail_percentage=c.optional(data, "max_fail_percentage", where, lambda v, w: c.number(v, w, 0, 100),
+                                           None))))
+    members: dict[str, list[str]] = {name: [] for name, *_ in specs}
+    for node in nodes:
+        for name, explicit, groups, roles, _tier in specs:
+            if explicit is not None:
+                hit = node.name in explicit
+            elif groups is not None or roles is not None:
+                hit = node.group in (groups or ()) or bool(set(node.roles) & set(roles or ()))
+            else:
+                hit = node.group == name or name in node.roles
+            if hit:
+                members[name].append(node.name)
+                break
+        else:
+            raise c.fail("tiers", f"node {node.name!r} (group {node.group or '-'!s}, roles "
+                                  f"{', '.join(node.roles) or '-'}) is in no tier; every node must be in one")
+    for name, explicit, *_ in specs:
+        for missing in sorted(set(explicit or ()) - {n.name for n in nodes}):
+            raise c.fail(f"tiers ({name}).nodes", f"{missing!r} is not a node of the topology")
+        if not members[name]:
+            raise c.fail(f"tiers ({name})", "no node is in this tier")
+    return tuple(dataclasses.replace(tier, nodes=tuple(members[name])) for name, *_, tier in specs)
+
+
+def _one_or_more(c: _Checker) -> Callable[[Any, str], tuple[str, ...]]:
+    def parse(value: Any, where: str) -> tuple[str, ...]:
+        return (c.string(value, where),) if isinstance(value, str) else c.string_list(value, where)
+    return parse
 
 
 def _parse_lock_dir(c: _Checker) -> Callable[[Any, str], str]:
@@ -113,12 +241,12 @@ def _parse_lock_dir(c: _Checker) -> Callable[[Any, str], str]:
     return parse
 
 
-def _parse_node(c: _Checker, raw: Any, index: int) -> Node:
-    where = f"nodes[{index}]"
+def _parse_node(c: _Checker, raw: Any, index: int, section: str = "nodes") -> Node:
+    where = f"{section}[{index}]"
     data = c.mapping(raw, where)
     name_value = data.get("name")
     if isinstance(name_value, str) and 0 < len(name_value) <= 64 and name_value.isprintable():
-        where = f"nodes[{index}] ({name_value})"
+        where = f"{section}[{index}] ({name_value})"
     c.known(data, _NODE_FIELDS, where)
     for required in ("name", "host"):
         if required not in data:

@@ -12,14 +12,17 @@ the text is touched.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import ipaddress
+import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from zdu.errors import ConfigError, TemplateError
-from zdu.model import CommandSpec, Node, Profile, Step, Topology, WaitSpec, frozen_map
+from zdu.model import CommandSpec, HttpSpec, Node, Profile, RunStep, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
 from zdu.planning.serial import Serial, parse_serial
 from zdu.planning.templates import Raw, render
@@ -52,10 +55,32 @@ class PlannedWait:
 
 
 @dataclass(frozen=True)
-class PlannedStep:
-    """One rendered step of one node's phase."""
+class PlannedRequest:
+    """A rendered HTTP request (``http:`` step)."""
 
-    node: str
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    user: str | None
+    password: str | None
+    status: tuple[int, ...]
+    match: str | None
+    verify: bool
+    ca_file: str | None
+    client_cert: str | None
+    client_key: str | None
+    proxy: bool
+    where: Literal["control", "node"]
+    timeout: float
+    curl: str | None = None             # where: node -- the curl command that makes the request there
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One rendered step of one node's phase (or of the run: before, after, a tier's gate)."""
+
+    node: str                           # a node, or "control" / a host of the topology's hosts
     phase: Phase
     index: int
     name: str
@@ -64,7 +89,8 @@ class PlannedStep:
     wait: PlannedWait | None = None
     timeout: float | None = None
     smoke: bool = False                 # a smoke check (runs last in POST-APPLY)
-    shown: str = ""                     # the command / wait target as the logs show it (secrets masked)
+    shown: str = ""                     # the command / wait target / request as the logs show it (masked)
+    request: PlannedRequest | None = None
 
     @property
     def key(self) -> str:
@@ -94,6 +120,22 @@ class NodePlan:
 
 
 @dataclass(frozen=True)
+class PlannedTier:
+    """A tier of the plan: its nodes, its waves, the gate that must hold after it."""
+
+    name: str                            # "" when the topology has no tiers
+    nodes: tuple[str, ...]
+    waves: tuple[tuple[str, ...], ...]
+    gate: tuple[PlannedStep, ...] = ()
+    min_in_service: int | str | None = None
+    max_fail_percentage: float | None = None
+
+
+#: the control machine as a target of before/after steps and gates
+CONTROL = Node(name="control", host="localhost", transport="local")
+
+
+@dataclass(frozen=True)
 class Plan:
     """The whole run, rendered."""
 
@@ -108,12 +150,35 @@ class Plan:
     pauses: frozenset[int] = frozenset()   # indices of the waves after which the run pauses
     masker: Masker = Masker()           # the secret values, for text zdupgrade did not render
     lb_type: str = "none"
+    tiers: tuple[PlannedTier, ...] = ()
+    before: tuple[PlannedStep, ...] = ()
+    after: tuple[PlannedStep, ...] = ()
+    hosts: Mapping[str, Node] = field(default_factory=frozen_map)   # targets that are not nodes: control, the topology's hosts
+    min_in_service: int | str | None = None
+    max_fail_percentage: float | None = None
+    pause_timeout: float = 3600.0
+    pause_timeout_action: str = "abort"
 
     def node_plan(self, name: str) -> NodePlan:
         for plan in self.nodes:
             if plan.node.name == name:
                 return plan
         raise KeyError(name)
+
+    def target(self, name: str) -> Node:
+        """The node or host a step runs on."""
+        if name in self.hosts:
+            return self.hosts[name]
+        return self.node_plan(name).node
+
+    def tier_of(self, wave: int) -> PlannedTier:
+        """The tier of the plan's wave number ``wave`` (0-based)."""
+        count = 0
+        for tier in self.tiers:
+            count += len(tier.waves)
+            if wave < count:
+                return tier
+        raise IndexError(wave)
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -254,29 +319,100 @@ class _NodeView:
 # --------------------------------------------------------------------------- building
 
 def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, new_install_dir: str,
-               run_id: str, serial: Serial | None = None, env: Mapping[str, str] | None = None) -> Plan:
+               run_id: str, serial: Serial | None = None, env: Mapping[str, str] | None = None,
+               pause_after: frozenset[int] = frozenset()) -> Plan:
     """Render every step for every node; raise ConfigError (naming the template) on any problem.
 
     ``env`` is the control machine's environment, for ``{env: NAME}`` variables.  A template
-    error's message is masked: it may quote a secret value."""
+    error's message is masked: it may quote a secret value.  ``serial`` (``--serial``) replaces
+    the topology's and every tier's; ``pause_after`` adds pauses after those waves (1-based,
+    ``--pause-after-wave``)."""
     node_plans: list[NodePlan] = []
     secrets: set[str] = set()
-    for node in topology.nodes:
-        ctx = _contexts(topology, profile, node, old_install_dir=old_install_dir,
-                        new_install_dir=new_install_dir, run_id=run_id, env=env)
-        secrets |= ctx.secrets
-        try:
+    contexts: dict[str, _Contexts] = {}
+    kw = dict(old_install_dir=old_install_dir, new_install_dir=new_install_dir, run_id=run_id, env=env)
+    hosts = {"control": CONTROL, **{h.name: h for h in topology.hosts}}
+    try:
+        for node in topology.nodes:
+            ctx = contexts[node.name] = _contexts(topology, profile, node, **kw)
+            secrets |= ctx.secrets
             node_plans.append(_node_plan(profile, node, ctx))
-        except TemplateError as exc:
-            raise TemplateError(Masker(secrets)(str(exc))) from None
-    chosen: Any = topology.serial if serial is None else serial
-    if not isinstance(chosen, Serial):
-        chosen = parse_serial(chosen, f"{topology.source}: serial")
-    names = [n.name for n in topology.nodes]
+        for name, host in hosts.items():
+            contexts[name] = _contexts(topology, profile, host, **kw)
+            secrets |= contexts[name].secrets
+        before = _run_steps(profile, topology, Phase.BEFORE, (*profile.before, *topology.before), contexts)
+        after = _run_steps(profile, topology, Phase.AFTER, (*profile.after, *topology.after), contexts)
+        tiers = _tiers(topology, profile, serial, contexts)
+    except TemplateError as exc:
+        raise TemplateError(Masker(secrets)(str(exc))) from None
+    waves = tuple(w for tier in tiers for w in tier.waves)
+    pauses: set[int] = set()
+    offset = 0
+    for tier, chosen in zip(tiers, _serials(topology, serial)):
+        pauses |= {offset + i for i in chosen.pauses(list(tier.nodes))}
+        offset += len(tier.waves)
+    for number in pause_after:
+        if not 1 <= number < len(waves):
+            raise ConfigError(f"--pause-after-wave {number}: the plan has {len(waves)} wave(s); "
+                              f"a pause goes after wave 1 to {len(waves) - 1}")
+        pauses.add(number - 1)
     return Plan(run_id=run_id, old_install_dir=old_install_dir, new_install_dir=new_install_dir,
                 profile=profile.name, topology=topology.source, nodes=tuple(node_plans),
-                waves=chosen.waves(names), pauses=chosen.pauses(names),
-                parallel=topology.ssh.parallel, masker=Masker(secrets), lb_type=topology.load_balancer.type)
+                waves=waves, pauses=frozenset(pauses),
+                parallel=topology.ssh.parallel, masker=Masker(secrets), lb_type=topology.load_balancer.type,
+                tiers=tiers, before=before, after=after, hosts=frozen_map(hosts),
+                min_in_service=topology.min_in_service, max_fail_percentage=topology.max_fail_percentage,
+                pause_timeout=topology.pause_timeout, pause_timeout_action=topology.pause_timeout_action)
+
+
+def _serial(value: Any, where: str) -> Serial:
+    return value if isinstance(value, Serial) else parse_serial(value, where)
+
+
+def _serials(topology: Topology, override: Serial | None) -> list[Serial]:
+    """The serial of each tier (``--serial`` wins over the tier's, which wins over the topology's)."""
+    default = _serial(topology.serial if override is None else override, f"{topology.source}: serial")
+    if not topology.tiers:
+        return [default]
+    return [default if override is not None or tier.serial is None else tier.serial for tier in topology.tiers]
+
+
+def _tiers(topology: Topology, profile: Profile, override: Serial | None,
+           contexts: Mapping[str, _Contexts]) -> tuple[PlannedTier, ...]:
+    serials = _serials(topology, override)
+    if not topology.tiers:
+        names = tuple(n.name for n in topology.nodes)
+        return (PlannedTier("", names, serials[0].waves(list(names))),)
+    tiers = []
+    control_index = 0
+    for tier, chosen in zip(topology.tiers, serials):
+        gate: list[PlannedStep] = []
+        where = f"{topology.source}: tiers ({tier.name}).gate"
+        targets = tier.nodes if tier.gate_on == "each" else ("control",)
+        for target in targets:
+            for i, spec in enumerate(tier.gate):
+                index = i if target != "control" else control_index
+                control_index += target == "control"
+                gate.append(_plan_step(profile, topology.host(target) if target != "control" else CONTROL,
+                                       Phase.GATE, index, spec, contexts[target], f"tiers ({tier.name}).gate[{i}]",
+                                       where=where))
+        tiers.append(PlannedTier(tier.name, tier.nodes, chosen.waves(list(tier.nodes)), tuple(gate),
+                                 tier.min_in_service, tier.max_fail_percentage))
+    return tuple(tiers)
+
+
+def _run_steps(profile: Profile, topology: Topology, phase: Phase, steps: Sequence[RunStep],
+               contexts: Mapping[str, _Contexts]) -> tuple[PlannedStep, ...]:
+    """before/after steps: ``on: all`` becomes one step per node."""
+    planned: list[PlannedStep] = []
+    section = phase.value.lower()
+    for i, item in enumerate(steps):
+        targets = [n.name for n in topology.nodes] if item.on == "all" else [item.on]
+        for target in targets:
+            node = CONTROL if target == "control" else topology.host(target)
+            planned.append(_plan_step(profile, node, phase, len(planned), item.step, contexts[target],
+                                      f"{section}[{i}]"))
+    return tuple(planned)
 
 
 def _node_plan(profile: Profile, node: Node, ctx: _Contexts) -> NodePlan:
@@ -297,8 +433,12 @@ def _node_plan(profile: Profile, node: Node, ctx: _Contexts) -> NodePlan:
 
 
 def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Step,
-               ctx: _Contexts, section: str, smoke: bool = False) -> PlannedStep:
-    where = f"{profile.source}: {section}"
+               ctx: _Contexts, section: str, smoke: bool = False, where: str | None = None) -> PlannedStep:
+    where = where or f"{profile.source}: {section}"
+    if isinstance(step, HttpSpec):
+        request, shown = _plan_request(step, ctx, where=f"{where} request {step.name!r} (node {node.name})")
+        return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.HTTP,
+                           request=request, timeout=step.timeout, smoke=smoke, shown=shown)
     if isinstance(step, CommandSpec):
         command, shown = ctx.render(step.run, where=f"{where} step {step.name!r} (node {node.name})")
         return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.RUN,
@@ -306,6 +446,92 @@ def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Ste
     wait = _plan_wait(step, ctx, where=f"{where} wait {step.name!r} (node {node.name})")
     return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.WAIT,
                        wait=wait, smoke=smoke, shown=wait.shown)
+
+
+def _render_json(value: Any, ctx: _Contexts, where: str) -> tuple[Any, Any]:
+    """Every string of a JSON document rendered as a template (real, shown)."""
+    if isinstance(value, str):
+        return ctx.render(value, where=where, shell=False)
+    if isinstance(value, dict):
+        pairs = {k: _render_json(v, ctx, where) for k, v in value.items()}
+        return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+    if isinstance(value, list):
+        items = [_render_json(v, ctx, where) for v in value]
+        return [v[0] for v in items], [v[1] for v in items]
+    return value, value
+
+
+def _plan_request(spec: HttpSpec, ctx: _Contexts, *, where: str) -> tuple[PlannedRequest, str]:
+    url, shown_url = ctx.render(spec.url, where=where, shell=False)
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise TemplateError(f"{where}: the url must be http(s)://HOST..., got {url[:80]!r}")
+    headers = [(k, *ctx.render(v, where=where, shell=False)) for k, v in spec.headers.items()]
+    for _, value, _shown in headers:
+        if "\n" in value or "\r" in value:
+            raise TemplateError(f"{where}: a header value cannot hold a line break")
+    body: bytes | None = None
+    shown_body = ""
+    content_type: str | None = None
+    if spec.json is not None:
+        real, shown_json = _render_json(spec.json, ctx, where)
+        body = json.dumps(real).encode()
+        shown_body = " " + json.dumps(shown_json)
+        content_type = "application/json"
+    elif spec.body is not None:
+        real_text, shown_text = ctx.render(spec.body, where=where, shell=False)
+        body = real_text.encode()
+        shown_body = f" ({len(body)} bytes)" if shown_text == real_text else " (body with secrets)"
+    if content_type and not any(k.lower() == "content-type" for k, _, _ in headers):
+        headers.append(("Content-Type", content_type, content_type))
+    user, password = None, None
+    if spec.user is not None and spec.password is not None:
+        user = ctx.render(spec.user, where=where, shell=False)[0]
+        password = ctx.render(spec.password, where=where, shell=False)[0]
+    paths = [ctx.render(p, where=where, shell=False)[0] if p else None
+             for p in (spec.ca_file, spec.client_cert, spec.client_key)]
+    request = PlannedRequest(method=spec.method, url=url, headers=tuple((k, v) for k, v, _ in headers), body=body,
+                             user=user, password=password, status=spec.status, match=spec.match,
+                             verify=spec.verify, ca_file=paths[0], client_cert=paths[1], client_key=paths[2],
+                             proxy=spec.proxy, where=spec.where, timeout=spec.timeout)
+    if spec.where == "node":
+        request = dataclasses.replace(request, curl=_curl(request))
+    auth = f" as {user}" if user else ""
+    expect = "/".join(str(s) for s in spec.status)
+    return request, f"{spec.method} {shown_url}{auth}{shown_body} -> {expect}"
+
+
+def _curl(request: PlannedRequest) -> str:
+    """The curl command that makes ``request`` on the node.  Headers, credentials and the body go
+    in a curl config read from a here-document, so none of them is an argument ``ps`` would show."""
+    def quoted(value: str) -> str:
+        if "\n" in value or "\r" in value or "\x00" in value:
+            raise TemplateError(f"a value for the request to {request.url[:80]!r} holds a line break")
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines = [f"request = {quoted(request.method)}", f"max-time = {request.timeout:g}",
+             'write-out = "\\n%{http_code}"', "silent", "show-error", f"url = {quoted(request.url)}"]
+    if not request.proxy:
+        lines.append('noproxy = "*"')
+    if not request.verify:
+        lines.append("insecure")
+    for option, path in (("cacert", request.ca_file), ("cert", request.client_cert), ("key", request.client_key)):
+        if path:
+            lines.append(f"{option} = {quoted(path)}")
+    lines += [f"header = {quoted(f'{k}: {v}')}" for k, v in request.headers]
+    if request.user is not None:
+        lines.append(f"user = {quoted(f'{request.user}:{request.password}')}")
+    body = ""
+    if request.body is not None:
+        lines.append("data-binary = @-")
+    config = "\n".join(lines)
+    digest = hashlib.sha256(config.encode("utf-8", "surrogateescape") + (request.body or b""))
+    marker = "ZDU_CURL_CONFIG_" + digest.hexdigest()[:16]
+    if request.body is not None:
+        # the body on stdin (a second here-document), the config from a file descriptor
+        body_marker = marker + "_BODY"
+        body = request.body.decode("utf-8", "surrogateescape")
+        return (f"curl -K /dev/fd/3 3<<'{marker}' <<'{body_marker}'\n{config}\n{marker}\n"
+                f"{body}\n{body_marker}")
+    return f"curl -K - <<'{marker}'\n{config}\n{marker}"
 
 
 def _plan_wait(spec: WaitSpec, ctx: _Contexts, *, where: str) -> PlannedWait:
@@ -372,51 +598,104 @@ def _node_poll_command(kind: str, state: str, plain: str, pattern: str | None) -
 # --------------------------------------------------------------------------- dry run
 
 def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = None) -> str:
-    """The human-readable plan printed by ``--dry-run`` (secrets masked)."""
+    """The human-readable plan printed by ``--dry-run`` (secrets masked at render time)."""
     describe = describe_lb or (lambda action, node: f"{plan.lb_type} {action} {node.lb_name}")
+    tiers = [t for t in plan.tiers if t.name]
     out: list[str] = [
         f"PLAN {plan.run_id}: profile {plan.profile}, topology {plan.topology}",
         f"  old install dir: {shlex.quote(plan.old_install_dir)}",
         f"  new install dir: {shlex.quote(plan.new_install_dir)}",
         f"  nodes: {', '.join(plan.node_names)}; offline phases {plan.parallel} node(s) at a time; "
         f"waves: {' | '.join(', '.join(w) for w in plan.waves)}",
-        "",
-        "1. Offline phases on every node (nothing running is changed; any failure stops the run here):",
     ]
+    if tiers:
+        out.append("  tiers, in order: " + "; ".join(f"{t.name} ({', '.join(t.nodes)})" for t in tiers))
+    guards = []
+    if plan.max_fail_percentage is not None:
+        guards.append(f"failure budget {plan.max_fail_percentage:g}% of a wave")
+    if plan.min_in_service is not None:
+        guards.append(f"at least {plan.min_in_service} node(s) in service")
+    if guards:
+        out.append("  guards: " + ", ".join(guards))
+    if plan.pauses:
+        out.append(f"  pauses after wave(s) {', '.join(str(p + 1) for p in sorted(plan.pauses))}; a pause waits "
+                   f"{plan.pause_timeout:g}s for `zdupgrade continue` / `abort`, then: {plan.pause_timeout_action}")
+    out.append("")
+    number = 1
+    if plan.before:
+        out.append(f"{number}. Before any node is changed, once (a failure stops the run; nothing changed):")
+        out.extend(_format_run_steps(plan.before))
+        out.append("")
+        number += 1
+    out.append(f"{number}. Offline phases on every node (nothing running is changed; any failure stops the run here):")
+    number += 1
     for phase in (Phase.EXPORT, Phase.UPGRADE):
         for node_plan in plan.nodes:
             out.append(f"  [{phase}] {node_plan.node.name}")
             out.extend(_format_steps(node_plan.phases[phase], "    "))
     out.append("")
-    out.append("2. Online phases, wave by wave:")
-    for number, wave in enumerate(plan.waves, 1):
-        out.append(f"  wave {number}: {', '.join(wave)}")
-        for name in wave:
-            np_ = plan.node_plan(name)
-            node = np_.node
-            out.append(f"    {name} ({node.user + '@' if node.user else ''}{node.host}:{node.port})")
-            out.append(f"      [{Phase.PRE_APPLY}]")
-            out.extend(_format_steps(np_.phases[Phase.PRE_APPLY], "        "))
-            out.append(f"      [load balancer] disable: {describe('disable', node)}")
-            for phase in (Phase.APPLY, Phase.POST_APPLY):
-                out.append(f"      [{phase}]")
-                out.extend(_format_steps(np_.phases[phase], "        "))
-            out.append(f"      [load balancer] enable: {describe('enable', node)}")
-            out.append("      rollback path (on failure, per policy; run inside disable/enable):")
-            for phase in ONLINE_PHASES:
-                steps = np_.rollback_for(phase)
-                out.append(f"        after a failure in {phase}:" + ("" if steps else " nothing to undo"))
-                out.extend(_format_steps(steps, "          "))
+    out.append(f"{number}. Online phases, wave by wave:")
+    number += 1
+    wave_number = 0
+    for tier in plan.tiers:
+        if tier.name:
+            out.append(f"  tier {tier.name}: {', '.join(tier.nodes)}"
+                       + (f"; at least {tier.min_in_service} in service" if tier.min_in_service is not None else "")
+                       + (f"; failure budget {tier.max_fail_percentage:g}%" if tier.max_fail_percentage is not None
+                          else ""))
+        for wave in tier.waves:
+            wave_number += 1
+            out.append(f"  wave {wave_number}: {', '.join(wave)}")
+            for name in wave:
+                out.extend(_format_node(plan, name, describe))
+            if wave_number - 1 in plan.pauses:
+                out.append(f"  PAUSE after wave {wave_number}: wait for the operator (zdupgrade continue | abort)")
+        if tier.gate:
+            out.append(f"  gate of tier {tier.name}: must hold before the next tier starts:")
+            out.extend(_format_steps(tier.gate, "    ", show_node=True))
+    if plan.after:
+        out.append("")
+        out.append(f"{number}. After a successful run, once:")
+        out.extend(_format_run_steps(plan.after))
     return "\n".join(out) + "\n"
 
 
-def _format_steps(steps: Sequence[PlannedStep], indent: str) -> list[str]:
+def _format_node(plan: Plan, name: str, describe: Callable[[str, Node], str]) -> list[str]:
+    np_ = plan.node_plan(name)
+    node = np_.node
+    out = [f"    {name} ({node.user + '@' if node.user else ''}{node.host}:{node.port})",
+           f"      [{Phase.PRE_APPLY}]"]
+    out.extend(_format_steps(np_.phases[Phase.PRE_APPLY], "        "))
+    out.append(f"      [load balancer] disable: {describe('disable', node)}")
+    for phase in (Phase.APPLY, Phase.POST_APPLY):
+        out.append(f"      [{phase}]")
+        out.extend(_format_steps(np_.phases[phase], "        "))
+    out.append(f"      [load balancer] enable: {describe('enable', node)}")
+    out.append("      rollback path (on failure, per policy; run inside disable/enable):")
+    for phase in ONLINE_PHASES:
+        steps = np_.rollback_for(phase)
+        out.append(f"        after a failure in {phase}:" + ("" if steps else " nothing to undo"))
+        out.extend(_format_steps(steps, "          "))
+    return out
+
+
+def _format_run_steps(steps: Sequence[PlannedStep]) -> list[str]:
+    return _format_steps(steps, "  ", show_node=True)
+
+
+def _format_steps(steps: Sequence[PlannedStep], indent: str, show_node: bool = False) -> list[str]:
     if not steps:
         return [f"{indent}(no steps)"]
     lines = []
     for step in steps:
         label = " (smoke)" if step.smoke else ""
-        if step.kind is StepKind.RUN:
+        if show_node:
+            label += f" on {step.node}"
+        if step.kind is StepKind.HTTP:
+            assert step.request is not None
+            lines.append(f"{indent}- request{label}: {step.name}, from {step.request.where}:")
+            lines.append(f"{indent}    {step.shown}")
+        elif step.kind is StepKind.RUN:
             lines.append(f"{indent}- {step.name}{label}:")
             lines.extend(f"{indent}    $ {line}" for line in step.shown.splitlines() or [""])
         else:
