@@ -352,6 +352,27 @@ def test_messages_never_carry_a_whole_value(tmp_path: Path) -> None:
         assert "... (1,000,00" in message, message
 
 
+def test_profile_messages_never_carry_a_whole_value(tmp_path: Path) -> None:
+    big = "y" * 1_000_000
+    message = _profile_error({"name": "p", "phases": {big: ["x"]}})
+    assert message.startswith("p.yaml: phases.'yyyy") and "unknown phase" in message and len(message) < 400
+    message = _profile_error({"name": "p", "phases": {"EXPORT": [{"wait": {"tcp": "a:1", "state": big}}]}})
+    assert "expected one of running, exited, got 'yyyy" in message and len(message) < 400
+    for ref in ("/" + big + ".yaml", big):
+        with pytest.raises(ConfigError) as info:
+            load_profile(ref)
+        assert len(str(info.value)) < 400, str(info.value)[:400]
+    with pytest.raises(ConfigError) as info:
+        load_profile("/" + big + ".yaml")
+    assert str(info.value).startswith("profile file not found: /yyyy")
+    with pytest.raises(ConfigError) as info:
+        load_topology(Path("/" + "z" * 5000 + ".yaml"))
+    assert str(info.value).startswith("/zzzz") and "cannot read topology file: File name too long" in str(info.value)
+    assert len(str(info.value)) < 400
+    with pytest.raises(ConfigError, match=r"^the topology file name: 't\\nx.yaml' contains a newline"):
+        load_topology(Path("t\nx.yaml"))
+
+
 def test_describe_value_is_bounded() -> None:
     shared: list[object] = ["lol"] * 10
     for _ in range(8):
