@@ -70,16 +70,21 @@ def field_path(where: str, key: Any) -> str:
     return f"{where}.{name}" if where else name
 
 
-def describe_char(value: str, index: int) -> str:
-    """What is wrong with the character at ``index`` of ``value`` (for ``check_text``'s messages)."""
-    char = value[index]
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode / surrogateescape keeps a bad byte as U+DC80+byte
-        return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
+def describe_char(value: str, index: int, *, reveal: bool = True) -> str:
+    """What is wrong with the character at ``index`` of ``value`` (for ``check_text``'s messages).
+
+    ``reveal=False`` leaves out which character it is (the text may hold a secret)."""
+    code = ord(value[index])
     if 0xD800 <= code <= 0xDFFF:
+        if not reveal:
+            return f"is not valid UTF-8 text (at position {index})"
+        if code >= 0xDC80 and code <= 0xDCFF:  # os.fsdecode / surrogateescape: U+DC80 + the byte
+            return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
         return f"is not valid UTF-8 text (lone surrogate U+{code:04X} at position {index})"
     if code == 0:
         return f"contains a NUL byte (position {index}), which no shell or file name can hold"
+    if not reveal:
+        return f"contains a control character at position {index}"
     names = {9: "a tab", 10: "a newline", 13: "a carriage return", 27: "an escape character"}
     return f"contains {names.get(code, 'a control character')} (U+{code:04X}) at position {index}"
 
@@ -91,10 +96,16 @@ def check_text(value: str, where: str, *, identifier: bool = False) -> str:
     carry them), and control characters other than tab and newline.  With ``identifier=True``
     (names, hosts, paths, options) tab and newline are refused too.
     """
-    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
-    if bad is not None:
-        raise ConfigError(f"{where}: {describe_value(value, 40)} {describe_char(value, bad.start())}")
+    index = first_bad_char(value, identifier=identifier)
+    if index >= 0:
+        raise ConfigError(f"{where}: {describe_value(value, 40)} {describe_char(value, index)}")
     return value
+
+
+def first_bad_char(value: str, *, identifier: bool = False) -> int:
+    """Index of the first character ``check_text`` refuses in ``value``, or -1."""
+    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
+    return -1 if bad is None else bad.start()
 
 
 def kind_of(value: Any) -> str:
