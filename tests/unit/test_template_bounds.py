@@ -118,9 +118,8 @@ def test_quoting_and_filters_are_unchanged() -> None:
 
 
 @pytest.mark.parametrize("literal,what", [("\\udce9", "is not valid UTF-8 text (at position "),
-                                          ("\\x00", "contains a NUL byte (position "),
-                                          ("\\x1b[2K", "contains a control character at position "),
-                                          ("\\r", "contains a control character at position ")])
+                                          ("\\ud800", "is not valid UTF-8 text (at position "),
+                                          ("\\x00", "contains a NUL byte (position ")])
 def test_rendered_text_holds_no_bad_character(literal: str, what: str) -> None:
     """Hostile case 15's class: a character that is not UTF-8 (here spelled by a string literal)
     made the SSH handler raise UnicodeEncodeError mid-APPLY; it is refused while planning."""
@@ -132,7 +131,7 @@ def test_rendered_text_holds_no_bad_character(literal: str, what: str) -> None:
     with pytest.raises(TemplateError) as info:
         render("login {{ pw }}", {"pw": "s3cr\udce4t"}, where="T")
     assert "s3cr" not in str(info.value) and "0xe4" not in str(info.value)
-    assert render('printf "a\\tb\\n" {{ "\\t" }}', {}, where="T") == "printf \"a\\tb\\n\" '\t'"
+    assert render('printf "a\\tb\\n" {{ "\\t\\r\\x1b" }}', {}, where="T") == "printf \"a\\tb\\n\" '\t\r\x1b'"
 
 
 def test_error_messages_carry_no_whole_value() -> None:

@@ -14,7 +14,8 @@
 
 ``_Checker`` gives the typed accessors the topology and profile parsers share; every error names
 the file and the field.  Identifier-like strings (names, hosts, users, paths, ...) may hold no
-control character at all; text (command templates, variables) may hold tabs and newlines only.
+control character at all; text (command templates, variables) may hold any but NUL and lone
+surrogates (values are shell-quoted).
 Every message that shows a value shows it through ``describe_value``, which is bounded.
 """
 from __future__ import annotations

@@ -11,13 +11,13 @@ from typing import Any, Mapping
 
 from zdu.errors import ConfigError
 
-#: characters refused in text (templates, variables): they would be invisible or rewrite the
-#: operator's terminal when the plan is printed (``\r`` hides what precedes it, ESC starts an
-#: escape sequence).  Tab and newline are fine: every value is shell-quoted.
-_TEXT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-#: identifiers (names, hosts, users, paths, options) may not hold even a tab or a newline
-_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: refused in any text: NUL (no shell word, file name or environment value can hold it) and
+#: lone surrogates (a byte that was not UTF-8: no command can be encoded with one).  Other
+#: characters in text (templates, variables) reach the node shell-quoted, byte for byte.
 NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+#: identifiers (names, hosts, users, paths, options) hold no control character at all, not even
+#: a tab or a newline (C0, DEL and C1)
+_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class IntOutOfRange:
@@ -92,9 +92,9 @@ def describe_char(value: str, index: int, *, reveal: bool = True) -> str:
 def check_text(value: str, where: str, *, identifier: bool = False) -> str:
     """``value`` if it is clean text, else ConfigError ``"{where}: ..."``.
 
-    Always refused: NUL, lone surrogates (a byte that was not UTF-8, as argv and the environment
-    carry them), and control characters other than tab and newline.  With ``identifier=True``
-    (names, hosts, paths, options) tab and newline are refused too.
+    Always refused: NUL and lone surrogates (a byte that was not UTF-8, as argv and the
+    environment carry them).  With ``identifier=True`` (names, hosts, paths, options) every
+    control character too: C0 (tab and newline included), DEL and C1.
     """
     index = first_bad_char(value, identifier=identifier)
     if index >= 0:
@@ -104,7 +104,7 @@ def check_text(value: str, where: str, *, identifier: bool = False) -> str:
 
 def first_bad_char(value: str, *, identifier: bool = False) -> int:
     """Index of the first character ``check_text`` refuses in ``value``, or -1."""
-    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
+    bad = (_IDENT_BAD if identifier else NUL_OR_SURROGATE).search(value)
     return -1 if bad is None else bad.start()
 
 

@@ -16,7 +16,7 @@ center(10**9)), otherwise as it goes:
 
 ``BoundedSandbox`` is the environment; ``render_bounded`` renders in it within the bounds,
 raising TemplateError naming the template when one is exceeded, or when the result holds a
-character ``check_text`` refuses (a string literal can spell a surrogate, NUL or ESC).
+NUL or a lone surrogate (a string literal can spell both; no command can carry them).
 """
 from __future__ import annotations
 
@@ -446,8 +446,8 @@ def render_bounded(env: BoundedSandbox, template: str, context: Mapping[str, Any
         raise TemplateError(f"{where}: ran out of memory while rendering") from None
     finally:
         _BUDGET.reset(token)
-    # a string literal can spell any character ("\udce9", "\x1b", "\x00"): none of them may
-    # reach a node (not UTF-8, not a shell word) or the operator's terminal
+    # a string literal can spell any character: "\udce9" cannot be encoded for the node (the SSH
+    # handler raised UnicodeEncodeError mid-APPLY), "\x00" cannot be part of a shell word
     bad = first_bad_char(text)
     if bad >= 0:
         raise TemplateError(f"{where}: the rendered text {describe_char(text, bad, reveal=False)} "
