@@ -399,3 +399,8 @@ def test_check_text() -> None:
         check_text("logs\n", "--log_dir", identifier=True)
     with pytest.raises(ConfigError, match="is not valid UTF-8"):
         check_text("x" * 1000 + "\udc80", "v")
+    # a secret from the environment: neither the value nor the byte is shown
+    with pytest.raises(ConfigError) as info:
+        check_text("s3cr\udce4t", "variable 'pw' (environment variable GW_PW)", reveal=False)
+    assert str(info.value) == ("variable 'pw' (environment variable GW_PW): the value is not valid UTF-8 text "
+                               "(at position 4)")

@@ -89,16 +89,18 @@ def describe_char(value: str, index: int, *, reveal: bool = True) -> str:
     return f"contains {names.get(code, 'a control character')} (U+{code:04X}) at position {index}"
 
 
-def check_text(value: str, where: str, *, identifier: bool = False) -> str:
+def check_text(value: str, where: str, *, identifier: bool = False, reveal: bool = True) -> str:
     """``value`` if it is clean text, else ConfigError ``"{where}: ..."``.
 
     Always refused: NUL and lone surrogates (a byte that was not UTF-8, as argv and the
     environment carry them).  With ``identifier=True`` (names, hosts, paths, options) every
-    control character too: C0 (tab and newline included), DEL and C1.
+    control character too: C0 (tab and newline included), DEL and C1.  ``reveal=False`` keeps
+    the value and the character out of the message (for secrets: ``{env: NAME}`` values).
     """
     index = first_bad_char(value, identifier=identifier)
     if index >= 0:
-        raise ConfigError(f"{where}: {describe_value(value, 40)} {describe_char(value, index)}")
+        shown = f"{describe_value(value, 40)} " if reveal else "the value "
+        raise ConfigError(f"{where}: {shown}{describe_char(value, index, reveal=reveal)}")
     return value
 
 
