@@ -117,6 +117,23 @@ def test_quoting_and_filters_are_unchanged() -> None:
     assert render("{{ v|q }} {{ path|ere }}", ctx, where="T", shell=False) == "'a b'\"'\"'c' /opt/a\\.b\\(1\\)"
 
 
+@pytest.mark.parametrize("literal,what", [("\\udce9", "is not valid UTF-8 text (at position "),
+                                          ("\\ud800", "is not valid UTF-8 text (at position "),
+                                          ("\\x00", "contains a NUL byte (position ")])
+def test_rendered_text_holds_no_bad_character(literal: str, what: str) -> None:
+    """Hostile case 15's class: a character that is not UTF-8 (here spelled by a string literal)
+    made the SSH handler raise UnicodeEncodeError mid-APPLY; it is refused while planning."""
+    for template in ('echo {{ "%s" }}' % literal, 'echo {{ "%s"|raw }}' % literal, 'x{{ "a" ~ "%s" }}' % literal):
+        with pytest.raises(TemplateError) as info:
+            render(template, {}, where="T")
+        assert str(info.value).startswith("T: the rendered text ") and what in str(info.value)
+    # a secret that is not UTF-8 (an {env:} value read with surrogateescape) is not shown
+    with pytest.raises(TemplateError) as info:
+        render("login {{ pw }}", {"pw": "s3cr\udce4t"}, where="T")
+    assert "s3cr" not in str(info.value) and "0xe4" not in str(info.value)
+    assert render('printf "a\\tb\\n" {{ "\\t\\r\\x1b" }}', {}, where="T") == "printf \"a\\tb\\n\" '\t\r\x1b'"
+
+
 def test_error_messages_carry_no_whole_value() -> None:
     big = "x" * 100_000
     for template in ("{{ {}[v] }}", "{{ v.nope }}", "{{ dict(a=1)[v] }}", "{{ v + 1 }}", "{{ undefined_name ~ v }}"):

@@ -14,7 +14,8 @@
 
 ``_Checker`` gives the typed accessors the topology and profile parsers share; every error names
 the file and the field.  Identifier-like strings (names, hosts, users, paths, ...) may hold no
-control character at all; text (command templates, variables) may hold tabs and newlines only.
+control character at all; text (command templates, variables) may hold any but NUL and lone
+surrogates (values are shell-quoted).
 Every message that shows a value shows it through ``describe_value``, which is bounded.
 """
 from __future__ import annotations
@@ -161,18 +162,19 @@ def read_document(path: Path, *, what: str) -> Any:
     Raises ConfigError naming the file (and the line, where the parser knows it) for anything
     unreadable, malformed or beyond the bounds described in this module's docstring.
     """
-    if not path.exists():
-        raise ConfigError(f"{path}: {what} file not found")
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} path is not a file")
+    check_text(str(path), f"the {what} file name", identifier=True)
     try:
+        if not path.exists():
+            raise ConfigError(f"{shorten(str(path))}: {what} file not found")
+        if not path.is_file():
+            raise ConfigError(f"{path}: {what} path is not a file")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise ConfigError(f"{path}: {what} file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: {what} file is not valid UTF-8 (byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} file: {exc.strerror}") from None
+        raise ConfigError(f"{shorten(str(path))}: cannot read {what} file: {exc.strerror}") from None
     if len(text) > MAX_FILE_BYTES:  # grew since stat (a pipe, a file being written)
         raise ConfigError(f"{path}: {what} file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
     try:

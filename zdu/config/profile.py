@@ -31,7 +31,7 @@ from zdu.errors import ConfigError
 from zdu.model import CommandSpec, HttpSpec, Profile, RunStep, Step, WaitSpec, frozen_map
 from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase
 from zdu.planning.templates import check_syntax
-from zdu.config.documents import _Checker, _kind as _kind_of, check_text, describe_value, read_document, shorten
+from zdu.config.documents import _Checker, _kind as _kind_of, check_text, describe_value, field_path, read_document, shorten
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
 USER_DIR = Path("config") / "profiles"
@@ -62,18 +62,25 @@ def resolve_profile(ref: str, base_dir: Path | None = None) -> Path:
         path = Path(ref).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        if not path.is_file():
-            raise ConfigError(f"profile file not found: {ref}")
+        if not _is_file(path):
+            raise ConfigError(f"profile file not found: {shorten(ref)}")
         return path
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", ref):
         raise ConfigError(f"invalid profile name {describe_value(ref)}")
     for folder in (USER_DIR, BUILTIN_DIR):
         for suffix in (".yaml", ".yml", ".json"):
             candidate = folder / f"{ref}{suffix}"
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
     raise ConfigError(f"unknown profile {describe_value(ref)}: not in {USER_DIR}/ nor among the built-in profiles "
                       f"({', '.join(builtin_profiles())}); give a file path for your own")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, a path through a file: no profile there
+        return False
 
 
 def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
@@ -145,8 +152,9 @@ def run_steps(c: _Checker, raw: Any, where: str) -> tuple[RunStep, ...]:
 def _phase_key(c: _Checker, key: str, where: str) -> Phase:
     try:
         return Phase.parse(key)
-    except ValueError as exc:
-        raise c.fail(f"{where}.{key}", str(exc)) from None
+    except ValueError:
+        raise c.fail(field_path(where, key), f"unknown phase {describe_value(key)} (expected one of: "
+                                             f"{', '.join(p.value for p in Phase)})") from None
 
 
 def _steps(c: _Checker, raw: Any, where: str) -> tuple[Step, ...]:

@@ -11,13 +11,13 @@ from typing import Any, Mapping
 
 from zdu.errors import ConfigError
 
-#: characters refused in text (templates, variables): they would be invisible or rewrite the
-#: operator's terminal when the plan is printed (``\r`` hides what precedes it, ESC starts an
-#: escape sequence).  Tab and newline are fine: every value is shell-quoted.
-_TEXT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-#: identifiers (names, hosts, users, paths, options) may not hold even a tab or a newline
-_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: refused in any text: NUL (no shell word, file name or environment value can hold it) and
+#: lone surrogates (a byte that was not UTF-8: no command can be encoded with one).  Other
+#: characters in text (templates, variables) reach the node shell-quoted, byte for byte.
 NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+#: identifiers (names, hosts, users, paths, options) hold no control character at all, not even
+#: a tab or a newline (C0, DEL and C1)
+_IDENT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class IntOutOfRange:
@@ -70,31 +70,44 @@ def field_path(where: str, key: Any) -> str:
     return f"{where}.{name}" if where else name
 
 
-def describe_char(value: str, index: int) -> str:
-    """What is wrong with the character at ``index`` of ``value`` (for ``check_text``'s messages)."""
-    char = value[index]
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode / surrogateescape keeps a bad byte as U+DC80+byte
-        return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
+def describe_char(value: str, index: int, *, reveal: bool = True) -> str:
+    """What is wrong with the character at ``index`` of ``value`` (for ``check_text``'s messages).
+
+    ``reveal=False`` leaves out which character it is (the text may hold a secret)."""
+    code = ord(value[index])
     if 0xD800 <= code <= 0xDFFF:
+        if not reveal:
+            return f"is not valid UTF-8 text (at position {index})"
+        if code >= 0xDC80 and code <= 0xDCFF:  # os.fsdecode / surrogateescape: U+DC80 + the byte
+            return f"is not valid UTF-8 text (undecodable byte 0x{code - 0xDC00:02x} at position {index})"
         return f"is not valid UTF-8 text (lone surrogate U+{code:04X} at position {index})"
     if code == 0:
         return f"contains a NUL byte (position {index}), which no shell or file name can hold"
+    if not reveal:
+        return f"contains a control character at position {index}"
     names = {9: "a tab", 10: "a newline", 13: "a carriage return", 27: "an escape character"}
     return f"contains {names.get(code, 'a control character')} (U+{code:04X}) at position {index}"
 
 
-def check_text(value: str, where: str, *, identifier: bool = False) -> str:
+def check_text(value: str, where: str, *, identifier: bool = False, reveal: bool = True) -> str:
     """``value`` if it is clean text, else ConfigError ``"{where}: ..."``.
 
-    Always refused: NUL, lone surrogates (a byte that was not UTF-8, as argv and the environment
-    carry them), and control characters other than tab and newline.  With ``identifier=True``
-    (names, hosts, paths, options) tab and newline are refused too.
+    Always refused: NUL and lone surrogates (a byte that was not UTF-8, as argv and the
+    environment carry them).  With ``identifier=True`` (names, hosts, paths, options) every
+    control character too: C0 (tab and newline included), DEL and C1.  ``reveal=False`` keeps
+    the value and the character out of the message (for secrets: ``{env: NAME}`` values).
     """
-    bad = (_IDENT_BAD if identifier else _TEXT_BAD).search(value)
-    if bad is not None:
-        raise ConfigError(f"{where}: {describe_value(value, 40)} {describe_char(value, bad.start())}")
+    index = first_bad_char(value, identifier=identifier)
+    if index >= 0:
+        shown = f"{describe_value(value, 40)} " if reveal else "the value "
+        raise ConfigError(f"{where}: {shown}{describe_char(value, index, reveal=reveal)}")
     return value
+
+
+def first_bad_char(value: str, *, identifier: bool = False) -> int:
+    """Index of the first character ``check_text`` refuses in ``value``, or -1."""
+    bad = (_IDENT_BAD if identifier else NUL_OR_SURROGATE).search(value)
+    return -1 if bad is None else bad.start()
 
 
 def kind_of(value: Any) -> str:

@@ -15,7 +15,8 @@ center(10**9)), otherwise as it goes:
   long filter; elsewhere checked at each of the steps above).
 
 ``BoundedSandbox`` is the environment; ``render_bounded`` renders in it within the bounds,
-raising TemplateError naming the template when one is exceeded.
+raising TemplateError naming the template when one is exceeded, or when the result holds a
+NUL or a lone surrogate (a string literal can spell both; no command can carry them).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from jinja2 import nodes
 from jinja2.runtime import LoopContext
 from jinja2.visitor import NodeTransformer
 
-from zdu.config.values import describe_value
+from zdu.config.values import describe_char, describe_value, first_bad_char
 from zdu.errors import TemplateError
 
 MAX_TEXT = 1024 * 1024
@@ -436,7 +437,7 @@ def render_bounded(env: BoundedSandbox, template: str, context: Mapping[str, Any
     token = _BUDGET.set(_Budget(RENDER_SECONDS))
     try:
         with _Alarm(RENDER_SECONDS):
-            return compile_template(env, template).render(**context)
+            text = compile_template(env, template).render(**context)
     except _Timeout:
         raise TemplateError(f"{where}: took longer than {RENDER_SECONDS:g} s to render") from None
     except _LimitExceeded as exc:
@@ -445,3 +446,10 @@ def render_bounded(env: BoundedSandbox, template: str, context: Mapping[str, Any
         raise TemplateError(f"{where}: ran out of memory while rendering") from None
     finally:
         _BUDGET.reset(token)
+    # a string literal can spell any character: "\udce9" cannot be encoded for the node (the SSH
+    # handler raised UnicodeEncodeError mid-APPLY), "\x00" cannot be part of a shell word
+    bad = first_bad_char(text)
+    if bad >= 0:
+        raise TemplateError(f"{where}: the rendered text {describe_char(text, bad, reveal=False)} "
+                            "(shown neither in part nor whole: it may hold a secret)")
+    return text
