@@ -77,8 +77,10 @@ def run_folder_text(run_dir: Path) -> str:
 
 # --------------------------------------------------------------------------- install dirs
 
-OLD_DIR = "/opt/" + hostile("gw old")
-NEW_DIR = "/opt/" + hostile("gw new")
+# install dirs take every shell metacharacter; control characters (newline, tab) are refused for
+# them (tests/unit/test_install_dirs.py) and go through the variables test below instead
+OLD_DIR = "/opt/" + hostile("gw old").replace("\n", " ").replace("\t", " ")
+NEW_DIR = "/opt/" + hostile("gw new").replace("\n", " ").replace("\t", " ")
 
 
 @pytest.fixture

@@ -357,7 +357,7 @@ def test_profile_messages_never_carry_a_whole_value(tmp_path: Path) -> None:
     message = _profile_error({"name": "p", "phases": {big: ["x"]}})
     assert message.startswith("p.yaml: phases.'yyyy") and "unknown phase" in message and len(message) < 400
     message = _profile_error({"name": "p", "phases": {"EXPORT": [{"wait": {"tcp": "a:1", "state": big}}]}})
-    assert "expected one of running, exited, got 'yyyy" in message and len(message) < 400
+    assert "expected one of up, down, got 'yyyy" in message and len(message) < 400
     for ref in ("/" + big + ".yaml", big):
         with pytest.raises(ConfigError) as info:
             load_profile(ref)

@@ -190,7 +190,7 @@ def test_a_secret_from_the_environment_with_bytes_that_are_not_utf8_is_refused(t
     profile = one_step({"run": "login {{ pw }}"}, vars={"pw": {"env": "PW"}})
     status, out, err = dry_run(tmp_path, profile, env={"PW": "caf\udce9"})
     assert status is Status.CONFIG_ERROR
-    assert "environment variable 'PW'" in err and "not UTF-8" in err and "Traceback" not in err + out
+    assert "environment variable 'PW'" in err and "not valid UTF-8" in err and "Traceback" not in err + out
 
 
 @pytest.mark.parametrize("old", ["/opt/caf\udce9", "/opt/a\x00b"])

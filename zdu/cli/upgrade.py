@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from .. import __version__
 from ..config.profile import load_profile
 from ..config.install_dirs import validate_install_dirs
+from ..config.values import check_text
 from ..config.topology import load_topology, reference_topology
 from ..planning.serial import parse_serial
 from ..errors import ConfigError
@@ -26,7 +27,8 @@ from ..lb.base import LoadBalancer
 from ..model import Topology
 from ..planning.masking import NO_SECRETS, Masker
 from ..planning.plan import Plan, build_plan, format_plan
-from ..report.runfolder import LineWriter, RunFolder, make_run_dir, new_run_id
+from ..report.rundir import RunDir, check_log_dir
+from ..report.runfolder import LineWriter, RunFolder, new_run_id
 from ..report.summary import render_summary
 from ..run import events as ev
 from ..run.conductor import Conductor
@@ -100,6 +102,7 @@ class Upgrade:
         self.masker: Masker = NO_SECRETS
         self._cwd: str | None = None
         self._control: ControlLock | None = None
+        self._rundir: RunDir | None = None
         self._recorder: Recorder | None = None
 
     def run(self) -> Status:
@@ -108,16 +111,25 @@ class Upgrade:
         finally:
             if self._control is not None:
                 self._control.release()
+            if self._rundir is not None:
+                self._rundir.close()
             if self._cwd is not None:
                 os.chdir(self._cwd)
 
     def _run(self) -> Status:
         args = self.args
+        for option, value in (("--config", args.config), ("--profile", args.profile), ("--serial", args.serial),
+                              ("--rollback-policy", args.rollback_policy), ("--log_dir", args.log_dir),
+                              ("--traffic", args.traffic), ("--resume", args.resume),
+                              ("--lock-message", args.lock_message)):
+            if value:
+                check_text(value, option, identifier=True)
         previous: Previous | None = None
         if args.resume is not None:
             log_dir = Path(args.log_dir).absolute()
             args.log_dir = str(log_dir)
             run_dir = find_run(log_dir, args.resume)
+            self._rundir = run_dir
             control = ControlLock(run_dir)
             control.acquire()
             self._control = control
@@ -146,6 +158,8 @@ class Upgrade:
                 TrafficProbe(args.traffic, rate=args.traffic_rate)
             except ValueError as exc:
                 raise ConfigError(f"--traffic {args.traffic!r} --traffic-rate {args.traffic_rate:g}: {exc}") from None
+        if not args.dry_run:
+            check_log_dir(args.log_dir)
         fingerprint = plan_fingerprint(plan)
         if previous is not None and previous.state.plan_fingerprint != fingerprint:
             raise ConfigError(f"run {run_id}: the topology, profile or environment changed since the run "
@@ -179,7 +193,8 @@ class Upgrade:
                  policy: Any, connections: Connections, lb: LoadBalancer) -> Status:
         args = self.args
         if previous is None:
-            run_dir = make_run_dir(Path(args.log_dir), plan.run_id)
+            run_dir = RunDir.create(args.log_dir, plan.run_id)
+            self._rundir = run_dir
             self._control = ControlLock(run_dir)
             self._control.acquire()
             opened = ev.RunOpened(run_id=plan.run_id, old_install_dir=plan.old_install_dir,
@@ -200,7 +215,7 @@ class Upgrade:
             recorder.emit(opened)
         resuming = previous is not None
         self.console.line(f"zdupgrade {__version__}: {'resuming ' if resuming else ''}run {plan.run_id}, "
-                          f"logs in {run_dir}")
+                          f"logs in {run_dir.dir}")
         self._recorder = recorder
         lock: FleetLock | None = None
         try:

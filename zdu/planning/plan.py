@@ -21,6 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from zdu.config.values import check_text
 from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, HttpSpec, Node, Profile, RunStep, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
@@ -275,10 +276,7 @@ def _resolve(name: str, value: Any, source: str, env: Mapping[str, str] | None) 
     if env is None or not isinstance(key, str) or key not in env:
         raise ConfigError(f"{source} variable {name!r}: environment variable {key!r} is not set "
                           "on the control machine")
-    text = env[key]
-    if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        raise ConfigError(f"{source} variable {name!r}: environment variable {key!r} holds a NUL byte or "
-                          "bytes that are not UTF-8")
+    text = check_text(env[key], f"{source} variable {name!r} (environment variable {key!r})", reveal=False)
     return _secret(text) if text else text
 
 

@@ -201,6 +201,10 @@ class RunDir:
         fd = self._open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         return os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=1)
 
+    def open_fd(self, name: str) -> int:
+        """``name`` opened read-write (created 0600) as a raw descriptor, e.g. to hold a lock on it."""
+        return self._open(name, os.O_RDWR | os.O_CREAT)
+
     def write_atomic(self, name: str, data: bytes) -> None:
         """Replace ``name`` with ``data`` so that a reader sees the old or the new file, never a part."""
         _check_name(name)

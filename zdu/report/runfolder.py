@@ -14,16 +14,17 @@ reaches them (events carry masked text).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
+import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-from ..errors import ConfigError
 from ..run import events as ev
 from ..run.state import Recorder, RunView
+from .rundir import RunDir
 from ..status import StepKind
 
 MARK = "------------- ZDU_EXEC_CMD -------------"
@@ -47,24 +48,6 @@ def iso(at: float) -> str:
 
 def short(at: float) -> str:
     return _dt.datetime.fromtimestamp(at).strftime("%H:%M:%S")
-
-
-def make_run_dir(log_dir: Path, run_id: str) -> Path:
-    """Create ``log_dir/run_id`` with mode 0700; ConfigError if the log dir cannot hold it."""
-    run_dir = log_dir / run_id
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        run_dir.mkdir(mode=0o700)
-        os.chmod(run_dir, 0o700, follow_symlinks=False)
-    except OSError as exc:
-        raise ConfigError(f"--log_dir {log_dir}: cannot create the run folder {run_dir}: "
-                          f"{exc.strerror or exc}") from None
-    return run_dir
-
-
-def _open_private(path: Path) -> TextIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=1)
 
 
 def safe_name(name: str) -> str:
@@ -135,13 +118,14 @@ class LineWriter:
 class RunFolder:
     """The run's folder; subscribe its listeners (``listeners()``) to the recorder."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir
-        self.run_log_path = run_dir / RUN_LOG
-        self.json_path = run_dir / RUN_JSON
-        self.journal_path = run_dir / JOURNAL
-        self._run_log = _open_private(self.run_log_path)
-        self._journal = _open_private(self.journal_path)
+    def __init__(self, run_dir: RunDir) -> None:
+        self.rundir = run_dir
+        self.dir = run_dir.dir
+        self.run_log_path = run_dir.path(RUN_LOG)
+        self.json_path = run_dir.path(RUN_JSON)
+        self.journal_path = run_dir.path(JOURNAL)
+        self._run_log = run_dir.append(RUN_LOG)
+        self._journal = run_dir.append(JOURNAL)
         self._node_logs: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
@@ -150,7 +134,7 @@ class RunFolder:
         self._timer: threading.Timer | None = None
 
     def node_log_path(self, node: str) -> Path:
-        return self.dir / f"{safe_name(node)}.log"
+        return self.rundir.path(f"{safe_name(node)}.log")
 
     # -- listeners
 
@@ -204,9 +188,8 @@ class RunFolder:
             pass
 
     def _write_json(self, data: dict[str, Any]) -> None:
-        import time as _time
-        write_json_atomic(self.json_path, data)
-        self._json_written = _time.time()
+        self.rundir.write_atomic(RUN_JSON, (json.dumps(data, indent=1, default=str) + "\n").encode())
+        self._json_written = time.time()
         self._json_dirty = False
 
     def write_json(self, data: dict[str, Any]) -> None:
@@ -255,7 +238,7 @@ class RunFolder:
     def _node(self, node: str) -> TextIO:
         handle = self._node_logs.get(node)
         if handle is None:
-            handle = self._node_logs[node] = _open_private(self.node_log_path(node))
+            handle = self._node_logs[node] = self.rundir.append(f"{safe_name(node)}.log")
         return handle
 
     def close(self) -> None:
@@ -278,31 +261,12 @@ def _block(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
-    """Write ``data`` as JSON to ``path`` so that a reader never sees half a file."""
-    import tempfile
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, default=str)
-            handle.write("\n")
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 # --------------------------------------------------------------------------- reading
 
-def read_journal(path: Path) -> Iterator[ev.Event]:
-    """The events of a journal; ValueError naming the line for one that does not parse
+def read_journal(text: str) -> Iterator[ev.Event]:
+    """The events of a journal's text; ValueError naming the line for one that does not parse
     (a last line cut short by a kill is ignored)."""
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        lines = handle.read().split("\n")
+    lines = text.split("\n")
     complete = lines[:-1]   # the text after the last newline is an unfinished write
     for number, line in enumerate(complete, 1):
         if not line.strip():

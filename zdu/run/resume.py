@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, LockError
+from ..report.rundir import RunDir
 from ..report.runfolder import JOURNAL, read_journal
 from .state import RunState, replay
 
@@ -34,7 +35,7 @@ INVOCATION: Mapping[str, tuple[type, ...]] = {
 class Previous:
     """A run to resume."""
 
-    run_dir: Path
+    run_dir: RunDir
     state: RunState
     invocation: dict[str, Any]
 
@@ -42,13 +43,14 @@ class Previous:
 class ControlLock:
     """Held (flock) by the process that drives a run, for as long as it lives."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / CONTROL_LOCK
+    def __init__(self, run_dir: RunDir) -> None:
+        self.rundir = run_dir
+        self.path = run_dir.path(CONTROL_LOCK)
         self._fd: int | None = None
 
     def acquire(self) -> None:
         """Take the lock; LockError naming the live owner if another process holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = self.rundir.open_fd(CONTROL_LOCK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -72,27 +74,27 @@ class ControlLock:
                 os.close(fd)
 
 
-def find_run(log_dir: Path, run_id: str) -> Path:
-    """The folder of ``run_id`` (the latest run when empty); ConfigError if there is none."""
-    if run_id:
-        if "/" in run_id or run_id in (".", "..") or "\x00" in run_id:
-            raise ConfigError(f"--resume {run_id[:80]!r}: not a run id")
-        run_dir = log_dir / run_id
-        if not (run_dir / JOURNAL).is_file():
-            raise ConfigError(f"--resume {run_id}: no run record ({JOURNAL}) in {run_dir}")
-        return run_dir
-    runs = sorted(p.parent for p in log_dir.glob(f"*/{JOURNAL}"))
-    if not runs:
-        raise ConfigError(f"--resume: no run to resume under {log_dir}/")
-    return runs[-1]
+def find_run(log_dir: Path, run_id: str, *, option: str = "--resume") -> RunDir:
+    """The folder of ``run_id`` (the latest run when empty), opened safely; ConfigError if there
+    is none."""
+    if not run_id:
+        runs = sorted(p.parent.name for p in log_dir.glob(f"*/{JOURNAL}"))
+        if not runs:
+            raise ConfigError(f"{option}: no run under {log_dir}/")
+        run_id = runs[-1]
+    run_dir = RunDir.open_existing(log_dir, run_id)
+    if not run_dir.exists(JOURNAL):
+        run_dir.close()
+        raise ConfigError(f"{option} {run_id}: no run record ({JOURNAL}) in {log_dir / run_id}")
+    return run_dir
 
 
-def load_previous(run_dir: Path) -> Previous:
+def load_previous(run_dir: RunDir) -> Previous:
     """Replay the run's journal and check it can be resumed; ConfigError saying why not."""
-    path = run_dir / JOURNAL
+    path = run_dir.path(JOURNAL)
     try:
-        state = replay(read_journal(path))
-    except (OSError, UnicodeDecodeError) as exc:
+        state = replay(read_journal(run_dir.read_text(JOURNAL)))
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read the run record: {exc}") from None
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
         raise ConfigError(f"{path}: the run record is damaged or was edited ({str(exc)[:300]}); "
@@ -102,7 +104,7 @@ def load_previous(run_dir: Path) -> Previous:
         raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
                           f"({int(state.status)}); nothing to resume")
     if not any(n.phases or n.rollback for n in state.nodes.values()) and state.lock is None:
-        raise ConfigError(f"{run_dir}: run {state.run_id} never started changing nodes "
+        raise ConfigError(f"{run_dir.dir}: run {state.run_id} never started changing nodes "
                           "(it stopped in preflight); start a new run instead")
     return Previous(run_dir, state, invocation)
 
