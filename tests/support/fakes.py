@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from zdu.config.profile import parse_profile
+from zdu.config.topology import parse_topology
 from zdu.lb.base import LbResult, LoadBalancer
 from zdu.model import CommandResult, Node, Topology
 from zdu.planning.plan import Plan, build_plan
@@ -91,6 +92,7 @@ class FakeLb(LoadBalancer):
                  raises: Iterable[tuple[str, str]] = (),
                  during: Callable[[str, str], None] | None = None) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.serving_now: dict[str, bool] | None = None   # what serving() answers (None: cannot tell)
         self.fail = set(fail)
         self.always_fail = set(always_fail)
         self.raises = set(raises)
@@ -112,6 +114,9 @@ class FakeLb(LoadBalancer):
             return LbResult(False, f"refused {action} {node.name}")
         return LbResult(True, f"{action} {node.name}")
 
+    def serving(self, nodes: Any) -> Any:
+        return None if self.serving_now is None else {n.name: self.serving_now.get(n.name, True) for n in nodes}
+
     def disable(self, node: Node) -> LbResult:
         return self._act("disable", node)
 
@@ -131,26 +136,36 @@ class Outcome:
         return self.state.nodes[name]
 
 
-def make_plan(profile: Mapping[str, Any] | None = None, nodes: str = "ABC", serial: Any = 1) -> Plan:
-    topo = Topology(nodes=tuple(Node(name=n, host=f"127.0.0.{i + 1}") for i, n in enumerate(nodes)))
+def make_plan(profile: Mapping[str, Any] | None = None, nodes: str = "ABC", serial: Any = None,
+              topology: Mapping[str, Any] | None = None, pause_after: frozenset[int] = frozenset()) -> Plan:
+    """A plan for nodes A, B, C... on 127.0.0.x; ``topology`` adds fields (tiers, hosts, before,
+    max_fail_percentage ...) and may give the nodes' group/roles as ``groups: {A: cache}``."""
+    extra = dict(topology or {})
+    groups = extra.pop("groups", {})
+    doc = {"nodes": [{"name": n, "host": f"127.0.0.{i + 1}", **({"group": groups[n]} if n in groups else {})}
+                     for i, n in enumerate(nodes)], **extra}
+    topo = parse_topology(doc, source="t")
     return build_plan(topo, parse_profile(dict(profile or PROFILE), source="p"), old_install_dir="/o",
-                      new_install_dir="/n", run_id="r", serial=serial)
+                      new_install_dir="/n", run_id="r", serial=serial,
+                      pause_after=pause_after)
 
 
 def opened(plan: Plan) -> ev.RunOpened:
     return ev.RunOpened(run_id=plan.run_id, old_install_dir=plan.old_install_dir,
                         new_install_dir=plan.new_install_dir, profile=plan.profile, topology=plan.topology,
                         node_names=plan.node_names, lb="fake", invocation={}, plan_fingerprint="f",
-                        tool_version="test", user="u", host="h", argv=())
+                        tool_version="test", user="u", host="h", argv=(),
+                        tiers={t.name: list(t.nodes) for t in plan.tiers if t.name})
 
 
 def run(script: Mapping[str, Behaviour] | None = None, *, profile: Mapping[str, Any] | None = None,
-        nodes: str = "ABC", serial: Any = 1, policy: Policy = default_policy, lb: FakeLb | None = None,
+        nodes: str = "ABC", serial: Any = None, policy: Policy = default_policy, lb: FakeLb | None = None,
         stop: threading.Event | None = None, fleet: FakeFleet | None = None,
-        previous: list[ev.Event] | None = None) -> Outcome:
+        previous: list[ev.Event] | None = None, topology: Mapping[str, Any] | None = None,
+        pauser: Any = None, pause_after: frozenset[int] = frozenset(), repair: tuple[str, ...] = ()) -> Outcome:
     """Run a plan against fake nodes; ``previous`` (events of an earlier, killed attempt) makes it
-    a resume."""
-    plan = make_plan(profile, nodes, serial)
+    a resume (``repair``: of a finished run)."""
+    plan = make_plan(profile, nodes, serial, topology, pause_after)
     events: list[ev.Event] = list(previous or [])
     first = opened(plan)
     state = replay(events) if previous else RunState.opened(first)
@@ -163,6 +178,7 @@ def run(script: Mapping[str, Behaviour] | None = None, *, profile: Mapping[str, 
         recorder.emit(first)
     fleet = fleet or FakeFleet(script)
     balancer = lb or FakeLb()
+    kw: dict[str, Any] = {"pauser": pauser} if pauser is not None else {}
     status = Conductor(plan, recorder, handlers=fleet, lb=balancer, policy=policy, stop_event=stop,
-                       sleep=lambda s: None, resume=bool(previous)).execute()
+                       sleep=lambda s: None, resume=bool(previous), repair=repair, **kw).execute()
     return Outcome(status, recorder.snapshot(), fleet.log, balancer, events)

@@ -23,7 +23,14 @@ from .signals import stop_on_signals
 
 STATUS_HELP = "\n".join(f"  {int(s):>3}  {s.name}" for s in Status)
 
+#: ``zdupgrade COMMAND ...`` (anything else is an upgrade run)
+SUBCOMMANDS = ("continue", "abort", "runs", "show", "logs", "report", "lock")
+
 EPILOG = f"""\
+commands (zdupgrade COMMAND --help):
+  continue [RUN_ID]       a paused run goes on
+  abort [RUN_ID] [--keep] a paused run stops (rolling back what it upgraded, unless --keep)
+
 exit status (the run's status):
 {STATUS_HELP}
 
@@ -79,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="take the fleet lock even if another run holds it (only when that run is dead)")
     parser.add_argument("--lock-message", "--lock_message", dest="lock_message", default="", metavar="TEXT",
                         help="a note stored with the fleet lock, shown to anyone who finds it taken")
+    parser.add_argument("--pause-after-wave", "--pause_after_wave", dest="pause_after_wave", type=int,
+                        action="append", metavar="N",
+                        help="pause after wave N (repeatable) until `zdupgrade continue` / `abort` or the "
+                             "topology's pause_timeout; a canary: --serial 1,100%% --pause-after-wave 1")
     parser.add_argument("--version", action="version", version=f"zdupgrade {__version__}")
     return parser
 
@@ -94,6 +105,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """
     console = Console(out or sys.stdout, err or sys.stderr)
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in SUBCOMMANDS:
+        from .commands import run_command
+        return run_command(arguments, console, dict(os.environ if env is None else env))
     parser = build_parser()
     try:
         args = parser.parse_args(arguments)

@@ -34,7 +34,8 @@ from ..run import events as ev
 from ..run.conductor import Conductor
 from ..run.lock import FleetLock, LockOwner
 from ..run.policy import describe_policy, load_policy
-from ..run.preflight import preflight
+from ..run.preflight import capacity_problems, preflight
+from .pause import OperatorPauser
 from ..run.resume import ControlLock, Previous, find_run, load_previous
 from ..run.state import Recorder, RunState, RunView
 from ..status import Status
@@ -55,7 +56,8 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     profile = load_profile(profile_ref, base_dir)
     plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
                       new_install_dir=args.new_install_dir, run_id=run_id,
-                      serial=parse_serial(args.serial, "--serial") if args.serial is not None else None, env=env)
+                      serial=parse_serial(args.serial, "--serial") if args.serial is not None else None, env=env,
+                      pause_after=frozenset(args.pause_after_wave or ()))
     return topology, plan
 
 
@@ -74,7 +76,7 @@ def invocation(args: argparse.Namespace) -> dict[str, Any]:
             "config": absolute(args.config), "profile": absolute(args.profile), "serial": args.serial,
             "rollback_policy": args.rollback_policy, "host_key_policy": args.host_key_policy,
             "traffic": args.traffic, "traffic_rate": args.traffic_rate, "min_free_mb": args.min_free_mb,
-            "cwd": os.getcwd()}
+            "cwd": os.getcwd(), "pause_after_wave": list(args.pause_after_wave or [])}
 
 
 def plan_fingerprint(plan: Plan) -> str:
@@ -202,7 +204,8 @@ class Upgrade:
                                   topology=plan.topology, node_names=plan.node_names,
                                   lb=topology.load_balancer.type, invocation=invocation(args),
                                   plan_fingerprint=fingerprint, tool_version=__version__, user=_user(),
-                                  host=socket.gethostname(), argv=tuple(self.argv))
+                                  host=socket.gethostname(), argv=tuple(self.argv),
+                                  tiers={t.name: list(t.nodes) for t in plan.tiers if t.name})
             state = RunState.opened(opened)
         else:
             run_dir, state = previous.run_dir, previous.state
@@ -214,8 +217,10 @@ class Upgrade:
         if previous is None:
             recorder.emit(opened)
         resuming = previous is not None
-        self.console.line(f"zdupgrade {__version__}: {'resuming ' if resuming else ''}run {plan.run_id}, "
-                          f"logs in {run_dir.dir}")
+        doing = "repairing " if previous is not None and previous.repair else "resuming " if resuming else ""
+        self.console.line(f"zdupgrade {__version__}: {doing}run {plan.run_id}, logs in {run_dir.dir}")
+        if previous is not None and previous.repair:
+            self.console.line(f"  left behind by the run: {', '.join(previous.repair)}")
         self._recorder = recorder
         lock: FleetLock | None = None
         try:
@@ -237,7 +242,8 @@ class Upgrade:
             probe = self._start_traffic(recorder)
             conductor = Conductor(plan, recorder, handlers=connections, lb=lb, policy=policy,
                                   command_timeout=topology.ssh.command_timeout, stop_event=self.stop,
-                                  resume=resuming)
+                                  resume=resuming, pauser=OperatorPauser(run_dir, self.console),
+                                  repair=previous.repair if previous is not None else ())
             status = conductor.execute()
             if probe is not None:
                 probe.stop()
@@ -266,6 +272,8 @@ class Upgrade:
                    recorder: Recorder, resuming: bool) -> Status | None:
         problems = preflight(plan, connections, lb, parallel=max(topology.ssh.parallel, len(plan.nodes)),
                              min_free_mb=self.args.min_free_mb, check_dirs=not resuming, stop=self.stop.is_set)
+        if not problems:
+            problems.extend(capacity_problems(plan, lb))
         if self.stop.is_set():
             return self._stopped_early(recorder, resuming, "during preflight")
         if not problems:

@@ -238,6 +238,13 @@ class RunDir:
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{self.path(name)}: not valid UTF-8 (byte {exc.start})") from None
 
+    def remove(self, name: str) -> None:
+        """Remove the file ``name`` (missing is fine)."""
+        try:
+            os.unlink(_check_name(name), dir_fd=self._dir_fd())
+        except FileNotFoundError:
+            pass
+
     def exists(self, name: str) -> bool:
         """Whether the folder has an entry ``name`` (of any kind; symlinks are not followed)."""
         try:

@@ -10,16 +10,26 @@ TITLE = "MULTI-NODE ZERO DOWN-TIME UPGRADE SUMMARY"
 NOT_RUN = "*"
 
 
+def _tier_of(state: RunState) -> dict[str, str]:
+    return {n: tier for tier, nodes in state.tiers.items() for n in nodes}
+
+
 def summary_rows(state: RunState) -> list[list[str]]:
-    """One row per node: name, a cell per phase, the rollback cell."""
+    """One row per node: name, a cell per phase, the rollback cell (and its tier, with tiers),
+    in tier order."""
+    tiers = _tier_of(state)
+    order = [n for nodes in state.tiers.values() for n in nodes] or list(state.node_names)
+    order += [n for n in state.node_names if n not in order]
     rows = []
-    for name in state.node_names:
+    for name in order:
         node = state.nodes[name]
         row = [name]
         for phase in UPGRADE_PHASES:
             outcome = node.outcome(phase)
             row.append(outcome.cell() if outcome else ("SKIPPED" if node.skipped else NOT_RUN))
         row.append(node.rollback.cell() if node.rollback else NOT_RUN)
+        if tiers:
+            row.append(tiers.get(name, ""))
         rows.append(row)
     return rows
 
@@ -27,10 +37,24 @@ def summary_rows(state: RunState) -> list[list[str]]:
 def render_summary(state: RunState) -> str:
     """The table the console and the run log end with, plus decisions, warnings and traffic."""
     status = state.status if state.status is not None else Status.FATAL_ERROR
-    headers = ["NODE"] + [p.value for p in UPGRADE_PHASES] + ["ROLLBACK"]
+    headers = ["NODE"] + [p.value for p in UPGRADE_PHASES] + ["ROLLBACK"] + (["TIER"] if state.tiers else [])
     table = tabulate(summary_rows(state), headers=headers, tablefmt="orgtbl")
     width = len(table.splitlines()[0])
     lines = [f"Summary table ({status}):", "| " + TITLE.ljust(width - 4) + " |", table]
+    if state.tiers:
+        lines.append("Tiers, in order: " + " -> ".join(f"{t} ({', '.join(n)})" for t, n in state.tiers.items()))
+    if state.run_phases:
+        lines.append("Run steps: " + "; ".join(f"{label}: {result.cell()}" + (f" - {result.message}" if result.message
+                                                                               else "")
+                                               for label, result in state.run_phases.items()))
+    for pause in state.pauses:
+        waited = f" after {pause['ended'] - pause['started']:.1f}s" if pause["ended"] else ""
+        answer = pause["answer"] or "still waiting"
+        lines.append(f"Pause after wave {pause['wave']}: {answer}" + (f" (by {pause['by']}{waited})" if pause["by"]
+                                                                      else ""))
+    within = [d.node for d in state.decisions if "within the failure budget" in d.reason]
+    if within:
+        lines.append(f"Failed within the failure budget and rolled back to the old version: {', '.join(within)}")
     if state.decisions:
         lines.append("Rollback decisions:")
         for d in state.decisions:

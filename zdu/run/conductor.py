@@ -25,10 +25,11 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..lb.base import LoadBalancer
-from ..planning.plan import Plan
+from ..planning.plan import Plan, PlannedStep, PlannedTier
 from ..status import OFFLINE_PHASES, FailureKind, LbState, Outcome, Phase, Status
 from . import events as ev
 from .gate import LbGate
@@ -36,7 +37,7 @@ from .policy import Action, Policy, default_policy
 from .rollback import Failure, RollbackCoordinator, first_failure
 from .state import Recorder
 from .steps import Handlers, StepRunner
-from .walk import Walker
+from .walk import Gate, Pause, Walker, Wave, capacity
 
 __all__ = ["Conductor", "Failure", "NodeRunner"]
 
@@ -124,6 +125,33 @@ class NodeRunner:
             return Failure(name, phase, FailureKind.ERROR, self.plan.mask(message))
 
 
+@dataclass(frozen=True)
+class PauseRequest:
+    """What the operator is asked at a pause."""
+
+    run_id: str
+    wave: int                     # the wave just finished (1-based)
+    waves: int                    # how many the plan has
+    timeout: float
+    on_timeout: str               # abort | continue
+    done: tuple[str, ...]         # nodes upgraded so far
+
+
+@dataclass(frozen=True)
+class PauseAnswer:
+    answer: str                   # continue | abort | abort-keep | interrupted
+    by: str = ""
+
+
+#: waits at a pause and returns the operator's answer (the CLI asks the terminal and watches
+#: for ``zdupgrade continue``/``abort``); the default answers at once with the timeout's action
+Pauser = Callable[[PauseRequest, Callable[[], bool]], PauseAnswer]
+
+
+def _timeout_pauser(request: PauseRequest, stop: Callable[[], bool]) -> PauseAnswer:
+    return PauseAnswer(request.on_timeout, "no operator (no pauser)")
+
+
 class Conductor:
     """Runs one plan against real nodes."""
 
@@ -131,7 +159,8 @@ class Conductor:
                  policy: Policy = default_policy, command_timeout: float = 600.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  stop_event: threading.Event | None = None, resume: bool = False,
-                 walker: Walker | None = None) -> None:
+                 walker: Walker | None = None, pauser: Pauser = _timeout_pauser,
+                 repair: Sequence[str] = ()) -> None:
         self.plan = plan
         self.recorder = recorder
         self.stop_event = stop_event or threading.Event()
@@ -144,8 +173,12 @@ class Conductor:
         done = recorder.query(lambda s: frozenset(
             r.key for r in s.steps if r.ended is not None and r.error is None and r.phase is not Phase.ROLLBACK)
         ) if resume else frozenset()
+        self.done = done
         self.nodes = NodeRunner(plan, recorder, self.steps, self.gate, stop, done)
         self.walker = walker or Walker(plan)
+        self.pauser = pauser
+        self.repair = tuple(repair)
+        self._partial: list[str] = []
 
     def execute(self) -> Status:
         """Run the plan; return the run's status (also recorded by ``RunFinished``)."""
@@ -160,34 +193,63 @@ class Conductor:
         finally:
             left_out = self.gate.restore()
             status = self._final(status, left_out)
+            if status in (Status.SUCCESS, Status.PARTIAL) and self.plan.after:
+                status = self._after(status)
             self.recorder.emit(ev.RunFinished(status=status, message=str(status)))
         return status
 
     # ------------------------------------------------------------------ the walk
 
     def _run(self) -> Status:
+        if self.repair:
+            return self._repair()
         if self.resume:
             resumed = self._resume_decided()
             if resumed is not None:
                 return resumed
+        if self.plan.before and not self._run_phase(Phase.BEFORE, "before", self.plan.before):
+            return Status.BEFORE_FAILED
         for phase in OFFLINE_PHASES:
             failures = self._offline(phase)
             if failures:
                 return self._decide(failures)[0]
         first: Status | None = None
-        for wave in self.walker.waves():
-            if self.stop_event.is_set():
-                status, _ = self._decide([Failure(wave.nodes[0], Phase.PRE_APPLY, FailureKind.INTERRUPTED,
-                                                  "interrupted before the wave started")])
-                return status
-            failures = self._wave(wave.nodes)
-            if not failures:
+        for item in self.walker.items():
+            if isinstance(item, Pause):
+                status, stop = self._pause(item.after), True
+            elif isinstance(item, Gate):
+                status, stop = self._tier_gate(item.tier)
+            else:
+                status, stop = self._online(item)
+            if status is None:
                 continue
-            status, stop = self._decide(failures)
             if stop:
                 return status
             first = first or status
+        if self._partial and first in (None, Status.PARTIAL):
+            return Status.PARTIAL
         return first or Status.SUCCESS
+
+    def _online(self, wave: Wave) -> tuple[Status | None, bool]:
+        """One wave: (None, False) when it went well; else the status it names and whether the
+        run stops (a CONTINUE decision, or failures within the budget, go on)."""
+        if self.stop_event.is_set():
+            return self._decide([Failure(wave.nodes[0], Phase.PRE_APPLY, FailureKind.INTERRUPTED,
+                                         "interrupted before the wave started")])[0], True
+        if not self._capacity_ok(wave):
+            return Status.CAPACITY_REFUSED, True
+        failures = self._wave(wave.nodes)
+        if not failures:
+            return None, False
+        budget = wave.tier.max_fail_percentage if wave.tier.max_fail_percentage is not None \
+            else self.plan.max_fail_percentage
+        status, stop = self._decide(failures, budget=budget, wave_size=len(wave.nodes))
+        if stop or status is Status.ROLLBACK_FAILED:
+            return status, True
+        if self.recorder.query(lambda s: s.decisions[-1].reason).find("within the failure budget") >= 0:
+            self._partial.extend(f.node for f in failures)
+            return Status.PARTIAL, False
+        return status, False
 
     def _offline(self, phase: Phase) -> list[Failure]:
         names = self._active()
@@ -198,20 +260,152 @@ class Conductor:
         return [f for f in results if f is not None]
 
     def _wave(self, names: Sequence[str]) -> list[Failure]:
+        names = [n for n in names if n in self._active()]
         if len(names) == 1:
             result = self.nodes.guarded(self.nodes.online, names[0], Phase.APPLY)
             return [result] if result else []
-        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="zdu-wave") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, len(names)), thread_name_prefix="zdu-wave") as pool:
             results = list(pool.map(lambda n: self.nodes.guarded(self.nodes.online, n, Phase.APPLY), names))
         return [f for f in results if f is not None]
 
     def _active(self) -> list[str]:
         return self.recorder.query(lambda s: s.active_nodes)
 
+    # ------------------------------------------------------------------ run-level steps
+
+    def _run_phase(self, phase: Phase, label: str, steps: Sequence[PlannedStep]) -> bool:
+        """before / after / a control gate: run the steps once, in order; True if all passed."""
+        if self.recorder.query(lambda s: s.run_phases.get(label)) is not None and \
+                self.recorder.query(lambda s: s.run_phases[label].outcome) is Outcome.PASSED:
+            return True
+        self.recorder.emit(ev.RunPhaseStarted(phase=phase, label=label, steps=len(steps)))
+        for step in steps:
+            if step.key in self.done:
+                continue
+            if self.stop_event.is_set() and phase is Phase.BEFORE:
+                self.recorder.emit(ev.RunPhaseFinished(phase=phase, label=label, outcome=Outcome.FAILED,
+                                                       failure=FailureKind.INTERRUPTED,
+                                                       message=f"interrupted before step {step.name!r}"))
+                return False
+            result = self.steps.run(step, interruptible=phase is Phase.BEFORE)
+            if not result.ok:
+                self.recorder.emit(ev.RunPhaseFinished(
+                    phase=phase, label=label, outcome=Outcome.FAILED, code=result.exit_code, failure=result.failure,
+                    message=f"step {step.name!r} on {step.node}: {result.message}"))
+                return False
+        self.recorder.emit(ev.RunPhaseFinished(phase=phase, label=label, outcome=Outcome.PASSED, code=0))
+        return True
+
+    def _after(self, status: Status) -> Status:
+        """The after: steps, once, at the end of a run whose nodes all made it."""
+        if self.stop_event.is_set():
+            return status
+        if not self._run_phase(Phase.AFTER, "after", self.plan.after):
+            return Status.AFTER_FAILED
+        return status
+
+    def _tier_gate(self, tier: PlannedTier) -> tuple[Status | None, bool]:
+        """The gate after a tier: every step on each node of the tier (in parallel) or from the
+        control machine; a node where it does not hold is a failure that goes to the policy."""
+        label = f"gate {tier.name}"
+        done = self.recorder.query(lambda s: s.run_phases.get(label))
+        if done is not None and done.outcome is Outcome.PASSED:
+            return None, False
+        active = set(self._active())
+        steps = [s for s in tier.gate if s.node in active or s.node in self.plan.hosts]
+        self.recorder.emit(ev.RunPhaseStarted(phase=Phase.GATE, label=label, steps=len(steps)))
+        by_node: dict[str, list[PlannedStep]] = {}
+        for step in steps:
+            by_node.setdefault(step.node, []).append(step)
+
+        def hold(name: str) -> Failure | None:
+            for step in by_node[name]:
+                result = self.steps.run(step)
+                if not result.ok:
+                    who = name if name not in self.plan.hosts else tier.nodes[-1]
+                    return Failure(who, Phase.GATE, result.failure or FailureKind.FAILED,
+                                   f"gate of tier {tier.name}: step {step.name!r} on {name}: {result.message}",
+                                   result.exit_code)
+            return None
+        with ThreadPoolExecutor(max_workers=max(1, len(by_node)), thread_name_prefix="zdu-gate") as pool:
+            failures = [f for f in pool.map(lambda n: self.nodes.guarded(hold, n, Phase.GATE), list(by_node)) if f]
+        self.recorder.emit(ev.RunPhaseFinished(
+            phase=Phase.GATE, label=label, outcome=Outcome.FAILED if failures else Outcome.PASSED,
+            failure=failures[0].kind if failures else None, message=failures[0].message if failures else ""))
+        if not failures:
+            return None, False
+        return self._decide(failures)
+
+    # ------------------------------------------------------------------ pauses and capacity
+
+    def _pause(self, wave: int) -> Status | None:
+        """Wait for the operator; None to go on."""
+        pauses = self.recorder.query(lambda s: [dict(p) for p in s.pauses if p["wave"] == wave])
+        if pauses and pauses[-1]["ended"] is not None:
+            earlier = str(pauses[-1]["answer"])
+            return None if earlier == "continue" else self._aborted(earlier)
+        if not pauses:
+            self.recorder.emit(ev.Paused(wave=wave, timeout=self.plan.pause_timeout,
+                                         on_timeout=self.plan.pause_timeout_action,
+                                         message=f"paused after wave {wave} of {len(self.plan.waves)}"))
+        done = tuple(self.recorder.query(lambda s: [n for n in s.switched if s.nodes[n].version.value == "new"]))
+        request = PauseRequest(self.plan.run_id, wave, len(self.plan.waves), self.plan.pause_timeout,
+                               self.plan.pause_timeout_action, done)
+        try:
+            answer = self.pauser(request, self.stop_event.is_set)
+        except Exception as exc:  # noqa: BLE001 - a broken prompt must not leave the run hanging
+            answer = PauseAnswer("abort", f"the pause failed ({type(exc).__name__}: {exc})")
+        if self.stop_event.is_set() and answer.answer not in ("abort", "abort-keep"):
+            answer = PauseAnswer("interrupted", answer.by or "a signal")
+        self.recorder.emit(ev.PauseEnded(wave=wave, answer=answer.answer, by=answer.by,
+                                         message=f"{answer.answer} (by {answer.by or 'unknown'})"))
+        if answer.answer == "continue":
+            return None
+        return self._aborted(answer.answer)
+
+    def _aborted(self, answer: str) -> Status:
+        """Abort at a pause: roll back the nodes upgraded so far (not with abort-keep)."""
+        if answer == "interrupted":
+            self.recorder.emit(ev.RollbacksPlanned(order=(), stop=True))
+            return Status.INTERRUPTED
+        order: tuple[str, ...] = ()
+        if answer == "abort":
+            order = tuple(self.recorder.query(lambda s: [n for n in reversed(s.switched)]))
+        self.recorder.emit(ev.RollbacksPlanned(order=order, stop=True))
+        return Status.ABORTED if self.rollback.roll_back_queue() else Status.ROLLBACK_FAILED
+
+    def _capacity_ok(self, wave: Wave) -> bool:
+        """The capacity guard: refuse the wave if it would leave too few nodes serving."""
+        if self.plan.min_in_service is None and wave.tier.min_in_service is None:
+            return True
+        names = list(self.plan.node_names)
+        source = "the load balancer"
+        try:
+            serving = self.gate.lb.serving([self.plan.node_plan(n).node for n in names])
+        except Exception as exc:  # noqa: BLE001 - fall back to what the run knows
+            serving, source = None, f"the run's own record (the load balancer did not answer: {exc})"
+        if serving is None:
+            if source == "the load balancer":
+                source = "the run's own record (the hook cannot tell)"
+            serving = self.recorder.query(lambda s: {n: s.nodes[n].lb.value == "in" for n in names})
+        check = capacity(self.plan, wave, serving)
+        if check is None:
+            return True
+        left, want, scope = check
+        ok = left >= want
+        message = (f"capacity guard before wave {wave.number}: {left} of {len(scope)} node(s) would stay in service "
+                   f"(per {source}), at least {want} must" + ("" if ok else
+                   f"; wave {wave.number} ({', '.join(wave.nodes)}) NOT started"))
+        self.recorder.emit(ev.CapacityChecked(wave=wave.number, serving=tuple(n for n in scope if serving.get(n)),
+                                              leaving=wave.nodes, needed=want, ok=ok, source=source,
+                                              message=message))
+        return ok
+
     # ------------------------------------------------------------------ decisions
 
-    def _decide(self, failures: Sequence[Failure]) -> tuple[Status, bool]:
-        verdict = self.rollback.decide(failures)
+    def _decide(self, failures: Sequence[Failure], *, budget: float | None = None,
+                wave_size: int = 0) -> tuple[Status, bool]:
+        verdict = self.rollback.decide(failures, budget=budget, wave_size=wave_size)
         rolled_back = self.rollback.roll_back_queue()
         return self._decided_status(first_failure(failures), rolled_back), verdict.stop
 
@@ -227,9 +421,9 @@ class Conductor:
             n.rollback is not None and n.rollback.outcome is Outcome.FAILED for n in s.nodes.values()))
 
     def _resume_decided(self) -> Status | None:
-        """A run killed after its policy decided to stop: finish the rollbacks, report the status."""
-        stopping, queue, decisions = self.recorder.query(
-            lambda s: (s.stopping, list(s.rollback_queue), list(s.decisions)))
+        """A run killed after it decided to stop: finish the rollbacks, report the status."""
+        stopping, queue, decisions, pauses = self.recorder.query(
+            lambda s: (s.stopping, list(s.rollback_queue), list(s.decisions), list(s.pauses)))
         if not stopping and not queue:
             return None
         if queue:
@@ -237,12 +431,35 @@ class Conductor:
         rolled_back = self.rollback.roll_back_queue()
         if not stopping:
             return None if rolled_back else Status.ROLLBACK_FAILED
+        aborted = next((p for p in pauses if p["answer"] in ("abort", "abort-keep", "interrupted")), None)
+        if aborted is not None:
+            if not rolled_back:
+                return Status.ROLLBACK_FAILED
+            return Status.INTERRUPTED if aborted["answer"] == "interrupted" else Status.ABORTED
         first = next((d for d in decisions if d.action != Action.CONTINUE.value), decisions[0])
         return self._decided_status(Failure(first.node, first.phase, first.classification, first.reason),
                                     rolled_back)
 
+    def _repair(self) -> Status:
+        """A finished run that left nodes behind (a lost node that answers again): run their
+        rollbacks again (rollback steps are idempotent), then put back every node that may serve."""
+        self.recorder.emit(ev.Noted(message=f"repairing: {', '.join(self.repair)}"))
+        ok = True
+        for name in self.repair:
+            node = self.recorder.node(name)
+            failed = node.rollback is not None and node.rollback.outcome is Outcome.FAILED
+            if failed or node.version.value == "unknown":
+                ok = self.rollback.roll_back_node(name) and ok
+        if not ok:
+            return Status.ROLLBACK_FAILED
+        decisions = self.recorder.query(lambda s: list(s.decisions))
+        first = next((d for d in decisions if d.action != Action.CONTINUE.value), None)
+        if first is None:
+            return Status.SUCCESS
+        return self._decided_status(Failure(first.node, first.phase, first.classification, first.reason), True)
+
     def _final(self, status: Status, left_out: list[str]) -> Status:
-        if left_out and status in (Status.SUCCESS, Status.INTERRUPTED):
+        if left_out and status in (Status.SUCCESS, Status.INTERRUPTED, Status.PARTIAL, Status.ABORTED):
             status = Status.ROLLBACK_FAILED
         if self.stop_event.is_set() and status not in (Status.SUCCESS, Status.ROLLBACK_FAILED):
             status = Status.INTERRUPTED

@@ -89,6 +89,7 @@ class RunOpened(Event):
     node_names: tuple[str, ...]
     lb: str
     invocation: Mapping[str, Any]
+    tiers: Mapping[str, Any] = field(default_factory=dict)        # tier name -> its nodes (in order)
     plan_fingerprint: str
     tool_version: str
     user: str
@@ -173,12 +174,63 @@ class PhaseFinished(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunPhaseStarted(Event):
+    """A run-level phase: ``before``, ``after``, or ``gate TIER``."""
+
+    phase: Phase
+    label: str
+    steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPhaseFinished(Event):
+    phase: Phase
+    label: str
+    outcome: Outcome
+    code: int | None = None
+    failure: FailureKind | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paused(Event):
+    """The run waits for the operator after wave ``wave`` (1-based)."""
+
+    wave: int
+    timeout: float
+    on_timeout: str               # abort | continue
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PauseEnded(Event):
+    wave: int
+    answer: str                   # continue | abort | abort-keep
+    by: str = ""                  # who answered: the terminal, user@host of `zdupgrade continue`, timeout
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CapacityChecked(Event):
+    """The capacity guard before a wave: how many nodes serve, how many must."""
+
+    wave: int
+    serving: tuple[str, ...]      # nodes in service before the wave
+    leaving: tuple[str, ...]      # nodes the wave takes out
+    needed: int
+    ok: bool
+    source: str                   # where ``serving`` came from: the load balancer, or the run's own record
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepStarted(Event):
     phase: Phase
     key: str
     name: str
     kind: StepKind
     command: str                  # as shown (masked)
+    target: str = ""              # where it runs when that is not a node of the run (control, a host)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +247,7 @@ class StepFinished(Event):
     polls: int = 0
     stdout: str = ""
     stderr: str = ""
+    target: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

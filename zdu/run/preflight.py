@@ -86,3 +86,29 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
     except ZduError as exc:
         problems.append(Problem(None, "lb", f"load balancer: {exc}"))
     return problems
+
+
+def capacity_problems(plan: Plan, lb: LoadBalancer) -> list[Problem]:
+    """The capacity guard, checked for every wave against what the load balancer shows now:
+    a wave that would leave too few nodes serving is reported before anything changes."""
+    from .walk import Walker, capacity
+    if plan.min_in_service is None and all(t.min_in_service is None for t in plan.tiers):
+        return []
+    try:
+        serving = lb.serving([p.node for p in plan.nodes])
+    except ZduError as exc:
+        return [Problem(None, "capacity", f"capacity guard: cannot read the load balancer: {exc}")]
+    source = "the load balancer"
+    if serving is None:
+        serving, source = {n: True for n in plan.node_names}, "assuming every node serves (the hook cannot tell)"
+    problems = []
+    for wave in Walker(plan).waves():
+        check = capacity(plan, wave, serving)
+        if check is not None and check[0] < check[1]:
+            left, want, scope = check
+            down = [n for n in scope if not serving.get(n)]
+            problems.append(Problem(None, "capacity", (
+                f"capacity guard: wave {wave.number} ({', '.join(wave.nodes)}) would leave {left} of {len(scope)} "
+                f"node(s) in service, at least {want} must (per {source}"
+                + (f"; not serving now: {', '.join(down)}" if down else "") + ")")))
+    return problems

@@ -27,7 +27,7 @@ INVOCATION: Mapping[str, tuple[type, ...]] = {
     "old_install_dir": (str,), "new_install_dir": (str,), "config": (str,), "profile": (str,),
     "serial": (str,), "rollback_policy": (str,), "host_key_policy": (str,), "traffic": (str,),
     "traffic_rate": (int, float), "min_free_mb": (int,), "cwd": (str,), "limit": (str,),
-    "inventory": (str,), "pause_after_wave": (int,),
+    "inventory": (str,), "pause_after_wave": (list,),
 }
 
 
@@ -38,6 +38,19 @@ class Previous:
     run_dir: RunDir
     state: RunState
     invocation: dict[str, Any]
+    repair: tuple[str, ...] = ()      # a finished run: the nodes it left broken or out of traffic
+
+
+def needs_repair(state: RunState) -> list[str]:
+    """Nodes a finished run left behind: a rollback that failed, a version nobody can vouch for,
+    or out of the load balancer."""
+    broken = []
+    for name in state.active_nodes:
+        node = state.nodes[name]
+        failed_rollback = node.rollback is not None and node.rollback.outcome.value == "FAILED"
+        if failed_rollback or node.version.value == "unknown" or node.lb.value != "in":
+            broken.append(name)
+    return broken
 
 
 class ControlLock:
@@ -101,6 +114,9 @@ def load_previous(run_dir: RunDir) -> Previous:
                           "not resuming") from None
     invocation = check_invocation(state.invocation, path)
     if state.status is not None and state.ended is not None:
+        broken = needs_repair(state)
+        if broken and state.lock is not None:
+            return Previous(run_dir, state, invocation, repair=tuple(broken))
         raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
                           f"({int(state.status)}); nothing to resume")
     if not any(n.phases or n.rollback for n in state.nodes.values()) and state.lock is None:

@@ -58,8 +58,12 @@ class RollbackCoordinator:
 
     # ------------------------------------------------------------------ deciding
 
-    def decide(self, failures: Sequence[Failure]) -> Verdict:
-        """Ask the policy about every failure; record each decision and the rollback order."""
+    def decide(self, failures: Sequence[Failure], *, budget: float | None = None, wave_size: int = 0) -> Verdict:
+        """Ask the policy about every failure; record each decision and the rollback order.
+
+        With a failure ``budget`` (``max_fail_percentage``, ansible's meaning: the run stops when
+        more than that share of a wave fails) failures within it are decided here: each failed
+        node is rolled back and the run goes on."""
         switched, results = self.recorder.query(lambda s: (
             list(s.switched), {n: {p: o.outcome.value for p, o in node.phases.items()}
                                for n, node in s.nodes.items()}))
@@ -71,7 +75,7 @@ class RollbackCoordinator:
                 node=failure.node, phase=failure.phase, classification=failure.kind, message=failure.message,
                 exit_code=failure.exit_code, switched=tuple(n for n in switched if n != failure.node),
                 results=results, others=tuple(n for n in failed if n != failure.node))
-            decision = self._ask(context)
+            decision = self._within_budget(failures, budget, wave_size) or self._ask(context)
             targets: list[str] = []
             if decision.action is Action.ROLLBACK_NODE:
                 targets = [failure.node]
@@ -84,9 +88,22 @@ class RollbackCoordinator:
                                           message=failure.message, targets=tuple(targets)))
         # the failed nodes first (in wave order), then the others newest first
         order = [n for n in failed if n in wanted] + [n for n in reversed(switched) if n in wanted and n not in failed]
-        stop = any(d.action is not Action.CONTINUE for _, d in decisions)
+        within = budget is not None and all("within the failure budget" in d.reason for _, d in decisions)
+        stop = not within and any(d.action is not Action.CONTINUE for _, d in decisions)
         self.recorder.emit(ev.RollbacksPlanned(order=tuple(order), stop=stop))
         return Verdict(tuple(decisions), tuple(order), stop)
+
+    @staticmethod
+    def _within_budget(failures: Sequence[Failure], budget: float | None, wave_size: int) -> Decision | None:
+        if budget is None or wave_size <= 0 or any(f.phase.is_offline or f.kind is FailureKind.INTERRUPTED
+                                                   for f in failures):
+            return None
+        share = 100.0 * len(failures) / wave_size
+        if share > budget:
+            return None
+        return Decision(Action.ROLLBACK_NODE, f"{len(failures)} of {wave_size} node(s) of the wave failed "
+                                              f"({share:.0f}%), within the failure budget of {budget:g}%: "
+                                              "rolling back the failed node, going on with the others")
 
     def _ask(self, context: FailureContext) -> Decision:
         try:

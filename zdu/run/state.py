@@ -56,6 +56,7 @@ class StepRecord:
     kind: StepKind
     command: str                  # as shown (masked)
     started: float
+    target: str = ""              # where a run-level step ran (control, a host), when not a node
     ended: float | None = None
     exit_code: int | None = None
     error: FailureKind | None = None
@@ -136,6 +137,10 @@ class RunState:
     lb_actions: list[dict[str, Any]] = field(default_factory=list)
     preflight_problems: list[str] = field(default_factory=list)
     listener_failures: dict[str, str] = field(default_factory=dict)
+    tiers: dict[str, list[str]] = field(default_factory=dict)         # tier -> nodes, in order
+    run_phases: dict[str, PhaseResult] = field(default_factory=dict)  # before, after, gate TIER
+    pauses: list[dict[str, Any]] = field(default_factory=list)        # wave, started, ended, answer, by
+    capacity: list[dict[str, Any]] = field(default_factory=list)      # the guard's checks
     tool_version: str = ""
     user: str = ""
     host: str = ""
@@ -153,7 +158,8 @@ class RunState:
                     new_install_dir=event.new_install_dir, profile=event.profile,
                     topology=event.topology, node_names=list(event.node_names), started=event.at,
                     lb=event.lb, invocation=dict(event.invocation), plan_fingerprint=event.plan_fingerprint,
-                    tool_version=event.tool_version, user=event.user, host=event.host, argv=list(event.argv))
+                    tool_version=event.tool_version, user=event.user, host=event.host, argv=list(event.argv),
+                    tiers={str(k): list(v) for k, v in event.tiers.items()})
         for name in event.skipped:
             state.nodes[name].skipped = True
         return state
@@ -271,19 +277,22 @@ def _phase_finished(state: RunState, event: ev.PhaseFinished) -> None:
 
 
 def _step_started(state: RunState, event: ev.StepStarted) -> None:
-    _node(state, event)
+    if event.node is not None or not event.target:
+        _node(state, event)
     state.steps.append(StepRecord(key=event.key, node=event.node or "", phase=event.phase, name=event.name,
-                                  kind=event.kind, command=event.command, started=event.at))
+                                  kind=event.kind, command=event.command, started=event.at, target=event.target))
 
 
 def _step_finished(state: RunState, event: ev.StepFinished) -> None:
-    _node(state, event)
+    if event.node is not None or not event.target:
+        _node(state, event)
     for record in reversed(state.steps):
         if record.key == event.key and record.ended is None:
             break
     else:
         record = StepRecord(key=event.key, node=event.node or "", phase=event.phase, name=event.name,
-                            kind=event.kind, command=event.command, started=event.at - event.duration)
+                            kind=event.kind, command=event.command, started=event.at - event.duration,
+                            target=event.target)
         state.steps.append(record)
     record.ended = event.at
     record.exit_code = event.exit_code
@@ -358,7 +367,39 @@ def _rollback_finished(state: RunState, event: ev.RollbackFinished) -> None:
         state.rollback_queue.remove(node.name)
 
 
+def _run_phase_started(state: RunState, event: ev.RunPhaseStarted) -> None:
+    state.run_phases[event.label] = PhaseResult(Outcome.RUNNING, started=event.at)
+
+
+def _run_phase_finished(state: RunState, event: ev.RunPhaseFinished) -> None:
+    started = state.run_phases[event.label].started if event.label in state.run_phases else event.at
+    state.run_phases[event.label] = PhaseResult(event.outcome, event.code, event.failure, event.message,
+                                                started, event.at)
+
+
+def _paused(state: RunState, event: ev.Paused) -> None:
+    state.pauses.append({"wave": event.wave, "started": event.at, "timeout": event.timeout,
+                         "on_timeout": event.on_timeout, "ended": None, "answer": None, "by": None})
+
+
+def _pause_ended(state: RunState, event: ev.PauseEnded) -> None:
+    for pause in reversed(state.pauses):
+        if pause["wave"] == event.wave and pause["ended"] is None:
+            pause.update(ended=event.at, answer=event.answer, by=event.by)
+            return
+    raise ValueError(f"PauseEnded: no pause after wave {event.wave} is open")
+
+
+def _capacity(state: RunState, event: ev.CapacityChecked) -> None:
+    state.capacity.append({"wave": event.wave, "serving": list(event.serving), "leaving": list(event.leaving),
+                           "needed": event.needed, "ok": event.ok, "source": event.source, "at": event.at})
+    if not event.ok:
+        state.warnings.append(event.message)
+
+
 _HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
+    ev.RunPhaseStarted: _run_phase_started, ev.RunPhaseFinished: _run_phase_finished, ev.Paused: _paused,
+    ev.PauseEnded: _pause_ended, ev.CapacityChecked: _capacity,
     ev.RunStarted: _run_started, ev.RunFinished: _run_finished, ev.Warned: _warned,
     ev.PreflightFailed: _preflight, ev.HostKeyAccepted: _host_key, ev.LockTaken: _lock_taken,
     ev.LockReleased: _lock_released, ev.TrafficMeasured: _traffic, ev.PhaseStarted: _phase_started,

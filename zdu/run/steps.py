@@ -15,12 +15,13 @@ from typing import Callable
 from ..errors import TransportError, UnreachableError
 from ..model import CommandResult
 from ..planning.masking import Masker
-from ..planning.plan import Plan, PlannedStep
+from ..planning.plan import Plan, PlannedRequest, PlannedStep
 from ..status import FailureKind, StepKind
 from ..transport.base import CommandHandler
 from ..model import Node
 from . import events as ev
 from .state import Recorder
+from .http import http_request, judge_response
 from .waits import run_wait
 
 Handlers = Callable[[Node], CommandHandler]
@@ -61,9 +62,12 @@ class StepRunner:
     def run(self, step: PlannedStep, *, interruptible: bool = True) -> StepResult:
         """Run ``step``; ``interruptible=False`` (rollbacks) lets health gates run to their end
         even after an interrupt."""
-        node = step.node
+        node: str | None = step.node
+        target = ""
+        if step.node in self.plan.hosts:       # control or another host: not a node of the run
+            node, target = None, step.node
         self.recorder.emit(ev.StepStarted(node=node, phase=step.phase, key=step.key, name=step.name,
-                                          kind=step.kind, command=step.shown))
+                                          kind=step.kind, command=step.shown, target=target))
         started = self.clock()
         try:
             result = self._run(step, interruptible)
@@ -79,13 +83,13 @@ class StepRunner:
         self.recorder.emit(ev.StepFinished(
             node=node, phase=step.phase, key=step.key, name=step.name, kind=step.kind, command=step.shown,
             exit_code=result.exit_code, failure=result.failure, duration=duration, message=result.message,
-            polls=result.polls, stdout=result.stdout, stderr=result.stderr))
+            polls=result.polls, stdout=result.stdout, stderr=result.stderr, target=target))
         return result
 
     # ------------------------------------------------------------------ kinds
 
     def _handler(self, name: str) -> CommandHandler:
-        return self.handlers(self.plan.node_plan(name).node)
+        return self.handlers(self.plan.target(name))
 
     def _run(self, step: PlannedStep, interruptible: bool) -> StepResult:
         if step.kind is StepKind.RUN:
@@ -94,7 +98,31 @@ class StepRunner:
             return _command_result(output)
         if step.kind is StepKind.WAIT:
             return self._wait(step, interruptible)
+        if step.kind is StepKind.HTTP:
+            assert step.request is not None
+            return self._request(step.node, step.request)
         raise NotImplementedError(f"step kind {step.kind}")
+
+    def _request(self, name: str, request: PlannedRequest) -> StepResult:
+        if request.where == "node":
+            assert request.curl is not None
+            output = self._handler(name).run(request.curl, timeout=request.timeout + 10)
+            if output.error:
+                return _command_result(output)
+            body, _, code = output.stdout.rpartition("\n")
+            if output.exit_code != 0 or not code.strip().isdigit():
+                detail = (output.stderr.strip().splitlines() or ["no answer"])[-1][:300]
+                return StepResult(FailureKind.FAILED, f"{request.method} {request.url}: {detail}",
+                                  output.exit_code, output.stdout, output.stderr)
+            status, text = int(code), body
+        else:
+            answer = http_request(request)
+            if answer.error:
+                return StepResult(FailureKind.FAILED, f"{request.method} {request.url}: {answer.error}")
+            status, text = answer.status, answer.body
+        judged = judge_response(request, status, text)
+        return StepResult(None if judged is None else FailureKind.FAILED, judged or f"status {status}",
+                          status, text[:65536], "")
 
     def _wait(self, step: PlannedStep, interruptible: bool) -> StepResult:
         wait = step.wait

@@ -1,0 +1,133 @@
+"""Pauses: the run waits for the operator, who answers on the terminal or from another shell.
+
+At a pause the run prints what it did and waits.  On a terminal it asks (``continue`` /
+``abort`` / ``abort --keep``); whether or not there is one, ``zdupgrade continue [RUN_ID]`` or
+``zdupgrade abort [RUN_ID]`` from another shell answers it: they write ``pause.answer`` in the
+run folder, which the waiting run polls.  Without an answer within ``pause_timeout`` the
+stated action is taken.  An interrupt ends the pause like any other safe point.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, TextIO
+
+from ..errors import ConfigError
+from ..report.rundir import RunDir
+from ..run.conductor import PauseAnswer, PauseRequest
+from .console import Console
+
+ANSWER_FILE = "pause.answer"
+ANSWERS = ("continue", "abort", "abort-keep")
+POLL = 0.2
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def write_answer(run_dir: RunDir, wave: int | None, answer: str) -> None:
+    """What ``zdupgrade continue`` / ``abort`` leave for the waiting run."""
+    if answer not in ANSWERS:
+        raise ConfigError(f"unknown answer {answer!r}")
+    data = {"answer": answer, "wave": wave, "by": who(), "at": time.time()}
+    run_dir.write_atomic(ANSWER_FILE, (json.dumps(data) + "\n").encode())
+
+
+def read_answer(run_dir: RunDir, wave: int) -> PauseAnswer | None:
+    """The answer left for the pause after ``wave`` (None: none yet, or for another pause)."""
+    if not run_dir.exists(ANSWER_FILE):
+        return None
+    try:
+        data: Any = json.loads(run_dir.read_text(ANSWER_FILE, limit=4096))
+    except (ValueError, ConfigError, OSError):
+        return None
+    if not isinstance(data, dict) or data.get("answer") not in ANSWERS:
+        return None
+    if data.get("wave") not in (None, wave):
+        return None
+    return PauseAnswer(str(data["answer"]), f"{str(data.get('by'))[:100]} (zdupgrade {data['answer'].split('-')[0]})")
+
+
+class _Lines:
+    """One reader of the terminal for the whole run (a thread blocked in readline)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._read, args=(stream,), name="zdu-tty", daemon=True)
+        thread.start()
+
+    def _read(self, stream: TextIO) -> None:
+        for line in iter(stream.readline, ""):
+            self.queue.put(line)
+
+
+class OperatorPauser:
+    """Asks the terminal (if there is one) and watches the run folder for an answer."""
+
+    def __init__(self, run_dir: RunDir, console: Console, *, stdin: TextIO | None = None,
+                 interactive: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.run_dir = run_dir
+        self.console = console
+        self.stdin = stdin or sys.stdin
+        self.interactive = self.stdin.isatty() if interactive is None else interactive
+        self.clock = clock
+        self._lines: _Lines | None = None
+
+    def __call__(self, request: PauseRequest, stop: Callable[[], bool]) -> PauseAnswer:
+        done = ", ".join(request.done) or "none yet"
+        self.console.line(f"\n=== PAUSED after wave {request.wave} of {request.waves} (upgraded so far: {done}) ===")
+        self.console.line(f"    zdupgrade continue {request.run_id}   |   zdupgrade abort {request.run_id} [--keep]"
+                          f"   (from any shell); in {request.timeout:g}s: {request.on_timeout}")
+        if self.interactive:
+            self.console.line("    or type here: continue | abort | abort --keep")
+            if self._lines is None:
+                self._lines = _Lines(self.stdin)
+        # an answer left for this pause before it began (a resumed run) counts; an older one does not
+        deadline = self.clock() + request.timeout
+        while True:
+            answer = read_answer(self.run_dir, request.wave)
+            if answer is not None:
+                self._consume()
+                return answer
+            if self._lines is not None:
+                typed = self._typed()
+                if typed is not None:
+                    return typed
+            if stop():
+                return PauseAnswer("interrupted", "a signal")
+            if self.clock() >= deadline:
+                return PauseAnswer(request.on_timeout, f"the {request.timeout:g}s pause timeout")
+            time.sleep(POLL)
+
+    def _typed(self) -> PauseAnswer | None:
+        assert self._lines is not None
+        while True:
+            try:
+                line = self._lines.queue.get_nowait()
+            except queue.Empty:
+                return None
+            word = " ".join(line.split()).lower()
+            answer = {"continue": "continue", "c": "continue", "abort": "abort", "a": "abort",
+                      "abort --keep": "abort-keep", "abort keep": "abort-keep"}.get(word)
+            if answer is not None:
+                return PauseAnswer(answer, f"{who()} (terminal)")
+            if word:
+                self.console.line(f"    not an answer: {word[:40]!r}; type continue, abort or abort --keep")
+
+    def _consume(self) -> None:
+        try:
+            self.run_dir.write_atomic(ANSWER_FILE + ".used", self.run_dir.read_text(ANSWER_FILE).encode())
+            self.run_dir.remove(ANSWER_FILE)
+        except (OSError, ConfigError):
+            pass
