@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import fnmatch
 import hmac
 import logging
 import os
@@ -300,14 +299,20 @@ def _names_match(names: list[str], name: str) -> bool:
     hit = False
     for pattern in names:
         if pattern.startswith("!"):
-            if fnmatch.fnmatchcase(name.lower(), pattern[1:].lower()):
+            if _wildcard(pattern[1:], name):
                 return False
         elif pattern.startswith("|1|"):
             hashed = paramiko.HostKeys.hash_host(name, pattern)
             hit = hit or hmac.compare_digest(hashed.encode(), pattern.encode())
-        elif fnmatch.fnmatchcase(name.lower(), pattern.lower()):
+        elif _wildcard(pattern, name):
             hit = True
     return hit
+
+
+def _wildcard(pattern: str, name: str) -> bool:
+    """OpenSSH's match_pattern: ``*`` and ``?`` only (``[`` is literal, as in ``[host]:port``)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+    return re.fullmatch(regex, name.lower()) is not None
 
 
 # --------------------------------------------------------------------------- host-key check
@@ -849,6 +854,9 @@ class SshHandler(CommandHandler):
             detail = "timed out" if "timeout" in str(exc).lower() else "was refused"
             return AuthError(who, f"authentication as {user}@{where} with "
                                   f"{_keys_text(target)} {detail}")
+        if isinstance(exc, SSHException) and "no authentication methods" in str(exc).lower():
+            return AuthError(who, f"cannot log in to {user}@{where}: no key to offer (tried "
+                                  f"{_keys_text(target)}; none was found)")
         if isinstance(exc, NoValidConnectionsError):
             codes = {getattr(e, "errno", None) for e in exc.errors.values()}
             what = "no route to host" if errno.EHOSTUNREACH in codes else "connection refused"
