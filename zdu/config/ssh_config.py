@@ -256,10 +256,11 @@ class SshConfigFiles:
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     def lookup(self, alias: str) -> tuple[SSHConfigDict, tuple[str, ...]]:
-        """ssh_config's options for ``alias`` (lower-cased first, as ``ssh`` does) and notes."""
+        """ssh_config's options for ``alias`` and the notes about them.  Patterns match
+        case-sensitively, as in OpenSSH (``Host web*`` does not match ``WEB1``)."""
         with self._lock:
             self._config.notes = []
-            options = self._config.lookup(alias.lower())
+            options = self._config.lookup(alias)
             return options, tuple(self._config.notes)
 
 
@@ -417,6 +418,8 @@ def resolve(node: Node, settings: SshSettings, config: SshConfigFiles | None | b
         specs, sources["jumps"] = settings.proxy_jump, SSH
     else:
         specs, sources["jumps"] = _config_jumps(options, files, where), SSH_CONFIG
+        if any(parse_jump(j).host.lower() == node.host.lower() for j in specs):
+            specs = ()          # "Host *  ProxyJump x" also matches x itself: ignored
         if not specs:
             sources["jumps"] = DEFAULT
             if options.get("proxycommand"):
@@ -459,6 +462,8 @@ def _chain(specs: Sequence[str], settings: SshSettings, files: SshConfigFiles | 
                 raise ConfigError(f"{where}: jump host {spec.host}: ssh_config gives a "
                                   "ProxyCommand for it, which zdupgrade does not run; use "
                                   "ProxyJump there")
+            if any(parse_jump(j).host.lower() == spec.host.lower() for j in own):
+                own = ()        # "Host *  ProxyJump x" also matches x itself: ignored, as fabric does
             if own:
                 hops.extend(_chain(own, settings, files, where,
                                    seen=(*seen, spec.host.lower()), notes=notes))
@@ -511,8 +516,8 @@ def _hop(spec: JumpSpec, settings: SshSettings, files: SshConfigFiles | None, wh
 
 def _hostname(options: Mapping[str, Any], alias: str) -> str:
     value = options.get("hostname")
-    # paramiko fills HostName with the (lower-cased) alias when ssh_config has none
-    if not value or value == alias.lower():
+    # paramiko fills HostName with the alias when ssh_config has none
+    if not value or value == alias:
         return alias
     return str(value)
 
