@@ -37,20 +37,16 @@ def ansible_list(name: str) -> dict[str, Any]:
 
 
 def ansible_members(listing: dict[str, Any], group: str) -> list[str]:
-    """A group's hosts as Ansible orders them: its own, then its children's, each once."""
+    """A group's hosts as Ansible orders them: its own, then its descendants' breadth first
+    (Group.get_hosts), each once."""
+    order, level = [group], [group]
+    while level:
+        level = list(dict.fromkeys(c for g in level for c in listing.get(g, {}).get("children", [])
+                                   if c not in order))
+        order += level
     out: list[str] = []
-    seen: set[str] = set()
-
-    def walk(name: str) -> None:
-        if name in seen:
-            return
-        seen.add(name)
-        for host in listing.get(name, {}).get("hosts", []):
-            if host not in out:
-                out.append(host)
-        for child in listing.get(name, {}).get("children", []):
-            walk(child)
-    walk(group)
+    for name in order:
+        out += [h for h in listing.get(name, {}).get("hosts", []) if h not in out]
     return out
 
 

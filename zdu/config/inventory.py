@@ -195,20 +195,18 @@ class _Builder:
             notes=tuple(dict.fromkeys(self.notes)))
 
     def _members(self, name: str) -> list[str]:
-        """The group's hosts, then its children's, depth first, each once (Ansible's order)."""
-        seen_groups: set[str] = set()
+        """The group's hosts, then its children's level by level (breadth first), each once:
+        the order Ansible's subscripts (``group[0]``) count in."""
+        order = [name]
+        level = [name]
+        while level:
+            nxt = [c for g in level for c in self.groups[g].children if c not in order]
+            nxt = list(dict.fromkeys(nxt))
+            order += nxt
+            level = nxt
         out: list[str] = []
-
-        def walk(group: str) -> None:
-            if group in seen_groups:
-                return
-            seen_groups.add(group)
-            for host in self.groups[group].hosts:
-                if host not in out:
-                    out.append(host)
-            for child in self.groups[group].children:
-                walk(child)
-        walk(name)
+        for group in order:
+            out += [h for h in self.groups[group].hosts if h not in out]
         return out
 
     def _depths(self) -> dict[str, int]:
