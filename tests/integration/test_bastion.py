@@ -12,6 +12,7 @@ every login came from the bastion's address.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -82,6 +83,17 @@ def settings(known_hosts: Path, key: Path, **kw: Any) -> SshSettings:
 
 def jump(server: NetnsSshd) -> str:
     return f"root@{server.host}:{server.port}"
+
+
+def behind(servers: Callable[..., NetnsSshd], client_key: Path, port: int, *,
+           authorize: tuple[str, ...] = ("bastion", "node"), **bastion_kw: Any
+           ) -> tuple[NetnsSshd, NetnsSshd]:
+    """A bastion in ns0 and a node in ns1 (port ``port``), trusting ``client_key`` as told."""
+    bastion, gw = servers(0, **bastion_kw), servers(1, port)
+    for role, server in (("bastion", bastion), ("node", gw)):
+        if role in authorize:
+            server.authorize(Path(f"{client_key}.pub"))
+    return bastion, gw
 
 
 # --------------------------------------------------------------------------- the only way in
@@ -218,9 +230,7 @@ def test_dead_bastion_is_one_clear_error_for_every_node(servers: Callable[..., N
 
 def test_refused_bastion_host_key(servers: Callable[..., NetnsSshd], client_key: Path,
                                   tmp_path: Path) -> None:
-    bastion, gw = servers(0), servers(1, 2230)
-    for s in (bastion, gw):
-        s.authorize(Path(f"{client_key}.pub"))
+    bastion, gw = behind(servers, client_key, 2230)
     kh = trust(tmp_path / "known_hosts", gw)            # the bastion's key is not known
     h = SshHandler(node(gw, "gw"), settings(kh, client_key, proxy_jump=(jump(bastion),)),
                    pool=SshPool())
@@ -235,9 +245,7 @@ def test_refused_bastion_host_key(servers: Callable[..., NetnsSshd], client_key:
 
 def test_jump_host_pin(servers: Callable[..., NetnsSshd], client_key: Path,
                        tmp_path: Path) -> None:
-    bastion, gw = servers(0), servers(1, 2240)
-    for s in (bastion, gw):
-        s.authorize(Path(f"{client_key}.pub"))
+    bastion, gw = behind(servers, client_key, 2240)
     kh = trust(tmp_path / "known_hosts", gw)
     pinned = settings(kh, client_key, proxy_jump=(jump(bastion),),
                       jump_host_keys={bastion.host: bastion.host_fingerprint})
@@ -253,9 +261,7 @@ def test_jump_host_pin(servers: Callable[..., NetnsSshd], client_key: Path,
 
 def test_node_host_key_behind_a_bastion_is_checked(servers: Callable[..., NetnsSshd],
                                                    client_key: Path, tmp_path: Path) -> None:
-    bastion, gw = servers(0), servers(1, 2250)
-    for s in (bastion, gw):
-        s.authorize(Path(f"{client_key}.pub"))
+    bastion, gw = behind(servers, client_key, 2250)
     kh = trust(tmp_path / "known_hosts", bastion)        # the node's key is not known
     h = SshHandler(node(gw, "gw"), settings(kh, client_key, proxy_jump=(jump(bastion),)),
                    pool=SshPool())
@@ -267,8 +273,7 @@ def test_node_host_key_behind_a_bastion_is_checked(servers: Callable[..., NetnsS
 
 def test_bastion_refuses_our_key(servers: Callable[..., NetnsSshd], client_key: Path,
                                  tmp_path: Path) -> None:
-    bastion, gw = servers(0), servers(1, 2260)
-    gw.authorize(Path(f"{client_key}.pub"))               # the bastion does not know the key
+    bastion, gw = behind(servers, client_key, 2260, authorize=("node",))   # bastion: not ours
     kh = trust(tmp_path / "known_hosts", bastion, gw)
     with pytest.raises(BastionError) as info:
         SshHandler(node(gw, "gw"), settings(kh, client_key, proxy_jump=(jump(bastion),)),
@@ -278,10 +283,7 @@ def test_bastion_refuses_our_key(servers: Callable[..., NetnsSshd], client_key: 
 
 def test_bastion_that_does_not_forward(servers: Callable[..., NetnsSshd], client_key: Path,
                                        tmp_path: Path) -> None:
-    bastion = servers(0, extra_config="AllowTcpForwarding no\n")
-    gw = servers(1, 2270)
-    for s in (bastion, gw):
-        s.authorize(Path(f"{client_key}.pub"))
+    bastion, gw = behind(servers, client_key, 2270, extra_config="AllowTcpForwarding no\n")
     kh = trust(tmp_path / "known_hosts", bastion, gw)
     with pytest.raises(BastionError) as info:
         SshHandler(node(gw, "gw"), settings(kh, client_key, proxy_jump=(jump(bastion),)),
@@ -309,3 +311,81 @@ def test_unknown_alias_is_a_config_error_before_any_connection(tmp_path: Path,
     assert msg.startswith("node gw-x: cannot resolve host 'gw-typo'")
     assert str(home / ".ssh" / "config") in msg and "Name or service not known" in msg
     assert asked == ["gw-typo"]
+
+
+def test_bastion_dies_mid_command_then_comes_back(servers: Callable[..., NetnsSshd],
+                                                  client_key: Path, tmp_path: Path) -> None:
+    bastion, gw = behind(servers, client_key, 2280)
+    kh = trust(tmp_path / "known_hosts", bastion, gw)
+    pool = SshPool(failure_ttl=0)             # a later attempt may try the bastion again
+    h = SshHandler(node(gw, "gw"), settings(kh, client_key, proxy_jump=(jump(bastion),)),
+                   pool=pool, sleep=FakeSleep())
+    try:
+        # a timeout through the bastion still kills the remote command
+        timed = h.run("echo before; sleep 41.3", timeout=1)
+        assert (timed.error, timed.stdout) == ("timeout", "before\n")
+        assert h.run("pgrep -f 'sleep 4[1].3'").exit_code == 1
+        box: dict[str, Any] = {}
+        worker = threading.Thread(target=lambda: box.update(r=h.run("echo started; sleep 29.7")))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while "sleep 29.7" not in gw_processes(gw) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bastion.crash()
+        worker.join(20)
+        assert (box["r"].exit_code, box["r"].error) == (None, "unreachable")
+        with pytest.raises(BastionError, match="connection refused"):
+            h.run("true")
+        bastion.start()
+        assert h.run("echo back").stdout == "back\n"
+        assert pool.links()[0][1] == 2 and h.connects == 2
+    finally:
+        h.close()
+
+
+def gw_processes(server: NetnsSshd) -> str:
+    from tests.support.sshd import descendants
+    assert server.process is not None
+    out = []
+    for pid in descendants(server.process.pid):
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return "\n".join(out)
+
+
+def test_nodes_opening_at_once_share_one_bastion_login(servers: Callable[..., NetnsSshd],
+                                                       client_key: Path, tmp_path: Path) -> None:
+    bastion = servers(0)
+    gws = [servers(1, 2290 + i) for i in range(4)]
+    for s in (bastion, *gws):
+        s.authorize(Path(f"{client_key}.pub"))
+    kh = trust(tmp_path / "known_hosts", bastion, *gws)
+    pool = SshPool()
+    ssh = settings(kh, client_key, proxy_jump=(jump(bastion),))
+    handlers = [SshHandler(node(g, f"gw{i}"), ssh, pool=pool) for i, g in enumerate(gws)]
+    results: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda h=h: results.update({h.node.name: h.run("echo x").stdout}))
+               for h in handlers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for h in handlers:
+        h.close()
+    assert results == {f"gw{i}": "x\n" for i in range(4)}
+    assert bastion.accepted_logins() == 1
+
+
+def test_accept_new_records_the_bastion_key(servers: Callable[..., NetnsSshd], client_key: Path,
+                                            tmp_path: Path) -> None:
+    bastion, gw = behind(servers, client_key, 2300)
+    kh = trust(tmp_path / "known_hosts", gw)
+    accepted: list[tuple[str, str, str]] = []
+    ssh = settings(kh, client_key, proxy_jump=(jump(bastion),), host_key_policy="accept-new")
+    with SshHandler(node(gw, "gw"), ssh, pool=SshPool(),
+                    on_host_key_accepted=lambda *a: accepted.append(a)) as h:
+        assert h.run("true").ok
+    assert accepted == [(bastion.host, "ssh-ed25519", bastion.host_fingerprint)]
+    assert bastion.known_hosts_line() in kh.read_text()
