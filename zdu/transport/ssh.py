@@ -322,7 +322,7 @@ class _HostCheck:
     """Everything needed to judge one server's host key (a node's or a jump host's)."""
 
     who: str                           # the TransportError's node field
-    what: str                          # "host key for 10.0.0.5:22", "... of bastion X"
+    what: str                          # whose key: "10.0.0.5:22"
     name: str                          # the known_hosts name: host or [host]:port
     known: KnownHosts
     policy: str
@@ -334,15 +334,15 @@ class _HostCheck:
         """Accept ``key`` or raise HostKeyError; accept-new records an unknown key."""
         path = self.known.path
         if any(key == r for r in self.known.revoked):
-            raise HostKeyError(self.who, f"{self.what}: the server offered {key.get_name()} "
-                                         f"{key.fingerprint}, which {path} marks @revoked",
-                               offered=key.fingerprint)
+            raise HostKeyError(self.who, f"host key for {self.what}: the server offered "
+                                         f"{key.get_name()} {key.fingerprint}, which {path} "
+                                         "marks @revoked", offered=key.fingerprint)
         known = self.known.lookup(self.name)
         if known and not any(key == k for k in known):
             expected = next((k for k in known if k.get_name() == key.get_name()), known[0])
             raise HostKeyError(
                 self.who,
-                f"HOST KEY CHANGED {self.what}: {path} expects {expected.get_name()} "
+                f"HOST KEY CHANGED for {self.what}: {path} expects {expected.get_name()} "
                 f"{expected.fingerprint} but the server offered {key.get_name()} "
                 f"{key.fingerprint}. Either the host was reinstalled or someone is "
                 f"intercepting the connection; if the change is expected, remove the old "
@@ -352,8 +352,8 @@ class _HostCheck:
             if _normalise_fingerprint(key.fingerprint) != _normalise_fingerprint(self.pin):
                 raise HostKeyError(
                     self.who,
-                    f"{self.what} does not match the pinned fingerprint: expected {self.pin}, "
-                    f"the server offered {key.get_name()} {key.fingerprint}. Refusing to connect.",
+                    f"host key for {self.what} does not match the pinned fingerprint: expected "
+                    f"{self.pin}, the server offered {key.get_name()} {key.fingerprint}. Refusing to connect.",
                     expected=self.pin, offered=key.fingerprint)
             return                     # a matching pin is trust enough
         if known:
@@ -361,7 +361,7 @@ class _HostCheck:
         if self.policy != "accept-new":
             raise HostKeyError(
                 self.who,
-                f"{self.what} is not known: the server offered {key.get_name()} "
+                f"host key for {self.what} is not known: the server offered {key.get_name()} "
                 f"{key.fingerprint}, which is not in {path} (host_key_policy is strict). "
                 f"Check the fingerprint on the host, then add it to {path} or pin it as "
                 f"{self.pin_hint}.",
@@ -605,7 +605,7 @@ class SshPool:
                     raise _Transient(f"cannot connect to it: {exc.message}") from None
             try:
                 return handler._open_client(hop, sock, who=node,
-                                            what=f"host key of bastion {label}",
+                                            what=hop.endpoint,
                                             pin_hint=f"ssh.jump_host_keys[{hop.name!r}]")
             except _Transient:
                 raise
@@ -751,7 +751,7 @@ class SshHandler(CommandHandler):
         config = Config(lazy=True, overrides={"runners": {"remote": _Remote}})
         try:
             check = self._host_check(target, who=self.node.name,
-                                     what=f"host key for {target.endpoint}",
+                                     what=target.endpoint,
                                      pin_hint="host_key in the topology")
         except BaseException:
             _close_quietly(sock)
