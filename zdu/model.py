@@ -37,6 +37,13 @@ class Node:
     transport: Literal["ssh", "local"] = "ssh"
     lb_server: str | None = None       # name of this node's server in the load balancer
     host_key: str | None = None        # pinned fingerprint, "SHA256:..."
+    key_file: str | None = None        # None: the topology's ssh.key_file, else ssh_config's IdentityFile
+    #: jump hosts, ``[user@]host[:port]`` each, in connection order; None: the topology's
+    #: ``ssh.proxy_jump``, else ssh_config's ProxyJump; ``()``: connect directly ("none")
+    proxy_jump: tuple[str, ...] | None = None
+    #: names of the fields above that the topology did not give (their values are defaults,
+    #: so ssh_config may supply them: "port", "user").  Empty: every value counts as given
+    defaulted: frozenset[str] = frozenset()
 
     @property
     def lb_name(self) -> str:
@@ -56,6 +63,20 @@ class SshSettings:
     command_timeout: float = 600.0
     connect_retries: int = 3
     parallel: int = 4                  # nodes worked on at once in EXPORT / UPGRADE
+    #: the OpenSSH client config to resolve host aliases through (``Host``, ``HostName``,
+    #: ``Port``, ``User``, ``IdentityFile``, ``ProxyJump``, ``ConnectTimeout``); None: none.
+    #: The default also reads /etc/ssh/ssh_config after it, as ``ssh`` does without ``-F``
+    config_file: str | None = "~/.ssh/config"
+    #: jump hosts for every node (a node's own ``proxy_jump`` wins); None: ssh_config decides
+    proxy_jump: tuple[str, ...] | None = None
+    #: offer the ssh-agent's keys: True, False, or None (only when no key file is configured)
+    agent: bool | None = None
+    #: pinned host-key fingerprints of jump hosts, by the host as written in proxy_jump
+    #: (or its ``address`` / ``address:port``)
+    jump_host_keys: Mapping[str, str] = field(default_factory=frozen_map)
+    #: names of the fields above that the topology did not give ("user", "connect_timeout"),
+    #: which ssh_config may then supply.  Empty: every value counts as given
+    defaulted: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

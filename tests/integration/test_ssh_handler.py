@@ -16,7 +16,7 @@ from tests.support.sshd import SshdServer, free_port, keygen, sshd_server  # noq
 from zdu.errors import AuthError, HostKeyError, UnreachableError
 from zdu.transport import make_handler
 from zdu.transport.retry import Backoff
-from zdu.transport.ssh import SshHandler
+from zdu.transport.ssh import SshHandler, SshPool
 from zdu.model import CommandResult, Node, SshSettings
 
 Factory = Callable[..., SshdServer]
@@ -352,3 +352,166 @@ def test_custom_backoff(tmp_path: Path) -> None:
     with pytest.raises(UnreachableError, match="tried 6 times"):
         h.open()
     assert sleep.calls == [1, 3, 9, 10, 10]
+
+
+# --------------------------------------------------------------------------- keys and agent
+
+@pytest.fixture
+def server200(sshd_server: Factory) -> SshdServer:
+    return sshd_server("127.0.0.200")
+
+
+def _authorize(server: SshdServer, key: Path) -> None:
+    with open(server.workdir / "authorized_keys", "a", encoding="utf-8") as fh:
+        fh.write(Path(f"{key}.pub").read_text())
+
+
+def test_per_node_key_file_wins_over_ssh_key_file(server200: SshdServer, tmp_path: Path,
+                                                  sshd_server: Factory) -> None:
+    other = sshd_server("127.0.0.201")
+    kh = tmp_path / "known_hosts"
+    kh.write_text(server200.known_hosts_line() + other.known_hosts_line())
+    # ssh.key_file is server200's key; the other node logs in with its own key only
+    settings = settings_of(server200, kh, config_file=None)
+    with SshHandler(node_of(server200, "a"), settings) as a:
+        assert a.run("echo a").ok
+    with SshHandler(node_of(other, "b", key_file=str(other.client_key)), settings) as b:
+        assert b.run("echo b").stdout == "b\n"
+        assert b.target.key_files == (str(other.client_key),)
+        assert b.target.sources["key_files"] == "node" and b.target.agent is False
+    with pytest.raises(AuthError, match="does not exist"):
+        SshHandler(node_of(other, "c", key_file=str(tmp_path / "nope")), settings).open()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A real ssh-agent on a socket of our own (SSH_AUTH_SOCK points at it)."""
+    import subprocess
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    for _ in range(200):
+        if sock.exists():
+            break
+        time.sleep(0.02)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    yield sock
+    proc.kill()
+    proc.wait()
+
+
+def _encrypted_key(tmp_path: Path, passphrase: str) -> Path:
+    import subprocess
+    key = tmp_path / "encrypted_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "enc",
+                    "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+    return key
+
+
+def _ssh_add(agent_sock: Path, key: Path, passphrase: str, tmp_path: Path) -> None:
+    """ssh-add headless: SSH_ASKPASS_REQUIRE=force makes it ask our script, no TTY needed."""
+    import subprocess
+    askpass = tmp_path / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(passphrase)}\n")
+    askpass.chmod(0o700)
+    env = {"PATH": os.environ["PATH"], "SSH_AUTH_SOCK": str(agent_sock),
+           "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+    subprocess.run(["ssh-add", str(key)], check=True, env=env, stdin=subprocess.DEVNULL,
+                   capture_output=True, timeout=20)
+    listed = subprocess.run(["ssh-add", "-l"], env=env, capture_output=True, text=True).stdout
+    assert "enc (ED25519)" in listed
+
+
+def test_encrypted_key_through_the_agent(server200: SshdServer, tmp_path: Path,
+                                         agent: Path) -> None:
+    key = _encrypted_key(tmp_path, "s3cret pass")
+    _authorize(server200, key)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(server200.known_hosts_line())
+    # key_file alone (agent unset): no agent, and the key cannot be decrypted
+    with pytest.raises(AuthError) as info:
+        SshHandler(node_of(server200), settings_of(server200, kh, key_file=str(key),
+                                                   config_file=None)).open()
+    assert "is encrypted" in str(info.value) and "ssh.agent: true" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    _ssh_add(agent, key, "s3cret pass", tmp_path)
+    # agent: true offers the agent's copy of the key along with the file
+    with SshHandler(node_of(server200), settings_of(server200, kh, key_file=str(key),
+                                                    agent=True, config_file=None)) as h:
+        assert h.run("echo through-agent").stdout == "through-agent\n"
+    # agent alone (no key file, no default keys in this HOME): the agent is offered by default
+    with SshHandler(node_of(server200), SshSettings(known_hosts=str(kh), config_file=None,
+                                                    connect_timeout=5)) as h:
+        assert h.target.agent and h.run("true").ok
+    # agent: false and no key file: nothing to offer
+    with pytest.raises(AuthError, match="no key to offer"):
+        SshHandler(node_of(server200), SshSettings(known_hosts=str(kh), config_file=None,
+                                                   agent=False, connect_timeout=5),
+                   sleep=FakeSleep()).open()
+
+
+# --------------------------------------------------------------------------- known_hosts lines
+
+def test_malformed_known_hosts_lines_are_skipped_with_a_warning(server200: SshdServer,
+                                                                tmp_path: Path) -> None:
+    good = server200.known_hosts_line()
+    name, key_type, blob = good.split()
+    kh = tmp_path / "known_hosts"
+    kh.write_bytes(
+        f"{name} ssh-ed25519 AAAA!!notbase64\n"              # 1: bad base64 (hostile case 11)
+        f"{name} ssh-ed25519 {blob[:20]}\n".encode()         # 2: truncated key
+        + b"lonely-field\n"                                   # 3: too few fields
+        + b"\xff\xfe bad bytes\n"                             # 4: not UTF-8
+        + b"# a comment\n\n"
+        + f"@cert-authority *.example.com {key_type} {blob}\n".encode()   # 7
+        + good.encode())                                      # 8: the real entry
+    warnings: list[str] = []
+    with SshHandler(node_of(server200), settings_of(server200, kh, config_file=None),
+                    pool=SshPool(), on_warning=warnings.append) as h:
+        assert h.run("echo ok").stdout == "ok\n"
+    assert [w.split(": skipped")[0] for w in warnings] == [f"{kh}:{n}" for n in (1, 2, 3, 4, 7)]
+    assert "not valid base64" in warnings[0] and "not valid UTF-8" in warnings[3]
+    assert "@cert-authority" in warnings[4]
+
+
+def test_hashed_and_pattern_entries_and_revoked(server200: SshdServer, tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import hmac as hmac_
+    name, key_type, blob = server200.known_hosts_line().split()
+    salt = os.urandom(20)
+    digest = hmac_.new(salt, name.encode(), hashlib.sha1).digest()
+    hashed = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+    for entry in (hashed, f"[127.0.0.2*]:{server200.port}"):
+        kh = tmp_path / f"kh-{len(entry)}"
+        kh.write_text(f"{entry} {key_type} {blob}\n")
+        with SshHandler(node_of(server200), settings_of(server200, kh, config_file=None),
+                        pool=SshPool()) as h:
+            assert h.run("true").ok
+    revoked = tmp_path / "kh-revoked"
+    revoked.write_text(f"{name} {key_type} {blob}\n@revoked * {key_type} {blob}\n")
+    with pytest.raises(HostKeyError, match="@revoked"):
+        SshHandler(node_of(server200), settings_of(server200, revoked, config_file=None),
+                   pool=SshPool()).open()
+    assert server200.accepted_logins() == 2
+
+
+# --------------------------------------------------------------------------- unsendable values
+
+def test_lone_surrogate_or_nul_is_a_transport_error_not_a_crash(handler: SshHandler,
+                                                                 server: SshdServer) -> None:
+    from zdu.transport.base import InvalidCommandError
+    bad = "p\udce4ss"                    # what os.environ gives for a Latin-1 b"p\xe4ss"
+    with pytest.raises(InvalidCommandError) as info:
+        handler.run(f"echo {bad}")
+    msg = str(info.value)
+    assert msg.startswith("node-a: the command cannot be sent: character 6")
+    assert "U+DCE4" in msg and "nothing ran" in msg and bad not in msg
+    with pytest.raises(InvalidCommandError, match="environment variable ADMIN_PW") as info:
+        handler.run('echo "$ADMIN_PW"', env={"ADMIN_PW": bad})
+    assert bad not in str(info.value)
+    with pytest.raises(InvalidCommandError, match="NUL"):
+        handler.run("echo a\x00b")
+    with pytest.raises(InvalidCommandError, match="invalid environment variable name"):
+        handler.run("true", env={"A B": "x"})
+    assert server.accepted_logins() == 0 and handler.run("echo fine").stdout == "fine\n"

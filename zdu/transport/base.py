@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import abc
+from typing import Iterable
 
+from zdu.errors import TransportError, UnreachableError
 from zdu.model import CommandResult, Node
 
 
@@ -37,3 +39,42 @@ class CommandHandler(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BastionError(UnreachableError):
+    """A jump host on the way to the node failed: dead, refused, its host key refused,
+    our credentials refused, or it will not forward.  ``bastion`` names it (as written in
+    proxy_jump / ssh_config, with its ``user@address:port``); ``reason`` is one of
+    ``"unreachable"``, ``"auth"``, ``"host-key"``, ``"forwarding"``; ``problem`` is the
+    message about the bastion alone, the same for every node behind it (see
+    :func:`group_bastion_errors`)."""
+
+    def __init__(self, node: str, bastion: str, reason: str, problem: str) -> None:
+        super().__init__(node, f"cannot reach the node through bastion {bastion}: {problem}")
+        self.bastion = bastion
+        self.reason = reason
+        self.problem = problem
+
+
+class InvalidCommandError(TransportError):
+    """The command cannot be sent at all (a character that is not UTF-8, a NUL byte, an
+    invalid environment name); nothing ran.  The message never quotes the command."""
+
+
+def group_bastion_errors(errors: Iterable[tuple[str, BaseException]]
+                         ) -> tuple[list[str], list[tuple[str, BaseException]]]:
+    """Split per-node connect errors into one line per failed bastion and the rest.
+
+    ``errors`` are ``(node_name, exception)`` pairs, in node order; the lines read
+    ``bastion X: <problem>; nodes behind it: a, b, c``.  The rest keeps its order.
+    """
+    by_bastion: dict[tuple[str, str], list[str]] = {}
+    rest: list[tuple[str, BaseException]] = []
+    for node, exc in errors:
+        if isinstance(exc, BastionError):
+            by_bastion.setdefault((exc.bastion, exc.problem), []).append(node)
+        else:
+            rest.append((node, exc))
+    lines = [f"bastion {bastion}: {problem}; nodes behind it: {', '.join(nodes)}"
+             for (bastion, problem), nodes in by_bastion.items()]
+    return lines, rest

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hmac
 import logging
 import os
 import re
@@ -56,6 +57,7 @@ import signal as _signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,9 +70,10 @@ from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException
                                     NoValidConnectionsError, PasswordRequiredException,
                                     SSHException)
 
+from zdu.config.ssh_config import NODE, SSH, SSH_CONFIG, ResolvedTarget, resolve
 from zdu.errors import AuthError, HostKeyError, TransportError, UnreachableError
 from zdu.model import CommandResult, Node, SshSettings
-from zdu.transport.base import CommandHandler
+from zdu.transport.base import BastionError, CommandHandler, InvalidCommandError
 from zdu.transport.local import IncrementalDecodeMixin, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
 
@@ -214,28 +217,431 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         return True
 
 
-class _HostKeyGuard(paramiko.MissingHostKeyPolicy):
-    """Called by paramiko, before authentication, for a key not in known_hosts."""
+# --------------------------------------------------------------------------- known_hosts
 
-    def __init__(self, handler: "SshHandler") -> None:
-        self.handler = handler
+WarningCallback = Callable[[str], None]
+
+
+class KnownHosts:
+    """A known_hosts file read the way OpenSSH reads it: a line that cannot be parsed
+    (bad base64, truncated, too few fields, not UTF-8, an unknown marker) is skipped with
+    a warning naming the file and line, and the other lines still count.  Host patterns
+    (``*``, ``?``, ``!negated``), hashed names (``|1|...``) and ``@revoked`` lines are
+    honoured; ``@cert-authority`` lines are skipped (host certificates are not supported)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.warnings: list[str] = []
+        self.revoked: list[paramiko.PKey] = []
+        self._plain: dict[str, list[paramiko.PKey]] = {}
+        self._other: list[tuple[list[str], paramiko.PKey]] = []   # hashed names, patterns
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        for lineno, raw in enumerate(data.split(b"\n"), 1):
+            self._line(lineno, raw)
+
+    def _warn(self, lineno: int, why: str) -> None:
+        self.warnings.append(f"{self.path}:{lineno}: skipped a known_hosts line: {why}")
+
+    def _line(self, lineno: int, raw: bytes) -> None:
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self._warn(lineno, "not valid UTF-8")
+            return
+        if not line or line.startswith("#"):
+            return
+        marker = None
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+            if marker == "@cert-authority":
+                self._warn(lineno, "@cert-authority (host certificates) is not supported")
+                return
+            if marker != "@revoked":
+                self._warn(lineno, f"unknown marker {marker[:40]!r}")
+                return
+        fields = line.split()
+        if len(fields) < 3:
+            self._warn(lineno, "expected 'hosts key-type base64-key'")
+            return
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(" ".join(fields[:3]), lineno)
+        except Exception as exc:  # noqa: BLE001 - InvalidHostKey, bad key data of any kind
+            why = "the key is not valid base64" if isinstance(exc, paramiko.hostkeys.InvalidHostKey) \
+                else f"the key cannot be read ({exc.__class__.__name__})"
+            self._warn(lineno, why)
+            return
+        if entry is None or entry.key is None:
+            return          # a key type paramiko does not know: it cannot be offered to us either
+        if marker == "@revoked":
+            self.revoked.append(entry.key)
+            return
+        names = [n for n in entry.hostnames if n]
+        if any(n.startswith("|") or "*" in n or "?" in n or n.startswith("!") for n in names):
+            self._other.append((names, entry.key))
+        else:
+            for name in names:
+                self._plain.setdefault(name.lower(), []).append(entry.key)
+
+    def lookup(self, name: str) -> list[paramiko.PKey]:
+        """The keys known for ``name`` (``host`` or ``[host]:port``), in file order."""
+        keys = list(self._plain.get(name.lower(), ()))
+        for names, key in self._other:
+            if _names_match(names, name):
+                keys.append(key)
+        return keys
+
+
+def _names_match(names: list[str], name: str) -> bool:
+    hit = False
+    for pattern in names:
+        if pattern.startswith("!"):
+            if _wildcard(pattern[1:], name):
+                return False
+        elif pattern.startswith("|1|"):
+            hashed = paramiko.HostKeys.hash_host(name, pattern)
+            hit = hit or hmac.compare_digest(hashed.encode(), pattern.encode())
+        elif _wildcard(pattern, name):
+            hit = True
+    return hit
+
+
+def _wildcard(pattern: str, name: str) -> bool:
+    """OpenSSH's match_pattern: ``*`` and ``?`` only (``[`` is literal, as in ``[host]:port``)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+    return re.fullmatch(regex, name.lower()) is not None
+
+
+# --------------------------------------------------------------------------- host-key check
+
+@dataclass
+class _HostCheck:
+    """Everything needed to judge one server's host key (a node's or a jump host's)."""
+
+    who: str                           # the TransportError's node field
+    what: str                          # whose key: "10.0.0.5:22"
+    name: str                          # the known_hosts name: host or [host]:port
+    known: KnownHosts
+    policy: str
+    pin: str | None
+    pin_hint: str                      # where to pin it ("host_key in the topology")
+    record: Callable[[str, paramiko.PKey], None]
+
+    def verify(self, key: paramiko.PKey) -> None:
+        """Accept ``key`` or raise HostKeyError; accept-new records an unknown key."""
+        path = self.known.path
+        if any(key == r for r in self.known.revoked):
+            raise HostKeyError(self.who, f"host key for {self.what}: the server offered "
+                                         f"{key.get_name()} {key.fingerprint}, which {path} "
+                                         "marks @revoked", offered=key.fingerprint)
+        known = self.known.lookup(self.name)
+        if known and not any(key == k for k in known):
+            expected = next((k for k in known if k.get_name() == key.get_name()), known[0])
+            raise HostKeyError(
+                self.who,
+                f"HOST KEY CHANGED for {self.what}: {path} expects {expected.get_name()} "
+                f"{expected.fingerprint} but the server offered {key.get_name()} "
+                f"{key.fingerprint}. Either the host was reinstalled or someone is "
+                f"intercepting the connection; if the change is expected, remove the old "
+                f"entry (ssh-keygen -R {shlex.quote(self.name)} -f {shlex.quote(str(path))}).",
+                expected=expected.fingerprint, offered=key.fingerprint)
+        if self.pin:
+            if _normalise_fingerprint(key.fingerprint) != _normalise_fingerprint(self.pin):
+                raise HostKeyError(
+                    self.who,
+                    f"host key for {self.what} does not match the pinned fingerprint: expected "
+                    f"{self.pin}, the server offered {key.get_name()} {key.fingerprint}. Refusing to connect.",
+                    expected=self.pin, offered=key.fingerprint)
+            return                     # a matching pin is trust enough
+        if known:
+            return
+        if self.policy != "accept-new":
+            raise HostKeyError(
+                self.who,
+                f"host key for {self.what} is not known: the server offered {key.get_name()} "
+                f"{key.fingerprint}, which is not in {path} (host_key_policy is strict). "
+                f"Check the fingerprint on the host, then add it to {path} or pin it as "
+                f"{self.pin_hint}.",
+                offered=key.fingerprint)
+        self.record(self.name, key)
+
+
+class _HostKeyGuard(paramiko.MissingHostKeyPolicy):
+    """paramiko is given no host keys, so it asks this policy about every server key,
+    right after the key exchange and before authentication."""
+
+    def __init__(self, check: _HostCheck) -> None:
+        self.check = check
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        h = self.handler
-        if h.node.host_key:
-            h._check_pin(key)
-            return                              # a matching pin is trust enough
-        if h.settings.host_key_policy != "accept-new":
-            raise HostKeyError(
-                h.node.name,
-                f"host key for {h.address} is not known: the server offered "
-                f"{key.get_name()} {key.fingerprint}, which is not in {h.known_hosts} "
-                f"(host_key_policy is strict). Check the fingerprint on the node, then add "
-                f"it to {h.known_hosts} or pin it as host_key in the topology.",
-                offered=key.fingerprint)
-        h._remember_host_key(hostname, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.check.verify(key)
+
+
+def _transport_factory(known: list[paramiko.PKey]) -> Callable[..., paramiko.Transport]:
+    """A Transport that asks first for the host-key types known_hosts holds, as paramiko
+    does when it is given the keys itself (otherwise a server with several host keys may
+    offer one we do not know and look "changed")."""
+    preferred: list[str] = []
+    for key in known:
+        name = key.get_name()
+        preferred += ["rsa-sha2-512", "rsa-sha2-256", name] if name == "ssh-rsa" else [name]
+
+    def factory(sock: Any, **kwargs: Any) -> paramiko.Transport:
+        transport = _Transport(sock, **kwargs)
+        if preferred:
+            options = transport.get_security_options()
+            available = list(options.key_types)
+            first = [k for k in dict.fromkeys(preferred) if k in available]
+            options.key_types = first + [k for k in available if k not in first]
+        return transport
+    return factory
+
+
+def _append_known_host(path: Path, hostname: str, key: paramiko.PKey) -> None:
+    line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+    with _known_hosts_lock:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- jump hosts
+
+def _hop_label(hop: ResolvedTarget) -> str:
+    where = f"{hop.user}@{hop.endpoint}"
+    return where if hop.name == hop.address else f"{hop.name} ({where})"
+
+
+def _keys_text(target: ResolvedTarget) -> str:
+    parts = [f"key {', '.join(target.key_files)}"] if target.key_files else []
+    if target.agent:
+        parts.append("the ssh-agent")
+    if target.default_keys:
+        parts.append("the default keys")
+    return " and ".join(parts) or "no key at all (no key file, agent off)"
+
+
+class _Link:
+    """One SSH connection to one jump host, shared by every node behind it."""
+
+    def __init__(self, hop: ResolvedTarget) -> None:
+        self.hop = hop
+        self.label = _hop_label(hop)
+        self.lock = threading.Lock()
+        self.client: paramiko.SSHClient | None = None
+        self.failure: tuple[float, str, str] | None = None     # (monotonic, reason, problem)
+        self.users: set[int] = set()
+        self.connects = 0
+
+    @property
+    def transport(self) -> paramiko.Transport | None:
+        client = self.client
+        transport = client.get_transport() if client is not None else None
+        return transport if transport is not None and transport.is_active() else None
+
+    def drop(self) -> None:
+        client, self.client = self.client, None
+        _close_quietly(client)
+
+
+class SshPool:
+    """What the SSH handlers of one run share: one connection per jump host (opened on
+    first use, reopened if it died, closed when the last handler using it closes), the
+    parsed known_hosts files, and the warnings about them (each reported once).
+
+    A jump host that fails (after the usual connect retries) fails every node behind it
+    with the same :class:`~zdu.transport.base.BastionError` for ``failure_ttl`` seconds
+    without another attempt: nodes that were waiting for that attempt share its result,
+    and 100 nodes behind a dead bastion do not each wait for their own timeouts.
+    """
+
+    def __init__(self, *, failure_ttl: float = 30.0,
+                 on_warning: WarningCallback | None = None) -> None:
+        self.failure_ttl = failure_ttl
+        self.on_warning = on_warning
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+        self._links: dict[tuple[Any, ...], _Link] = {}
+        self._known: dict[Path, tuple[tuple[int, int], KnownHosts]] = {}
+
+    # ------------------------------------------------------------------ warnings, known_hosts
+
+    def warn(self, message: str, also: WarningCallback | None = None) -> None:
+        """Report ``message`` once per pool (to ``on_warning``, ``also`` and ``warnings``)."""
+        with self._lock:
+            if message in self.warnings:
+                return
+            self.warnings.append(message)
+        for callback in (self.on_warning, also):
+            if callback is not None:
+                callback(message)
+
+    def known_hosts(self, path: Path, also: WarningCallback | None = None) -> KnownHosts:
+        """``path`` parsed (again only when it changed); raises OSError if unreadable."""
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (-1, -1)
+        with self._lock:
+            cached = self._known.get(path)
+        if cached is not None and cached[0] == stamp:
+            known = cached[1]
+        else:
+            known = KnownHosts(path)
+            with self._lock:
+                self._known[path] = (stamp, known)
+        for message in known.warnings:
+            self.warn(message, also)
+        return known
+
+    # ------------------------------------------------------------------ links
+
+    def links(self) -> list[tuple[str, int]]:
+        """``(bastion label, connections made so far)`` for every jump host used."""
+        with self._lock:
+            return [(link.label, link.connects) for link in self._links.values()]
+
+    def open_channel(self, handler: "SshHandler", hops: tuple[ResolvedTarget, ...],
+                     host: str, port: int, timeout: float) -> paramiko.Channel:
+        """A ``direct-tcpip`` channel from the last of ``hops`` to ``host:port`` (what
+        ``ssh -J`` does), connecting the hops first if needed.  Raises BastionError when
+        a hop fails, ``_Transient`` when the last hop cannot reach ``host:port``."""
+        link = self._link(handler, hops)
+        transport = link.transport
+        dest = f"{host}:{port}"
+        if transport is None:
+            raise _Transient(f"the connection to bastion {link.label} closed before a channel "
+                             f"to {dest} could be opened")
+        try:
+            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                          timeout=timeout)
+        except paramiko.ChannelException as exc:
+            if exc.code == 1:       # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                raise BastionError(handler.node.name, link.label, "forwarding",
+                                   "it refuses to forward connections (AllowTcpForwarding "
+                                   "or PermitOpen on the bastion)") from None
+            raise _Transient(f"bastion {link.label} could not connect to {dest} "
+                             f"({exc.text or 'connect failed'})") from None
+        except (SSHException, EOFError, OSError) as exc:
+            # the bastion's connection is dead or silent: drop it; the retry reconnects it
+            with link.lock:
+                link.drop()
+            raise _Transient(f"bastion {link.label} did not open a channel to {dest} "
+                             f"({_plain(exc)})") from None
+
+    def release(self, handler: "SshHandler") -> None:
+        """``handler`` is done: close the jump-host connections nobody else uses."""
+        with self._lock:
+            idle = []
+            for link in self._links.values():
+                link.users.discard(id(handler))
+                if not link.users:
+                    idle.append(link)
+        # the longest chains first: their connections ride on the shorter ones
+        for link in sorted(idle, key=lambda lk: -len(lk.hop.jumps)):
+            with link.lock:
+                link.drop()
+
+    def close(self) -> None:
+        """Close every jump-host connection."""
+        with self._lock:
+            links = list(self._links.values())
+        for link in reversed(links):
+            with link.lock:
+                link.drop()
+
+    def _link(self, handler: "SshHandler", hops: tuple[ResolvedTarget, ...]) -> _Link:
+        settings = handler.settings
+        key = (tuple(_hop_key(h) for h in hops), str(handler.known_hosts),
+               settings.host_key_policy, settings.connect_retries)
+        with self._lock:
+            link = self._links.get(key)
+            if link is None:
+                link = self._links[key] = _Link(hops[-1])
+            link.users.add(id(handler))
+        if len(hops) > 1:
+            self._link(handler, hops[:-1])      # registers the handler on the shorter chains
+        with link.lock:
+            if link.transport is not None:
+                return link
+            if link.failure and time.monotonic() - link.failure[0] < self.failure_ttl:
+                _, reason, problem = link.failure
+                raise BastionError(handler.node.name, link.label, reason, problem)
+            link.drop()
+            try:
+                link.client = self._connect(handler, hops, link)
+            except BastionError as exc:
+                link.failure = (time.monotonic(), exc.reason, exc.problem)
+                raise
+            link.failure = None
+            link.connects += 1
+            return link
+
+    def _connect(self, handler: "SshHandler", hops: tuple[ResolvedTarget, ...],
+                 link: _Link) -> paramiko.SSHClient:
+        hop, label, node = hops[-1], link.label, handler.node.name
+        attempts = [0]
+
+        def attempt() -> paramiko.SSHClient:
+            attempts[0] += 1
+            sock = None
+            if len(hops) > 1:
+                try:
+                    sock = self.open_channel(handler, hops[:-1], hop.address, hop.port,
+                                             hop.connect_timeout)
+                except _Transient as exc:
+                    raise _Transient(f"cannot connect to it: {exc.message}") from None
+            try:
+                return handler._open_client(hop, sock, who=node,
+                                            what=hop.endpoint,
+                                            pin_hint=f"ssh.jump_host_keys[{hop.name!r}]")
+            except _Transient:
+                raise
+            except HostKeyError as exc:
+                raise BastionError(node, label, "host-key", exc.detail) from None
+            except AuthError as exc:
+                raise BastionError(node, label, "auth", exc.detail) from None
+            except TransportError as exc:
+                raise BastionError(node, label, "unreachable", exc.detail) from None
+
+        for path in hop.key_files:
+            if hop.sources.get("key_files") != SSH_CONFIG and not os.path.isfile(path):
+                raise BastionError(node, label, "auth", f"key file {path} does not exist")
+        try:
+            return retry_call(attempt, policy=handler._backoff, retry_if=_is_transient,
+                              sleep=handler._sleep)
+        except _Transient as exc:
+            tries = f" (tried {attempts[0]} times)" if attempts[0] > 1 else ""
+            raise BastionError(node, label, "unreachable", f"{exc.message}{tries}") from None
+
+
+def _hop_key(hop: ResolvedTarget) -> tuple[Any, ...]:
+    return (hop.address, hop.port, hop.user, hop.key_files, hop.agent, hop.default_keys,
+            hop.host_key, hop.connect_timeout)
+
+
+_shared_pool: SshPool | None = None
+
+
+def shared_pool() -> SshPool:
+    """The process-wide pool handlers use when none is given."""
+    global _shared_pool
+    with _known_hosts_lock:
+        if _shared_pool is None:
+            _shared_pool = SshPool()
+        return _shared_pool
 
 
 # --------------------------------------------------------------------------- the handler
@@ -243,26 +649,38 @@ class _HostKeyGuard(paramiko.MissingHostKeyPolicy):
 class SshHandler(CommandHandler):
     """Runs commands on one node over one reused SSH connection.
 
-    :param node: the node; ``node.user`` (or ``settings.user``), ``node.port``,
-        ``node.host_key`` (pinned ``SHA256:...`` fingerprint) are honoured.
-    :param settings: key file, known_hosts file, host-key policy, timeouts, retries.
+    :param node: the node (host, port, user, key_file, proxy_jump, host_key pin).
+    :param settings: key file, known_hosts file, host-key policy, timeouts, retries,
+        ssh_config file, proxy_jump, agent, jump-host pins.
+    :param target: how to reach the node; by default ``resolve(node, settings)``
+        (:mod:`zdu.config.ssh_config`: topology first, then ssh_config).
+    :param pool: what handlers of one run share (jump-host connections, known_hosts);
+        by default :func:`shared_pool`.
     :param on_host_key_accepted: called as ``(node_name, key_type, fingerprint)``
-        when ``accept-new`` trusts and records a new host key.
+        when ``accept-new`` trusts and records a new host key (a jump host's too).
+    :param on_warning: told each warning once per pool (a malformed known_hosts line
+        skipped, an ssh_config note).
     :param sleep: the backoff's sleep (tests pass a fake).
     :param backoff: the retry policy for transient connect failures; by default
         ``Backoff(retries=settings.connect_retries)`` (0.5 s, 1 s, 2 s, ... capped at 8 s).
     """
 
     def __init__(self, node: Node, settings: SshSettings, *,
+                 target: ResolvedTarget | None = None, pool: SshPool | None = None,
                  on_host_key_accepted: HostKeyCallback | None = None,
+                 on_warning: WarningCallback | None = None,
                  sleep: Sleep = time.sleep, backoff: Backoff | None = None) -> None:
         super().__init__(node)
         self.settings = settings
+        self.target = target if target is not None else resolve(node, settings)
+        self.pool = pool if pool is not None else shared_pool()
         self.on_host_key_accepted = on_host_key_accepted
-        self.user = node.user or settings.user
-        self.address = f"{node.host}:{node.port}"
+        self.on_warning = on_warning
+        self.user = self.target.user
+        self.address = self.target.endpoint
+        if self.target.jumps:
+            self.address += " via " + " -> ".join(_hop_label(j) for j in self.target.jumps)
         self.known_hosts = Path(os.path.expanduser(settings.known_hosts or "~/.ssh/known_hosts"))
-        self.key_file = os.path.expanduser(settings.key_file) if settings.key_file else None
         self._sleep = sleep
         self._backoff = backoff or Backoff(retries=settings.connect_retries)
         self._conn: Connection | None = None
@@ -281,14 +699,21 @@ class SshHandler(CommandHandler):
         return self._conn is not None and self._conn.is_connected
 
     def open(self) -> None:
-        """Connect (idempotent); retries transient failures, raises TransportError."""
+        """Connect (idempotent); retries transient failures, raises TransportError
+        (:class:`~zdu.transport.base.BastionError` when a jump host fails)."""
         with self._lock:
             if self.connected:
                 return
             self._discard()
-            if self.key_file and not os.path.isfile(self.key_file):
-                raise AuthError(self.node.name, f"cannot log in to {self.user}@{self.address}: "
-                                                f"key file {self.key_file} does not exist")
+            for note in self.target.notes:
+                self.pool.warn(note, self.on_warning)
+            target = self.target
+            if target.sources.get("key_files") in (NODE, SSH):
+                for path in target.key_files:
+                    if not os.path.isfile(path):
+                        raise AuthError(self.node.name, f"cannot log in to {self.user}@"
+                                                        f"{self.address}: key file {path} "
+                                                        "does not exist")
             attempts = [0]
 
             def attempt() -> Connection:
@@ -304,114 +729,141 @@ class SshHandler(CommandHandler):
             self.connects += 1
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent); jump-host connections nobody else uses close too."""
         with self._lock:
             self._discard()
+            self.pool.release(self)
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not fail
-                pass
-            conn.client.close()
-
-    def _connect_kwargs(self) -> dict[str, Any]:
-        timeout = self.settings.connect_timeout
-        kwargs: dict[str, Any] = {
-            # our own timeout, as a float: Connection(connect_timeout=) truncates to int
-            "timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
-            "channel_timeout": timeout, "transport_factory": _Transport,
-        }
-        if self.key_file:
-            kwargs.update(key_filename=[self.key_file], look_for_keys=False, allow_agent=False)
-        return kwargs
+            _close_quietly(conn)
+            _close_quietly(conn.client)
 
     def _connect_once(self) -> Connection:
-        # lazy=True: no ~/.ssh/config, no /etc/fabric.yml - what the topology says is what runs
+        target = self.target
+        sock = None
+        if target.jumps:
+            sock = self.pool.open_channel(self, target.jumps, target.address, target.port,
+                                          target.connect_timeout)
+        # lazy=True: fabric reads no ssh_config or /etc/fabric.yml itself - the resolved
+        # target (zdu.config.ssh_config) is what runs
         config = Config(lazy=True, overrides={"runners": {"remote": _Remote}})
-        conn = Connection(self.node.host, user=self.user, port=self.node.port, config=config,
-                          connect_kwargs=self._connect_kwargs())
+        try:
+            check = self._host_check(target, who=self.node.name,
+                                     what=target.endpoint,
+                                     pin_hint="host_key in the topology")
+        except BaseException:
+            _close_quietly(sock)
+            raise
+        kwargs = self._connect_kwargs(target, sock)
+        kwargs["transport_factory"] = _transport_factory(check.known.lookup(check.name))
+        conn = Connection(target.address, user=target.user, port=target.port, config=config,
+                          connect_kwargs=kwargs)
         client = conn.client
         # fabric installs AutoAddPolicy in Connection.__init__: replace it before connecting
-        client.set_missing_host_key_policy(_HostKeyGuard(self))
-        if self.known_hosts.is_file():
-            # "system" host keys are never saved back by paramiko
-            client.load_system_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(_HostKeyGuard(check))
         try:
             conn.open()
-            server_key = conn.transport.get_remote_server_key()
-            if self.node.host_key:
-                self._check_pin(server_key)
         except BaseException as exc:
-            client.close()
+            _close_quietly(client)
+            _close_quietly(sock)
             if isinstance(exc, TransportError):
                 raise
-            raise self._map_connect_error(exc) from None
+            raise self._map_connect_error(exc, target, who=self.node.name,
+                                          where=self.address) from None
         conn.transport.set_keepalive(KEEPALIVE)
         return conn
 
+    def _open_client(self, target: ResolvedTarget, sock: Any, *, who: str, what: str,
+                     pin_hint: str) -> paramiko.SSHClient:
+        """A plain paramiko connection to ``target`` (a jump host), checked like a node."""
+        try:
+            check = self._host_check(target, who=who, what=what, pin_hint=pin_hint)
+        except BaseException:
+            _close_quietly(sock)
+            raise
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(_HostKeyGuard(check))
+        kwargs = self._connect_kwargs(target, sock)
+        kwargs["transport_factory"] = _transport_factory(check.known.lookup(check.name))
+        try:
+            client.connect(target.address, port=target.port, username=target.user, **kwargs)
+        except BaseException as exc:
+            _close_quietly(client)
+            _close_quietly(sock)
+            if isinstance(exc, TransportError):
+                raise
+            raise self._map_connect_error(exc, target, who=who, where=target.endpoint) from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE)
+        return client
+
+    def _connect_kwargs(self, target: ResolvedTarget, sock: Any) -> dict[str, Any]:
+        timeout = target.connect_timeout
+        kwargs: dict[str, Any] = {
+            # our own timeout, as a float: Connection(connect_timeout=) truncates to int
+            "timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
+            "channel_timeout": timeout,
+            "look_for_keys": target.default_keys, "allow_agent": target.agent,
+        }
+        if target.key_files:
+            kwargs["key_filename"] = list(target.key_files)
+        if sock is not None:
+            kwargs["sock"] = sock
+        return kwargs
+
     # ------------------------------------------------------------------ host keys
 
-    def _check_pin(self, key: paramiko.PKey) -> None:
-        expected = _normalise_fingerprint(self.node.host_key or "")
-        if _normalise_fingerprint(key.fingerprint) != expected:
-            raise HostKeyError(
-                self.node.name,
-                f"host key for {self.address} does not match the pinned fingerprint: "
-                f"expected {self.node.host_key}, the server offered "
-                f"{key.get_name()} {key.fingerprint}. Refusing to connect.",
-                expected=self.node.host_key, offered=key.fingerprint)
+    def _host_check(self, target: ResolvedTarget, *, who: str, what: str,
+                    pin_hint: str) -> _HostCheck:
+        try:
+            known = self.pool.known_hosts(self.known_hosts, self.on_warning)
+        except OSError as exc:
+            raise HostKeyError(who, f"cannot read known_hosts file {self.known_hosts}: "
+                                    f"{exc.strerror or exc}") from None
 
-    def _remember_host_key(self, hostname: str, key: paramiko.PKey) -> None:
-        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-        path = self.known_hosts
-        with _known_hosts_lock:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = "\n" + line
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
-        if self.on_host_key_accepted is not None:
-            self.on_host_key_accepted(self.node.name, key.get_name(), key.fingerprint)
+        def record(name: str, key: paramiko.PKey) -> None:
+            _append_known_host(self.known_hosts, name, key)
+            if self.on_host_key_accepted is not None:
+                self.on_host_key_accepted(who if target is self.target else target.name,
+                                          key.get_name(), key.fingerprint)
+        return _HostCheck(who=who, what=what, name=_known_hosts_name(target.address, target.port),
+                          known=known, policy=self.settings.host_key_policy,
+                          pin=target.host_key, pin_hint=pin_hint, record=record)
 
     # ------------------------------------------------------------------ errors
 
-    def _map_connect_error(self, exc: BaseException) -> TransportError | "_Transient":
-        name, where = self.node.name, self.address
-        timeout = self.settings.connect_timeout
-        if isinstance(exc, BadHostKeyException):
-            offered, expected = exc.key, exc.expected_key
-            return HostKeyError(
-                name,
-                f"HOST KEY CHANGED for {where}: {self.known_hosts} expects "
-                f"{expected.get_name()} {expected.fingerprint} but the server offered "
-                f"{offered.get_name()} {offered.fingerprint}. Either the node was "
-                f"reinstalled or someone is intercepting the connection; if the change is "
-                f"expected, remove the old entry (ssh-keygen -R "
-                f"{shlex.quote(_known_hosts_name(self.node.host, self.node.port))} "
-                f"-f {self.known_hosts}).",
-                expected=expected.fingerprint, offered=offered.fingerprint)
+    def _map_connect_error(self, exc: BaseException, target: ResolvedTarget, *, who: str,
+                           where: str) -> TransportError | "_Transient":
+        timeout = target.connect_timeout
+        user = target.user
+        if isinstance(exc, BadHostKeyException):       # not expected: paramiko gets no keys
+            return HostKeyError(who, f"HOST KEY CHANGED for {where}: expected "
+                                     f"{exc.expected_key.fingerprint}, the server offered "
+                                     f"{exc.key.fingerprint}",
+                                expected=exc.expected_key.fingerprint, offered=exc.key.fingerprint)
         if isinstance(exc, PasswordRequiredException):
-            return AuthError(name, f"cannot log in to {self.user}@{where}: key file "
-                                   f"{self.key_file} is encrypted and no passphrase was given")
+            keys = ", ".join(target.key_files) or "a default key"
+            hint = ("" if target.agent else "; load it into an ssh-agent (ssh-add) and set "
+                    "ssh.agent: true")
+            return AuthError(who, f"cannot log in to {user}@{where}: key file {keys} is "
+                                  f"encrypted and no passphrase was given{hint}")
         if isinstance(exc, AuthenticationException):
-            how = f"key {self.key_file}" if self.key_file else "the available keys"
             detail = "timed out" if "timeout" in str(exc).lower() else "was refused"
-            return AuthError(name, f"authentication as {self.user}@{where} with {how} {detail}")
+            return AuthError(who, f"authentication as {user}@{where} with "
+                                  f"{_keys_text(target)} {detail}")
+        if isinstance(exc, SSHException) and "no authentication methods" in str(exc).lower():
+            return AuthError(who, f"cannot log in to {user}@{where}: no key to offer (tried "
+                                  f"{_keys_text(target)}; none was found)")
         if isinstance(exc, NoValidConnectionsError):
             codes = {getattr(e, "errno", None) for e in exc.errors.values()}
             what = "no route to host" if errno.EHOSTUNREACH in codes else "connection refused"
             return _Transient(f"cannot connect to {where}: {what}")
         if isinstance(exc, socket.gaierror):
-            return UnreachableError(name, f"cannot resolve host name {self.node.host!r} "
-                                          f"({exc.strerror or exc})")
+            return UnreachableError(who, f"cannot resolve host name {target.address!r} "
+                                         f"({exc.strerror or exc})")
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return _Transient(f"cannot connect to {where}: no answer within {timeout:g} s")
         if isinstance(exc, SSHException) and ("banner" in str(exc).lower()
@@ -425,13 +877,13 @@ class SshHandler(CommandHandler):
         if isinstance(exc, OSError):
             if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                 return _Transient(f"cannot connect to {where}: no route to host")
-            return UnreachableError(name, f"cannot connect to {where}: "
-                                          f"{exc.strerror or exc.__class__.__name__}")
+            return UnreachableError(who, f"cannot connect to {where}: "
+                                         f"{exc.strerror or exc.__class__.__name__}")
         if isinstance(exc, SSHException):
-            return UnreachableError(name, f"SSH connection to {where} failed: {exc}")
+            return UnreachableError(who, f"SSH connection to {where} failed: {exc}")
         if isinstance(exc, Exception):
-            return UnreachableError(name, f"cannot connect to {where}: "
-                                          f"{exc.__class__.__name__}: {exc}")
+            return UnreachableError(who, f"cannot connect to {where}: "
+                                         f"{exc.__class__.__name__}: {exc}")
         raise exc                       # KeyboardInterrupt and friends
 
     # ------------------------------------------------------------------ commands
@@ -446,7 +898,7 @@ class SshHandler(CommandHandler):
         cannot be started.  ``env`` values are exported (shell-quoted) before it.
         """
         limit = timeout or self.settings.command_timeout
-        remote_command = _with_env(command, env)
+        remote_command = self._sendable(command, env)
         with self._lock:
             for attempt in (1, 2):
                 self.open()
@@ -485,6 +937,17 @@ class SshHandler(CommandHandler):
                 return CommandResult(command, result.exited, result.stdout, result.stderr,
                                      started, time.monotonic() - t0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _sendable(self, command: str, env: dict[str, str] | None) -> str:
+        """``command`` with ``env`` exported, or InvalidCommandError (never quoting the
+        command or a value: either may hold a secret)."""
+        for name, value in (env or {}).items():
+            if not _ENV_NAME.match(str(name)):
+                raise InvalidCommandError(self.node.name, f"invalid environment variable "
+                                                          f"name {str(name)[:64]!r}; nothing ran")
+            _encodable(self.node.name, str(value), f"environment variable {name}")
+        _encodable(self.node.name, command, "the command")
+        return _with_env(command, env)
 
     def _lost(self, command: str, runner: _Remote, started: float, t0: float,
               stdout: str | None = None, stderr: str | None = None) -> CommandResult:
@@ -558,6 +1021,31 @@ def _with_env(command: str, env: dict[str, str] | None) -> str:
             raise ValueError(f"invalid environment variable name {name!r}")
     exports = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(env.items()))
     return f"export {exports}\n{command}"
+
+
+def _close_quietly(thing: Any) -> None:
+    """Close a connection, client or channel that may be broken already (never raises)."""
+    if thing is None:
+        return
+    try:
+        thing.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection must not fail
+        pass
+
+
+def _encodable(node: str, text: str, what: str) -> None:
+    if "\x00" in text:
+        raise InvalidCommandError(node, f"{what} holds a NUL byte (character "
+                                        f"{text.index(chr(0))}), which no shell can receive; "
+                                        "nothing ran")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidCommandError(
+            node, f"{what} cannot be sent: character {exc.start} is not valid Unicode text "
+                  f"(U+{ord(text[exc.start]):04X}, a byte that was not UTF-8 in its source, such "
+                  "as an environment variable, a file name or a file read without UTF-8); "
+                  "nothing ran") from None
 
 
 def _plain(exc: BaseException) -> str:

@@ -1,0 +1,624 @@
+"""Ansible inventories (INI and YAML) as the topology's node list.
+
+:func:`load_inventory` reads an inventory file the way ``ansible-inventory --list`` does
+(the rules, tested against ansible-core itself on a corpus; no Ansible code is used) and
+returns an :class:`Inventory`: the hosts in inventory order, every group's hosts, each
+host's variables merged with Ansible's precedence, and one node dict per host for the
+topology parser.
+
+Rules followed:
+
+* INI: hosts before any section are ``ungrouped``; ``[g]`` hosts, ``[g:vars]``
+  ``key=value`` lines, ``[g:children]`` group names (declared before or after); a host
+  line is ``pattern[:port] key=value ...`` (shell-quoted, ``#`` comments), its values read
+  as Python literals where they are one (``3``, ``True``, ``[1, 2]``), else strings; the
+  same for ``:vars`` values.  YAML: top-level keys are groups; each has ``hosts``,
+  ``vars``, ``children`` (mappings, or a single name as a string).
+* Host ranges: ``web[01:10].example.com`` (zero-padded), ``db[1:10:3]`` (step),
+  ``edge-[a:c]`` (letters), several ranges in one name.
+* Every group is under ``all``; a host in no other group is in ``ungrouped``.
+* Variables: ``all`` < parent group < child group < host.  A group's depth is its
+  longest path from ``all``; groups are merged by (depth, ``ansible_group_priority``,
+  name), so groups at the same depth merge alphabetically and the last one wins.
+
+Node dict per host: ``name`` (the inventory hostname), ``host`` (``ansible_host``, else
+the name), ``port`` (``ansible_port``), ``user`` (``ansible_user``), ``key_file``
+(``ansible_ssh_private_key_file``), ``proxy_jump`` (``-J`` / ``-o ProxyJump=`` /
+``-o ProxyCommand="ssh -W %h:%p [user@]bastion"`` in ``ansible_ssh_common_args`` /
+``ansible_ssh_extra_args``), ``transport`` (``local`` for ``ansible_connection=local``),
+``group`` (its most specific group: the last in precedence order), ``roles`` (all its
+groups, in precedence order, without ``all``/``ungrouped``) and ``vars`` (every other
+variable; no ``ansible_*`` variable is passed on: they hold connection settings and
+secrets such as ``ansible_password``).  Keys whose value the inventory does not give are
+left out, so the topology's defaults apply.
+
+Errors (bad syntax, an undefined child group, a group loop, a variable that is not a
+scalar or a list of scalars, an unknown key or section, a connection other than ssh or
+local) are one :class:`~zdu.errors.ConfigError` naming the file and the line, group or host.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from zdu.errors import ConfigError
+from zdu.model import frozen_map
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_RANGE_HOSTS = 100_000
+
+_SECTION = re.compile(r"^\[([^:\]\s]+)(?::(\w+))?\]\s*(?:[#;].*)?$")
+_GROUP_NAME = re.compile(r"^([^:\]\s]+)\s*(?:[#;].*)?$")
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RANGE = re.compile(r"\[([^\]]*)\]")
+_CONNECTION_VARS = ("ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port",
+                    "ansible_user", "ansible_ssh_user", "ansible_ssh_private_key_file",
+                    "ansible_private_key_file", "ansible_ssh_common_args",
+                    "ansible_ssh_extra_args", "ansible_connection")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A parsed inventory: hosts, groups, merged variables and node dicts."""
+
+    source: str
+    hosts: tuple[str, ...]                                   # inventory order
+    groups: Mapping[str, tuple[str, ...]]                    # group -> its hosts (with children's)
+    children: Mapping[str, tuple[str, ...]]                  # group -> child groups
+    host_vars: Mapping[str, Mapping[str, Any]]               # what ansible-inventory --list shows
+    nodes: tuple[Mapping[str, Any], ...]                     # one topology node dict per host
+    notes: tuple[str, ...] = ()
+
+    def host_groups(self, host: str) -> tuple[str, ...]:
+        """Every group ``host`` is in (directly or through a child group), sorted."""
+        return tuple(sorted(g for g, members in self.groups.items() if host in members))
+
+
+# --------------------------------------------------------------------------- the model
+
+@dataclass
+class _Group:
+    name: str
+    vars: dict[str, Any] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    parents: list[str] = field(default_factory=list)
+    priority: int = 1
+
+
+class _Builder:
+    """Hosts and groups as the parsers add them (insertion order kept everywhere)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.groups: dict[str, _Group] = {}
+        self.hosts: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.group("all")
+        self.group("ungrouped")
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {message}")
+
+    def group(self, name: str) -> _Group:
+        if name not in self.groups:
+            self.groups[name] = _Group(name)
+        return self.groups[name]
+
+    def host(self, name: str, group: str, port: int | None, variables: Mapping[str, Any],
+             where: str) -> None:
+        host_vars = self.hosts.setdefault(name, {})
+        if port is not None:
+            host_vars["ansible_port"] = port
+        for key, value in variables.items():
+            host_vars[self.var_name(key, where)] = self.var_value(value, f"{where}: {key}")
+        members = self.group(group).hosts
+        if name not in members:
+            members.append(name)
+
+    def set_var(self, group: str, key: Any, value: Any, where: str) -> None:
+        key = self.var_name(key, where)
+        value = self.var_value(value, f"{where}: {key}")
+        if key == "ansible_group_priority":
+            if isinstance(value, bool) or not isinstance(value, (int, str)) or \
+                    not str(value).lstrip("-").isdigit():
+                raise self.fail(where, f"ansible_group_priority must be an integer, got {value!r}")
+            self.group(group).priority = int(value)
+            return
+        self.group(group).vars[key] = value
+
+    def add_child(self, parent: str, child: str, where: str) -> None:
+        if parent == child:
+            raise self.fail(where, f"group {child!r} cannot be its own child")
+        p, c = self.group(parent), self.group(child)
+        if child not in p.children:
+            p.children.append(child)
+        if parent not in c.parents:
+            c.parents.append(parent)
+
+    def var_name(self, key: Any, where: str) -> str:
+        if not isinstance(key, str) or not _VAR_NAME.match(key):
+            raise self.fail(where, f"invalid variable name {key!r}: names are identifiers "
+                                   "(letters, digits, _)")
+        return key
+
+    def var_value(self, value: Any, where: str) -> Any:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item is not None and not isinstance(item, (str, int, float, bool)):
+                kind = "a mapping" if isinstance(item, Mapping) else type(item).__name__
+                raise self.fail(where, f"a variable is a string, number, boolean or a list of "
+                                       f"those, got {kind}")
+            if isinstance(item, str) and "\x00" in item:
+                raise self.fail(where, "contains a NUL byte")
+        return value
+
+    # ------------------------------------------------------------------ the result
+
+    def finish(self) -> Inventory:
+        groups = self.groups
+        for name, group in groups.items():
+            if name != "all" and not group.parents:
+                self.add_child("all", name, f"group {name}")
+        for host in self.hosts:
+            direct = [g for g in groups.values() if host in g.hosts and g.name != "all"]
+            if direct and all(g.name == "ungrouped" for g in direct):
+                continue
+            if not direct:
+                groups["ungrouped"].hosts.append(host)
+            elif any(g.name == "ungrouped" for g in direct):
+                groups["ungrouped"].hosts.remove(host)
+        depth = self._depths()
+        members = {name: tuple(self._members(name)) for name in groups}
+        host_vars: dict[str, Mapping[str, Any]] = {}
+        nodes: list[Mapping[str, Any]] = []
+        for host, own in self.hosts.items():
+            mine = sorted((g for g in groups.values() if host in members[g.name]),
+                          key=lambda g: (depth[g.name], g.priority, g.name))
+            merged: dict[str, Any] = {}
+            for group in mine:
+                merged.update(group.vars)
+            merged.update(own)
+            host_vars[host] = frozen_map(merged)
+            named = [g.name for g in mine if g.name not in ("all", "ungrouped")]
+            nodes.append(self._node(host, merged, named))
+        return Inventory(
+            source=self.source, hosts=tuple(self.hosts),
+            groups=frozen_map(members),
+            children=frozen_map({n: tuple(g.children) for n, g in groups.items()}),
+            host_vars=frozen_map(host_vars), nodes=tuple(nodes),
+            notes=tuple(dict.fromkeys(self.notes)))
+
+    def _members(self, name: str) -> list[str]:
+        """The group's hosts, then its children's level by level (breadth first), each once:
+        the order Ansible's subscripts (``group[0]``) count in."""
+        order = [name]
+        level = [name]
+        while level:
+            nxt = [c for g in level for c in self.groups[g].children if c not in order]
+            nxt = list(dict.fromkeys(nxt))
+            order += nxt
+            level = nxt
+        out: list[str] = []
+        for group in order:
+            out += [h for h in self.groups[group].hosts if h not in out]
+        return out
+
+    def _depths(self) -> dict[str, int]:
+        """Longest path from ``all`` to each group; a loop is an error."""
+        depth: dict[str, int] = {}
+        visiting: list[str] = []
+
+        def longest(name: str) -> int:
+            if name in depth:
+                return depth[name]
+            if name in visiting:
+                loop = " -> ".join(visiting[visiting.index(name):] + [name])
+                raise self.fail(f"group {name}", f"groups form a loop ({loop})")
+            visiting.append(name)
+            parents = self.groups[name].parents
+            value = max((longest(p) + 1 for p in parents), default=0)
+            visiting.pop()
+            depth[name] = value
+            return value
+        for name in self.groups:
+            longest(name)
+        return depth
+
+    def _node(self, host: str, merged: Mapping[str, Any], groups: list[str]) -> dict[str, Any]:
+        where = f"host {host}"
+        node: dict[str, Any] = {"name": host}
+        address = _first(merged, "ansible_ssh_host", "ansible_host")
+        node["host"] = self._text(address, f"{where}: ansible_host") if address is not None else host
+        port = _first(merged, "ansible_ssh_port", "ansible_port")
+        if port is not None:
+            if isinstance(port, bool) or not str(port).isdigit() or not 1 <= int(port) <= 65535:
+                raise self.fail(f"{where}: ansible_port", f"expected a port 1-65535, got {port!r}")
+            node["port"] = int(port)
+        user = _first(merged, "ansible_ssh_user", "ansible_user")
+        if user is not None:
+            node["user"] = self._text(user, f"{where}: ansible_user")
+        key = _first(merged, "ansible_ssh_private_key_file", "ansible_private_key_file")
+        if key is not None:
+            node["key_file"] = self._text(key, f"{where}: ansible_ssh_private_key_file")
+        jumps = _jumps(merged, self, where)
+        if jumps is not None:
+            node["proxy_jump"] = jumps
+        connection = merged.get("ansible_connection")
+        if connection is not None:
+            if connection == "local":
+                node["transport"] = "local"
+            elif connection not in ("ssh", "paramiko", "smart"):
+                raise self.fail(f"{where}: ansible_connection",
+                                f"{connection!r} is not supported (ssh or local)")
+        if groups:
+            node["group"] = groups[-1]
+            node["roles"] = groups
+        else:
+            node["group"] = "ungrouped"
+            node["roles"] = []
+        node["vars"] = {k: v for k, v in merged.items() if not k.startswith("ansible_")}
+        return node
+
+    def _text(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(where, f"expected a non-empty string, got {value!r}")
+        if "{{" in value or "{%" in value:
+            raise self.fail(where, "templated values are not supported here")
+        return value
+
+
+def _first(data: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        if data.get(name) is not None:
+            return data[name]
+    return None
+
+
+# --------------------------------------------------------------------------- ssh args
+
+def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | None:
+    """The jump hosts that ``ansible_ssh_common_args`` / ``_extra_args`` ask for."""
+    found: list[tuple[str, list[str]]] = []
+    for var in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        text = merged.get(var)
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise b.fail(f"{where}: {var}", f"expected a string, got {text!r}")
+        try:
+            words = shlex.split(text)
+        except ValueError as exc:
+            raise b.fail(f"{where}: {var}", f"cannot split {text!r}: {exc}") from None
+        i = 0
+        while i < len(words):
+            word = words[i]
+            value: str | None = None
+            if word in ("-J", "-o") and i + 1 < len(words):
+                value, i = words[i + 1], i + 2
+                option = "ProxyJump=" + value if word == "-J" else value
+            elif word.startswith("-J") and len(word) > 2:
+                option, i = "ProxyJump=" + word[2:], i + 1
+            elif word.startswith("-o") and len(word) > 2:
+                option, i = word[2:], i + 1
+            else:
+                b.notes.append(f"{where}: {var}: {word!r} is not used by zdupgrade")
+                i += 1
+                continue
+            parts = re.match(r"^(\w+)(?:\s*=\s*|\s+)(.*)$", option, re.S)
+            name, arg = (parts.group(1), parts.group(2)) if parts else (option, "")
+            if name.lower() == "proxyjump":
+                found.append((var, [] if arg.strip().lower() == "none" else
+                              [h.strip() for h in arg.split(",") if h.strip()]))
+            elif name.lower() == "proxycommand":
+                found.append((var, [_proxy_command(arg, b, f"{where}: {var}")]))
+            else:
+                b.notes.append(f"{where}: {var}: ssh option {name!r} is not used by zdupgrade")
+    if not found:
+        return None
+    if len(found) > 1:
+        raise b.fail(where, f"jump hosts are given twice ({', '.join(v for v, _ in found)}); "
+                            "ssh itself refuses that")
+    return found[0][1]
+
+
+def _proxy_command(command: str, b: _Builder, where: str) -> str:
+    """``ssh -W %h:%p [-q] [-p PORT] [-l USER] [user@]host`` is ``ProxyJump [user@]host[:port]``."""
+    words = shlex.split(command)
+    refuse = b.fail(where, f"ProxyCommand {command!r} is not supported: use "
+                           "-o ProxyJump=[user@]host[:port] (or ssh -W %h:%p host)")
+    if not words or not (words[0] == "ssh" or words[0].endswith("/ssh")):
+        raise refuse
+    user = port = None
+    dest: str | None = None
+    forward = False
+    rest = words[1:]
+    while rest:
+        word = rest.pop(0)
+        if word == "-W" and rest and rest.pop(0) == "%h:%p":
+            forward = True
+        elif word == "-q":
+            continue
+        elif word in ("-p", "-l") and rest:
+            value = rest.pop(0)
+            port, user = (value, user) if word == "-p" else (port, value)
+        elif not word.startswith("-") and dest is None:
+            dest = word
+        else:
+            raise refuse
+    if not forward or dest is None:
+        raise refuse
+    if user and "@" not in dest:
+        dest = f"{user}@{dest}"
+    return f"{dest}:{port}" if port else dest
+
+
+# --------------------------------------------------------------------------- host patterns
+
+def expand_hosts(pattern: str) -> tuple[list[str], int | None]:
+    """``web[01:03].x:2222`` -> (["web01.x", "web02.x", "web03.x"], 2222); raises ValueError."""
+    pattern = pattern.strip()
+    if not pattern:
+        raise ValueError("empty host name")
+    if pattern.endswith(":"):
+        raise ValueError(f"host {pattern!r} ends in ':' (reserved for a port)")
+    port: int | None = None
+    if pattern.startswith("[") and "]:" in pattern and _is_ipv6(pattern[1:pattern.index("]")]):
+        host, port_text = pattern[1:].split("]:", 1)
+        port = _port(port_text, pattern)
+        return [host], port
+    if pattern.count(":") > 1 and _is_ipv6(pattern):
+        return [pattern], None
+    name = pattern
+    depth, colon = 0, -1
+    for index, char in enumerate(pattern):
+        depth += (char == "[") - (char == "]")
+        if char == ":" and depth == 0:
+            if colon >= 0:
+                raise ValueError(f"invalid host {pattern!r}")
+            colon = index
+    if colon >= 0:
+        name, port = pattern[:colon], _port(pattern[colon + 1:], pattern)
+    hosts = _expand(name)
+    for host in hosts:
+        if not host or any(c.isspace() for c in host) or host == "---":
+            raise ValueError(f"invalid host {host!r}")
+    return hosts, port
+
+
+def _port(text: str, pattern: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"invalid port in {pattern!r}")
+    return int(text)
+
+
+def _is_ipv6(text: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _expand(name: str) -> list[str]:
+    match = _RANGE.search(name)
+    if not match:
+        if "[" in name or "]" in name:
+            raise ValueError(f"unbalanced '[' ']' in host {name!r}")
+        return [name]
+    head, spec, tail = name[:match.start()], match.group(1), name[match.end():]
+    bounds = spec.split(":")
+    if len(bounds) not in (2, 3):
+        raise ValueError(f"host range [{spec}] must be begin:end or begin:end:step")
+    begin, end = bounds[0] or "0", bounds[1]
+    step_text = bounds[2] if len(bounds) == 3 else "1"
+    if not end:
+        raise ValueError(f"host range [{spec}] has no end")
+    if not step_text.isdigit() or int(step_text) == 0:
+        raise ValueError(f"host range [{spec}]: step must be a positive integer")
+    step = int(step_text)
+    letters = string.ascii_letters
+    if len(begin) == 1 and len(end) == 1 and begin in letters and end in letters:
+        b, e = letters.index(begin), letters.index(end)
+        if b > e:
+            raise ValueError(f"host range [{spec}]: begin must not be after end")
+        values = list(letters[b:e + 1:step])
+    elif begin.isdigit() and end.isdigit():
+        if begin.startswith("0") and len(begin) > 1 and len(begin) != len(end):
+            raise ValueError(f"host range [{spec}]: zero-padded begin and end must be as long")
+        width = len(begin) if begin.startswith("0") and len(begin) > 1 else 0
+        count = (int(end) - int(begin)) // step + 1
+        if count > MAX_RANGE_HOSTS:
+            raise ValueError(f"host range [{spec}] gives more than {MAX_RANGE_HOSTS} hosts")
+        values = [str(i).zfill(width) for i in range(int(begin), int(end) + 1, step)]
+    else:
+        raise ValueError(f"host range [{spec}] must be numbers or single letters")
+    out: list[str] = []
+    for value in values:
+        out.extend(_expand(head + value + tail))
+        if len(out) > MAX_RANGE_HOSTS:
+            raise ValueError(f"host ranges in {name!r} give more than {MAX_RANGE_HOSTS} hosts")
+    return out
+
+
+# --------------------------------------------------------------------------- INI
+
+def _ini_value(text: str) -> Any:
+    """A value as Ansible's INI plugin reads it: a Python literal if it is one."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    if isinstance(value, (tuple, set, frozenset)):
+        value = list(value)
+    if isinstance(value, bytes) or value is ... or isinstance(value, complex):
+        return text
+    return value
+
+
+def parse_ini(text: str, source: str) -> Inventory:
+    """Parse INI inventory ``text`` (``source`` names it in errors)."""
+    b = _Builder(source)
+    group, state = "ungrouped", "hosts"
+    pending: dict[str, tuple[int, str, list[str]]] = {}       # group -> (line, state, parents)
+    declared = {"all", "ungrouped"}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        where = f"line {lineno}"
+        if not line or line[0] in "#;":
+            continue
+        section = _SECTION.match(line)
+        if section:
+            group, kind = section.group(1), section.group(2) or "hosts"
+            if kind not in ("hosts", "children", "vars"):
+                raise b.fail(where, f"section [{group}:{kind}] has unknown type {kind!r} "
+                                    "(hosts, children or vars)")
+            b.group(group)
+            if kind != "vars":
+                declared.add(group)
+                pending.pop(group, None)
+            elif group not in declared:
+                pending.setdefault(group, (lineno, "vars", []))
+            state = kind
+            continue
+        if line.startswith("["):
+            raise b.fail(where, f"invalid section {line!r} (no spaces; [group], [group:vars] "
+                                "or [group:children])")
+        if state == "hosts":
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError as exc:
+                raise b.fail(where, f"cannot parse host line {line!r}: {exc}") from None
+            if not words:
+                continue
+            try:
+                hosts, port = expand_hosts(words[0])
+            except ValueError as exc:
+                raise b.fail(where, str(exc)) from None
+            variables: dict[str, Any] = {}
+            for word in words[1:]:
+                if "=" not in word:
+                    raise b.fail(where, f"expected key=value after the host, got {word!r}")
+                key, value = word.split("=", 1)
+                variables[key] = _ini_value(value)
+            for host in hosts:
+                b.host(host, group, port, variables, f"{where} ({host})")
+        elif state == "vars":
+            if "=" not in line:
+                raise b.fail(where, f"expected key=value in [{group}:vars], got {line!r}")
+            key, value = (part.strip() for part in line.split("=", 1))
+            b.set_var(group, key, _ini_value(value), f"{where} ([{group}:vars])")
+        else:
+            match = _GROUP_NAME.match(line)
+            if not match:
+                raise b.fail(where, f"expected a group name in [{group}:children], got {line!r}")
+            child = match.group(1)
+            if child not in declared:
+                entry = pending.setdefault(child, (lineno, "children", []))
+                if entry[1] == "vars":
+                    pending[child] = entry = (lineno, "children", [])
+                entry[2].append(group)
+            b.add_child(group, child, f"{where} ([{group}:children])")
+    for name, (lineno, kind, parents) in pending.items():
+        if kind == "vars":
+            raise b.fail(f"line {lineno}", f"section [{name}:vars] is for group {name!r}, "
+                                           "which is never declared")
+        raise b.fail(f"line {lineno}", f"section [{parents[-1]}:children] names group "
+                                       f"{name!r}, which is never declared")
+    return b.finish()
+
+
+# --------------------------------------------------------------------------- YAML
+
+def parse_yaml(data: Any, source: str) -> Inventory:
+    """Build an inventory from a parsed YAML (or JSON) inventory document."""
+    b = _Builder(source)
+    if not data:
+        raise b.fail("top level", "the inventory is empty")
+    if not isinstance(data, Mapping):
+        raise b.fail("top level", "expected a mapping of groups (all: {hosts: ..., children: ...})")
+    if "plugin" in data:
+        raise b.fail("top level", "this is an inventory plugin configuration, not an inventory")
+    for name, group_data in data.items():
+        _yaml_group(b, name, group_data, f"group {name}")
+    return b.finish()
+
+
+def _yaml_group(b: _Builder, name: Any, data: Any, where: str) -> str:
+    if not isinstance(name, str) or not name or any(c.isspace() or c in ":]" for c in name):
+        raise b.fail(where, f"invalid group name {name!r}")
+    b.group(name)
+    if data is None:
+        return name
+    if not isinstance(data, Mapping):
+        raise b.fail(where, "a group is a mapping with hosts, vars and children")
+    for key, value in data.items():
+        if key not in ("hosts", "vars", "children"):
+            raise b.fail(where, f"unknown key {key!r} (hosts, vars or children)")
+        if isinstance(value, str):
+            value = {value: None}
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise b.fail(f"{where}: {key}", "expected a mapping")
+        if key == "vars":
+            for var, item in value.items():
+                b.set_var(name, var, item, f"{where}: vars")
+        elif key == "children":
+            for child, child_data in value.items():
+                child = _yaml_group(b, child, child_data, f"group {child}")
+                b.add_child(name, child, f"{where}: children")
+        else:
+            for pattern, host_vars in value.items():
+                if not isinstance(pattern, str):
+                    raise b.fail(f"{where}: hosts", f"host {pattern!r} must be a string "
+                                                    "(quote numbers)")
+                try:
+                    hosts, port = expand_hosts(pattern)
+                except ValueError as exc:
+                    raise b.fail(f"{where}: hosts", str(exc)) from None
+                if host_vars is not None and not isinstance(host_vars, Mapping):
+                    raise b.fail(f"{where}: host {pattern}", "host variables must be a mapping")
+                for host in hosts:
+                    b.host(host, name, port, host_vars or {}, f"{where}: host {host}")
+    return name
+
+
+# --------------------------------------------------------------------------- files
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read an inventory file: ``.yml``/``.yaml``/``.json`` as YAML, anything else as INI."""
+    p = Path(path)
+    source = str(path)
+    if p.suffix.lower() in (".yml", ".yaml", ".json"):
+        from zdu.config.topology import read_document
+        return parse_yaml(read_document(p, what="inventory"), source)
+    if not p.is_file():
+        raise ConfigError(f"{source}: inventory file not found")
+    try:
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{source}: inventory file is larger than "
+                              f"{MAX_FILE_BYTES // (1024 * 1024)} MB")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: inventory file is not valid UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read inventory file: {exc.strerror}") from None
+    return parse_ini(text, source)
+
+
+def group_map(inventory: Inventory) -> Mapping[str, tuple[str, ...]]:
+    """``group -> hosts`` in Ansible's order, for :func:`zdu.config.limit.select`."""
+    return inventory.groups
+
+
+def nodes_of(inventory: Inventory, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Copies of the node dicts (of ``names`` only, if given), ready for the topology."""
+    wanted = set(names) if names is not None else None
+    return [dict(n) for n in inventory.nodes if wanted is None or n["name"] in wanted]

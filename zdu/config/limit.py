@@ -1,0 +1,174 @@
+"""``--limit PATTERN``: which nodes a run covers, with Ansible's host-pattern rules.
+
+A pattern is a list of terms separated by commas (or, without commas, by colons, as
+Ansible still accepts).  Each term is a node name, a group name, a glob (``web*``,
+``gw-?``, ``db[0-3]``) or a regex (``~gw-(eu|us)-\\d+``, matched from the start), with an
+optional subscript on a group (``gateways[0]``, ``gateways[1:3]``, ``gateways[-1]``).
+``all`` and ``*`` are every node.  Terms apply in Ansible's order whatever the order
+written: first the plain terms (union), then the ``&term`` ones (intersection), then the
+``!term`` ones (exclusion); with only ``&``/``!`` terms the start is ``all``.  A term that
+matches a group name selects that group's nodes; a term that matches no group, or that is
+a glob or regex, also selects the nodes whose names match it.
+
+Stricter than Ansible on purpose: a term that matches nothing (a typo in a comma list) is
+a :class:`~zdu.errors.ConfigError`, and so is a pattern that selects no node, naming the
+term; Ansible only warns.  ``@file`` limits are not supported.
+
+A node's groups are its ``group`` and its ``roles``, plus ``all`` (and ``ungrouped`` when
+it has neither); an inventory can pass its exact group map instead
+(:attr:`zdu.config.inventory.Inventory.groups`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+from zdu.errors import ConfigError
+
+_SUBSCRIPT = re.compile(r"^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$")
+_HOST_PORT = re.compile(r"^[\w.-]+:\d+$")
+_RANGE = re.compile(r"\[[^\]]*:[^\]]*\]")
+
+
+class NodeLike(Protocol):
+    """What :func:`select` needs of a node (:class:`zdu.model.Node` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def roles(self) -> tuple[str, ...] | Sequence[str]: ...
+
+
+def split_pattern(pattern: str) -> list[str]:
+    """The terms of ``pattern``: split on commas, else on colons (not inside ``[...]``,
+    not in an IPv6 address, a ``host:port`` or a ``[x:y]`` range), blanks dropped."""
+    if "," in pattern:
+        terms = pattern.split(",")
+    elif _single(pattern.strip()):
+        terms = [pattern]
+    else:
+        terms = re.findall(r"(?:[^\s:\[\]]|\[[^\]]*\])+", pattern)
+    return [t.strip() for t in terms if t.strip()]
+
+
+def _single(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]").split("]:")[0])
+        return True
+    except ValueError:
+        pass
+    return bool(_HOST_PORT.match(text)) or bool(_RANGE.search(text)) and ":" not in _RANGE.sub("", text)
+
+
+def groups_of(nodes: Sequence[NodeLike]) -> dict[str, list[str]]:
+    """``group -> node names`` (topology order) from each node's group and roles."""
+    groups: dict[str, list[str]] = {"all": [], "ungrouped": []}
+    for node in nodes:
+        groups["all"].append(node.name)
+        mine = [g for g in (node.group, *node.roles) if g]
+        if not mine:
+            groups["ungrouped"].append(node.name)
+        for g in dict.fromkeys(mine):
+            groups.setdefault(g, []).append(node.name)
+    return groups
+
+
+def select(pattern: str, nodes: Sequence[NodeLike],
+           groups: Mapping[str, Sequence[str]] | None = None, *, where: str = "--limit"
+           ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(selected, skipped)`` node names, both in topology order.
+
+    ``groups`` maps group names to their node names (in the order subscripts count);
+    by default :func:`groups_of`.  Raises ConfigError naming ``where`` and the term.
+    """
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ConfigError(f"{where}: expected a pattern (node or group names, globs, "
+                          "~regex, !exclude, &intersect, comma-separated)")
+    names = [n.name for n in nodes]
+    known = set(names)
+    group_map = {g: [h for h in members if h in known]
+                 for g, members in (groups if groups is not None else groups_of(nodes)).items()}
+    group_map.setdefault("all", list(names))
+    terms = split_pattern(pattern)
+    if not terms:
+        raise ConfigError(f"{where}: {pattern!r} holds no pattern")
+    ordered = ([t for t in terms if t[0] not in "!&"] or ["all"]) + \
+        [t for t in terms if t[0] == "&"] + [t for t in terms if t[0] == "!"]
+    chosen: list[str] = []
+    for term in ordered:
+        if term in known:
+            matched = [term]
+        else:
+            matched = _match(term.lstrip("!&") if term[0] in "!&" else term, names,
+                             group_map, where)
+        if not matched:
+            raise ConfigError(f"{where}: {term!r} matches no node or group "
+                              f"({_known(names, group_map)})")
+        if term[0] == "!":
+            drop = set(matched)
+            chosen = [n for n in chosen if n not in drop]
+        elif term[0] == "&":
+            keep = set(matched)
+            chosen = [n for n in chosen if n in keep]
+        else:
+            chosen += [n for n in matched if n not in chosen]
+    if not chosen:
+        raise ConfigError(f"{where}: {pattern!r} selects no node")
+    picked = set(chosen)
+    return (tuple(n for n in names if n in picked), tuple(n for n in names if n not in picked))
+
+
+def _match(term: str, names: list[str], groups: Mapping[str, Sequence[str]], where: str
+           ) -> list[str]:
+    if not term:
+        raise ConfigError(f"{where}: an empty term after '!' or '&'")
+    if term.startswith("@"):
+        raise ConfigError(f"{where}: {term!r}: limit files (@file) are not supported")
+    expr, subscript = (term, None) if term.startswith("~") else _split_subscript(term)
+    try:
+        regex = re.compile(expr[1:]) if expr.startswith("~") else \
+            re.compile(fnmatch.translate(expr))
+    except re.error as exc:
+        raise ConfigError(f"{where}: {term!r} is not a valid regex: {exc}") from None
+    results: list[str] = []
+    matching_groups = [g for g in groups if regex.match(g)]
+    for g in matching_groups:
+        results += [h for h in groups[g] if h not in results]
+    if not matching_groups or expr.startswith("~") or any(c in expr for c in ".?*["):
+        results += [h for h in names if regex.match(h) and h not in results]
+    if subscript is None or not results:
+        return results
+    start, end = subscript
+    try:
+        if not end:                     # [n], or Ansible's [n:0]
+            return [results[start]]
+        stop = len(results) - 1 if end == -1 else end
+        if start >= len(results):
+            raise IndexError(start)
+        return results[start:stop + 1]
+    except IndexError:
+        raise ConfigError(f"{where}: {term!r}: the subscript is out of range "
+                          f"({len(results)} nodes match {expr!r})") from None
+
+
+def _split_subscript(term: str) -> tuple[str, tuple[int, int | None] | None]:
+    match = _SUBSCRIPT.match(term)
+    if not match:
+        return term, None
+    expr, index, start, _, end = match.groups()
+    if index:
+        return expr, (int(index), None)
+    return expr, (int(start), int(end) if end else -1)
+
+
+def _known(names: Iterable[str], groups: Mapping[str, Any], most: int = 12) -> str:
+    items = list(names)
+    group_names = [g for g in groups if g not in ("all", "ungrouped")]
+    text = "nodes: " + ", ".join(items[:most]) + (", ..." if len(items) > most else "")
+    if group_names:
+        text += "; groups: " + ", ".join(group_names[:most]) + (", ..." if len(group_names) > most else "")
+    return text
