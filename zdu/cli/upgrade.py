@@ -13,13 +13,15 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..config.profile import load_profile
 from ..config.install_dirs import validate_install_dirs
 from ..config.values import check_text
-from ..config.topology import load_topology, reference_topology
+from ..config.limit import select
+from ..config.ssh_config import check_all, resolve_all
+from ..config.topology import load_topology, reference_topology, topology_from_inventory
 from ..planning.serial import parse_serial
 from ..errors import ConfigError
 from ..lb import make_load_balancer
@@ -45,7 +47,12 @@ from .console import Console
 
 def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
     """Load topology and profile and render the plan; ConfigError on any problem."""
-    topology = load_topology(args.config) if args.config else reference_topology()
+    if args.config:
+        topology = load_topology(args.config, inventory=args.inventory)
+    elif args.inventory:
+        topology = topology_from_inventory(args.inventory)
+    else:
+        topology = reference_topology()
     if args.host_key_policy:
         topology = dataclasses.replace(topology, ssh=dataclasses.replace(
             topology.ssh, host_key_policy=args.host_key_policy))
@@ -54,11 +61,28 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
         raise ConfigError(f"{topology.source}: no profile: set 'profile' in the topology or pass --profile")
     base_dir = Path(args.config).parent if args.config and not args.profile else None
     profile = load_profile(profile_ref, base_dir)
+    whole = topology
+    skipped: tuple[str, ...] = ()
+    if args.limit:
+        selected, skipped = select(args.limit, topology.nodes)
+        topology = limited(topology, selected)
     plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
                       new_install_dir=args.new_install_dir, run_id=run_id,
                       serial=parse_serial(args.serial, "--serial") if args.serial is not None else None, env=env,
                       pause_after=frozenset(args.pause_after_wave or ()))
-    return topology, plan
+    if skipped:
+        plan = dataclasses.replace(plan, skipped=tuple(skipped), backend=whole.nodes)
+    return whole, plan
+
+
+def limited(topology: Topology, selected: Sequence[str]) -> Topology:
+    """The topology with only ``selected`` nodes upgraded: the others become hosts (a before/after
+    step may still name them), tiers keep their selected nodes."""
+    keep = set(selected)
+    tiers = tuple(dataclasses.replace(t, nodes=tuple(n for n in t.nodes if n in keep)) for t in topology.tiers)
+    return dataclasses.replace(topology, nodes=tuple(n for n in topology.nodes if n.name in keep),
+                               hosts=topology.hosts + tuple(n for n in topology.nodes if n.name not in keep),
+                               tiers=tuple(t for t in tiers if t.nodes))
 
 
 def _absolute(ref: str | None) -> str | None:
@@ -76,7 +100,8 @@ def invocation(args: argparse.Namespace) -> dict[str, Any]:
             "config": absolute(args.config), "profile": absolute(args.profile), "serial": args.serial,
             "rollback_policy": args.rollback_policy, "host_key_policy": args.host_key_policy,
             "traffic": args.traffic, "traffic_rate": args.traffic_rate, "min_free_mb": args.min_free_mb,
-            "cwd": os.getcwd(), "pause_after_wave": list(args.pause_after_wave or [])}
+            "cwd": os.getcwd(), "pause_after_wave": list(args.pause_after_wave or []),
+            "inventory": args.inventory, "limit": args.limit}
 
 
 def plan_fingerprint(plan: Plan) -> str:
@@ -121,6 +146,7 @@ class Upgrade:
     def _run(self) -> Status:
         args = self.args
         for option, value in (("--config", args.config), ("--profile", args.profile), ("--serial", args.serial),
+                              ("--inventory", args.inventory), ("--limit", args.limit),
                               ("--rollback-policy", args.rollback_policy), ("--log_dir", args.log_dir),
                               ("--traffic", args.traffic), ("--resume", args.resume),
                               ("--lock-message", args.lock_message)):
@@ -151,6 +177,7 @@ class Upgrade:
                                                                                args.new_install_dir)
             # file references absolute from the start, so that a resume from elsewhere plans the same
             args.config, args.profile = _absolute(args.config), _absolute(args.profile)
+            args.inventory = os.path.abspath(os.path.expanduser(args.inventory)) if args.inventory else None
             run_id = new_run_id()
         topology, plan = prepare(args, run_id, self.env)
         self.masker = plan.masker
@@ -169,7 +196,8 @@ class Upgrade:
                               "where it stopped)")
         # the hook is built and its settings checked before anything is created or contacted;
         # --dry-run runs no code a topology or an option names: custom hooks are not imported
-        connections = Connections(topology, self._host_key_accepted)
+        targets = resolve_all((*topology.nodes, *topology.hosts), topology.ssh)
+        connections = Connections(topology, self._host_key_accepted, targets=targets, on_warning=self._warning)
         lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name,
                                 load_code=not args.dry_run)
         try:
@@ -178,12 +206,27 @@ class Upgrade:
                 policy_text = describe_policy(args.rollback_policy)
                 self.console.write(format_plan(plan, lb.describe))
                 self.console.line(f"rollback policy: {policy_text}")
+                if targets:
+                    self.console.line("how each node is reached (topology, then ssh_config):")
+                    for name, target in targets.items():
+                        self.console.line(f"  {name}: {target.describe()}")
+                        for note in target.notes:
+                            self.console.line(f"    note: {note}")
                 return Status.SUCCESS
+            problems = check_all(targets.values())
+            if problems:
+                raise ConfigError("; ".join(str(p) for p in problems))
             policy = load_policy(args.rollback_policy)
-            return self._execute(topology, plan, fingerprint, previous, policy, connections, lb)
+            return self._execute(topology, plan, fingerprint, previous, policy, connections, lb, targets)
         finally:
             lb.close()
             connections.close()
+
+    def _warning(self, message: str) -> None:
+        if self._recorder is not None:
+            self._recorder.emit(ev.Warned(message=self.masker(message)))
+        else:
+            self.console.err_line(f"zdupgrade: warning: {self.masker(message)}")
 
     def _host_key_accepted(self, node: str, key_type: str, fingerprint: str) -> None:
         if self._recorder is not None:
@@ -192,7 +235,7 @@ class Upgrade:
     # ------------------------------------------------------------------ the run
 
     def _execute(self, topology: Topology, plan: Plan, fingerprint: str, previous: Previous | None,
-                 policy: Any, connections: Connections, lb: LoadBalancer) -> Status:
+                 policy: Any, connections: Connections, lb: LoadBalancer, targets: Mapping[str, Any]) -> Status:
         args = self.args
         if previous is None:
             run_dir = RunDir.create(args.log_dir, plan.run_id)
@@ -201,11 +244,13 @@ class Upgrade:
             self._control.acquire()
             opened = ev.RunOpened(run_id=plan.run_id, old_install_dir=plan.old_install_dir,
                                   new_install_dir=plan.new_install_dir, profile=plan.profile,
-                                  topology=plan.topology, node_names=plan.node_names,
+                                  topology=plan.topology, node_names=tuple(n.name for n in plan.backend_nodes),
+                                  skipped=plan.skipped,
                                   lb=topology.load_balancer.type, invocation=invocation(args),
                                   plan_fingerprint=fingerprint, tool_version=__version__, user=_user(),
                                   host=socket.gethostname(), argv=tuple(self.argv),
-                                  tiers={t.name: list(t.nodes) for t in plan.tiers if t.name})
+                                  tiers={t.name: list(t.nodes) for t in plan.tiers if t.name},
+                                  targets={n: t.to_dict() for n, t in targets.items()})
             state = RunState.opened(opened)
         else:
             run_dir, state = previous.run_dir, previous.state
@@ -270,7 +315,7 @@ class Upgrade:
 
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,
                    recorder: Recorder, resuming: bool) -> Status | None:
-        problems = preflight(plan, connections, lb, parallel=max(topology.ssh.parallel, len(plan.nodes)),
+        problems = preflight(plan, connections, lb, parallel=topology.ssh.parallel,
                              min_free_mb=self.args.min_free_mb, check_dirs=not resuming, stop=self.stop.is_set)
         if not problems:
             problems.extend(capacity_problems(plan, lb))
@@ -281,7 +326,7 @@ class Upgrade:
         self.console.error(f"preflight found {len(problems)} problem(s); nothing was changed:")
         for problem in problems:
             self.console.err_line(f"  - {self.masker(str(problem))}")
-        unreachable = all(p.kind in ("unreachable", "host-key", "auth") for p in problems)
+        unreachable = all(p.kind in ("unreachable", "host-key", "auth", "unchecked") for p in problems)
         status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
         recorder.emit(ev.PreflightFailed(problems=tuple(self.masker(str(p)) for p in problems), status=status))
         if not resuming:  # a failed resume leaves the run resumable

@@ -28,16 +28,17 @@ _USER = re.compile(r"[^\s-][^\s]{0,255}")
 #: files of the run folder: a node called ``run`` would write its log over ``run.log``
 RESERVED_NODE_NAMES = frozenset({"run", "journal", "events", "report", "control", "summary", "junit"})
 
-_TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir", "tiers", "hosts",
+_TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir", "tiers", "hosts", "inventory",
                "before", "after", "max_fail_percentage", "min_in_service", "pause_timeout", "pause_timeout_action"}
 _TIER_FIELDS = {"name", "group", "role", "nodes", "serial", "gate", "gate_on", "min_in_service",
                 "max_fail_percentage"}
 #: words of ``on:`` (before/after steps, gates): no node or host may be called so
 ON_WORDS = frozenset({"control", "all", "each"})
 _NODE_FIELDS = {"name", "host", "port", "user", "group", "roles", "vars", "transport",
-                "lb_server", "host_key"}
+                "lb_server", "host_key", "key_file", "proxy_jump"}
 _SSH_FIELDS = {"user", "key_file", "known_hosts", "host_key_policy", "connect_timeout",
-               "command_timeout", "connect_retries", "parallel"}
+               "command_timeout", "connect_retries", "parallel", "config_file", "proxy_jump", "agent",
+               "jump_host_keys"}
 
 
 def reference_topology() -> Topology:
@@ -58,17 +59,47 @@ def reference_topology() -> Topology:
     return Topology(nodes=nodes, profile="lab-gateway")
 
 
-def load_topology(path: str | os.PathLike[str]) -> Topology:
-    """Read and validate a topology file; raise ConfigError naming file, node and field."""
+def load_topology(path: str | os.PathLike[str], *, inventory: str | None = None) -> Topology:
+    """Read and validate a topology file; raise ConfigError naming file, node and field.
+
+    ``inventory`` (``--inventory``) is an Ansible inventory whose hosts become the nodes (it
+    wins over the topology's own ``inventory:``)."""
     source = str(path)
     data = read_document(Path(path), what="topology")
-    return parse_topology(data, source=source)
+    return parse_topology(data, source=source, inventory=inventory, base_dir=Path(path).parent)
 
 
-def parse_topology(data: Any, *, source: str) -> Topology:
-    """Validate a parsed topology document (dict) into a Topology."""
+def topology_from_inventory(inventory: str) -> Topology:
+    """An Ansible inventory alone as the topology (``--inventory`` without ``--config``)."""
+    return parse_topology({}, source=inventory, inventory=inventory, base_dir=Path.cwd())
+
+
+def _inventory_nodes(c: _Checker, ref: str, base_dir: Path | None) -> list[dict[str, Any]]:
+    from zdu.config.inventory import load_inventory, nodes_of
+    path = Path(os.path.expanduser(ref))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    inventory = load_inventory(path)
+    return nodes_of(inventory)
+
+
+def parse_topology(data: Any, *, source: str, inventory: str | None = None,
+                   base_dir: Path | None = None) -> Topology:
+    """Validate a parsed topology document (dict) into a Topology.
+
+    With an inventory (``inventory:`` in the document, or ``inventory`` given) the nodes come
+    from it (and ``nodes:`` must not be given too)."""
     c = _Checker(source)
-    top = c.document(data, "topology", _TOP_FIELDS, ("nodes",))
+    if data == {} and inventory:
+        data = {"inventory": inventory}
+    top = c.document(data, "topology", _TOP_FIELDS, ())
+    ref = inventory or c.optional(top, "inventory", "", lambda v, w: c.string(v, w), None)
+    if ref is not None:
+        if "nodes" in top:
+            raise c.fail("nodes", "the nodes come from the inventory; leave out either nodes: or the inventory")
+        top = {**top, "nodes": _inventory_nodes(c, ref, base_dir)}
+    if "nodes" not in top:
+        raise c.fail("top level", "missing required field 'nodes' (or an inventory: / --inventory)")
     raw_nodes = top["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise c.fail("nodes", f"expected a non-empty list of nodes, got {_kind(raw_nodes)}")
@@ -280,7 +311,22 @@ def _parse_node(c: _Checker, raw: Any, index: int, section: str = "nodes") -> No
                                                    hint="letters, digits, '.', '_', ':' and '-' (HAProxy's rule)"),
                              None),
         host_key=host_key,
+        key_file=c.optional(data, "key_file", where, lambda v, w: os.path.expanduser(c.string(v, w)), None),
+        proxy_jump=c.optional(data, "proxy_jump", where, _jumps(c), None),
+        defaulted=frozenset({"port", "user"} - set(data)),
     )
+
+
+def _jumps(c: _Checker) -> Callable[[Any, str], tuple[str, ...]]:
+    """``proxy_jump``: ``[user@]host[:port]``, a comma list or a list of those, or ``none``."""
+    from zdu.config.ssh_config import JumpSyntaxError, parse_jumps
+
+    def parse(value: Any, where: str) -> tuple[str, ...]:
+        try:
+            return parse_jumps(value)
+        except JumpSyntaxError as exc:
+            raise c.fail(where, str(exc)) from None
+    return parse
 
 
 def _user(c: _Checker, value: Any, where: str) -> str:
@@ -297,7 +343,7 @@ def _valid_host(host: str) -> bool:
 
 def _parse_ssh(c: _Checker, raw: Any) -> SshSettings:
     if raw is None:
-        return SshSettings()
+        return SshSettings(defaulted=frozenset({"user", "connect_timeout"}))
     data = c.mapping(raw, "ssh")
     c.known(data, _SSH_FIELDS, "ssh")
     default = SshSettings()
@@ -315,7 +361,33 @@ def _parse_ssh(c: _Checker, raw: Any) -> SshSettings:
         connect_retries=c.optional(data, "connect_retries", "ssh",
                                    lambda v, w: c.integer(v, w, 0, 20), default.connect_retries),
         parallel=c.optional(data, "parallel", "ssh", lambda v, w: c.integer(v, w, 1, 256), default.parallel),
+        # ~/.ssh/config by default; "none" (or null) reads no ssh_config at all
+        config_file=(None if "config_file" in data and data["config_file"] in (None, "none") else
+                     c.optional(data, "config_file", "ssh", lambda v, w: c.string(v, w), default.config_file)),
+        proxy_jump=c.optional(data, "proxy_jump", "ssh", _jumps(c), None),
+        agent=c.optional(data, "agent", "ssh", _bool(c), None),
+        jump_host_keys=c.optional(data, "jump_host_keys", "ssh", _pins(c), frozen_map()),
+        defaulted=frozenset({"user", "connect_timeout"} - set(data)),
     )
+
+
+def _bool(c: _Checker) -> Callable[[Any, str], bool]:
+    def parse(value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise c.fail(where, f"expected true or false, got {_kind(value)}")
+        return value
+    return parse
+
+
+def _pins(c: _Checker) -> Callable[[Any, str], Mapping[str, str]]:
+    """``jump_host_keys``: {jump host as written in proxy_jump: SHA256 fingerprint}."""
+    def parse(value: Any, where: str) -> Mapping[str, str]:
+        pins = {}
+        for host, fingerprint in c.mapping(value, where).items():
+            pins[host] = c.string(fingerprint, f"{where}.{host}", pattern=_FINGERPRINT,
+                                  hint="expected 'SHA256:' and 43 base64 characters, as ssh-keygen -lf prints")
+        return frozen_map(pins)
+    return parse
 
 
 def _parse_lb(c: _Checker, raw: Any) -> LbSettings:

@@ -159,6 +159,12 @@ class Plan:
     max_fail_percentage: float | None = None
     pause_timeout: float = 3600.0
     pause_timeout_action: str = "abort"
+    skipped: tuple[str, ...] = ()       # nodes --limit left out (not upgraded; still in the balancer)
+    backend: tuple[Node, ...] = ()      # every node of the topology (the balancer's backend); () : nodes
+
+    @property
+    def backend_nodes(self) -> tuple[Node, ...]:
+        return self.backend or tuple(p.node for p in self.nodes)
 
     def node_plan(self, name: str) -> NodePlan:
         for plan in self.nodes:
@@ -606,6 +612,8 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
         f"  nodes: {', '.join(plan.node_names)}; offline phases {plan.parallel} node(s) at a time; "
         f"waves: {' | '.join(', '.join(w) for w in plan.waves)}",
     ]
+    if plan.skipped:
+        out.append(f"  skipped (--limit): {', '.join(plan.skipped)} -- not upgraded, still in the load balancer")
     if tiers:
         out.append("  tiers, in order: " + "; ".join(f"{t.name} ({', '.join(t.nodes)})" for t in tiers))
     guards = []

@@ -378,10 +378,10 @@ class Conductor:
         """The capacity guard: refuse the wave if it would leave too few nodes serving."""
         if self.plan.min_in_service is None and wave.tier.min_in_service is None:
             return True
-        names = list(self.plan.node_names)
+        names = [n.name for n in self.plan.backend_nodes]
         source = "the load balancer"
         try:
-            serving = self.gate.lb.serving([self.plan.node_plan(n).node for n in names])
+            serving = self.gate.lb.serving(list(self.plan.backend_nodes))
         except Exception as exc:  # noqa: BLE001 - fall back to what the run knows
             serving, source = None, f"the run's own record (the load balancer did not answer: {exc})"
         if serving is None:

@@ -90,6 +90,7 @@ class RunOpened(Event):
     lb: str
     invocation: Mapping[str, Any]
     tiers: Mapping[str, Any] = field(default_factory=dict)        # tier name -> its nodes (in order)
+    targets: Mapping[str, Any] = field(default_factory=dict)      # node -> how it is reached (address, jumps)
     plan_fingerprint: str
     tool_version: str
     user: str

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from zdu.errors import TransportError, ZduError
-from zdu.transport.base import CommandHandler
+from zdu.transport.base import CommandHandler, group_bastion_errors
 from zdu.lb.base import LoadBalancer
 from zdu.model import Node
 from zdu.planning.plan import Plan
@@ -24,39 +24,85 @@ class Problem:
     """One thing preflight found wrong."""
 
     node: str | None          # None: the load balancer or the run as a whole
-    kind: str                 # unreachable | host-key | auth | missing-dir | disk | lb
+    kind: str                 # unreachable | host-key | auth | missing-dir | sudo | disk | unchecked | lb | capacity
     message: str
+    error: BaseException | None = field(default=None, compare=False, repr=False)   # a transport error
 
     def __str__(self) -> str:
         return f"{self.node}: {self.message}" if self.node else self.message
 
 
+#: one line per check the node script prints: ``ZDU-CHECK <what> <result> [detail]``
+_MARK = "ZDU-CHECK"
+PREFLIGHT_TIMEOUT = 30.0
+
+
+def check_script(plan: Plan, name: str, min_free_mb: int, check_dirs: bool) -> str:
+    """Every check of one node in one shell command (one round trip)."""
+    lines = []
+    if check_dirs:
+        for label, path in (("old", plan.old_install_dir), ("new", plan.new_install_dir)):
+            q = shlex.quote(path)
+            lines.append(f"if test -d {q}; then r=ok; elif test -e {q}; then r=notdir; else r=missing; fi; "
+                         f"echo {_MARK} dir-{label} $r")
+    if _needs_sudo(plan, name):
+        lines.append(f"if out=$(sudo -n true 2>&1); then echo {_MARK} sudo ok; "
+                     f"else echo {_MARK} sudo fail \"$(printf '%s' \"$out\" | head -c 200 | tr '\\n' ' ')\"; fi")
+    if min_free_mb > 0:
+        lines.append(f"echo {_MARK} free \"$(df -Pm /var/tmp 2>/dev/null | awk 'NR==2 {{print $4}}')\"")
+    lines.append(f"echo {_MARK} done")
+    return "\n".join(lines)
+
+
 def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: int,
                 check_dirs: bool) -> list[Problem]:
+    """All checks of one node in one round trip; a check that could not run says so."""
     problems: list[Problem] = []
+    checks = []
+    if check_dirs:
+        checks += [("dir-old", f"the old install dir {plan.old_install_dir!r}"),
+                   ("dir-new", f"the new install dir {plan.new_install_dir!r}")]
+    if _needs_sudo(plan, node.name):
+        checks.append(("sudo", "sudo -n"))
+    if min_free_mb > 0:
+        checks.append(("free", "the free space under /var/tmp"))
     try:
-        handler.open()
-        for label, path in (("old", plan.old_install_dir), ("new", plan.new_install_dir)) if check_dirs else ():
-            result = handler.run(f"test -d {shlex.quote(path)}", timeout=30)
-            if result.exit_code != 0:
-                problems.append(Problem(node.name, "missing-dir",
-                                        f"{label} install dir {path!r} does not exist on {node.host}"))
-        if _needs_sudo(plan, node.name):
-            result = handler.run("sudo -n true", timeout=30)
-            if result.exit_code != 0:
-                problems.append(Problem(node.name, "sudo", "the profile runs commands with sudo, but "
-                                        f"'sudo -n true' fails as {node.user or 'the ssh user'}: "
-                                        f"{(result.stderr or result.stdout).strip()[:200]}"))
-        if min_free_mb > 0:
-            result = handler.run("df -Pm /var/tmp | awk 'NR==2 {print $4}'", timeout=30)
-            free = result.stdout.strip()
-            if result.exit_code == 0 and free.isdigit() and int(free) < min_free_mb:
-                problems.append(Problem(node.name, "disk",
-                                        f"only {free} MB free under /var/tmp, need {min_free_mb} MB"))
+        result = handler.run(check_script(plan, node.name, min_free_mb, check_dirs), timeout=PREFLIGHT_TIMEOUT)
     except TransportError as exc:
-        kind = {"HostKeyError": "host-key", "AuthError": "auth"}.get(type(exc).__name__, "unreachable")
-        problems.append(Problem(node.name, kind, exc.detail))
+        return [Problem(node.name, _kind(exc), exc.detail, exc)]
+    found: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        words = line.split(" ", 3)
+        if len(words) >= 2 and words[0] == _MARK:
+            found[words[1]] = words[2:]
+    if result.error or "done" not in found:
+        why = (f"timed out after {PREFLIGHT_TIMEOUT:g} s" if result.error == "timeout" else
+               "the connection was lost" if result.error else
+               f"the check command failed (exit {result.exit_code}): "
+               f"{(result.stderr or result.stdout).strip()[:200] or 'no output'}")
+        missing = [what for key, what in checks if key not in found]
+        return [Problem(node.name, "unchecked", f"could not check {', '.join(missing) or 'the node'} on "
+                                               f"{node.name}: {why}")]
+    for key, label in (("dir-old", "old"), ("dir-new", "new")):
+        if key in found and found[key][0] != "ok":
+            path = plan.old_install_dir if label == "old" else plan.new_install_dir
+            what = "is not a directory" if found[key][0] == "notdir" else "does not exist"
+            problems.append(Problem(node.name, "missing-dir", f"{label} install dir {path!r} {what} on {node.host}"))
+    if "sudo" in found and found["sudo"][0] != "ok":
+        problems.append(Problem(node.name, "sudo", "the profile runs commands with sudo, but 'sudo -n true' "
+                                f"fails as {node.user or 'the ssh user'}: {' '.join(found['sudo'][1:])[:200]}"))
+    if "free" in found:
+        free = found["free"][0] if found["free"] else ""
+        if not free.isdigit():
+            problems.append(Problem(node.name, "unchecked", f"could not check the free space under /var/tmp on "
+                                                           f"{node.name}: df printed {free[:40]!r}"))
+        elif int(free) < min_free_mb:
+            problems.append(Problem(node.name, "disk", f"only {free} MB free under /var/tmp, need {min_free_mb} MB"))
     return problems
+
+
+def _kind(exc: TransportError) -> str:
+    return {"HostKeyError": "host-key", "AuthError": "auth"}.get(type(exc).__name__, "unreachable")
 
 
 def _needs_sudo(plan: Plan, name: str) -> bool:
@@ -76,13 +122,23 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
 
     def check(node: Node) -> list[Problem]:
         return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs)
+    errors: list[tuple[str, BaseException]] = []
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
-        for found in pool.map(check, nodes):
-            problems.extend(found)
+        for node, found in zip(nodes, pool.map(check, nodes)):
+            for problem in found:
+                if problem.kind in ("unreachable", "host-key", "auth") and problem.error is not None:
+                    errors.append((node.name, problem.error))
+                else:
+                    problems.append(problem)
+    # one line per failed bastion ("nodes behind it: ..."), not one per node
+    lines, rest = group_bastion_errors(errors)
+    problems[:0] = [Problem(None, "unreachable", line) for line in lines] + \
+        [Problem(name, _kind(exc) if isinstance(exc, TransportError) else "unreachable",
+                 exc.detail if isinstance(exc, TransportError) else str(exc)) for name, exc in rest]
     if stop():
         return problems
     try:
-        lb.check(nodes)
+        lb.check(plan.backend_nodes)       # the whole backend, --limit or not
     except ZduError as exc:
         problems.append(Problem(None, "lb", f"load balancer: {exc}"))
     return problems
@@ -95,12 +151,12 @@ def capacity_problems(plan: Plan, lb: LoadBalancer) -> list[Problem]:
     if plan.min_in_service is None and all(t.min_in_service is None for t in plan.tiers):
         return []
     try:
-        serving = lb.serving([p.node for p in plan.nodes])
+        serving = lb.serving(list(plan.backend_nodes))
     except ZduError as exc:
         return [Problem(None, "capacity", f"capacity guard: cannot read the load balancer: {exc}")]
     source = "the load balancer"
     if serving is None:
-        serving, source = {n: True for n in plan.node_names}, "assuming every node serves (the hook cannot tell)"
+        serving, source = {n.name: True for n in plan.backend_nodes}, "assuming every node serves (the hook cannot tell)"
     problems = []
     for wave in Walker(plan).waves():
         check = capacity(plan, wave, serving)

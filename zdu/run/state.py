@@ -138,6 +138,7 @@ class RunState:
     preflight_problems: list[str] = field(default_factory=list)
     listener_failures: dict[str, str] = field(default_factory=dict)
     tiers: dict[str, list[str]] = field(default_factory=dict)         # tier -> nodes, in order
+    targets: dict[str, Any] = field(default_factory=dict)             # node -> address, user, key, jumps
     run_phases: dict[str, PhaseResult] = field(default_factory=dict)  # before, after, gate TIER
     pauses: list[dict[str, Any]] = field(default_factory=list)        # wave, started, ended, answer, by
     capacity: list[dict[str, Any]] = field(default_factory=list)      # the guard's checks
@@ -159,7 +160,7 @@ class RunState:
                     topology=event.topology, node_names=list(event.node_names), started=event.at,
                     lb=event.lb, invocation=dict(event.invocation), plan_fingerprint=event.plan_fingerprint,
                     tool_version=event.tool_version, user=event.user, host=event.host, argv=list(event.argv),
-                    tiers={str(k): list(v) for k, v in event.tiers.items()})
+                    tiers={str(k): list(v) for k, v in event.tiers.items()}, targets=dict(event.targets))
         for name in event.skipped:
             state.nodes[name].skipped = True
         return state

@@ -73,7 +73,7 @@ def capacity(plan: Plan, wave: Wave, serving: Mapping[str, bool]) -> tuple[int, 
     scope) or None when no guard applies.  ``serving`` says which nodes serve now."""
     checks = []
     if plan.min_in_service is not None:
-        checks.append((list(plan.node_names), plan.min_in_service))
+        checks.append(([n.name for n in plan.backend_nodes], plan.min_in_service))
     if wave.tier.min_in_service is not None:
         checks.append((list(wave.tier.nodes), wave.tier.min_in_service))
     worst: tuple[int, int, list[str]] | None = None

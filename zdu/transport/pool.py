@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 from ..model import Node, Topology
@@ -25,12 +25,19 @@ class Connections:
     """One handler per node, created on first use; thread-safe."""
 
     def __init__(self, topology: Topology, on_host_key: HostKeyCallback | None = None, *,
-                 factory: HandlerFactory | None = None) -> None:
+                 factory: HandlerFactory | None = None, targets: Mapping[str, Any] | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> None:
+        self._pool: Any = None
         if factory is None:
-            from . import make_handler
+            from . import make_handler, make_pool
+            self._pool = make_pool(on_warning=on_warning)
+            known = dict(targets or {})
 
             def factory(node: Node) -> CommandHandler:
-                return make_handler(node, topology.ssh, on_host_key_accepted=on_host_key)
+                extra: dict[str, Any] = {"pool": self._pool, "on_warning": on_warning}
+                if node.name in known:
+                    extra["target"] = known[node.name]
+                return make_handler(node, topology.ssh, on_host_key_accepted=on_host_key, **extra)
         self._factory = factory
         self._topology = topology
         self._handlers: dict[str, CommandHandler] = {}
@@ -71,4 +78,9 @@ class Connections:
             try:
                 handler.close()
             except Exception:  # noqa: BLE001 - closing must not hide the run's real outcome
+                pass
+        if self._pool is not None:
+            try:
+                self._pool.close()
+            except Exception:  # noqa: BLE001
                 pass
