@@ -61,6 +61,18 @@ BACKEND = "gateways"
 LbKind = Literal["none", "haproxy", "script"]
 
 
+# what systemd as PID 1 needs from Docker (see zdu/lab/node/boot.sh).  Not --privileged: this
+# host's dockerd lacks CAP_SYS_RESOURCE, and runc refuses to grant a container all capabilities.
+SYSTEMD_RUN_OPTIONS: dict[str, Any] = {
+    "cap_add": ["SYS_ADMIN"],                       # mounts (cgroup, /run/*), namespaces of units
+    "security_opt": ["seccomp=unconfined"],
+    "cgroupns": "private",                          # the node sees only its own cgroup subtree
+    "init": False,
+    "stop_signal": "SIGRTMIN+3",                    # systemd's "halt"
+}
+SYSTEMD_TMPFS = {"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec,mode=1777"}
+
+
 class LabError(RuntimeError):
     """The lab could not be brought up or a lab action failed."""
 
@@ -341,7 +353,8 @@ class Lab:
                      .with_kwargs(network_mode="host",
                                   labels={LAB_LABEL: str(self.workdir), OWNER_LABEL: str(os.getpid()),
                                           ID_LABEL: self._id},
-                                  init=False, stop_signal="SIGTERM"))
+                                  **SYSTEMD_RUN_OPTIONS))
+        container.tmpfs.update(SYSTEMD_TMPFS)
         self._containers[node.name] = container
         container.start()
         self._wait_node_ready(node)
