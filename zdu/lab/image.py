@@ -186,3 +186,63 @@ def ensure_image(*, mirror: str | None = None, rootfs: str | Path | None = None)
                 str(context))
     log.info("built %s in %.1fs", tag, time.monotonic() - started)
     return tag
+
+
+# ---------------------------------------------------------------------------- product images
+
+APP_REPOSITORY = "zdupgrade-app"
+# a slim image of the node base: python3 and the libraries it loads, nothing else (the sample
+# module images are `docker save`d and loaded on every node: ~25 MB instead of ~300)
+APP_BASE_DOCKERFILE = f"""\
+FROM {BASE_IMAGE} AS full
+RUN set -e; mkdir -p /slim/usr/bin /slim/usr/lib /slim/etc /slim/tmp; \\
+    cp -a /usr/bin/python3.11 /slim/usr/bin/; ln -s python3.11 /slim/usr/bin/python3; \\
+    cp -a /usr/lib/python3.11 /slim/usr/lib/; \\
+    rm -rf /slim/usr/lib/python3.11/test /slim/usr/lib/python3.11/idlelib /slim/usr/lib/python3.11/tkinter \\
+           /slim/usr/lib/python3.11/ensurepip /slim/usr/lib/python3.11/lib2to3 /slim/usr/lib/python3.11/pydoc_data; \\
+    for lib in $(ldd /usr/bin/python3.11 /usr/lib/python3.11/lib-dynload/*.so 2>/dev/null \\
+                 | awk '/=> \\// {{print $3}}' | sort -u) /lib64/ld-linux-x86-64.so.2; do \\
+        cp -L --parents "$lib" /slim; done; \\
+    printf 'root:x:0:0:root:/root:/nonexistent\\n' > /slim/etc/passwd; \\
+    printf 'root:x:0:\\n' > /slim/etc/group; chmod 1777 /slim/tmp
+FROM scratch
+COPY --from=full /slim/ /
+"""
+
+APP_DOCKERFILE = """\
+FROM {base}
+COPY app/ /opt/app/
+ENV ZDU_APP_MODULE={module} ZDU_APP_NAME={app_name} PYTHONDONTWRITEBYTECODE=1
+CMD ["/usr/bin/python3", "/opt/app/bin/service", "serve"]
+"""
+
+
+def _build(tag: str, dockerfile: str, files: dict[str, tuple[bytes, int]] | None = None) -> None:
+    """``docker build`` a context of ``dockerfile`` and ``files`` (relative path: content, mode)."""
+    with tempfile.TemporaryDirectory(prefix="zdu-image-") as tmp:
+        context = Path(tmp)
+        (context / "Dockerfile").write_text(dockerfile)
+        for rel, (data, mode) in (files or {}).items():
+            target = context / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(mode)
+        _docker("build", "--pull=false", "-q", "-t", tag, "--label", "zdupgrade.lab=app", str(context))
+
+
+def ensure_app_image(module: str, version: str, app_name: str) -> str:
+    """Return the tag of the sample module image ``module`` ``version`` (the lab gateway program in
+    module mode, see ``gateway.py``), building it (and the slim base) when missing."""
+    ensure_base_image()
+    base = f"{APP_REPOSITORY}:base-" + hashlib.sha256(APP_BASE_DOCKERFILE.encode()).hexdigest()[:12]
+    if not image_exists(base):
+        _build(base, APP_BASE_DOCKERFILE)
+    dockerfile = APP_DOCKERFILE.format(base=base, module=module, app_name=app_name)
+    program = (GATEWAY_DIR / "gateway.py").read_bytes()
+    digest = hashlib.sha256(dockerfile.encode() + b"\0" + version.encode() + b"\0" + program).hexdigest()[:12]
+    tag = f"{APP_REPOSITORY}:{module}-{version}-{digest}"
+    if not image_exists(tag):
+        _build(tag, dockerfile, {"app/bin/service": (program, 0o755), "app/VERSION": (f"{version}\n".encode(), 0o644),
+                                 "app/logs/.keep": (b"", 0o644), "app/run/.keep": (b"", 0o644)})
+        log.info("built %s", tag)
+    return tag

@@ -18,7 +18,7 @@ refuses to start when they are missing ("SERVER_PORT is not set", "Master key fi
 and it also refuses files that are not owned by the user it runs as or are open to others
 (application.env must be mode 600, master.key 400).  Besides ``/health`` it answers the modules'
 health URLs ``/server-status`` and ``/management/health``, and it writes its start line
-(``Started Apinizer<Module>App``) to stdout, i.e. to the journal or to ``docker logs``.
+(``Started Apinizer<Module>App``, or ``ZDU_APP_NAME``) to stdout, i.e. to the journal or to ``docker logs``.
 
 Fault injection: ``/etc/gateway/faults`` holds one word per line.  ``export`` fails the 1.0 export;
 ``upgrade``, ``check``, ``start``, ``stop`` fail the 2.0 subcommand of that name; ``health`` makes
@@ -166,6 +166,7 @@ def read_json_config() -> dict[str, Any]:
 
 
 APP_MODULE = os.environ.get("ZDU_APP_MODULE", "")
+APP_NAME = os.environ.get("ZDU_APP_NAME") or f"Apinizer{APP_MODULE.capitalize()}App"
 APP_ENV_FILE = INSTALL_DIR / "conf" / "application.env"
 MASTER_KEY_FILE = INSTALL_DIR / "conf" / "master.key"
 
@@ -483,7 +484,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     PID_FILE.write_text(f"{os.getpid()}\n")
     log(f"Started gateway {VERSION} on {args.host}:{port}")
     if APP_MODULE:
-        print(f"Started Apinizer{APP_MODULE.capitalize()}App on {args.host}:{port} (version {VERSION})", flush=True)
+        print(f"Started {APP_NAME} on {args.host}:{port} (version {VERSION})", flush=True)
     else:
         print(f"Started gateway {VERSION} on {args.host}:{port}", flush=True)   # the journal, under systemd
     while not stopping.wait(1.0):

@@ -4,7 +4,7 @@
 Environment (``/etc/zdu-node.env``, written by the boot script from the container's):
 ZDU_NODE_NAME, ZDU_NODE_IP, ZDU_SSH_PORT, ZDU_SERVICE_PORT, ZDU_START_GATEWAY (1: start gateway
 1.0).  The lab bind-mounts ``/lab`` (read-only) holding ``ssh_host_ed25519_key`` and
-``authorized_keys``, and, for a product lab, ``product/setup`` run last (see zdu.lab.products).
+``authorized_keys``, and, for a product lab, ``product/product.sh`` run last (``boot``) (see zdu.lab.products).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 SSHD_CONFIG = Path("/etc/ssh/sshd_config_zdu")
-PRODUCT_SETUP = Path("/lab/product/setup")
+PRODUCT_SCRIPT = Path("/lab/product/product.sh")
 
 
 def install(src: Path, dst: Path, mode: int) -> None:
@@ -69,8 +69,8 @@ def main() -> int:
         Path("/run/gateway/1.0.env").write_text(f"GATEWAY_HOST={ip}\n")
         # --no-block: this unit is itself a start job; waiting here would deadlock the boot
         subprocess.run(["systemctl", "--no-block", "start", "gateway@1.0.service"], check=True)
-    if PRODUCT_SETUP.exists():
-        subprocess.run([str(PRODUCT_SETUP)], check=True)
+    if PRODUCT_SCRIPT.exists():
+        subprocess.run([str(PRODUCT_SCRIPT), "boot"], check=True)
     print(f"zdu-node {name}: configured (sshd on {ip})", flush=True)
     return 0
 

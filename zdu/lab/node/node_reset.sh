@@ -1,7 +1,7 @@
 #!/bin/sh
 # Put a lab node back to its initial state: no faults, no hung gateway commands, gateway 2.0
 # stopped and unconfigured, gateway 1.0 running (unless the lab runs a product instead), sshd
-# running, no failed units.  A product lab's own reset (/lab/product/reset) runs last.  Idempotent.
+# running, no failed units.  A product lab's own reset (/lab/product/product.sh reset) runs last.  Idempotent.
 set -u
 ip=$(cat /etc/gateway/host)
 start_gateway=$(sed -n 's/^ZDU_START_GATEWAY=//p' /etc/zdu-node.env)
@@ -17,8 +17,8 @@ fi
 if ! systemctl is-active --quiet zdu-sshd.service; then
     systemctl start zdu-sshd.service || exit 1
 fi
-if [ -x /lab/product/reset ]; then
-    /lab/product/reset || exit 1
+if [ -x /lab/product/product.sh ]; then
+    /lab/product/product.sh reset || exit 1
 fi
 systemctl reset-failed
 echo reset
