@@ -179,3 +179,19 @@ def assert_fleet_settled(lab: "Lab", run: UpgradeRun, version: str) -> None:
     assert traffic["failed"] == 0, (traffic["by_outcome"], traffic["first_failures"])
     assert traffic["sent"] > 0 and traffic["by_outcome"]["ok"] == traffic["sent"], traffic
     assert re.search(r"traffic: \d+ sent, 0 failed", run.out), run.out[-2000:]
+
+
+def assert_rolled_back(lab: "Lab", run: UpgradeRun, status: Any, phase: str, *, failed: str = "Node-B",
+                       rolled_back: tuple[str, ...] = ("Node-B", "Node-A")) -> None:
+    """``failed`` failed in ``phase`` with ``status``; the default policy rolled back ``rolled_back``
+    in that order (each PASSED); the node after ``failed`` was never touched; then the fleet is
+    settled on 1.0 (:func:`assert_fleet_settled`)."""
+    assert run.status is status, run.out
+    assert run.record["nodes"][failed]["phases"][phase]["outcome"] == "FAILED"
+    assert run.rollback_order() == list(rolled_back)
+    for name in rolled_back:
+        assert run.record["nodes"][name]["rollback"]["outcome"] == "PASSED", run.record["nodes"][name]
+    names = [n.name for n in lab.nodes]
+    for later in names[names.index(failed) + 1:]:
+        assert "APPLY" not in run.record["nodes"][later]["phases"], later
+    assert_fleet_settled(lab, run, "1.0")
