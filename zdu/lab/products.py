@@ -393,7 +393,7 @@ esac
             (folder / "product.sh").chmod(0o755)
 
     def topology_vars(self, lab: "Lab") -> dict[str, Any]:
-        return {"compose_dir": self.compose_dir, "service": COMPOSE_SERVICE,
+        return {"compose_dir": self.compose_dir, "compose_file": "docker-compose.yml", "service": COMPOSE_SERVICE,
                 "image": f"{lab.name_prefix}/{self.repository}", "new_version": "2.0",
                 "image_tar": self.image_tar("2.0"), "compose": "docker-compose"}
 
