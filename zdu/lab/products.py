@@ -11,6 +11,8 @@
   save`` tar and is not in the engine until the profile loads it.
 * ``compose`` -- an API7-like data-plane gateway in a docker-compose project on every node
   (``compose`` profile; API7 DP rolling upgrade).
+* ``webmethods`` -- the webMethods API Gateway stand-in (``zdu/lab/webmethods/apigateway.py``)
+  1.0 running, 2.0 installed beside it (``webmethods-cluster`` / ``webmethods-bluegreen``).
 
 Every product serves ``GET /`` -> ``{"version": ...}`` and ``/health`` on the node's service
 port, so HAProxy, :meth:`Lab.served_version` and the traffic probe work unchanged, and honours
@@ -28,6 +30,7 @@ node container's name as a prefix, and the lab removes them on close and reset.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import subprocess
@@ -401,7 +404,90 @@ esac
         return {"health_url": f"http://{node.host}:{node.service_port}/health"}
 
 
-PRODUCTS: dict[str, type[Product]] = {p.name: p for p in (Product, TarballProduct, DockerProduct, ComposeProduct)}
+# ---------------------------------------------------------------------------- webMethods
+
+WM_PASSWORD = "manage-lab"      # the lab's Administrator password (a profile secret)
+WM_UNIT = """[Unit]
+Description=webMethods API Gateway %i (zdupgrade lab stand-in, /opt/softwareag-%i)
+After=network.target
+
+[Service]
+ExecStart=/opt/softwareag-%i/bin/apigateway serve
+TimeoutStopSec=60
+Restart=no
+"""
+
+
+class WebMethodsProduct(Product):
+    """webMethods API Gateway stand-in (``zdu/lab/webmethods``): 1.0 running as
+    ``webmethods-apigateway@1.0`` from ``/opt/softwareag-1.0`` (primary port 5555), 2.0 installed
+    in ``/opt/softwareag-2.0`` (primary port 5556); both serve the node's runtime port."""
+
+    name = "webmethods"
+    profile = "webmethods-cluster"
+    old_install_dir = "/opt/softwareag-1.0"
+    new_install_dir = "/opt/softwareag-2.0"
+    start_gateway = False
+    primary_ports = {"1.0": 5555, "2.0": 5556}
+    quiesce_port = 4444
+
+    def prepare(self, lab: "Lab") -> None:
+        program = (Path(__file__).resolve().parent / "webmethods" / "apigateway.py").read_text()
+        for node in lab.nodes:
+            folder = lab.workdir / "nodes" / node.name / "product"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "apigateway.py").write_text(program)
+            (folder / "webmethods-apigateway@.service").write_text(WM_UNIT)
+            installs = "".join(self._install_lines(node, v) for v in ("1.0", "2.0"))
+            (folder / "product.sh").write_text(f"""#!/bin/sh
+# The lab's webMethods API Gateway stand-in on this node: boot | reset
+set -eu
+install_all() {{
+    cp /lab/product/webmethods-apigateway@.service /etc/systemd/system/
+    systemctl daemon-reload
+{installs}}}
+case "$1" in
+boot)
+    [ -d /opt/softwareag-1.0 ] || install_all
+    systemctl --no-block start webmethods-apigateway@1.0.service ;;
+reset)
+    systemctl stop webmethods-apigateway@2.0.service webmethods-apigateway@1.0.service 2>/dev/null || true
+    rm -rf /opt/softwareag-1.0 /opt/softwareag-2.0
+    install_all
+    systemctl start webmethods-apigateway@1.0.service ;;
+esac
+""")
+            (folder / "product.sh").chmod(0o755)
+
+    def _install_lines(self, node: "LabNode", version: str) -> str:
+        d = f"/opt/softwareag-{version}"
+        config = json.dumps({"host": node.host, "primary_port": self.primary_ports[version],
+                             "runtime_port": node.service_port, "password": WM_PASSWORD})
+        return (f"    mkdir -p {d}/bin {d}/config {d}/logs {d}/profiles/IS_default/bin\n"
+                f"    install -m 755 /lab/product/apigateway.py {d}/bin/apigateway\n"
+                f"    echo {version} > {d}/VERSION\n"
+                f"    echo {shlex.quote(config)} > {d}/config/gateway.json; chmod 600 {d}/config/gateway.json\n"
+                f"    printf '#!/bin/sh\\nexec systemctl start webmethods-apigateway@{version}.service\\n' "
+                f"> {d}/profiles/IS_default/bin/startup.sh\n"
+                f"    printf '#!/bin/sh\\nexec systemctl stop webmethods-apigateway@{version}.service\\n' "
+                f"> {d}/profiles/IS_default/bin/shutdown.sh\n"
+                f"    chmod 755 {d}/profiles/IS_default/bin/startup.sh {d}/profiles/IS_default/bin/shutdown.sh\n")
+
+    def running_versions(self, lab: "Lab", node: "LabNode") -> list[str]:
+        _code, out = lab.exec(node.name, "for v in 1.0 2.0; do systemctl is-active --quiet "
+                                         "webmethods-apigateway@$v.service && echo $v; done; true")
+        return _lines(out)
+
+    def topology_vars(self, lab: "Lab") -> dict[str, Any]:
+        return {"admin_port_old": self.primary_ports["1.0"], "admin_port_new": self.primary_ports["2.0"],
+                "quiesce_port": self.quiesce_port, "admin_password": WM_PASSWORD}
+
+    def node_vars(self, lab: "Lab", node: "LabNode") -> dict[str, Any]:
+        return {}
+
+
+PRODUCTS: dict[str, type[Product]] = {p.name: p for p in (Product, TarballProduct, DockerProduct, ComposeProduct,
+                                                          WebMethodsProduct)}
 
 
 def make_product(name: str) -> Product:
