@@ -18,12 +18,27 @@ from pathlib import Path
 import pytest
 
 from zdu.config.profile import load_profile
+from zdu.errors import ConfigError
 from zdu.config.topology import load_topology
 from zdu.planning.plan import Plan, build_plan, format_plan
 from zdu.status import Phase
 
 DATA = Path(__file__).parent / "data" / "profile_plans"
-CASES = sorted(p.name for p in DATA.iterdir() if p.is_dir())
+
+
+def _loads(name: str) -> bool:
+    try:
+        load_profile(name)
+        return True
+    except ConfigError:
+        return False
+
+
+# the webMethods profiles use the profile `http` step; until zdupgrade has it they do not load
+# (strict xfail); once they do, create their expected.txt with ZDU_REGEN=1 and review it
+CASES = [pytest.param(p.name, marks=pytest.mark.xfail(not _loads(p.name), strict=True, raises=ConfigError,
+                                                      reason="no profile `http` step yet"))
+         for p in sorted(DATA.iterdir()) if p.is_dir()]
 
 
 def plan_of(case: str) -> Plan:
@@ -240,3 +255,43 @@ def test_every_rendered_command_is_valid_sh(case: str) -> None:
             if step.command:
                 check = subprocess.run(["sh", "-n", "-c", step.command], capture_output=True, text=True)
                 assert check.returncode == 0, (node_plan.node.name, step.name, check.stderr, step.command)
+
+
+# ---------------------------------------------------------------------------- webMethods
+
+needs_http_steps = pytest.mark.xfail(not _loads("webmethods-cluster"), strict=True, raises=ConfigError,
+                                     reason="no profile `http` step yet")
+
+
+@needs_http_steps
+def test_webmethods_cluster_follows_004() -> None:
+    """004: quiesce port (create, enable, set), quiesce for all with flush, health through the
+    quiesce port until it is down, shutdown, start the fixed node; in that order, password masked."""
+    text = format_plan(plan_of("webmethods-cluster"))
+    base = "http://apigw-2.example.net:5555"
+    assert_in_order(text, [
+        f"{base}/rest/apigateway/ports", '"factoryKey": "webMethods/HTTP"', '"portAlias": "QuiescePort"',
+        f"{base}/rest/apigateway/ports/enable", '"listenerKey": "HTTPListener@4444"',
+        f"{base}/invoke/wm.server.quiesce/setQuiescePort",
+        f"{base}/rest/apigateway/quiescemode",
+        '"flush": ["license_metrics", "performance_metrics", "subscription_quota"]',
+        "http://apigw-2.example.net:4444/rest/apigateway/health",
+        f"{base}/rest/apigateway/shutdown",
+        "/opt/softwareag-fix/profiles/IS_default/bin/startup.sh",
+    ])
+    assert "s3cret-pw" not in text
+
+
+@needs_http_steps
+def test_webmethods_bluegreen_follows_001() -> None:
+    """001: quiesce design time, its status, 503 probe, start the new instance, shutdown with drain."""
+    text = format_plan(plan_of("webmethods-bluegreen"))
+    old = "http://apigw-1.example.net:5555"
+    assert_in_order(text, [
+        f"{old}/rest/apigateway/quiescemode", '"block": "designtime"',
+        f"{old}/rest/apigateway/quiescemode", f"{old}/rest/apigateway/apis", "503",
+        "/opt/softwareag-10.15/profiles/IS_default/bin/startup.sh",
+        "http://apigw-1.example.net:5556/rest/apigateway/health",
+        f"{old}/rest/apigateway/shutdown", '"option": "drain"',
+    ])
+    assert "s3cret-pw" not in text

@@ -25,7 +25,8 @@ Containers of the docker and compose products are siblings of the node container
 engine (the node drives it through the bind-mounted socket), so paths they bind-mount are host
 paths: a node's ``/etc/gateway`` is the host directory ``<workdir>/nodes/<node>/etc-gateway``,
 mounted at the same place into the product's containers.  They carry the lab's labels and the
-node container's name as a prefix, and the lab removes them on close and reset.
+node container's name as a prefix, and the lab removes them on close and reset.  Being siblings,
+they outlive a crashed node (:meth:`Lab.kill`); the node's boot leaves a running one alone.
 """
 from __future__ import annotations
 
