@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {remove_lab_containers(force=args.force)} container(s)")
         return 0
 
-    from zdu.lab.fleet import Lab
+    from zdu.lab.fleet import Lab, placement_from_env
     started = time.monotonic()
-    with Lab(size=args.size, workdir=Path(args.workdir), product=args.product) as lab:
+    placement = placement_from_env(product=args.product)     # ZDU_LAB_SLOT moves it
+    placement.pop("product", None)
+    with Lab(size=args.size, workdir=Path(args.workdir), product=args.product, **placement) as lab:
         topology = lab.write_topology(lab.workdir / "topology.yaml", lb=args.lb)
         print(f"lab up in {time.monotonic() - started:.1f}s")
         for node in lab.nodes:
