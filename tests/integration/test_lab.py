@@ -102,6 +102,39 @@ def test_unknown_or_wrong_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
         ssh_client(lab, a.host, a.ssh_port, known_hosts=swapped)
 
 
+# ---------------------------------------------------------------------------- systemd
+
+def test_nodes_boot_systemd_with_sshd_and_the_gateway_as_units(lab: Lab) -> None:
+    for node in lab.nodes:
+        assert run(lab, node.name, "cat /proc/1/comm").strip() == "systemd"
+        state = run(lab, node.name, "systemctl is-system-running --wait", expect=None, timeout=30).strip()
+        failed = run(lab, node.name, "systemctl list-units --failed --no-legend --plain")
+        assert state == "running" and failed.strip() == "", (state, failed)
+        assert run(lab, node.name, "systemctl is-active zdu-sshd.service gateway@1.0.service").split() == \
+            ["active", "active"]
+        sshd_pid = run(lab, node.name, "systemctl show -p MainPID --value zdu-sshd.service").strip()
+        assert sshd_pid == run(lab, node.name, "cat /run/sshd-zdu.pid").strip()
+        gateway_pid = run(lab, node.name, "systemctl show -p MainPID --value gateway@1.0.service").strip()
+        assert gateway_pid == run(lab, node.name, "cat /opt/gateway-1.0/run/gateway.pid").strip()
+        journal = run(lab, node.name, "journalctl -b -u gateway@1.0.service --no-pager -o cat")
+        assert f"Started gateway 1.0 on {node.host}:{node.service_port}" in journal
+        # the compat name=systemd hierarchy is the node's own, and writable (no "compat" errors)
+        assert "compat systemd cgroup" not in run(lab, node.name, "journalctl -b --no-pager -o cat")
+
+
+def test_gateway_start_and_stop_go_through_its_unit(fresh_lab: Lab) -> None:
+    lab = fresh_lab
+    node = lab.node("Node-B")
+    run(lab, node.name, f"{GW1} stop --timeout 10")
+    assert run(lab, node.name, "systemctl is-active gateway@1.0.service", expect=None).strip() == "inactive"
+    run(lab, node.name, f"{GW1} start --host {node.host}")
+    assert run(lab, node.name, "systemctl is-active gateway@1.0.service").strip() == "active"
+    # systemctl itself works on it too
+    run(lab, node.name, "systemctl restart gateway@1.0.service")
+    wait_until(lambda: lab.served_version(node.name) == "1.0", timeout=10, what="gateway 1.0 after a restart")
+    assert lab.running_versions(node.name) == ["1.0"]
+
+
 # ---------------------------------------------------------------------------- gateway + haproxy
 
 def test_each_gateway_answers_1_0_directly_and_through_haproxy(fresh_lab: Lab) -> None:

@@ -43,6 +43,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 from zdu.lb.haproxy_api import LocalSocketApi, parse_servers_state
 from zdu.model import Node  # noqa: E402
 from zdu.lab.image import ensure_image  # noqa: E402
+from zdu.lab.products import DOCKER_SOCKET, Product, make_product  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ ID_LABEL = "zdupgrade.lab.id"
 _ACTIVE_LABS: set[str] = set()     # ids of the labs of this process that are not closed
 BACKEND = "gateways"
 LbKind = Literal["none", "haproxy", "script"]
+
+
+# what systemd as PID 1 needs from Docker (see zdu/lab/node/boot.sh).  Not --privileged: this
+# host's dockerd lacks CAP_SYS_RESOURCE, and runc refuses to grant a container all capabilities.
+SYSTEMD_RUN_OPTIONS: dict[str, Any] = {
+    "cap_add": ["SYS_ADMIN",                        # mounts (cgroup, /run/*), namespaces of units
+                "SYS_PTRACE"],                      # root reads /proc/PID/{cwd,exe} of other users, as on a host
+    "security_opt": ["seccomp=unconfined"],
+    "cgroupns": "private",                          # the node sees only its own cgroup subtree
+    "init": False,
+    "stop_signal": "SIGRTMIN+3",                    # systemd's "halt"
+}
+SYSTEMD_TMPFS = {"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec,mode=1777"}
 
 
 class LabError(RuntimeError):
@@ -165,8 +179,11 @@ class Lab:
     def __init__(self, *, size: int = 3, workdir: str | Path | None = None, image: str | None = None,
                  ssh_port: int = 2222, first_host: int = 11, service_port: int = 8080,
                  haproxy_port: int = 18080, haproxy_admin_port: int = 19999,
-                 name_prefix: str = "zdu-lab", haproxy: bool = True) -> None:
+                 name_prefix: str = "zdu-lab", haproxy: bool = True, product: str = "gateway") -> None:
         """Describe the lab; nothing starts before :meth:`start`.
+
+        ``product`` is what the nodes run (see :mod:`zdu.lab.products`): the sample ``gateway``,
+        or ``tarball``, ``docker``, ``compose``.
 
         ``workdir`` holds keys, known_hosts, the HAProxy config and socket (default: a new temp
         dir, removed on close).  Node ``i`` gets address ``127.0.0.(first_host+i)``.
@@ -181,6 +198,8 @@ class Lab:
         self.haproxy_port = haproxy_port
         self.haproxy_admin_port = haproxy_admin_port
         self._want_haproxy = haproxy
+        self.name_prefix = name_prefix
+        self.product: Product = make_product(product)
         letters = string.ascii_uppercase
         self._nodes = [
             LabNode(name=f"Node-{letters[i]}", host=f"127.0.0.{first_host + i}", ssh_port=ssh_port,
@@ -288,6 +307,11 @@ class Lab:
             except Exception as exc:  # noqa: BLE001 - keep tearing down
                 log.warning("lab: removing %s failed: %s", name, exc)
         self._containers.clear()
+        self._remove_product_containers()
+        try:
+            self.product.close(self)
+        except Exception as exc:  # noqa: BLE001 - keep tearing down
+            log.warning("lab: product clean-up failed: %s", exc)
         self._stop_haproxy()
         if self._docker is not None:
             self._docker.close()
@@ -313,7 +337,33 @@ class Lab:
             _write(ndir / "ssh_host_ed25519_key", host_private, 0o600)
             _write(ndir / "ssh_host_ed25519_key.pub", host_public + "\n")
             _write(ndir / "authorized_keys", public + "\n")
+            if self.product.uses_docker:
+                self.etc_gateway_dir(node).mkdir(parents=True, exist_ok=True)
         self._write_lb_script()
+        self.product.prepare(self)
+
+    def container_labels(self) -> dict[str, str]:
+        """The labels of every container of this lab (nodes and the products' own)."""
+        return {LAB_LABEL: str(self.workdir), OWNER_LABEL: str(os.getpid()), ID_LABEL: self._id}
+
+    def etc_gateway_dir(self, node: LabNode) -> Path:
+        """Host directory that is ``/etc/gateway`` on a node of a docker product (and in its containers)."""
+        return self.workdir / "nodes" / node.name / "etc-gateway"
+
+    def _remove_product_containers(self) -> None:
+        """Remove the containers the nodes started on the host's engine (this lab's label or name)."""
+        if not self.product.uses_docker:
+            return
+        client = self._client()
+        try:
+            found = {c.id: c for c in client.containers.list(all=True, filters={"label": f"{ID_LABEL}={self._id}"})}
+            for node in self._nodes:
+                found.update({c.id: c for c in client.containers.list(
+                    all=True, filters={"name": f"^{node.container_name}-"})})
+            for container in found.values():
+                container.remove(force=True)
+        except Exception as exc:  # noqa: BLE001 - keep tearing down
+            log.warning("lab: removing product containers failed: %s", exc)
 
     def _remove_stale_containers(self) -> None:
         """Remove containers left by a lab that died; refuse to touch a live lab's containers."""
@@ -329,6 +379,13 @@ class Lab:
                                "stop it, or use another name_prefix, first_host and ports")
             container.remove(force=True)
             log.warning("lab: removed stale container %s", node.container_name)
+        for node in self._nodes:    # a dead lab's product containers (docker, compose)
+            for container in client.containers.list(all=True, filters={"name": f"^{node.container_name}-"}):
+                owner = _owner_alive(container.labels)
+                if owner:
+                    raise LabError(f"container {container.name} belongs to a running lab (pid {owner})")
+                container.remove(force=True)
+                log.warning("lab: removed stale container %s", container.name)
 
     def _start_node(self, node: LabNode, image: str) -> None:
         container = (DockerContainer(image)
@@ -337,11 +394,15 @@ class Lab:
                      .with_env("ZDU_NODE_IP", node.host)
                      .with_env("ZDU_SSH_PORT", str(node.ssh_port))
                      .with_env("ZDU_SERVICE_PORT", str(node.service_port))
-                     .with_volume_mapping(str(self.workdir / "nodes" / node.name), "/lab", "ro")
+                     .with_env("ZDU_START_GATEWAY", "1" if self.product.start_gateway else "0")
+                     .with_volume_mapping(str(self.workdir / "nodes" / node.name), "/lab", "ro"))
+        if self.product.uses_docker:
+            container = (container.with_volume_mapping(DOCKER_SOCKET, DOCKER_SOCKET, "rw")
+                         .with_volume_mapping(str(self.etc_gateway_dir(node)), "/etc/gateway", "rw"))
+        container = (container
                      .with_kwargs(network_mode="host",
-                                  labels={LAB_LABEL: str(self.workdir), OWNER_LABEL: str(os.getpid()),
-                                          ID_LABEL: self._id},
-                                  init=False, stop_signal="SIGTERM"))
+                                  labels=self.container_labels(), **SYSTEMD_RUN_OPTIONS))
+        container.tmpfs.update(SYSTEMD_TMPFS)
         self._containers[node.name] = container
         container.start()
         self._wait_node_ready(node)
@@ -375,10 +436,8 @@ class Lab:
         return int(code if code is not None else -1), output.decode(errors="replace")
 
     def running_versions(self, node_name: str) -> list[str]:
-        """The gateway versions with a live server process on the node, e.g. ``["1.0"]``."""
-        _code, out = self.exec(node_name, "for v in 1.0 2.0; do "
-                                          "/opt/gateway-$v/bin/gateway status >/dev/null && echo $v; done; true")
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        """The versions (of the lab's product) with a live server on the node, e.g. ``["1.0"]``."""
+        return self.product.running_versions(self, self.node(node_name))
 
     def served_version(self, node_name: str, timeout: float = 2.0) -> str | None:
         """The version the node's gateway answers on ``GET /`` directly, or None if it does not."""
@@ -428,6 +487,7 @@ class Lab:
         crashed or paused containers back; every HAProxy server ``ready`` (and UP when ``wait_up``).
         """
         _parallel(self._reset_node, self._nodes)
+        self.product.reset(self)
         if self._haproxy is not None:
             for node in self._nodes:
                 self.haproxy_cmd(f"set server {BACKEND}/{node.lb_server} state ready")
@@ -581,13 +641,17 @@ esac
         else:
             raise ValueError(f"unknown lb kind {lb!r}")
         doc: dict[str, Any] = {
-            "profile": "lab-gateway",
+            "profile": self.product.profile,
             "ssh": {"user": "root", "key_file": str(self.key_file), "known_hosts": str(self.known_hosts),
                     "host_key_policy": "strict", "connect_timeout": 5, "command_timeout": 120},
             "load_balancer": balancer,
             "nodes": [{"name": n.name, "host": n.host, "port": n.ssh_port, "group": "Gateway",
-                       "roles": ["gateway"], "lb_server": n.lb_server} for n in self._nodes],
+                       "roles": ["gateway"], "lb_server": n.lb_server,
+                       **({"vars": self.product.node_vars(self, n)} if self.product.node_vars(self, n) else {})}
+                      for n in self._nodes],
         }
+        if self.product.topology_vars(self):
+            doc["vars"] = self.product.topology_vars(self)
         _merge(doc, dict(extra or {}))
         text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=200)
         return _write(Path(path).resolve(), text)
@@ -630,17 +694,31 @@ def _owner_alive(labels: Mapping[str, str]) -> int | None:
     return pid if state != "Z" else None
 
 
-def placement_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+PRODUCT_OFFSETS = {"gateway": 0, "tarball": 1, "docker": 2, "compose": 3, "webmethods": 4}
+"""A product lab's place inside its slot, so that it can run beside the slot's gateway lab."""
+
+
+def placement_from_env(environ: Mapping[str, str] | None = None, *, product: str = "gateway") -> dict[str, Any]:
     """Lab keyword arguments from ``ZDU_LAB_SLOT=N``: slot N >= 1 moves the lab to other loopback
     addresses (127.0.0.(11+20N)...), ports and container names, so that labs of several test
-    sessions (or a test of ``zdupgrade --lab``) can run on one machine.  Slot 0 / unset: defaults."""
+    sessions (or a test of ``zdupgrade --lab``) can run on one machine.  Slot 0 / unset: defaults.
+
+    ``product`` (see :data:`PRODUCT_OFFSETS`) also moves a product lab within the slot (4
+    addresses, one port up and one down per product) and gives it ``product=``.
+    """
     slot = int((os.environ if environ is None else environ).get("ZDU_LAB_SLOT", "0") or 0)
     if not 0 <= slot <= 11:
         raise ValueError(f"ZDU_LAB_SLOT must be 0..11, got {slot}")
-    if slot == 0:
-        return {}
-    return {"first_host": 11 + 20 * slot, "haproxy_port": 18080 + 10 * slot,
-            "haproxy_admin_port": 19999 - 10 * slot, "name_prefix": f"zdu-lab{slot}"}
+    if product not in PRODUCT_OFFSETS:
+        raise ValueError(f"unknown lab product {product!r}")
+    k = PRODUCT_OFFSETS[product]
+    placement: dict[str, Any] = {} if slot == 0 else {"name_prefix": f"zdu-lab{slot}"}
+    if slot or k:
+        placement.update({"first_host": 11 + 20 * slot + 4 * k, "haproxy_port": 18080 + 10 * slot + k,
+                          "haproxy_admin_port": 19999 - 10 * slot - k})
+    if k:
+        placement.update({"name_prefix": f"{placement.get('name_prefix', 'zdu-lab')}-{product}", "product": product})
+    return placement
 
 
 def remove_lab_containers(*, force: bool = False) -> int:

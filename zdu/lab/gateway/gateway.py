@@ -10,6 +10,16 @@ content of ``<install dir>/VERSION``.  The two versions read different config fo
 
 Subcommands: export (1.0), upgrade and check (2.0), start, stop, status, serve (internal).
 
+**Module mode** (``ZDU_APP_MODULE=worker`` in the environment): the same server stands in for
+an Apinizer-like module packaged as a tarball or a container image (see ``zdu/lab/products.py``).
+Its settings are ``SERVER_HOST`` and ``SERVER_PORT``, from the environment (containers) or from
+``conf/application.env`` next to ``conf/master.key`` (tarball installs).  Like the real modules it
+refuses to start when they are missing ("SERVER_PORT is not set", "Master key file not found"),
+and it also refuses files that are not owned by the user it runs as or are open to others
+(application.env must be mode 600, master.key 400).  Besides ``/health`` it answers the modules'
+health URLs ``/server-status`` and ``/management/health``, and it writes its start line
+(``Started Apinizer<Module>App``, or ``ZDU_APP_NAME``) to stdout, i.e. to the journal or to ``docker logs``.
+
 Fault injection: ``/etc/gateway/faults`` holds one word per line.  ``export`` fails the 1.0 export;
 ``upgrade``, ``check``, ``start``, ``stop`` fail the 2.0 subcommand of that name; ``health`` makes
 the 2.0 ``/health`` answer 503.  ``hang-<point>`` makes that point sleep forever instead.  Only 2.0
@@ -155,8 +165,45 @@ def read_json_config() -> dict[str, Any]:
     return validate_json_config(data)
 
 
+APP_MODULE = os.environ.get("ZDU_APP_MODULE", "")
+APP_NAME = os.environ.get("ZDU_APP_NAME") or f"Apinizer{APP_MODULE.capitalize()}App"
+APP_ENV_FILE = INSTALL_DIR / "conf" / "application.env"
+MASTER_KEY_FILE = INSTALL_DIR / "conf" / "master.key"
+
+
+def _check_private(path: Path, allowed: int, mode_name: str) -> None:
+    """Refuse ``path`` unless it is owned by the user running this and has no mode bit outside ``allowed``."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o777 & ~allowed:
+        raise GatewayError(f"{path} must be mode {mode_name} and owned by uid {os.getuid()} "
+                           f"(is {info.st_mode & 0o777:04o}, uid {info.st_uid})")
+
+
+def app_settings() -> dict[str, str]:
+    """Module mode: SERVER_* settings from conf/application.env (checked with master.key), then the environment."""
+    settings: dict[str, str] = {}
+    if APP_ENV_FILE.exists():
+        _check_private(APP_ENV_FILE, 0o600, "600")
+        if not MASTER_KEY_FILE.exists():
+            raise GatewayError(f"Master key file not found: {MASTER_KEY_FILE}")
+        _check_private(MASTER_KEY_FILE, 0o400, "400")
+        if not MASTER_KEY_FILE.read_bytes().strip():
+            raise GatewayError(f"{MASTER_KEY_FILE} is empty")
+        for raw in APP_ENV_FILE.read_text().splitlines():
+            key, sep, value = raw.strip().partition("=")
+            if sep and not key.startswith("#"):
+                settings[key.strip()] = value.strip()
+    settings.update({k: v for k, v in os.environ.items() if k.startswith("SERVER_")})
+    for key in ("SERVER_HOST", "SERVER_PORT"):
+        if not settings.get(key):
+            raise GatewayError(f"{key} is not set (environment or {APP_ENV_FILE})")
+    return settings
+
+
 def listen_port() -> int:
     """The port this version listens on, from its own config format."""
+    if APP_MODULE:
+        return int(app_settings()["SERVER_PORT"])
     if VERSION.startswith("1."):
         return int(read_ini()["listen_port"])
     return int(read_json_config()["listen"]["port"])
@@ -258,8 +305,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def systemd_unit() -> str | None:
+    """``gateway@VERSION.service`` when systemd runs this node and has the lab's unit for this
+    install dir (``/opt/gateway-VERSION``); None otherwise (the server then runs detached)."""
+    if not Path("/run/systemd/system").is_dir() or INSTALL_DIR != Path(f"/opt/gateway-{VERSION}"):
+        return None
+    if not any(Path(d, "gateway@.service").exists() for d in ("/etc/systemd/system", "/lib/systemd/system")):
+        return None
+    return f"gateway@{VERSION}.service"
+
+
+def _wait_listening(host: str, port: int, wait: float, exited: Any) -> int:
+    """Poll until ``host:port`` accepts (0) or ``exited()`` returns an exit description (1)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        code = exited()
+        if code is not None:
+            tail = LOG_FILE.read_text().splitlines()[-5:] if LOG_FILE.exists() else []
+            print(f"gateway {VERSION} exited at start with {code}:", *tail, sep="\n", file=sys.stderr)
+            PID_FILE.unlink(missing_ok=True)
+            return 1
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                print(f"gateway {VERSION} started on {host}:{port} (pid {read_pid()})")
+                return 0
+        except OSError:
+            time.sleep(0.05)
+    print(f"gateway {VERSION} not listening after {wait}s (pid {read_pid()})", file=sys.stderr)
+    return 1
+
+
 def cmd_start(args: argparse.Namespace) -> int:
-    """Start the server in the background; wait until it listens or dies."""
+    """Start the server (its systemd unit, or a detached process); wait until it listens or dies."""
     hang_point("start")
     pid = read_pid()
     if pid:
@@ -269,28 +346,29 @@ def cmd_start(args: argparse.Namespace) -> int:
     host = args.host or default_host()
     PID_FILE.parent.mkdir(parents=True, exist_ok=True)
     LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+    port = listen_port()
+    unit = systemd_unit()
+    if unit is not None:
+        Path("/run/gateway").mkdir(exist_ok=True)
+        Path(f"/run/gateway/{VERSION}.env").write_text(f"GATEWAY_HOST={host}\n")
+        subprocess.run(["systemctl", "reset-failed", unit], capture_output=True, check=False)
+        started = subprocess.run(["systemctl", "start", unit], capture_output=True, text=True, check=False)
+        if started.returncode != 0:
+            print(f"systemctl start {unit} failed: {started.stderr.strip()}", file=sys.stderr)
+            return 1
+
+        def unit_ended() -> str | None:
+            state = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True,
+                                   check=False).stdout.strip()
+            return None if state in ("active", "activating") else f"{unit} {state}"
+        return _wait_listening(host, port, args.wait, unit_ended)
     with open(os.devnull, "rb") as devnull, LOG_FILE.open("ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, str(INSTALL_DIR / "bin" / "gateway"), "serve", "--host", host],
             stdin=devnull, stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
     PID_FILE.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + args.wait
-    port = listen_port()
-    while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            tail = LOG_FILE.read_text().splitlines()[-5:]
-            print(f"gateway {VERSION} exited at start with status {code}:", *tail, sep="\n", file=sys.stderr)
-            PID_FILE.unlink(missing_ok=True)
-            return 1
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                print(f"gateway {VERSION} started on {host}:{port} (pid {proc.pid})")
-                return 0
-        except OSError:
-            time.sleep(0.05)
-    print(f"gateway {VERSION} not listening after {args.wait}s (pid {proc.pid})", file=sys.stderr)
-    return 1
+    return _wait_listening(host, port, args.wait,
+                           lambda: None if proc.poll() is None else f"status {proc.returncode}")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -348,7 +426,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         url = urlparse(self.path)
         body = {"version": VERSION, "node": node_name(), "status": "ok"}
-        if url.path == "/health":
+        if url.path == "/health" or (APP_MODULE and url.path in ("/server-status", "/management/health")):
             active = faults() if VERSION == "2.0" else set()
             if "hang-health" in active:
                 time.sleep(3600)
@@ -375,15 +453,26 @@ class GatewayServer(ThreadingHTTPServer):
 
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that hangs up early (a health check, a cut request) is not the server's error;
+        # one line instead of a traceback (which, under systemd, would fill the journal)
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            log(f"request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground (``start`` runs this in the background)."""
     try:
         fail_point("start")
         port = listen_port()
+        if APP_MODULE:
+            args.host = app_settings()["SERVER_HOST"]
         server = GatewayServer((args.host, port), Handler)
     except (GatewayError, OSError) as exc:
         log(f"ERROR: gateway {VERSION} failed to start: {exc}")
+        if APP_MODULE:
+            print(f"ERROR: {APP_MODULE} {VERSION} failed to start: {exc}", file=sys.stderr, flush=True)
         return 1
     server.daemon_threads = False   # server_close() joins the in-flight requests
     stopping = threading.Event()
@@ -391,7 +480,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     loop.start()
+    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+    PID_FILE.write_text(f"{os.getpid()}\n")
     log(f"Started gateway {VERSION} on {args.host}:{port}")
+    if APP_MODULE:
+        print(f"Started {APP_NAME} on {args.host}:{port} (version {VERSION})", flush=True)
+    else:
+        print(f"Started gateway {VERSION} on {args.host}:{port}", flush=True)   # the journal, under systemd
     while not stopping.wait(1.0):
         pass
     log(f"SIGTERM: gateway {VERSION} stops accepting, draining in-flight requests")
@@ -399,6 +494,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.socket.close()    # refuse new connections at once
     server.server_close()    # waits for the request threads
     log(f"Stopped gateway {VERSION}")
+    if APP_MODULE:
+        print(f"Stopped {APP_MODULE} {VERSION}", flush=True)
     return 0
 
 
@@ -428,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     if getattr(args, "host", "x") is None:
-        args.host = default_host()
+        args.host = os.environ.get("GATEWAY_HOST") or default_host()
     try:
         return int(args.func(args))
     except GatewayError as exc:

@@ -1,31 +1,22 @@
 #!/usr/bin/env python3
-"""PID 1 of a lab node: configure and start sshd and gateway 1.0, reap orphans, stop on SIGTERM.
+"""``zdu-node-init.service``: configure a lab node at boot, before its sshd starts.
 
-Environment: ZDU_NODE_NAME, ZDU_NODE_IP, ZDU_SSH_PORT, ZDU_SERVICE_PORT.  The lab bind-mounts
-``/lab`` (read-only) holding ``ssh_host_ed25519_key`` and ``authorized_keys``.
+Environment (``/etc/zdu-node.env``, written by the boot script from the container's):
+ZDU_NODE_NAME, ZDU_NODE_IP, ZDU_SSH_PORT, ZDU_SERVICE_PORT, ZDU_START_GATEWAY (1: start gateway
+1.0).  The lab bind-mounts ``/lab`` (read-only) holding ``ssh_host_ed25519_key`` and
+``authorized_keys``, and, for a product lab, ``product/product.sh`` run last (``boot``) (see zdu.lab.products).
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 SSHD_CONFIG = Path("/etc/ssh/sshd_config_zdu")
-
-
-def reap(*_: object) -> None:
-    """Collect every exited child (daemons started over ssh/exec are reparented to us)."""
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+PRODUCT_SCRIPT = Path("/lab/product/product.sh")
 
 
 def install(src: Path, dst: Path, mode: int) -> None:
@@ -68,22 +59,20 @@ def configure(name: str, ip: str, ssh_port: int, service_port: int) -> None:
 
 
 def main() -> int:
-    """Boot the node and stay PID 1 until SIGTERM."""
+    """Configure the node; queue gateway 1.0 (or the product's setup) to start."""
     name = os.environ["ZDU_NODE_NAME"]
     ip = os.environ["ZDU_NODE_IP"]
-    ssh_port = int(os.environ.get("ZDU_SSH_PORT", "2222"))
-    service_port = int(os.environ.get("ZDU_SERVICE_PORT", "8080"))
-    signal.signal(signal.SIGCHLD, reap)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
-    configure(name, ip, ssh_port, service_port)
-    subprocess.run(["/usr/sbin/sshd", "-f", str(SSHD_CONFIG), "-E", "/var/log/sshd.log"], check=True)
-    print(f"zdu-node {name}: sshd on {ip}:{ssh_port}", flush=True)
+    configure(name, ip, int(os.environ.get("ZDU_SSH_PORT", "2222")),
+              int(os.environ.get("ZDU_SERVICE_PORT", "8080")))
     if os.environ.get("ZDU_START_GATEWAY", "1") == "1":
-        subprocess.run(["/opt/gateway-1.0/bin/gateway", "start", "--host", ip], check=False)
-    print(f"zdu-node {name}: ready", flush=True)
-    while True:
-        signal.pause()
+        Path("/run/gateway").mkdir(exist_ok=True)
+        Path("/run/gateway/1.0.env").write_text(f"GATEWAY_HOST={ip}\n")
+        # --no-block: this unit is itself a start job; waiting here would deadlock the boot
+        subprocess.run(["systemctl", "--no-block", "start", "gateway@1.0.service"], check=True)
+    if PRODUCT_SCRIPT.exists():
+        subprocess.run([str(PRODUCT_SCRIPT), "boot"], check=True)
+    print(f"zdu-node {name}: configured (sshd on {ip})", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
