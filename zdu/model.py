@@ -179,6 +179,7 @@ class WaitSpec:
     deadline: float = 60.0
     interval: float = 1.0
     kill: bool = False                 # process/exited: SIGKILL what is left at the deadline
+    request: "HttpSpec | None" = None  # http: the request to poll with (method, headers, auth, tls)
 
 
 @dataclass(frozen=True)

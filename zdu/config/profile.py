@@ -40,6 +40,8 @@ _TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback",
 _CMD = {"name", "run", "timeout"}
 _WAIT_KINDS = ("command", "http", "tcp", "process", "log")
 _WAIT_FIELDS = set(_WAIT_KINDS) | {"status", "body", "pattern", "state", "where", "deadline", "interval", "kill"}
+#: what an http wait may say of the request it polls with (as an http step does)
+_WAIT_REQUEST = {"method", "headers", "auth", "tls", "proxy", "json", "data"}
 _HTTP_FIELDS = {"method", "url", "headers", "json", "data", "auth", "status", "body", "tls", "proxy", "where",
                 "timeout"}
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -197,7 +199,7 @@ def _name(c: _Checker, data: Any, where: str) -> str | None:
 def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
     w = f"{where}.wait"
     data = c.mapping(raw, w)
-    c.known(data, _WAIT_FIELDS, w)
+    c.known(data, _WAIT_FIELDS | (_WAIT_REQUEST if "http" in data else set()), w)
     kinds = [k for k in _WAIT_KINDS if k in data]
     if len(kinds) != 1:
         raise c.fail(w, f"a wait needs exactly one of {', '.join(_WAIT_KINDS)}")
@@ -235,6 +237,12 @@ def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
         if data["kill"] and (kind != "process" or spec.state != "exited"):
             raise c.fail(f"{w}.kill", "kill goes with a process wait for state: exited")
         spec = dataclasses.replace(spec, kill=data["kill"])
+    if kind == "http" and _WAIT_REQUEST & set(data):
+        fields = {k: data[k] for k in _WAIT_REQUEST & set(data)}
+        request = _http(c, {"url": target, **fields, "status": spec.status or 200,
+                            **({"body": pattern} if pattern else {}), "where": spec.where,
+                            "timeout": min(30.0, spec.deadline)}, where, spec.name)
+        spec = dataclasses.replace(spec, request=request)
     if spec.where == "control" and kind in ("process", "log", "command"):
         raise c.fail(f"{w}.where", f"a {kind} wait runs on the node; 'where: control' is only for http and tcp")
     return spec

@@ -53,6 +53,7 @@ class PlannedWait:
     kill_command: str | None = None   # run on the node when the deadline passes (process, exited)
     shown: str = ""                   # ``target`` as the logs show it (secrets masked)
     shown_pattern: str | None = None  # ``pattern`` as shown
+    request: "PlannedRequest | None" = None   # http: polled with this request (headers, auth, tls)
 
 
 @dataclass(frozen=True)
@@ -554,9 +555,15 @@ def _plan_wait(spec: WaitSpec, ctx: _Contexts, *, where: str) -> PlannedWait:
         target = _node_poll_command(spec.kind, spec.state, plain, pattern)
         shown = _node_poll_command(spec.kind, spec.state, shown_plain, shown_pattern)
     kill_command = f"pkill -KILL -f -- {_hidden(pattern or '')}" if spec.kill else None
+    request = None
+    if spec.request is not None:
+        request, shown_request = _plan_request(spec.request, ctx, where=where)
+        if spec.where == "node":
+            assert request.curl is not None
+            target, shown = request.curl, shown_request
     return PlannedWait(kind=spec.kind, where=spec.where, target=target, pattern=pattern, status=spec.status,
                        state=spec.state, deadline=spec.deadline, interval=spec.interval, kill_command=kill_command,
-                       shown=shown, shown_pattern=shown_pattern)
+                       shown=shown, shown_pattern=shown_pattern, request=request)
 
 
 _TCP_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -711,6 +718,8 @@ def _format_steps(steps: Sequence[PlannedStep], indent: str, show_node: bool = F
             cond = {"http": f"HTTP {w.status}" + (f" body ~ /{pattern}/" if pattern else ""),
                     "tcp": "port open", "process": f"process matching /{pattern}/ {w.state}",
                     "log": f"log line ~ /{pattern}/", "command": "exit 0"}[w.kind]
+            if w.kind in ("http", "tcp") and w.state == "down":
+                cond = f"until it no longer answers {cond}" if w.kind == "http" else "port closed"
             then = ", then SIGKILL what is left" if w.kill_command else ""
             lines.append(f"{indent}- wait{label}: {step.name}: {cond}, from {w.where}, "
                          f"every {w.interval:g}s, deadline {w.deadline:g}s{then}:")

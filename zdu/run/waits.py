@@ -6,6 +6,7 @@ took.  Clock and sleep are injectable so tests never sleep.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from zdu.model import CommandResult
-from zdu.planning.plan import PlannedWait
+from zdu.planning.plan import PlannedRequest, PlannedWait
 
 RunOnNode = Callable[[str, float], CommandResult]
 
@@ -76,6 +77,16 @@ def _judge_http(url: str, code: int, body: str, status: int | None, pattern: str
     return Check(True, f"GET {url}: status {code}")
 
 
+def request_check(request: PlannedRequest, timeout: float) -> Check:
+    """One poll of an http wait that has request options (method, headers, auth, TLS)."""
+    from .http import http_request, judge_response
+    answer = http_request(dataclasses.replace(request, timeout=min(request.timeout, timeout)))
+    if answer.error:
+        return Check(False, f"{request.method} {request.url}: {answer.error}")
+    problem = judge_response(request, answer.status, answer.body)
+    return Check(problem is None, problem or f"{request.method} {request.url}: status {answer.status}")
+
+
 def tcp_check(target: str, timeout: float) -> Check:
     host, _, port = target.rpartition(":")
     try:
@@ -115,7 +126,9 @@ def run_wait(wait: PlannedWait, *, run_on_node: RunOnNode, clock: Callable[[], f
         remaining = wait.deadline - (clock() - start)
         per_check = max(0.5, min(5.0, remaining))
         polls += 1
-        if wait.where == "control":
+        if wait.where == "control" and wait.request is not None:
+            check = request_check(wait.request, per_check)
+        elif wait.where == "control":
             check = (http_check(wait.target, wait.status, wait.pattern, per_check) if wait.kind == "http"
                      else tcp_check(wait.target, per_check))
         else:
