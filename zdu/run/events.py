@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import enum
+import functools
 import time
 import types
 import typing
@@ -60,8 +61,7 @@ class Event:
         cls = Event.registry.get(kind) if isinstance(kind, str) else None
         if cls is None:
             raise ValueError(f"unknown event type {str(kind)[:40]!r}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
+        hints, names = _fields_of(cls)
         unknown = sorted(set(data) - names - {"type"})
         if unknown:
             raise ValueError(f"{kind}: unknown field {unknown[0][:40]!r}")
@@ -310,6 +310,12 @@ class RollbackFinished(Event):
 
 
 # --------------------------------------------------------------------------- JSON
+
+@functools.cache
+def _fields_of(cls: type[Event]) -> tuple[dict[str, Any], frozenset[str]]:
+    """An event class's field types and names (computed once: replaying a journal reads many)."""
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+
 
 def jsonable(value: Any) -> Any:
     """``value`` as JSON can hold it: enums by value, mappings and sequences recursively, the rest as text."""
