@@ -45,8 +45,9 @@ from ..transport.pool import Connections
 from .console import Console
 
 
-def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
-    """Load topology and profile and render the plan; ConfigError on any problem."""
+def fleet_topology(args: argparse.Namespace) -> Topology:
+    """The topology of ``--config`` / ``--inventory`` (the reference one without either), with
+    ``--host-key-policy`` applied; ConfigError on any problem."""
     if args.config:
         topology = load_topology(args.config, inventory=args.inventory)
     elif args.inventory:
@@ -56,6 +57,12 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     if args.host_key_policy:
         topology = dataclasses.replace(topology, ssh=dataclasses.replace(
             topology.ssh, host_key_policy=args.host_key_policy))
+    return topology
+
+
+def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
+    """Load topology and profile and render the plan; ConfigError on any problem."""
+    topology = fleet_topology(args)
     profile_ref = args.profile or topology.profile
     if not profile_ref:
         raise ConfigError(f"{topology.source}: no profile: set 'profile' in the topology or pass --profile")
