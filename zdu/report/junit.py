@@ -13,6 +13,7 @@ suite validates it against ``tests/data/junit/junit.xsd``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import re
 import xml.etree.ElementTree as ET
@@ -175,8 +176,7 @@ class JunitWriter:
     def __call__(self, event: ev.Event, view: RunView) -> None:
         if isinstance(event, ev.StepFinished):
             if event.failure is None and (event.stdout or event.stderr):
-                event = ev.StepFinished(**{**{f: getattr(event, f) for f in event.__dataclass_fields__},
-                                           "stdout": "", "stderr": ""})
+                event = dataclasses.replace(event, stdout="", stderr="")
             self.steps.append(event)
 
     def write(self, state: RunState) -> None:

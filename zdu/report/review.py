@@ -130,7 +130,7 @@ def _read(run_dir: RunDir, run_id: str, path: Path) -> LoadedRun:
             state = replay(events)
             return LoadedRun(run_id, path, state, events, "journal", alive=alive)
         except (ConfigError, OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-            problems.append(f"{JOURNAL}: {_short(str(exc))}")
+            problems.append(f"{JOURNAL}: {_short(_unplaced(str(exc), run_dir, JOURNAL))}")
     else:
         problems.append(f"no {JOURNAL}")
     if run_dir.exists(RUN_JSON):
@@ -138,10 +138,15 @@ def _read(run_dir: RunDir, run_id: str, path: Path) -> LoadedRun:
             state = state_from_record(json.loads(run_dir.read_text(RUN_JSON)))
             return LoadedRun(run_id, path, state, [], "run.json", problem="; ".join(problems), alive=alive)
         except (ConfigError, OSError, ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{RUN_JSON}: {_short(str(exc))}")
+            problems.append(f"{RUN_JSON}: {_short(_unplaced(str(exc), run_dir, RUN_JSON))}")
     else:
         problems.append(f"no {RUN_JSON}")
     return LoadedRun(run_id, path, None, problem="; ".join(problems), alive=alive)
+
+
+def _unplaced(text: str, run_dir: RunDir, name: str) -> str:
+    """A message about ``name`` without its path (the run is named where it is shown)."""
+    return text.replace(f"{run_dir.path(name)}: ", "")
 
 
 def _short(text: str, limit: int = 200) -> str:

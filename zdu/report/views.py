@@ -45,7 +45,7 @@ def runs_rows(runs: Iterable[LoadedRun]) -> list[list[str]]:
     for run in runs:
         state = run.state
         if state is None:
-            rows.append([run.run_id, "-", "-", "-", "-", "-", "-", one_line(run.status_text(), 90), "-", "-"])
+            rows.append([run.run_id, "-", "-", "-", "-", "-", "-", one_line(run.status_text(), 160), "-", "-"])
             continue
         ended = state.ended if state.ended else None
         duration = seconds(ended - state.started) if ended else seconds(last_time(run) - state.started) + "+"
