@@ -99,25 +99,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == int(Status.ROLLBACK_FAILED), out
     ids["rollback_failed"], fleets["rollback_failed"] = _only_new_run(log_dir, before), fleet
-    # SIGINT while A is held in APPLY
-    fleet = LocalFleet(base / "int", hold=True)
-    before = seen()
-    proc = fleet.start("--log_dir", str(log_dir))
-    fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
-    proc.send_signal(signal.SIGINT)
-    fleet.release()
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == int(Status.INTERRUPTED), out
-    ids["interrupted"], fleets["interrupted"] = _only_new_run(log_dir, before), fleet
-    # SIGKILL while A is held in APPLY: the run never finishes
-    fleet = LocalFleet(base / "kill", hold=True)
-    before = seen()
-    proc = fleet.start("--log_dir", str(log_dir))
-    fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    fleet.release()
-    ids["killed"], fleets["killed"] = _only_new_run(log_dir, before), fleet
+    # SIGINT while A is held in APPLY; SIGKILL there (the run never finishes)
+    for which, stop in (("interrupted", lambda p: p.send_signal(signal.SIGINT)),
+                        ("killed", lambda p: os.killpg(p.pid, signal.SIGKILL))):
+        fleet = LocalFleet(base / which, hold=True)
+        before = seen()
+        proc = fleet.start("--log_dir", str(log_dir))
+        fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
+        stop(proc)
+        fleet.release()
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == (int(Status.INTERRUPTED) if which == "interrupted" else -signal.SIGKILL), out
+        ids[which], fleets[which] = _only_new_run(log_dir, before), fleet
     return Runs(log_dir, ids, junit, events, fleets)
 
 

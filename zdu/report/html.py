@@ -272,7 +272,10 @@ def _traffic(state: RunState, axis: TimeAxis) -> str:
     series = traffic.get("series") or []
     interval = float(traffic.get("series_interval") or 1.0)
     base = float(traffic.get("started_at") or state.started)
-    rates = [p["sent"] / interval for p in series]
+    duration = float(traffic.get("duration") or 0.0)
+    # the last interval may be cut short by the end of the probe: its rate is over what it covered
+    rates = [p["sent"] / max(min(interval, duration - p["t"]) if duration > p["t"] else interval, 0.05)
+             for p in series]
     top_rate = max(rates + [1.0]) * 1.1
     p99s = [p["p99_ms"] for p in series if p.get("p99_ms") is not None]
     top_p99 = max(p99s + [1.0]) * 1.1
