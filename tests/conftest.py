@@ -125,9 +125,10 @@ def shorten_deadlines(profile: Path, target: Path, *, deadline: float = 15, time
     def shorten(steps: Any) -> None:
         for step in steps or []:
             if isinstance(step, dict):
-                if isinstance(step.get("wait"), dict) and step["wait"].get("deadline", 0) > deadline:
+                if isinstance(step.get("wait"), dict) and isinstance(step["wait"].get("deadline", 0), (int, float)) \
+                        and step["wait"].get("deadline", 0) > deadline:
                     step["wait"]["deadline"] = deadline
-                if step.get("timeout", 0) > timeout:
+                if isinstance(step.get("timeout", 0), (int, float)) and step.get("timeout", 0) > timeout:
                     step["timeout"] = timeout
     for steps in doc.get("phases", {}).values():
         shorten(steps)

@@ -153,7 +153,7 @@ class CommandSpec:
 
     name: str
     run: str                           # jinja2 template; values are shell-quoted unless |raw
-    timeout: float | None = None       # None: ssh.command_timeout
+    timeout: float | str | None = None  # seconds (or a template giving them); None: ssh.command_timeout
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ class WaitSpec:
     # process: running | exited; http and tcp: up (answers) | down (until it no longer answers)
     state: Literal["running", "exited", "up", "down"] = "running"
     where: Literal["node", "control"] = "node"
-    deadline: float = 60.0
-    interval: float = 1.0
+    deadline: float | str = 60.0       # seconds, or a template that renders to them
+    interval: float | str = 1.0
     kill: bool = False                 # process/exited: SIGKILL what is left at the deadline
     request: "HttpSpec | None" = None  # http: the request to poll with (method, headers, auth, tls)
 
@@ -206,7 +206,7 @@ class HttpSpec:
     client_key: str | None = None
     proxy: bool = False
     where: Literal["control", "node"] = "control"
-    timeout: float = 30.0
+    timeout: float | str = 30.0
 
 
 Step = CommandSpec | WaitSpec | HttpSpec
@@ -226,6 +226,9 @@ class Profile:
     description: str = ""
     before: tuple[RunStep, ...] = ()                   # once per run, before any node is changed
     after: tuple[RunStep, ...] = ()                    # once, at the end of a successful run
+    #: preflight checks that old and new install dirs exist on every node (false: the product has
+    #: no install dir on the node, e.g. images or a cluster's objects)
+    check_install_dirs: bool = True
 
 
 # --------------------------------------------------------------------------- results

@@ -121,11 +121,10 @@ def test_004_quiesce_port_and_quiesce_for_all_with_flush(fresh_product_lab: Lab)
     assert refused(node.host, QUIESCE_PORT)              # created, not enabled yet
     create_quiesce_port(node.host)                       # the same again: still 200
     assert call(node.host, QUIESCE_PORT, "GET", "/rest/apigateway/health", auth=False)[0] == 200
-    started = time.monotonic()
     status, _ = call(node.host, OLD_PORT, "PUT", "/rest/apigateway/quiescemode",
                      {"block": "all", "flush": ["license_metrics", "performance_metrics", "subscription_quota"],
                       "enable": True})
-    assert status == 200 and time.monotonic() - started < 1      # returns at once: a long operation
+    assert status == 200                                 # answered while the operation goes on (next line)
     assert call(node.host, QUIESCE_PORT, "GET", "/rest/apigateway/health", auth=False)[0] == 200   # in progress
     wait_until(lambda: refused(node.host, node.service_port), timeout=5, what="runtime port closed")
     wait_until(lambda: call(node.host, QUIESCE_PORT, "GET", "/rest/apigateway/health", auth=False)[0] != 200,

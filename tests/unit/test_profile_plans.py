@@ -276,7 +276,7 @@ def test_webmethods_cluster_follows_004() -> None:
         f"{base}/rest/apigateway/quiescemode",
         '"flush": ["license_metrics", "performance_metrics", "subscription_quota"]',
         "http://apigw-2.example.net:4444/rest/apigateway/health",
-        f"{base}/rest/apigateway/shutdown",
+        "/opt/softwareag/profiles/IS_default/bin/shutdown.sh",
         "/opt/softwareag-fix/profiles/IS_default/bin/startup.sh",
     ])
     assert "s3cret-pw" not in text

@@ -8,7 +8,7 @@ import pytest
 
 from zdu.errors import ConfigError, TemplateError
 from zdu.planning.masking import Masker
-from zdu.config.profile import load_profile, parse_profile
+from zdu.config.profile import builtin_profiles, load_profile, parse_profile
 from zdu.planning.templates import render
 
 HOSTILE = [
@@ -86,7 +86,7 @@ def test_bad_profile(data: dict, needle: str) -> None:
     assert needle in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["axway", "tarball", "lab-gateway"])
+@pytest.mark.parametrize("name", builtin_profiles())
 def test_builtin_profiles_load(name: str) -> None:
     profile = load_profile(name)
     assert profile.phases and any(profile.rollback.values())

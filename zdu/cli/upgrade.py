@@ -333,7 +333,8 @@ class Upgrade:
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,
                    recorder: Recorder, resuming: bool) -> Status | None:
         problems = preflight(plan, connections, lb, parallel=topology.ssh.parallel,
-                             min_free_mb=self.args.min_free_mb, check_dirs=not resuming, stop=self.stop.is_set)
+                             min_free_mb=self.args.min_free_mb,
+                             check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set)
         if not problems:
             problems.extend(capacity_problems(plan, lb))
         if self.stop.is_set():

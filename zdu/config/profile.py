@@ -36,7 +36,8 @@ from zdu.config.documents import _Checker, _kind as _kind_of, check_text, descri
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
 USER_DIR = Path("config") / "profiles"
 
-_TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback", "before", "after"}
+_TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback", "before", "after",
+        "check_install_dirs"}
 _CMD = {"name", "run", "timeout"}
 _WAIT_KINDS = ("command", "http", "tcp", "process", "log")
 _WAIT_FIELDS = set(_WAIT_KINDS) | {"status", "body", "pattern", "state", "where", "deadline", "interval", "kill"}
@@ -132,7 +133,15 @@ def parse_profile(data: Any, *, source: str) -> Profile:
     return Profile(name=name, source=source, phases=frozen_map(phases), rollback=frozen_map(rollback),
                    smoke=smoke, vars=variables, secrets=secrets,
                    description=c.optional(top, "description", "", lambda v, w: c.string(v, w, text=True), ""),
-                   before=run_steps(c, top.get("before"), "before"), after=run_steps(c, top.get("after"), "after"))
+                   before=run_steps(c, top.get("before"), "before"), after=run_steps(c, top.get("after"), "after"),
+                   check_install_dirs=_flag(c, top, "check_install_dirs", True))
+
+
+def _flag(c: _Checker, data: Any, key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise c.fail(key, f"expected true or false, got {_kind_of(value)}")
+    return value
 
 
 def run_steps(c: _Checker, raw: Any, where: str) -> tuple[RunStep, ...]:
@@ -185,7 +194,7 @@ def _step(c: _Checker, raw: Any, where: str) -> Step:
         c.known(data, _CMD, where)
         run = c.string(data["run"], f"{where}.run", text=True)
         check_syntax(run, where=f"{c.source}: {where}.run")
-        timeout = c.optional(data, "timeout", where, lambda v, w: c.number(v, w, 0.1, 86400), None)
+        timeout = c.optional(data, "timeout", where, seconds(c, 0.1, 86400), None)
         return CommandSpec(name=_name(c, data, where) or _short(run), run=run, timeout=timeout)
     c.known(data, {"name", "wait"}, where)
     return _wait(c, data["wait"], where, _name(c, data, where))
@@ -228,8 +237,8 @@ def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
             v, x, ("up", "down") if kind in ("http", "tcp") else ("running", "exited")),
             "up" if kind in ("http", "tcp") else "running"),
         where=c.optional(data, "where", w, lambda v, x: c.choice(v, x, ("node", "control")), default_where),
-        deadline=c.optional(data, "deadline", w, lambda v, x: c.number(v, x, 0.1, 86400), 60.0),
-        interval=c.optional(data, "interval", w, lambda v, x: c.number(v, x, 0.01, 3600), 1.0),
+        deadline=c.optional(data, "deadline", w, seconds(c, 0.1, 86400), 60.0),
+        interval=c.optional(data, "interval", w, seconds(c, 0.01, 3600), 1.0),
     )
     if "kill" in data:
         if not isinstance(data["kill"], bool):
@@ -241,7 +250,8 @@ def _wait(c: _Checker, raw: Any, where: str, name: str | None) -> WaitSpec:
         fields = {k: data[k] for k in _WAIT_REQUEST & set(data)}
         request = _http(c, {"url": target, **fields, "status": spec.status or 200,
                             **({"body": pattern} if pattern else {}), "where": spec.where,
-                            "timeout": min(30.0, spec.deadline)}, where, spec.name)
+                            "timeout": min(30.0, spec.deadline) if isinstance(spec.deadline, float) else 30.0},
+                        where, spec.name)
         spec = dataclasses.replace(spec, request=request)
     if spec.where == "control" and kind in ("process", "log", "command"):
         raise c.fail(f"{w}.where", f"a {kind} wait runs on the node; 'where: control' is only for http and tcp")
@@ -308,7 +318,7 @@ def _http(c: _Checker, raw: Any, where: str, name: str | None) -> HttpSpec:
         client_cert=c.optional(tls, "cert", f"{w}.tls", lambda v, x: template(v, x), None),
         client_key=c.optional(tls, "key", f"{w}.tls", lambda v, x: template(v, x), None),
         proxy=proxy, where=c.optional(data, "where", w, lambda v, x: c.choice(v, x, ("control", "node")), "control"),
-        timeout=c.optional(data, "timeout", w, lambda v, x: c.number(v, x, 0.1, 86400), 30.0))
+        timeout=c.optional(data, "timeout", w, seconds(c, 0.1, 86400), 30.0))
 
 
 def _check_json_templates(c: _Checker, value: Any, where: str) -> None:
@@ -325,6 +335,16 @@ def _check_json_templates(c: _Checker, value: Any, where: str) -> None:
             _check_json_templates(c, item, f"{where}[{i}]")
     elif value is not None and not isinstance(value, (int, float, bool)):
         raise c.fail(where, f"expected JSON values, got {_kind_of(value)}")
+
+
+def seconds(c: _Checker, lo: float, hi: float) -> Any:
+    """A number of seconds, or a template that renders to one per node (``"{{ drain + 30 }}"``)."""
+    def parse(value: Any, where: str) -> float | str:
+        if isinstance(value, str) and "{{" in value:
+            check_syntax(value, where=f"{c.source}: {where}")
+            return value
+        return c.number(value, where, lo, hi)
+    return parse
 
 
 def _short(command: str) -> str:

@@ -161,6 +161,7 @@ class Plan:
     pause_timeout: float = 3600.0
     pause_timeout_action: str = "abort"
     skipped: tuple[str, ...] = ()       # nodes --limit left out (not upgraded; still in the balancer)
+    check_install_dirs: bool = True     # preflight looks for the install dirs on every node
     backend: tuple[Node, ...] = ()      # every node of the topology (the balancer's backend); () : nodes
 
     @property
@@ -367,7 +368,8 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
                 parallel=topology.ssh.parallel, masker=Masker(secrets), lb_type=topology.load_balancer.type,
                 tiers=tiers, before=before, after=after, hosts=frozen_map(hosts),
                 min_in_service=topology.min_in_service, max_fail_percentage=topology.max_fail_percentage,
-                pause_timeout=topology.pause_timeout, pause_timeout_action=topology.pause_timeout_action)
+                pause_timeout=topology.pause_timeout, pause_timeout_action=topology.pause_timeout_action,
+                check_install_dirs=profile.check_install_dirs)
 
 
 def _serial(value: Any, where: str) -> Serial:
@@ -443,14 +445,29 @@ def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Ste
     if isinstance(step, HttpSpec):
         request, shown = _plan_request(step, ctx, where=f"{where} request {step.name!r} (node {node.name})")
         return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.HTTP,
-                           request=request, timeout=step.timeout, smoke=smoke, shown=shown)
+                           request=request, timeout=request.timeout, smoke=smoke, shown=shown)
     if isinstance(step, CommandSpec):
         command, shown = ctx.render(step.run, where=f"{where} step {step.name!r} (node {node.name})")
+        timeout = _seconds(step.timeout, ctx, f"{where} step {step.name!r} (node {node.name}): timeout", 0.1, 86400)
         return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.RUN,
-                           command=command, timeout=step.timeout, smoke=smoke, shown=shown)
+                           command=command, timeout=timeout, smoke=smoke, shown=shown)
     wait = _plan_wait(step, ctx, where=f"{where} wait {step.name!r} (node {node.name})")
     return PlannedStep(node=node.name, phase=phase, index=index, name=step.name, kind=StepKind.WAIT,
                        wait=wait, smoke=smoke, shown=wait.shown)
+
+
+def _seconds(value: float | str | None, ctx: _Contexts, where: str, lo: float, hi: float) -> float | None:
+    """A number of seconds from the profile: a number, or a template rendered for this node."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    text = ctx.render(value, where=where, shell=False)[0].strip()
+    try:
+        number = float(text)
+    except ValueError:
+        raise TemplateError(f"{where}: {value!r} rendered to {text[:40]!r}, not a number of seconds") from None
+    if not lo <= number <= hi:
+        raise TemplateError(f"{where}: {value!r} rendered to {number:g} seconds, expected {lo:g} to {hi:g}")
+    return number
 
 
 def _render_json(value: Any, ctx: _Contexts, where: str) -> tuple[Any, Any]:
@@ -497,7 +514,8 @@ def _plan_request(spec: HttpSpec, ctx: _Contexts, *, where: str) -> tuple[Planne
     request = PlannedRequest(method=spec.method, url=url, headers=tuple((k, v) for k, v, _ in headers), body=body,
                              user=user, password=password, status=spec.status, match=spec.match,
                              verify=spec.verify, ca_file=paths[0], client_cert=paths[1], client_key=paths[2],
-                             proxy=spec.proxy, where=spec.where, timeout=spec.timeout)
+                             proxy=spec.proxy, where=spec.where,
+                             timeout=_seconds(spec.timeout, ctx, f"{where}: timeout", 0.1, 86400) or 30.0)
     if spec.where == "node":
         request = dataclasses.replace(request, curl=_curl(request))
     auth = f" as {user}" if user else ""
@@ -562,7 +580,9 @@ def _plan_wait(spec: WaitSpec, ctx: _Contexts, *, where: str) -> PlannedWait:
             assert request.curl is not None
             target, shown = request.curl, shown_request
     return PlannedWait(kind=spec.kind, where=spec.where, target=target, pattern=pattern, status=spec.status,
-                       state=spec.state, deadline=spec.deadline, interval=spec.interval, kill_command=kill_command,
+                       state=spec.state, deadline=_seconds(spec.deadline, ctx, f"{where}: deadline", 0.1, 86400) or 60.0,
+                       interval=_seconds(spec.interval, ctx, f"{where}: interval", 0.01, 3600) or 1.0,
+                       kill_command=kill_command,
                        shown=shown, shown_pattern=shown_pattern, request=request)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from ..run import events as ev
-from ..run.state import Recorder, RunView
+from ..run.state import PhaseResult, Recorder, RunView
 from .rundir import RunDir
 from ..status import StepKind
 
@@ -67,9 +67,7 @@ def progress_line(event: ev.Event, stamp: Callable[[float], str] = short) -> str
     if isinstance(event, ev.PhaseStarted):
         return f"{at} {who}{ph} started ({event.steps} step(s))"
     if isinstance(event, ev.PhaseFinished):
-        cell = "PASSED (0)" if event.outcome.value == "PASSED" else \
-            f"FAILED ({event.code if event.code is not None else event.failure or 'error'})"
-        return f"{at} {who}{ph} {cell}" + (f" - {event.message}" if event.message else "")
+        return f"{at} {who}{ph} {_cell(event)}" + (f" - {event.message}" if event.message else "")
     if isinstance(event, ev.StepFinished):
         status = "ok" if event.failure is None else event.failure.value.upper()
         extra = f" - {event.message}" if event.message else ""
@@ -84,18 +82,32 @@ def progress_line(event: ev.Event, stamp: Callable[[float], str] = short) -> str
     if isinstance(event, ev.RollbackStarted):
         return f"{at} {who} ROLLBACK started (undoing {event.undoing}: {event.steps} step(s))"
     if isinstance(event, ev.RollbackFinished):
-        cell = "PASSED (0)" if event.outcome.value == "PASSED" else \
-            f"FAILED ({event.code if event.code is not None else event.failure or 'error'})"
-        return f"{at} {who} ROLLBACK {cell}" + (f" - {event.message}" if event.message else "")
+        return f"{at} {who} ROLLBACK {_cell(event)}" + (f" - {event.message}" if event.message else "")
     if isinstance(event, ev.Warned):
         return f"{at} WARNING: {event.message}"
     if isinstance(event, ev.HostKeyAccepted):
         return f"{at} {who} host key accepted (accept-new): {event.key_type} {event.fingerprint}"
     if isinstance(event, ev.LockTaken):
         return f"{at} fleet lock taken ({event.owner.get('run_id')})"
+    if isinstance(event, ev.RunPhaseStarted):
+        return f"{at} {event.label}: started ({event.steps} step(s))"
+    if isinstance(event, ev.RunPhaseFinished):
+        return f"{at} {event.label}: {_cell(event)}" + (f" - {event.message}" if event.message else "")
+    if isinstance(event, ev.Paused):
+        return (f"{at} PAUSED after wave {event.wave}: waiting for `zdupgrade continue` / `abort` "
+                f"(in {event.timeout:g}s: {event.on_timeout})")
+    if isinstance(event, ev.PauseEnded):
+        return f"{at} pause after wave {event.wave}: {event.answer} (by {event.by or 'unknown'})"
+    if isinstance(event, ev.CapacityChecked):
+        return f"{at} {event.message}"
     if isinstance(event, ev.PreflightFailed):
         return "\n".join(f"{at} PREFLIGHT: {p}" for p in event.problems)
     return None
+
+
+def _cell(event: ev.PhaseFinished | ev.RollbackFinished | ev.RunPhaseFinished) -> str:
+    """The summary cell of a finished phase: ``PASSED (0)``, ``FAILED (3)``, ``FAILED (timeout)``."""
+    return PhaseResult(event.outcome, event.code, event.failure).cell()
 
 
 class LineWriter:
@@ -197,9 +209,10 @@ class RunFolder:
         self._write_json(data)
 
     def node_logs(self, event: ev.Event, state: RunView) -> None:
-        if not event.node or isinstance(event, (ev.Warned, ev.Noted, ev.HostKeyAccepted)):
+        target = event.node or getattr(event, "target", "")   # run-level steps: control.log, <host>.log
+        if not target or isinstance(event, (ev.Warned, ev.Noted, ev.HostKeyAccepted)):
             return
-        out = self._node(event.node)
+        out = self._node(target)
         phase = getattr(event, "phase", None)
         if isinstance(event, (ev.RollbackStarted, ev.RollbackFinished)):
             phase = "ROLLBACK"

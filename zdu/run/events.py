@@ -48,7 +48,7 @@ class Event:
         """A JSON-ready dict: ``{"type": "StepFinished", "at": ..., ...}``."""
         data: dict[str, Any] = {"type": self.type_name}
         for f in dataclasses.fields(self):
-            data[f.name] = _jsonable(getattr(self, f.name))
+            data[f.name] = jsonable(getattr(self, f.name))
         return data
 
     @staticmethod
@@ -311,13 +311,14 @@ class RollbackFinished(Event):
 
 # --------------------------------------------------------------------------- JSON
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: enums by value, mappings and sequences recursively, the rest as text."""
     if isinstance(value, enum.Enum):
         return value.value if not isinstance(value, Status) else value.name
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)

@@ -108,16 +108,5 @@ class LbGate:
         mask = self.plan.masker
         message = mask(result.message)
         self.recorder.emit(ev.LbFinished(node=name, action=action, ok=result.ok, message=message,
-                                         duration=result.duration, details=mask.data(_jsonable(result.details))))
+                                         duration=result.duration, details=mask.data(ev.jsonable(result.details))))
         return LbOutcome(result.ok, message)
-
-
-def _jsonable(value: object) -> object:
-    """``value`` with anything JSON cannot hold turned into text (hook details are free-form)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
