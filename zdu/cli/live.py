@@ -281,6 +281,13 @@ class LiveView:
     # -- drawing (called by rich's refresh thread)
 
     def render(self) -> Any:
+        try:
+            return self._render()
+        except Exception as exc:  # noqa: BLE001 - a drawing bug must not reach the run (rich's thread)
+            from rich.text import Text
+            return Text(f"(live view: {type(exc).__name__}: {exc}; the run log has everything)")
+
+    def _render(self) -> Any:
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
