@@ -2,7 +2,7 @@
 # Prepare a Debian 12 machine (as root) to develop and test zdupgrade, lab included.
 # Idempotent: run it again at any time.
 #
-#   1. apt: docker.io haproxy debootstrap openssh-client openssh-server curl socat (skipped when present)
+#   1. apt: docker.io haproxy debootstrap openssh-client openssh-server curl socat chromium tmux (skipped when present)
 #   2. pip install -e '.[test,lab]' from the repo root
 #   3. a Docker engine: if `docker info` fails, start `dockerd --bridge=none --iptables=false`
 #      in the background (log: /var/log/zdu-dockerd.log) and wait for it
@@ -14,7 +14,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(docker.io haproxy debootstrap openssh-client openssh-server curl socat)
+APT_PACKAGES=(docker.io haproxy debootstrap openssh-client openssh-server curl socat chromium tmux)
 
 say() { printf '[setup] %s\n' "$*"; }
 

@@ -1,18 +1,21 @@
-"""The subcommands: ``zdupgrade continue|abort [RUN_ID]`` (answer a paused run)."""
+"""The subcommands: ``zdupgrade continue|abort [RUN_ID]`` (answer a paused run), and the review
+of past runs: ``runs``, ``show``, ``logs``, ``report``, ``lock status``.
+
+The review commands only read: run folders through :mod:`zdu.report.review` (a damaged folder is
+reported, never a traceback), and for ``lock status`` each node's ``owner.json``.
+"""
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
-import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from ..config.values import check_text
 from ..errors import ConfigError, ZduError
 from ..report.runfolder import JOURNAL, read_journal
-from ..run.resume import CONTROL_LOCK, find_run
+from ..run.resume import find_run
 from ..run.state import replay
-from ..status import Status
+from ..status import Phase, Status
 from .console import Console
 from .pause import write_answer
 
@@ -26,14 +29,56 @@ def _parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _review_parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"zdupgrade {name}", allow_abbrev=False, description=DESCRIPTIONS[name])
+    if name in ("show", "report", "logs"):
+        parser.add_argument("run_id", nargs="?", default="", metavar="RUN_ID",
+                            help="the run (default: the latest under --log_dir)")
+    if name == "logs":
+        parser.add_argument("node", nargs="?", default=None, metavar="NODE",
+                            help="only this node (or a run-level target: control, a host)")
+        parser.add_argument("--phase", metavar="P",
+                            help="only this phase: EXPORT, UPGRADE, PRE-APPLY, APPLY, POST-APPLY, ROLLBACK, "
+                                 "BEFORE, AFTER, GATE, or LB (the load-balancer hook's actions and output)")
+        parser.add_argument("--failed", action="store_true",
+                            help="the failed steps first, with their full output")
+    if name == "report":
+        parser.add_argument("-o", "--output", required=True, metavar="FILE.html",
+                            help="where to write the report (one self-contained HTML file)")
+    if name == "lock":
+        parser.add_argument("action", choices=("status",), help="status: who holds the fleet lock on which node")
+        parser.add_argument("--config", metavar="FILE", help="topology file (default: the built-in reference topology)")
+        parser.add_argument("--inventory", metavar="FILE", help="an Ansible inventory whose hosts are the nodes")
+        parser.add_argument("--host-key-policy", "--host_key_policy", dest="host_key_policy",
+                            choices=("strict", "accept-new"), help="override the topology's ssh.host_key_policy")
+    else:
+        parser.add_argument("--log_dir", "--log-dir", dest="log_dir", default="logs", metavar="DIR",
+                            help="where run folders are (default: logs/)")
+    return parser
+
+
+DESCRIPTIONS = {
+    "runs": "Past runs under --log_dir, newest first.",
+    "show": "One run: summary table, decisions, phases per node with times and out-of-rotation windows, "
+            "load-balancer actions, traffic, pauses, tiers, run steps.",
+    "logs": "The commands of a run and their output (masked as in every log), filtered.",
+    "report": "One self-contained HTML file: phase timeline per node, traffic curve, decisions, every "
+              "command with its output.",
+    "lock": "Who holds the fleet lock on which node (read-only: asks every node of the topology).",
+}
+
+
 def run_command(argv: Sequence[str], console: Console, env: Mapping[str, str]) -> Status:
     """Run ``argv[0]`` with its arguments; errors become a status, never a traceback."""
     name, rest = argv[0], list(argv[1:])
-    parser = _parser(name)
-    if name == "abort":
-        parser.add_argument("--keep", action="store_true",
-                            help="stop without rolling back the nodes already upgraded")
-    if name not in ("continue", "abort"):
+    if name in ("continue", "abort"):
+        parser = _parser(name)
+        if name == "abort":
+            parser.add_argument("--keep", action="store_true",
+                                help="stop without rolling back the nodes already upgraded")
+    elif name in DESCRIPTIONS:
+        parser = _review_parser(name)
+    else:
         console.error(f"zdupgrade {name}: not available in this version")
         return Status.USAGE_ERROR
     try:
@@ -41,10 +86,121 @@ def run_command(argv: Sequence[str], console: Console, env: Mapping[str, str]) -
     except SystemExit as exc:
         return Status.SUCCESS if exc.code == 0 else Status.USAGE_ERROR
     try:
-        return _answer(args, console, "continue" if name == "continue" else ("abort-keep" if args.keep else "abort"))
+        if name in ("continue", "abort"):
+            return _answer(args, console, "continue" if name == "continue" else
+                           ("abort-keep" if args.keep else "abort"))
+        for option in ("log_dir", "run_id", "node", "phase", "output", "config", "inventory"):
+            value = getattr(args, option, None)
+            if value:
+                check_text(value, f"--{option}" if option not in ("run_id", "node") else option.upper(),
+                           identifier=True)
+        return REVIEW[name](args, console, env)
     except ZduError as exc:
         console.error(str(exc))
         return Status.CONFIG_ERROR
+
+
+# --------------------------------------------------------------------------- review
+
+def _runs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
+    from ..report.review import list_runs
+    from ..report.views import render_runs
+    console.line(render_runs(list_runs(Path(args.log_dir))))
+    return Status.SUCCESS
+
+
+def _one_run(args: argparse.Namespace, command: str) -> Any:
+    """The run named by ``args.run_id`` (latest when empty), read; ConfigError if there is none
+    or it is damaged."""
+    from ..report.review import latest_run_id, load_run
+    from ..report.rundir import _check_run_id
+    log_dir = Path(args.log_dir)
+    run_id = _check_run_id(args.run_id) if args.run_id else latest_run_id(log_dir, f"zdupgrade {command}")
+    if not (log_dir / run_id).exists() and not (log_dir / run_id).is_symlink():
+        raise ConfigError(f"zdupgrade {command}: no run {run_id} under {log_dir}/")
+    run = load_run(log_dir, run_id)
+    if run.damaged:
+        raise ConfigError(f"zdupgrade {command}: run {run_id} ({log_dir / run_id}) is damaged: {run.problem}")
+    return run
+
+
+def _show(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
+    from ..report.views import render_show
+    console.line(render_show(_one_run(args, "show")))
+    return Status.SUCCESS
+
+
+def _logs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
+    from ..report.review import load_run, run_ids
+    from ..report.views import LB_PHASE, render_logs
+    log_dir = Path(args.log_dir)
+    # `logs NODE` (latest run) or `logs RUN_ID [NODE]`: a first word that is no run folder is a node
+    if args.run_id and args.node is None and args.run_id not in run_ids(log_dir):
+        args.run_id, args.node = "", args.run_id
+    run = _one_run(args, "logs")
+    phase = None
+    if args.phase:
+        if args.phase.strip().upper() == LB_PHASE:
+            phase = LB_PHASE
+        else:
+            try:
+                phase = Phase.parse(args.phase).value
+            except ValueError as exc:
+                raise ConfigError(f"--phase: {exc}, or LB") from None
+    state = run.state
+    if args.node is not None:
+        targets = set(state.node_names) | {s.target for s in state.steps if s.target}
+        if args.node not in targets:
+            raise ConfigError(f"zdupgrade logs: run {run.run_id} has no node {args.node!r} "
+                              f"(nodes: {', '.join(state.node_names)})")
+    if not run.has_output:
+        raise ConfigError(f"zdupgrade logs: run {run.run_id}: commands' output is only in journal.jsonl, "
+                          f"which cannot be read ({run.problem})")
+    text = render_logs(run, args.node, phase, failed_first=args.failed)
+    if not text:
+        what = " ".join(x for x in (args.node, phase) if x)
+        console.line(f"run {run.run_id}: no command ran" + (f" for {what}" if what else ""))
+        return Status.SUCCESS
+    console.write(text)
+    return Status.SUCCESS
+
+
+def _report(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
+    from ..report.html import render_html
+    from ..report.output import write_private
+    run = _one_run(args, "report")
+    path = write_private(args.output, render_html(run).encode("utf-8"), option="-o")
+    console.line(f"report of run {run.run_id}: {path}")
+    return Status.SUCCESS
+
+
+def _lock(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
+    from ..config.ssh_config import check_all, resolve_all
+    from ..report.lockstatus import lock_status, render_lock_status
+    from ..transport.pool import Connections
+    from .upgrade import fleet_topology
+    topology = fleet_topology(args)
+    targets = resolve_all(topology.nodes, topology.ssh)
+    problems = check_all(targets.values())
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
+    connections = Connections(topology, targets=targets,
+                              on_warning=lambda m: console.err_line(f"zdupgrade: warning: {m}"))
+    try:
+        locks = lock_status(topology.nodes, connections, topology.lock_dir, parallel=topology.ssh.parallel)
+    finally:
+        connections.close()
+    console.line(render_lock_status(locks, topology.lock_dir))
+    if any(lock.state == "locked" for lock in locks):
+        return Status.LOCKED
+    if any(lock.state == "unknown" for lock in locks):
+        return Status.NODE_UNREACHABLE
+    return Status.SUCCESS
+
+
+REVIEW: Mapping[str, Callable[[argparse.Namespace, Console, Mapping[str, str]], Status]] = {
+    "runs": _runs, "show": _show, "logs": _logs, "report": _report, "lock": _lock,
+}
 
 
 def _answer(args: argparse.Namespace, console: Console, answer: str) -> Status:
@@ -72,15 +228,7 @@ def _answer(args: argparse.Namespace, console: Console, answer: str) -> Status:
 
 def _alive(run_dir: object) -> bool:
     """Whether a process holds the run folder's control lock (the run is being driven)."""
+    from ..report.review import driven
     from ..report.rundir import RunDir
     assert isinstance(run_dir, RunDir)
-    fd = run_dir.open_fd(CONTROL_LOCK)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return driven(run_dir)

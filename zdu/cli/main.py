@@ -30,6 +30,13 @@ EPILOG = f"""\
 commands (zdupgrade COMMAND --help):
   continue [RUN_ID]       a paused run goes on
   abort [RUN_ID] [--keep] a paused run stops (rolling back what it upgraded, unless --keep)
+  runs                    past runs under --log_dir, newest first
+  show [RUN_ID]           one run: summary, decisions, phases per node, load balancer, traffic
+  logs [RUN_ID] [NODE] [--phase P] [--failed]
+                          the commands and their output
+  report [RUN_ID] -o FILE.html
+                          one self-contained HTML report (timeline, traffic, commands)
+  lock status             who holds the fleet lock on which node (--config / --inventory)
 
 exit status (the run's status):
 {STATUS_HELP}
@@ -95,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                         action="append", metavar="N",
                         help="pause after wave N (repeatable) until `zdupgrade continue` / `abort` or the "
                              "topology's pause_timeout; a canary: --serial 1,100%% --pause-after-wave 1")
+    parser.add_argument("--plain", action="store_true",
+                        help="plain progress lines even on a terminal (no live view)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, failures and the summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also every command as it starts")
+    parser.add_argument("--junit", metavar="FILE",
+                        help="write a JUnit XML report (a test case per node x phase) to FILE at the end")
+    parser.add_argument("--events", metavar="FILE|-",
+                        help="write every event as a JSON line to FILE as it happens (-: stdout, and the "
+                             "console goes to stderr); format in docs/run-json.md")
     parser.add_argument("--version", action="version", version=f"zdupgrade {__version__}")
     return parser
 
@@ -119,6 +135,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except SystemExit as exc:
         return Status.SUCCESS if exc.code == 0 else Status.USAGE_ERROR
     environ = dict(os.environ if env is None else env)
+    if args.events == "-":          # stdout carries the events; everything for people goes to stderr
+        args.events_stream, console.out = console.out, console.err
+    if args.quiet and args.verbose:
+        console.error("-q and -v do not go together")
+        return Status.USAGE_ERROR
     if args.resume is None:
         missing = [opt for opt, value in (("--old_install_dir", args.old_install_dir),
                                           ("--new_install_dir", args.new_install_dir)) if value is None]

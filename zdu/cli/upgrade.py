@@ -30,7 +30,7 @@ from ..model import Topology
 from ..planning.masking import NO_SECRETS, Masker
 from ..planning.plan import Plan, build_plan, format_plan
 from ..report.rundir import RunDir, check_log_dir
-from ..report.runfolder import LineWriter, RunFolder, new_run_id
+from ..report.runfolder import RunFolder, new_run_id
 from ..report.summary import render_summary
 from ..run import events as ev
 from ..run.conductor import Conductor
@@ -43,10 +43,12 @@ from ..run.state import Recorder, RunState, RunView
 from ..status import Status
 from ..transport.pool import Connections
 from .console import Console
+from .live import Outputs
 
 
-def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
-    """Load topology and profile and render the plan; ConfigError on any problem."""
+def fleet_topology(args: argparse.Namespace) -> Topology:
+    """The topology of ``--config`` / ``--inventory`` (the reference one without either), with
+    ``--host-key-policy`` applied; ConfigError on any problem."""
     if args.config:
         topology = load_topology(args.config, inventory=args.inventory)
     elif args.inventory:
@@ -56,6 +58,12 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     if args.host_key_policy:
         topology = dataclasses.replace(topology, ssh=dataclasses.replace(
             topology.ssh, host_key_policy=args.host_key_policy))
+    return topology
+
+
+def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tuple[Topology, Plan]:
+    """Load topology and profile and render the plan; ConfigError on any problem."""
+    topology = fleet_topology(args)
     profile_ref = args.profile or topology.profile
     if not profile_ref:
         raise ConfigError(f"{topology.source}: no profile: set 'profile' in the topology or pass --profile")
@@ -237,6 +245,8 @@ class Upgrade:
     def _execute(self, topology: Topology, plan: Plan, fingerprint: str, previous: Previous | None,
                  policy: Any, connections: Connections, lb: LoadBalancer, targets: Mapping[str, Any]) -> Status:
         args = self.args
+        outputs = Outputs(args, self.console, self.env, waves=plan.waves, nodes=[p.node.name for p in plan.nodes],
+                          events_out=getattr(args, "events_stream", None))
         if previous is None:
             run_dir = RunDir.create(args.log_dir, plan.run_id)
             self._rundir = run_dir
@@ -258,7 +268,8 @@ class Upgrade:
         recorder = Recorder(state)
         for listener in folder.listeners(recorder):
             recorder.subscribe(listener)
-        recorder.subscribe(LineWriter(self.console.line))
+        for listener in outputs.listeners():     # --events, --junit, then the console (live or plain)
+            recorder.subscribe(listener)
         if previous is None:
             recorder.emit(opened)
         resuming = previous is not None
@@ -299,6 +310,11 @@ class Upgrade:
                 status = Status.RECORD_FAILED
             final = recorder.snapshot()
             final.status = status
+            problem = outputs.finish(final)    # the live view stops before the summary; --junit is written
+            if problem:
+                final.listener_failures["junit"] = problem
+                if status is Status.SUCCESS:
+                    status = final.status = Status.RECORD_FAILED
             summary = render_summary(final)
             self.console.line("")
             self.console.line(summary)
@@ -311,6 +327,7 @@ class Upgrade:
         finally:
             if lock is not None and lock.held:
                 lock.release()
+            outputs.finish(recorder.snapshot())   # a run that stopped early: its --junit too
             folder.close()
 
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,

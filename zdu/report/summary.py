@@ -37,10 +37,11 @@ def summary_rows(state: RunState) -> list[list[str]]:
 def render_summary(state: RunState) -> str:
     """The table the console and the run log end with, plus decisions, warnings and traffic."""
     status = state.status if state.status is not None else Status.FATAL_ERROR
+    title = str(status) if state.status is not None else "not finished"
     headers = ["NODE"] + [p.value for p in UPGRADE_PHASES] + ["ROLLBACK"] + (["TIER"] if state.tiers else [])
     table = tabulate(summary_rows(state), headers=headers, tablefmt="orgtbl")
     width = len(table.splitlines()[0])
-    lines = [f"Summary table ({status}):", "| " + TITLE.ljust(width - 4) + " |", table]
+    lines = [f"Summary table ({title}):", "| " + TITLE.ljust(width - 4) + " |", table]
     if state.tiers:
         lines.append("Tiers, in order: " + " -> ".join(f"{t} ({', '.join(n)})" for t, n in state.tiers.items()))
     if state.run_phases:
@@ -74,7 +75,7 @@ def render_summary(state: RunState) -> str:
         lines.append(f"WARNING: {warning}")
     for listener, error in state.listener_failures.items():
         lines.append(f"WARNING: the run record is incomplete: {listener} failed: {error}")
-    if state.ended:
+    if state.ended and state.status is not None:
         lines.append(f"Status {int(status)} ({status.name}) after {state.ended - state.started:.1f}s")
     return "\n".join(lines)
 

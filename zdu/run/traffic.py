@@ -86,6 +86,18 @@ class WindowStats:
 
 
 @dataclass(frozen=True)
+class SeriesPoint:
+    """The traffic planned in one interval of the run (``t`` seconds after the probe started,
+    for ``TrafficReport.series_interval`` seconds): what the report's traffic curve is drawn from."""
+
+    t: float
+    sent: int
+    failed: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
 class TrafficReport:
     """What the probe saw.  ``sent`` counts every planned request that is finished
     (answered, failed, or expired waiting for a worker)."""
@@ -106,6 +118,9 @@ class TrafficReport:
     marks: tuple[tuple[str, float], ...] = ()
     started_at: float = 0.0                       # time.time() at start
     first_failures: tuple[str, ...] = field(default=())
+    #: requests planned per interval (requests/s = sent / series_interval), oldest first
+    series: tuple[SeriesPoint, ...] = ()
+    series_interval: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict for run.json."""
@@ -116,6 +131,7 @@ class TrafficReport:
                                 versions=dict(w.versions)) for w in self.windows]
         data["marks"] = [{"label": label, "at": at} for label, at in self.marks]
         data["first_failures"] = list(self.first_failures)
+        data["series"] = [asdict(p) for p in self.series]
         return data
 
     def summary_line(self) -> str:
@@ -173,6 +189,32 @@ def window_stats(samples: Sequence[Sample], window: Window, now: float) -> Windo
                        _latency_ms(inside, 99), _latency_ms(inside, 100), versions)
 
 
+#: at most this many points in a report's series: a long run gets wider intervals
+MAX_SERIES_POINTS = 3600
+
+
+def series_interval(duration: float) -> float:
+    """The interval of the series: one second, or wider so that a long run keeps at most
+    :data:`MAX_SERIES_POINTS` points (an 8-hour run: 8 s)."""
+    return float(max(1, math.ceil(duration / MAX_SERIES_POINTS))) if duration > 0 else 1.0
+
+
+def time_series(samples: Sequence[Sample], duration: float, interval: float = 1.0) -> tuple[SeriesPoint, ...]:
+    """Samples bucketed by planned time into ``interval``-second points covering ``duration``
+    (empty intervals are points with nothing sent, so a gap in the traffic shows as one)."""
+    count = max(1, math.ceil(duration / interval)) if duration > 0 else (1 if samples else 0)
+    buckets: list[list[Sample]] = [[] for _ in range(count)]
+    for s in samples:
+        index = min(count - 1, max(0, int(s.planned // interval)))
+        buckets[index].append(s)
+    points = []
+    for i, bucket in enumerate(buckets):
+        failed = sum(1 for s in bucket if not s.ok)
+        points.append(SeriesPoint(round(i * interval, 3), len(bucket), failed,
+                                  _latency_ms(bucket, 50), _latency_ms(bucket, 99)))
+    return tuple(points)
+
+
 def summarize(samples: Sequence[Sample], *, url: str, target_rate: float, duration: float,
               windows: Sequence[Window] = (), marks: Sequence[tuple[str, float]] = (),
               started_at: float = 0.0, late_threshold: float = 0.05) -> TrafficReport:
@@ -190,7 +232,8 @@ def summarize(samples: Sequence[Sample], *, url: str, target_rate: float, durati
                  if s.sent is None or s.sent - s.planned >= late_threshold),
         versions=versions,
         windows=tuple(window_stats(samples, w, duration) for w in windows),
-        marks=tuple(marks), started_at=started_at, first_failures=tuple(failures))
+        marks=tuple(marks), started_at=started_at, first_failures=tuple(failures),
+        series=time_series(samples, duration, series_interval(duration)), series_interval=series_interval(duration))
 
 
 def body_version(body: bytes) -> str | None:
