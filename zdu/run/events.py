@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import enum
-import functools
 import time
 import types
 import typing
@@ -311,10 +310,15 @@ class RollbackFinished(Event):
 
 # --------------------------------------------------------------------------- JSON
 
-@functools.cache
+_FIELDS: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
+
+
 def _fields_of(cls: type[Event]) -> tuple[dict[str, Any], frozenset[str]]:
     """An event class's field types and names (computed once: replaying a journal reads many)."""
-    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+    found = _FIELDS.get(cls.__name__)
+    if found is None:
+        found = _FIELDS[cls.__name__] = (typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls)))
+    return found
 
 
 def jsonable(value: Any) -> Any:
