@@ -113,9 +113,9 @@ def _one_run(args: argparse.Namespace, command: str) -> Any:
     """The run named by ``args.run_id`` (latest when empty), read; ConfigError if there is none
     or it is damaged."""
     from ..report.review import latest_run_id, load_run
-    from ..report.rundir import _check_run_id
+    from ..report.rundir import check_run_id
     log_dir = Path(args.log_dir)
-    run_id = _check_run_id(args.run_id) if args.run_id else latest_run_id(log_dir, f"zdupgrade {command}")
+    run_id = check_run_id(args.run_id) if args.run_id else latest_run_id(log_dir, f"zdupgrade {command}")
     if not (log_dir / run_id).exists() and not (log_dir / run_id).is_symlink():
         raise ConfigError(f"zdupgrade {command}: no run {run_id} under {log_dir}/")
     run = load_run(log_dir, run_id)

@@ -157,7 +157,7 @@ class RunDir:
         """Check (or create) ``log_dir`` and create ``log_dir/run_id`` 0700; ConfigError if either fails."""
         log_path = Path(log_dir)
         where = _log_dir_label(log_path)
-        run_id = _check_run_id(run_id)
+        run_id = check_run_id(run_id)
         parent = _open_log_dir(log_path, create=True)
         try:
             try:
@@ -182,7 +182,7 @@ class RunDir:
         (a directory of yours, not a symlink, writable by no one else)."""
         log_path = Path(log_dir)
         where = _log_dir_label(log_path)
-        run_id = _check_run_id(run_id)
+        run_id = check_run_id(run_id)
         parent = _open_log_dir(log_path, create=False)
         try:
             fd = _open_run_folder(parent, run_id, where)
@@ -298,7 +298,8 @@ class RunDir:
         return fd
 
 
-def _check_run_id(run_id: str) -> str:
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run folder (letters, digits, ".", "_", "-"); ConfigError otherwise."""
     try:
         return _check_name(run_id)
     except ValueError:
