@@ -204,7 +204,7 @@ def test_a_refused_bastion_host_key(lab: Lab, tmp_path: Path) -> None:
     assert f"HOST KEY CHANGED for {lab.bastion.host}:{lab.bastion.ssh_port}" in problem, problem
     assert fingerprint(lab.host_public_key("Node-A")) in problem and fingerprint(
         lab.host_public_key("Bastion")) in problem, problem
-    assert problem.endswith("nodes behind it: Node-A, Node-B, Node-C"), problem
+    assert problem.endswith("known_hosts); nodes behind it: Node-A, Node-B, Node-C"), problem
     assert logins(lab) == before
     assert_untouched(lab, run)
 
