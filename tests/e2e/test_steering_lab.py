@@ -351,3 +351,6 @@ def test_node_lost_mid_apply_is_repaired_by_resume(lab: Lab, tmp_path: Path, pro
     assert_fleet_settled(lab, repaired, "1.0")      # every node on 1.0, all in HAProxy, no request failed
     assert_unlocked(lab)
     assert "Node-B: on old (/opt/gateway-1.0), in the load balancer" in repaired.out
+    # what the first attempt warned about is history now, not a warning about the fleet
+    assert not [line for line in repaired.out.splitlines() if line.startswith("WARNING: ")], repaired.out[-2500:]
+    assert "  was: Node-B: !!! Node-B is OUT OF THE LOAD BALANCER" in repaired.out
