@@ -6,6 +6,9 @@ generated, and gateway 1.0 serves on ``127.0.0.(11+i):8080``.  A host HAProxy ba
 ``127.0.0.1:18080`` over the nodes (backend ``gateways``, servers ``node-a`` ...), with its runtime
 API on a unix socket in the lab dir and on ``127.0.0.1:19999``.
 
+With ``bastion_subnet`` the lab has a **bastion**: one more node, in a network namespace of its
+own, that is the only way to the others' sshd.  See :meth:`Lab._link_bastion` for how.
+
 Containers and HAProxy are removed on :meth:`Lab.close`, on ``with`` exit, and at interpreter exit.
 """
 from __future__ import annotations
@@ -15,7 +18,9 @@ import concurrent.futures
 import http.client
 import json
 import logging
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -179,17 +184,26 @@ class Lab:
     def __init__(self, *, size: int = 3, workdir: str | Path | None = None, image: str | None = None,
                  ssh_port: int = 2222, first_host: int = 11, service_port: int = 8080,
                  haproxy_port: int = 18080, haproxy_admin_port: int = 19999,
-                 name_prefix: str = "zdu-lab", haproxy: bool = True, product: str = "gateway") -> None:
+                 name_prefix: str = "zdu-lab", haproxy: bool = True, product: str = "gateway",
+                 network: str = "127.0.0", bastion_subnet: str | None = None) -> None:
         """Describe the lab; nothing starts before :meth:`start`.
 
         ``product`` is what the nodes run (see :mod:`zdu.lab.products`): the sample ``gateway``,
         or ``tarball``, ``docker``, ``compose``.
 
         ``workdir`` holds keys, known_hosts, the HAProxy config and socket (default: a new temp
-        dir, removed on close).  Node ``i`` gets address ``127.0.0.(first_host+i)``.
+        dir, removed on close).  Node ``i`` gets address ``{network}.(first_host+i)`` (a loopback
+        address: ``network`` is ``127.X.Y``).
+
+        ``bastion_subnet`` (``10.X.Y``) adds a bastion at ``10.X.Y.2``, linked to this machine's
+        ``10.X.Y.1``; the nodes' sshd then let in only logins that come from the bastion.
         """
         if not 1 <= size <= 26:
             raise ValueError("size must be 1..26")
+        if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}", network):
+            raise ValueError(f"network must be 127.X.Y (loopback), not {network!r}")
+        if bastion_subnet is not None and not re.fullmatch(r"10\.\d{1,3}\.\d{1,3}", bastion_subnet):
+            raise ValueError(f"bastion_subnet must be 10.X.Y, not {bastion_subnet!r}")
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="zdu-lab-")).resolve()
         self._image = image
@@ -202,10 +216,17 @@ class Lab:
         self.product: Product = make_product(product)
         letters = string.ascii_uppercase
         self._nodes = [
-            LabNode(name=f"Node-{letters[i]}", host=f"127.0.0.{first_host + i}", ssh_port=ssh_port,
+            LabNode(name=f"Node-{letters[i]}", host=f"{network}.{first_host + i}", ssh_port=ssh_port,
                     lb_server=f"node-{letters[i].lower()}", service_port=service_port,
                     container_name=f"{name_prefix}-node-{letters[i].lower()}")
             for i in range(size)]
+        self.bastion_subnet = bastion_subnet
+        self.bastion: LabNode | None = None
+        """The bastion (not one of :attr:`nodes`: never upgraded, not in HAProxy), or None."""
+        if bastion_subnet is not None:
+            self.bastion = LabNode(name="Bastion", host=f"{bastion_subnet}.2", ssh_port=ssh_port,
+                                   lb_server="bastion", service_port=service_port,
+                                   container_name=f"{name_prefix}-bastion")
         self._containers: dict[str, DockerContainer] = {}
         self._haproxy: subprocess.Popen[bytes] | None = None
         self._closed = False
@@ -220,9 +241,20 @@ class Lab:
         """The nodes, in order (Node-A first)."""
         return list(self._nodes)
 
+    def _machines(self) -> list[LabNode]:
+        """Every container of the lab: the nodes and the bastion."""
+        return self._nodes + ([self.bastion] if self.bastion else [])
+
+    @property
+    def bastion_jump(self) -> str:
+        """The bastion as a ``proxy_jump`` value: ``root@10.X.Y.2:2222``."""
+        if self.bastion is None:
+            raise LabError("this lab has no bastion")
+        return f"root@{self.bastion.host}:{self.bastion.ssh_port}"
+
     def node(self, name: str) -> LabNode:
-        """The node called ``name`` (``Node-A`` or its lb server name ``node-a``)."""
-        for node in self._nodes:
+        """The node called ``name`` (``Node-A`` or its lb server name ``node-a``; or ``Bastion``)."""
+        for node in self._machines():
             if name in (node.name, node.lb_server):
                 return node
         raise KeyError(name)
@@ -231,6 +263,11 @@ class Lab:
     def key_file(self) -> Path:
         """The client private key (ed25519) installed as root's authorized key on every node."""
         return self.workdir / "id_ed25519"
+
+    def host_public_key(self, node_name: str) -> str:
+        """The node's (or the bastion's) ssh host key, ``ssh-ed25519 AAAA... root@NAME``."""
+        node = self.node(node_name)
+        return (self.workdir / "nodes" / node.name / "ssh_host_ed25519_key.pub").read_text().strip()
 
     @property
     def known_hosts(self) -> Path:
@@ -285,11 +322,13 @@ class Lab:
         self._remove_stale_containers()
         if self._want_haproxy:
             self._start_haproxy()
-        _parallel(lambda n: self._start_node(n, image), self._nodes)
+        if self.bastion_subnet is not None:
+            # everything of the subnet but the bastion's link is unreachable from here: a lost
+            # link fails at once and never leaves the machine by the default route
+            _ip("route", "replace", "unreachable", f"{self.bastion_subnet}.0/24")
+        _parallel(lambda n: self._start_node(n, image), self._machines())
         _write(self.known_hosts, "".join(
-            f"{_known_host(n.host, n.ssh_port)} "
-            f"{(self.workdir / 'nodes' / n.name / 'ssh_host_ed25519_key.pub').read_text().strip()}\n"
-            for n in self._nodes))
+            f"{_known_host(n.host, n.ssh_port)} {self.host_public_key(n.name)}\n" for n in self._machines()))
         if self._want_haproxy:
             self.wait_servers_up()
         return self
@@ -313,6 +352,8 @@ class Lab:
         except Exception as exc:  # noqa: BLE001 - keep tearing down
             log.warning("lab: product clean-up failed: %s", exc)
         self._stop_haproxy()
+        if self.bastion_subnet is not None:
+            _ip("route", "del", "unreachable", f"{self.bastion_subnet}.0/24", check=False)
         if self._docker is not None:
             self._docker.close()
             self._docker = None
@@ -331,7 +372,7 @@ class Lab:
         private, public = _keypair("zdupgrade-lab")
         _write(self.key_file, private, 0o600)
         _write(self.workdir / "id_ed25519.pub", public + "\n")
-        for node in self._nodes:
+        for node in self._machines():
             host_private, host_public = _keypair(f"root@{node.name}")
             ndir = self.workdir / "nodes" / node.name
             _write(ndir / "ssh_host_ed25519_key", host_private, 0o600)
@@ -368,7 +409,7 @@ class Lab:
     def _remove_stale_containers(self) -> None:
         """Remove containers left by a lab that died; refuse to touch a live lab's containers."""
         client = self._client()
-        for node in self._nodes:
+        for node in self._machines():
             try:
                 container = client.containers.get(node.container_name)
             except docker.errors.NotFound:
@@ -388,30 +429,72 @@ class Lab:
                 log.warning("lab: removed stale container %s", container.name)
 
     def _start_node(self, node: LabNode, image: str) -> None:
+        is_bastion = node is self.bastion
         container = (DockerContainer(image)
                      .with_name(node.container_name)
                      .with_env("ZDU_NODE_NAME", node.name)
                      .with_env("ZDU_NODE_IP", node.host)
                      .with_env("ZDU_SSH_PORT", str(node.ssh_port))
                      .with_env("ZDU_SERVICE_PORT", str(node.service_port))
-                     .with_env("ZDU_START_GATEWAY", "1" if self.product.start_gateway else "0")
+                     .with_env("ZDU_START_GATEWAY", "1" if self.product.start_gateway and not is_bastion else "0")
                      .with_volume_mapping(str(self.workdir / "nodes" / node.name), "/lab", "ro"))
-        if self.product.uses_docker:
+        if is_bastion:
+            container = container.with_env("ZDU_SSH_LISTEN", "0.0.0.0")   # its link comes after boot
+        elif self.bastion is not None:
+            container = container.with_env("ZDU_SSH_ALLOW_FROM", self.bastion.host)
+        if self.product.uses_docker and not is_bastion:
             container = (container.with_volume_mapping(DOCKER_SOCKET, DOCKER_SOCKET, "rw")
                          .with_volume_mapping(str(self.etc_gateway_dir(node)), "/etc/gateway", "rw"))
         container = (container
-                     .with_kwargs(network_mode="host",
+                     .with_kwargs(network_mode="none" if is_bastion else "host",
                                   labels=self.container_labels(), **SYSTEMD_RUN_OPTIONS))
         container.tmpfs.update(SYSTEMD_TMPFS)
         self._containers[node.name] = container
         container.start()
+        if is_bastion:
+            self._link_bastion()
         self._wait_node_ready(node)
 
     def _wait_node_ready(self, node: LabNode, timeout: float = 30.0) -> None:
         wait_until(lambda: ssh_banner(node.host, node.ssh_port), timeout=timeout,
                    what=f"sshd of {node.name} on {node.host}:{node.ssh_port}")
-        wait_until(lambda: self.served_version(node.name) == "1.0", timeout=timeout,
-                   what=f"gateway 1.0 on {node.url}")
+        if node is not self.bastion:
+            wait_until(lambda: self.served_version(node.name) == "1.0", timeout=timeout,
+                       what=f"gateway 1.0 on {node.url}")
+
+    def _link_bastion(self) -> None:
+        """Give the bastion's network namespace (a container with ``network_mode=none``) its link.
+
+        Every lab node listens on a loopback address of this machine, where every connection of
+        this machine comes from 127.0.0.1 -- so no sshd setting could tell the bastion from the
+        control machine.  The bastion therefore lives in a network namespace of its own, linked
+        to this machine by a veth pair (``10.X.Y.1`` here, ``10.X.Y.2`` the bastion), and reaches
+        the nodes' loopback addresses over that link: in its namespace 127.0.0.0/8 is routed to
+        ``10.X.Y.1`` (only 127.0.0.1 stays its own), and ``route_localnet`` on both ends of the
+        pair lets loopback addresses cross it.  A node's sshd sees the bastion's logins come
+        from ``10.X.Y.2``, and lets in only those (``AllowUsers *@10.X.Y.2``, see
+        ``node_init.py``): a direct login from this machine is refused.  The control machine
+        reaches the bastion at ``10.X.Y.2``; HAProxy and the traffic still use loopback.
+        """
+        assert self.bastion is not None and self.bastion_subnet is not None
+        pid = str(self._wrapped(self.bastion.name).attrs["State"]["Pid"])
+        here, there = _bastion_links(self.bastion.container_name)
+        net = self.bastion_subnet
+        _ip("link", "del", here, check=False)          # a stale end of a crashed lab's pair
+        _ip("link", "add", here, "type", "veth", "peer", "name", there)
+        _ip("link", "set", there, "netns", pid)
+        _ip("addr", "add", f"{net}.1/30", "dev", here)
+        _ip("link", "set", here, "up")
+        _sysctl(f"net.ipv4.conf.{here}.route_localnet=1")
+        inside = ("nsenter", "-t", pid, "-n")
+        for args in ((IP, "link", "set", there, "name", "eth0"),
+                     (IP, "addr", "add", f"{net}.2/30", "dev", "eth0"),
+                     (IP, "link", "set", "eth0", "up"),
+                     (IP, "addr", "del", "127.0.0.1/8", "dev", "lo"),
+                     (IP, "addr", "add", "127.0.0.1/32", "dev", "lo"),
+                     (IP, "route", "add", "127.0.0.0/8", "via", f"{net}.1", "dev", "eth0"),
+                     (SYSCTL, "-qw", "net.ipv4.conf.eth0.route_localnet=1")):
+            _run([*inside, *args])
 
     # ------------------------------------------------------------------ node actions
 
@@ -446,6 +529,23 @@ class Lab:
             return str(json.loads(body)["version"]) if status == 200 else None
         except (OSError, ValueError, KeyError, http.client.HTTPException):
             return None
+
+    def form_cluster(self, node_names: Iterable[str], *, join_delay: float = 0.0) -> None:
+        """Make the named nodes cache members of one cluster (``/etc/gateway/cluster``, see
+        ``zdu/lab/gateway/gateway.py``): a gateway started from now on on one of them writes
+        ``Members {size:N, ...}`` to its log ``join_delay`` seconds after it starts, and whenever
+        the count of healthy members changes.  :meth:`reset` removes the membership."""
+        members = [self.node(n) for n in node_names]
+        spec = json.dumps({"peers": [f"{m.host}:{m.service_port}" for m in members], "join_delay": join_delay})
+        for member in members:
+            code, out = self.exec(member.name, f"printf '%s\\n' {shlex.quote(spec)} > /etc/gateway/cluster")
+            if code != 0:
+                raise LabError(f"form_cluster on {member.name}: {out}")
+
+    def gateway_log(self, node_name: str, version: str) -> str:
+        """The gateway log of ``version`` on the node (``/opt/gateway-V/logs/gateway.log``; "" if none)."""
+        code, out = self.exec(node_name, f"cat /opt/gateway-{shlex.quote(version)}/logs/gateway.log 2>/dev/null")
+        return out if code == 0 else ""
 
     def inject_fault(self, node_name: str, word: str) -> None:
         """Add fault ``word`` (see :data:`FAULT_WORDS`) to the node's ``/etc/gateway/faults``."""
@@ -485,8 +585,9 @@ class Lab:
 
         Gateway 1.0 running only, no faults, 2.0 stopped and its config removed, sshd up,
         crashed or paused containers back; every HAProxy server ``ready`` (and UP when ``wait_up``).
+        The bastion, if any: up, with its sshd.
         """
-        _parallel(self._reset_node, self._nodes)
+        _parallel(self._reset_node, self._machines())
         self.product.reset(self)
         if self._haproxy is not None:
             for node in self._nodes:
@@ -500,6 +601,8 @@ class Lab:
             wrapped.unpause()
         elif wrapped.status != "running":
             wrapped.start()
+            if node is self.bastion:
+                self._link_bastion()     # a new namespace: the old pair went with the old one
             self._wait_node_ready(node)
         code, out = self.exec(node.name, "/usr/local/sbin/zdu-node-reset", timeout=30)
         if code != 0:
@@ -626,11 +729,14 @@ esac
     # ------------------------------------------------------------------ topology
 
     def write_topology(self, path: str | Path, *, lb: LbKind = "none",
-                       extra: Mapping[str, Any] | None = None) -> Path:
+                       extra: Mapping[str, Any] | None = None,
+                       node_fields: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
         """Write a topology YAML for this lab (the shape ``zdu.topology`` reads); return its path.
 
         ``lb``: ``none``, ``haproxy`` (runtime API socket) or ``script`` (:attr:`lb_script`, ``path:``).
-        ``extra`` is merged into the document (nested mappings merge key by key).
+        ``extra`` is merged into the document (nested mappings merge key by key);
+        ``node_fields`` into the entry of each node it names (``{"Node-A": {"group": "manager"}}``;
+        a value of None removes the field).
         """
         if lb == "haproxy":
             balancer: dict[str, Any] = {"type": "haproxy", "socket": str(self.haproxy_socket), "backend": BACKEND}
@@ -652,9 +758,39 @@ esac
         }
         if self.product.topology_vars(self):
             doc["vars"] = self.product.topology_vars(self)
+        for name, fields in (node_fields or {}).items():
+            entry = next(n for n in doc["nodes"] if n["name"] == self.node(name).name)
+            _merge(entry, fields)
+            for key in [k for k, v in fields.items() if v is None]:
+                del entry[key]
         _merge(doc, dict(extra or {}))
         text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=200)
         return _write(Path(path).resolve(), text)
+
+
+IP = shutil.which("ip") or "/usr/sbin/ip"
+SYSCTL = shutil.which("sysctl") or "/usr/sbin/sysctl"
+
+
+def _run(argv: list[str] | tuple[str, ...], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run([IP, *args], check=check)
+
+
+def _sysctl(setting: str) -> None:
+    _run([SYSCTL, "-qw", setting])
+
+
+def _bastion_links(container_name: str) -> tuple[str, str]:
+    """Names of the bastion's veth pair (here, there): short (IFNAMSIZ) and unique per lab."""
+    tag = hashlib.sha256(container_name.encode()).hexdigest()[:8]
+    return f"zb{tag}h", f"zb{tag}b"
 
 
 def _known_host(host: str, port: int) -> str:
@@ -718,6 +854,31 @@ def placement_from_env(environ: Mapping[str, str] | None = None, *, product: str
                           "haproxy_admin_port": 19999 - 10 * slot - k})
     if k:
         placement.update({"name_prefix": f"{placement.get('name_prefix', 'zdu-lab')}-{product}", "product": product})
+    return placement
+
+
+EXTRA_LABS = {"steering": 5, "bastion": 6}
+"""Labs of their own for one test module each (see :func:`extra_placement`), by purpose."""
+
+
+def extra_placement(purpose: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Lab keyword arguments for a lab of ``purpose`` (:data:`EXTRA_LABS`) in ``ZDU_LAB_SLOT``'s
+    slot, beside the slot's gateway and product labs: loopback addresses of their own
+    (``127.0.K.(11+20N)...`` for purpose number K-4), the two ports of the slot the products
+    leave free, its own container names; the bastion lab also its bastion subnet
+    (``10.249.N``)."""
+    if purpose not in EXTRA_LABS:
+        raise ValueError(f"unknown lab purpose {purpose!r} (known: {', '.join(EXTRA_LABS)})")
+    slot = int((os.environ if environ is None else environ).get("ZDU_LAB_SLOT", "0") or 0)
+    if not 0 <= slot <= 11:
+        raise ValueError(f"ZDU_LAB_SLOT must be 0..11, got {slot}")
+    k = EXTRA_LABS[purpose]
+    placement: dict[str, Any] = {
+        "network": f"127.0.{k - 4}", "first_host": 11 + 20 * slot,
+        "haproxy_port": 18080 + 10 * slot + k, "haproxy_admin_port": 19999 - 10 * slot - k,
+        "name_prefix": f"zdu-lab{slot or ''}-{purpose}"}
+    if purpose == "bastion":
+        placement["bastion_subnet"] = f"10.249.{slot}"
     return placement
 
 

@@ -71,7 +71,14 @@ def render_summary(state: RunState) -> str:
             lines.append(f"  while {window['label']} was out of rotation: {window['sent']} sent, "
                          f"{window['failed']} failed, p50 {_ms(window.get('p50_ms'))}, "
                          f"p99 {_ms(window.get('p99_ms'))}")
-    for warning in state.warnings:
+    # what was true before a --resume (a node out of the load balancer, a lock left) may have been
+    # repaired since: said as history, not as a warning about the fleet now
+    earlier = state.warnings[:state.earlier_warnings]
+    if earlier:
+        lines.append(f"Before the latest --resume ({len(earlier)} warning(s); \"Nodes:\" above is how the fleet "
+                     "stands now):")
+        lines.extend(f"  was: {warning}" for warning in earlier)
+    for warning in state.warnings[state.earlier_warnings:]:
         lines.append(f"WARNING: {warning}")
     for listener, error in state.listener_failures.items():
         lines.append(f"WARNING: the run record is incomplete: {listener} failed: {error}")

@@ -124,6 +124,7 @@ class RunState:
     steps: list[StepRecord] = field(default_factory=list)
     decisions: list[DecisionRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    earlier_warnings: int = 0            # warnings[:n] were given before the latest --resume
     traffic: dict[str, Any] | None = None
     host_keys_accepted: list[dict[str, str]] = field(default_factory=list)
     lb: str = "none"
@@ -215,6 +216,7 @@ def _run_started(state: RunState, event: ev.RunStarted) -> None:
     if event.resumed:
         state.resumed.append(event.at)
         state.status, state.ended = None, None
+        state.earlier_warnings = len(state.warnings)
 
 
 def _run_finished(state: RunState, event: ev.RunFinished) -> None:

@@ -75,6 +75,7 @@ def group_bastion_errors(errors: Iterable[tuple[str, BaseException]]
             by_bastion.setdefault((exc.bastion, exc.problem), []).append(node)
         else:
             rest.append((node, exc))
-    lines = [f"bastion {bastion}: {problem}; nodes behind it: {', '.join(nodes)}"
+    # a problem that ends a sentence ("... -f FILE).") must not read ".; nodes behind it"
+    lines = [f"bastion {bastion}: {problem.rstrip('.')}; nodes behind it: {', '.join(nodes)}"
              for (bastion, problem), nodes in by_bastion.items()]
     return lines, rest

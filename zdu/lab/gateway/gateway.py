@@ -20,6 +20,13 @@ and it also refuses files that are not owned by the user it runs as or are open 
 health URLs ``/server-status`` and ``/management/health``, and it writes its start line
 (``Started Apinizer<Module>App``, or ``ZDU_APP_NAME``) to stdout, i.e. to the journal or to ``docker logs``.
 
+**Cache member** (``/etc/gateway/cluster``, JSON ``{"peers": ["HOST:PORT", ...], "join_delay": S}``,
+read when the server starts): the node stands in for a cache node of a cluster (Apinizer's
+Hazelcast).  ``join_delay`` seconds after it starts, and then whenever the count changes, the
+server writes the membership to logs/gateway.log in Hazelcast's words --
+``Members {size:N, ver:V} [Member [HOST]:PORT this, ...]`` -- counting itself and every peer
+whose ``/health`` answers 200.
+
 Fault injection: ``/etc/gateway/faults`` holds one word per line.  ``export`` fails the 1.0 export;
 ``upgrade``, ``check``, ``start``, ``stop`` fail the 2.0 subcommand of that name; ``health`` makes
 the 2.0 ``/health`` answer 503.  ``hang-<point>`` makes that point sleep forever instead.  Only 2.0
@@ -28,6 +35,7 @@ honours the points other than ``export``, so rolling back to 1.0 always works.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -50,6 +58,7 @@ LOG_FILE = INSTALL_DIR / "logs" / "gateway.log"
 INI_FILE = INSTALL_DIR / "conf" / "gateway.ini"
 JSON_FILE = INSTALL_DIR / "conf" / "gateway.json"
 EXPORT_FORMAT = "gateway-export/1"
+CLUSTER_FILE = ETC / "cluster"
 
 #: fault points each version honours
 POINTS = {"1.0": {"export"}, "2.0": {"upgrade", "check", "start", "stop", "health"}}
@@ -461,6 +470,41 @@ class GatewayServer(ThreadingHTTPServer):
             log(f"request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
 
 
+def _peer_healthy(peer: str) -> bool:
+    host, _, port = peer.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=0.5)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def cluster_member(me: str, stopping: threading.Event) -> None:
+    """The cache-member stand-in (see the module doc): log the membership while the server runs."""
+    try:
+        spec = json.loads(CLUSTER_FILE.read_text())
+        peers = [str(p) for p in spec.get("peers", []) if str(p) != me]
+        delay = float(spec.get("join_delay", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log(f"cluster: ignoring {CLUSTER_FILE}: {exc}")
+        return
+    if stopping.wait(delay):
+        return
+    last: list[str] | None = None
+    while True:
+        members = [me] + [p for p in peers if _peer_healthy(p)]
+        if members != last:
+            listed = ", ".join(f"Member [{m.rsplit(':', 1)[0]}]:{m.rsplit(':', 1)[1]}" + (" this" if m == me else "")
+                               for m in members)
+            log(f"Members {{size:{len(members)}, ver:{VERSION}}} [{listed}]")
+            last = members
+        if stopping.wait(0.5):
+            return
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground (``start`` runs this in the background)."""
     try:
@@ -483,6 +527,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     PID_FILE.parent.mkdir(parents=True, exist_ok=True)
     PID_FILE.write_text(f"{os.getpid()}\n")
     log(f"Started gateway {VERSION} on {args.host}:{port}")
+    if not APP_MODULE and CLUSTER_FILE.exists():
+        threading.Thread(target=cluster_member, args=(f"{args.host}:{port}", stopping), daemon=True).start()
     if APP_MODULE:
         print(f"Started {APP_NAME} on {args.host}:{port} (version {VERSION})", flush=True)
     else:

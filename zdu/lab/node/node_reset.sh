@@ -1,11 +1,12 @@
 #!/bin/sh
-# Put a lab node back to its initial state: no faults, no hung gateway commands, gateway 2.0
-# stopped and unconfigured, gateway 1.0 running (unless the lab runs a product instead), sshd
-# running, no failed units.  A product lab's own reset (/lab/product/product.sh reset) runs last.  Idempotent.
+# Put a lab node back to its initial state: no faults, no cache membership, no hung gateway
+# commands, gateway 2.0 stopped, unconfigured and without its log, gateway 1.0 running (unless
+# the lab runs a product instead), sshd running, no failed units.  A product lab's own reset
+# (/lab/product/product.sh reset) runs last.  Idempotent.
 set -u
 ip=$(cat /etc/gateway/host)
 start_gateway=$(sed -n 's/^ZDU_START_GATEWAY=//p' /etc/zdu-node.env)
-rm -f /etc/gateway/faults
+rm -f /etc/gateway/faults /etc/gateway/cluster /opt/gateway-2.0/logs/gateway.log
 # the [y] keeps pkill from matching the shell that runs this script
 pkill -KILL -f '/opt/gateway-[0-9.]+/bin/gatewa[y] (export|upgrade|check|start|stop|status)' 2>/dev/null
 /opt/gateway-2.0/bin/gateway stop --timeout 5 >/dev/null
