@@ -293,8 +293,8 @@ def test_capacity_guard_refuses_at_preflight_with_a_node_already_down(lab: Lab, 
     wait_until(lambda: lab.server_states()["node-e"]["srv_op_state"] == "0", timeout=10,
                what="Node-E DOWN in HAProxy")
     done = finish(start(lab, tmp_path, profile, {"serial": 1, "min_in_service": 4}))
-    # refused by preflight, like any problem it finds: nothing was changed (78)
-    assert done.status is Status.CONFIG_ERROR, done.out
+    # refused by preflight before anything changed, with the capacity guard's own status
+    assert done.status is Status.CAPACITY_REFUSED, done.out
     assert "preflight found 4 problem(s); nothing was changed" in done.out
     for wave, node in enumerate(NODES[:4], 1):
         assert (f"capacity guard: wave {wave} ({node}) would leave 3 of 5 node(s) in service, at least 4 must "

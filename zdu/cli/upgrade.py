@@ -346,6 +346,8 @@ class Upgrade:
             self.console.err_line(f"  - {self.masker(str(problem))}")
         unreachable = all(p.kind in ("unreachable", "host-key", "auth", "unchecked") for p in problems)
         status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
+        if all(p.kind == "capacity" for p in problems):
+            status = Status.CAPACITY_REFUSED     # the same refusal as before a wave, only earlier
         recorder.emit(ev.PreflightFailed(problems=tuple(self.masker(str(p)) for p in problems), status=status))
         if not resuming:  # a failed resume leaves the run resumable
             recorder.emit(ev.RunFinished(status=status, message=f"preflight: {len(problems)} problem(s)"))
