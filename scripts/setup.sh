@@ -14,7 +14,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(docker.io haproxy debootstrap openssh-client openssh-server curl socat chromium tmux)
+APT_PACKAGES=(docker.io haproxy debootstrap openssh-client openssh-server curl socat chromium tmux iproute2 util-linux procps)
 
 say() { printf '[setup] %s\n' "$*"; }
 
