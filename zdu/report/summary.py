@@ -53,7 +53,7 @@ def render_summary(state: RunState) -> str:
         answer = pause["answer"] or "still waiting"
         lines.append(f"Pause after wave {pause['wave']}: {answer}" + (f" (by {pause['by']}{waited})" if pause["by"]
                                                                       else ""))
-    within = [d.node for d in state.decisions if "within the failure budget" in d.reason]
+    within = [d.node for d in state.decisions if d.within_budget]
     if within:
         lines.append(f"Failed within the failure budget and rolled back to the old version: {', '.join(within)}")
     if state.decisions:

@@ -34,7 +34,7 @@ from ..status import OFFLINE_PHASES, FailureKind, LbState, Outcome, Phase, Statu
 from . import events as ev
 from .gate import LbGate
 from .policy import Action, Policy, default_policy
-from .rollback import Failure, RollbackCoordinator, first_failure
+from .rollback import Failure, RollbackCoordinator, Verdict, first_failure
 from .state import Recorder
 from .steps import Handlers, StepRunner
 from .walk import Gate, Pause, Walker, Wave, capacity
@@ -243,10 +243,10 @@ class Conductor:
             return None, False
         budget = wave.tier.max_fail_percentage if wave.tier.max_fail_percentage is not None \
             else self.plan.max_fail_percentage
-        status, stop = self._decide(failures, budget=budget, wave_size=len(wave.nodes))
-        if stop or status is Status.ROLLBACK_FAILED:
+        verdict, status = self._decided(failures, budget=budget, wave_size=len(wave.nodes))
+        if verdict.stop or status is Status.ROLLBACK_FAILED:
             return status, True
-        if self.recorder.query(lambda s: s.decisions[-1].reason).find("within the failure budget") >= 0:
+        if verdict.within_budget:
             self._partial.extend(f.node for f in failures)
             return Status.PARTIAL, False
         return status, False
@@ -403,11 +403,16 @@ class Conductor:
 
     # ------------------------------------------------------------------ decisions
 
-    def _decide(self, failures: Sequence[Failure], *, budget: float | None = None,
-                wave_size: int = 0) -> tuple[Status, bool]:
+    def _decide(self, failures: Sequence[Failure]) -> tuple[Status, bool]:
+        verdict, status = self._decided(failures)
+        return status, verdict.stop
+
+    def _decided(self, failures: Sequence[Failure], *, budget: float | None = None,
+                 wave_size: int = 0) -> tuple[Verdict, Status]:
+        """Ask the policy (or the budget) about ``failures`` and carry the rollbacks out."""
         verdict = self.rollback.decide(failures, budget=budget, wave_size=wave_size)
         rolled_back = self.rollback.roll_back_queue()
-        return self._decided_status(first_failure(failures), rolled_back), verdict.stop
+        return verdict, self._decided_status(first_failure(failures), rolled_back)
 
     def _decided_status(self, failure: Failure, rolled_back: bool) -> Status:
         if not rolled_back or self._a_rollback_failed():

@@ -283,6 +283,7 @@ class Decided(Event):
     failure: FailureKind
     message: str = ""
     targets: tuple[str, ...] = ()
+    within_budget: bool = False   # decided by the failure budget (the run goes on)
 
 
 @dataclass(frozen=True, kw_only=True)

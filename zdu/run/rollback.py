@@ -39,6 +39,7 @@ class Verdict:
     decisions: tuple[tuple[Failure, Decision], ...]
     order: tuple[str, ...]         # nodes to roll back, in this order
     stop: bool                     # the run ends after the rollbacks
+    within_budget: bool = False    # decided by the failure budget: roll back the failed, go on
 
 
 def first_failure(failures: Sequence[Failure]) -> Failure:
@@ -70,12 +71,13 @@ class RollbackCoordinator:
         failed = [f.node for f in failures]
         decisions: list[tuple[Failure, Decision]] = []
         wanted: set[str] = set()
+        budgeted = self._within_budget(failures, budget, wave_size)
         for failure in failures:
             context = FailureContext(
                 node=failure.node, phase=failure.phase, classification=failure.kind, message=failure.message,
                 exit_code=failure.exit_code, switched=tuple(n for n in switched if n != failure.node),
                 results=results, others=tuple(n for n in failed if n != failure.node))
-            decision = self._within_budget(failures, budget, wave_size) or self._ask(context)
+            decision = budgeted or self._ask(context)
             targets: list[str] = []
             if decision.action is Action.ROLLBACK_NODE:
                 targets = [failure.node]
@@ -85,13 +87,13 @@ class RollbackCoordinator:
             decisions.append((failure, decision))
             self.recorder.emit(ev.Decided(node=failure.node, phase=failure.phase, action=decision.action,
                                           reason=decision.reason, failure=failure.kind,
-                                          message=failure.message, targets=tuple(targets)))
+                                          message=failure.message, targets=tuple(targets),
+                                          within_budget=budgeted is not None))
         # the failed nodes first (in wave order), then the others newest first
         order = [n for n in failed if n in wanted] + [n for n in reversed(switched) if n in wanted and n not in failed]
-        within = budget is not None and all("within the failure budget" in d.reason for _, d in decisions)
-        stop = not within and any(d.action is not Action.CONTINUE for _, d in decisions)
+        stop = budgeted is None and any(d.action is not Action.CONTINUE for _, d in decisions)
         self.recorder.emit(ev.RollbacksPlanned(order=tuple(order), stop=stop))
-        return Verdict(tuple(decisions), tuple(order), stop)
+        return Verdict(tuple(decisions), tuple(order), stop, within_budget=budgeted is not None)
 
     @staticmethod
     def _within_budget(failures: Sequence[Failure], budget: float | None, wave_size: int) -> Decision | None:

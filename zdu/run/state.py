@@ -105,6 +105,7 @@ class DecisionRecord:
     classification: FailureKind
     targets: tuple[str, ...] = ()
     time: float = 0.0
+    within_budget: bool = False
 
 
 @dataclass
@@ -344,7 +345,8 @@ def _decided(state: RunState, event: ev.Decided) -> None:
             raise ValueError(f"Decided: rollback target {target!r} is not a node of this run")
     state.decisions.append(DecisionRecord(node=event.node or "", phase=event.phase, action=event.action.value,
                                           reason=event.reason, classification=event.failure,
-                                          targets=tuple(event.targets), time=event.at))
+                                          targets=tuple(event.targets), time=event.at,
+                                          within_budget=event.within_budget))
 
 
 def _rollbacks_planned(state: RunState, event: ev.RollbacksPlanned) -> None:
