@@ -131,7 +131,7 @@ def _show(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
 
 
 def _logs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
-    from ..report.review import load_run, run_ids
+    from ..report.review import run_ids
     from ..report.views import LB_PHASE, render_logs
     log_dir = Path(args.log_dir)
     # `logs NODE` (latest run) or `logs RUN_ID [NODE]`: a first word that is no run folder is a node

@@ -53,6 +53,7 @@ from paramiko.config import SSHConfig, SSHConfigDict
 
 from zdu.errors import ConfigError
 from zdu.model import Node, SshSettings, frozen_map
+from zdu.config.values import valid_host
 
 #: ``ssh.config_file``'s default; with it the system file is read too
 DEFAULT_CONFIG = "~/.ssh/config"
@@ -65,7 +66,6 @@ _MAX_INCLUDE_DEPTH = 16
 NODE, SSH, SSH_CONFIG, JUMP_SPEC, DEFAULT = "node", "ssh", "ssh_config", "proxy_jump", "default"
 
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})$")
 _SETTING = re.compile(r"(\w+)(?:\s*=\s*|\s+)(.+)")
 _MATCH_KNOWN = {"all", "canonical", "final", "host", "originalhost", "user", "localuser"}
 
@@ -115,7 +115,7 @@ def parse_jump(text: str) -> JumpSpec:
         port = _port(port_text, raw)
     else:
         host = rest
-    if not _valid_host(host):
+    if not valid_host(host, alias=True):
         raise JumpSyntaxError(f"invalid host {host!r} in jump host {raw!r}: expected a host "
                               "name, an ssh_config alias or an IP address")
     return JumpSpec(host=host, user=user, port=port)
@@ -149,14 +149,6 @@ def _port(text: str, raw: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise JumpSyntaxError(f"invalid port {text!r} in jump host {raw!r}")
     return int(text)
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOSTNAME.match(host)) and ".." not in host
 
 
 # --------------------------------------------------------------------------- the result

@@ -6,19 +6,18 @@ the field; nothing is contacted before the whole topology is valid.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from zdu.config.values import valid_host
 from zdu.config.documents import _Checker, _kind, describe_value, field_path, read_document
 from zdu.model import LbSettings, Node, RunStep, SshSettings, Tier, Topology, frozen_map
 from zdu.planning.serial import Serial, parse_serial
 
 # patterns are used with fullmatch ("$" would also match before a final newline)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 #: HAProxy's own rule for server names; they reach its runtime API
 _LB_SERVER = re.compile(r"[A-Za-z0-9._:-]{1,255}")
@@ -289,7 +288,7 @@ def _parse_node(c: _Checker, raw: Any, index: int, section: str = "nodes") -> No
                                       f"name with a file of the run folder (reserved, in any case: "
                                       f"{', '.join(sorted(RESERVED_NODE_NAMES))})")
     host = c.string(data["host"], f"{where}.host")
-    if not _valid_host(host):
+    if not valid_host(host):
         raise c.fail(f"{where}.host", f"invalid host {describe_value(host)}: expected a host name or an IP address")
     transport = c.optional(data, "transport", where,
                            lambda v, w: c.choice(v, w, ("ssh", "local")), "ssh")
@@ -331,14 +330,6 @@ def _jumps(c: _Checker) -> Callable[[Any, str], tuple[str, ...]]:
 
 def _user(c: _Checker, value: Any, where: str) -> str:
     return c.string(value, where, pattern=_USER, hint="no whitespace, and not starting with '-'")
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOST.fullmatch(host)) and ".." not in host
 
 
 def _parse_ssh(c: _Checker, raw: Any) -> SshSettings:

@@ -6,6 +6,8 @@ the value: a 1 MB string, a shared-reference bomb of 10**9 elements, a 5,000-dig
 """
 from __future__ import annotations
 
+import ipaddress
+
 import re
 from typing import Any, Mapping
 
@@ -125,3 +127,21 @@ def kind_of(value: Any) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     return type(value).__name__
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_HOST_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
+
+
+def valid_host(host: str, *, alias: bool = False) -> bool:
+    """A host name (letters, digits, '.', '-'; with ``alias`` also '_', as ssh_config aliases
+    may have) or an IP address.  An IPv6 scope id (``fe80::1%eth0``) is refused: Python's
+    ipaddress takes any text after the ``%``."""
+    if "%" in host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pattern = _HOST_ALIAS if alias else _HOST_NAME
+        return bool(pattern.fullmatch(host)) and ".." not in host

@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import csv
 import io
-import ipaddress
 import re
 import shlex
 import socket
@@ -18,6 +17,7 @@ from typing import Callable
 
 from zdu.errors import TransportError
 from zdu.transport.base import CommandHandler
+from zdu.config.values import valid_host
 
 #: the stat columns this package reads (HAProxy management guide, section 9.1)
 STAT_COLUMNS = ("pxname", "svname", "scur", "status", "weight", "check_status")
@@ -61,8 +61,6 @@ IDENTIFIER_HINT = "only letters, digits, '-', '_', '.' and ':' (HAProxy's identi
 #: a unix socket path that socat takes as a plain path: no ``!!`` (dual address), ``,``
 #: (address options), ``:`` (address type) or whitespace
 _SOCAT_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
-_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 def is_identifier(name: str) -> bool:
@@ -80,7 +78,7 @@ def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
         host, sep, port = address[4:].rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not _valid_host(host):
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not valid_host(host):
             raise ValueError(f"expected tcp:HOST:PORT with HOST an IP address or a host name "
                              f"and PORT 1-65535, got {address!r}")
         return "tcp", (host, int(port))
@@ -89,16 +87,6 @@ def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
     if not address:
         raise ValueError("empty socket path")
     return "unix", address
-
-
-def _valid_host(host: str) -> bool:
-    if "%" in host:  # ipaddress accepts any text as an IPv6 scope id
-        return False
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOST_NAME.fullmatch(host))
 
 
 def socat_address(address: str) -> str:

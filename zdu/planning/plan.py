@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import json
 import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from zdu.config.values import check_text
+from zdu.config.values import check_text, valid_host
 from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, HttpSpec, Node, Profile, RunStep, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
@@ -586,19 +585,11 @@ def _plan_wait(spec: WaitSpec, ctx: _Contexts, *, where: str) -> PlannedWait:
                        shown=shown, shown_pattern=shown_pattern, request=request)
 
 
-_TCP_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
-
-
 def _check_tcp_target(target: str, where: str) -> None:
     """A tcp wait's target must be HOST:PORT with a plain host name or IP address."""
     host, sep, port = target.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536
-    if ok:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            ok = bool(_TCP_HOST.match(host)) and ".." not in host
+    ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536 and valid_host(host)
     if not ok:
         raise TemplateError(f"{where}: a tcp wait needs HOST:PORT (a host name or IP address and a port "
                             f"number), got {target[:80]!r}")

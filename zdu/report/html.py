@@ -384,7 +384,7 @@ def _commands(run: LoadedRun, state: RunState) -> str:
     links = "".join(f'<li><a href="#step-{number[id(s)]}">{esc(s.node or s.target or "control")} {esc(s.phase)} '
                     f"{esc(s.name)}: {esc(s.message or s.failure)}</a></li>" for s in failed)
     options = "".join(f'<option value="{esc(k)}">{esc(k)}</option>' for k in order)
-    parts = [f'<section id="commands"><h2>Commands</h2>',
+    parts = ['<section id="commands"><h2>Commands</h2>',
              (f'<p class="warning">Failed steps:</p><ul id="failed-steps">{links}</ul>' if failed else ""),
              '<p class="toolbar"><button type="button" id="expand-all">expand all</button>'
              '<button type="button" id="collapse-all">collapse all</button>'
