@@ -30,10 +30,12 @@ class Connections:
         self._pool: Any = None
         if factory is None:
             from . import make_handler, make_pool
-            self._pool = make_pool(on_warning=on_warning)
             known = dict(targets or {})
 
             def factory(node: Node) -> CommandHandler:
+                if self._pool is None and node.transport == "ssh":
+                    # made on first use: a dry run never imports the SSH stack
+                    self._pool = make_pool(on_warning=on_warning)
                 extra: dict[str, Any] = {"pool": self._pool, "on_warning": on_warning}
                 if node.name in known:
                     extra["target"] = known[node.name]
