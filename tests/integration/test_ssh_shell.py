@@ -19,7 +19,8 @@ import pytest
 from tests.support.sshd import SshdServer, descendants, sshd_server  # noqa: F401 (fixture)
 from zdu.model import Node, SshSettings
 from zdu.transport.shell import RecordSplitter, encode_command
-from zdu.transport.ssh import SshHandler, SshPool
+from zdu.errors import UnreachableError
+from zdu.transport.ssh import LIVE_WINDOW, SshHandler, SshPool
 
 Factory = Callable[..., SshdServer]
 
@@ -164,6 +165,37 @@ def test_frozen_node_gives_up_at_the_timeout(handler: SshHandler, server: SshdSe
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
     assert handler.run("pkill -f 'sleep 4[3].7'; echo thawed").stdout == "thawed\n"
+
+
+def test_a_node_that_froze_while_idle_is_never_sent_the_command(server: SshdServer, tmp_path: Path) -> None:
+    """After a quiet spell the node must answer before a command goes into its shell: a frozen
+    node would otherwise run the command when it thaws, after the run gave up on it."""
+    known = tmp_path / "known_hosts"
+    known.write_text(server.known_hosts_line())
+    settings = SshSettings(known_hosts=str(known), key_file=str(server.client_key), connect_timeout=1.0,
+                           connect_retries=0)
+    h = SshHandler(Node("node-a", server.host, server.port), settings, pool=SshPool())
+    marker = tmp_path / "ran"
+    try:
+        assert h.run("true").ok
+        time.sleep(LIVE_WINDOW + 0.3)
+        assert server.process is not None
+        frozen = [server.process.pid, *descendants(server.process.pid)]    # docker pause: all of it
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(UnreachableError):
+                h.run(f"touch {marker}", timeout=5)
+            assert time.monotonic() - t0 < 6
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(1.5)
+        assert not marker.exists(), "the command ran after the node thawed"
+        assert h.run(f"touch {marker}").ok and marker.exists()       # and the node is usable again
+    finally:
+        h.close()
 
 
 def test_no_setsid_on_the_node_falls_back_to_exec_and_says_so_once(sshd_server: Factory,

@@ -72,7 +72,7 @@ import paramiko
 from fabric import Config, Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
-from paramiko.common import MSG_CHANNEL_REQUEST
+from paramiko.common import MSG_CHANNEL_REQUEST, MSG_GLOBAL_REQUEST
 from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException,
                                     NoValidConnectionsError, PasswordRequiredException,
                                     SSHException)
@@ -93,6 +93,11 @@ KILL_GRACE = 1.0
 KEEPALIVE = 15
 #: at least this long for a new shell session to start (its login shell reads rc files first)
 SHELL_START = 10.0
+#: a command goes into the shell session only if the node answered within this long; after a
+#: quiet spell one SSH round trip (a global request sshd must answer) proves it is there first.
+#: A frozen node (paused VM, silent link) must never receive a command that it would run when it
+#: thaws, after the run gave up on it -- the exec channel had that from its session handshake.
+LIVE_WINDOW = 1.0
 
 # paramiko logs the failures we map and report ourselves (with tracebacks, at ERROR); with no
 # logging configured they would land on stderr through logging's last-resort handler
@@ -1004,6 +1009,15 @@ class SshHandler(CommandHandler):
                                          error="timeout")
                 assert isinstance(got, _Shell)
                 shell = self._shell = got
+            if time.monotonic() - shell.last_heard > LIVE_WINDOW and \
+                    not _answers(shell.chan.get_transport(), min(limit, self.target.connect_timeout)):
+                # the node is silent: nothing was sent; reconnect once (which fails the same way
+                # if it is gone)
+                self._discard()
+                if attempt == 2:
+                    raise UnreachableError(self.node.name, f"{self.address} does not answer; the "
+                                                           "command was not sent")
+                continue
             nonce = secrets.token_hex(8)
             try:
                 shell.chan.sendall(frame(nonce, remote_command))
@@ -1072,7 +1086,7 @@ class SshHandler(CommandHandler):
         process group (TERM, a grace, KILL) from a second session, as for an exec channel."""
         state = StepState(nonce)
         out, err = OutputCapture(), OutputCapture()
-        reader = _Reader(shell.chan, nonce, out, err, state)
+        reader = _Reader(shell, nonce, out, err, state)
         deadline = time.monotonic() + limit        # the command's own time, as for exec
         if not reader.until(lambda: state.done, deadline):
             if reader.lost:
@@ -1148,6 +1162,7 @@ class _Shell:
 
     def __init__(self, chan: paramiko.Channel) -> None:
         self.chan = chan
+        self.last_heard = time.monotonic()     #: when the node last sent something on it
 
     @property
     def alive(self) -> bool:
@@ -1195,9 +1210,10 @@ class _Reader:
     """Reads one command's output from a shell session channel into the captures, taking the
     driver's records out of both streams."""
 
-    def __init__(self, chan: paramiko.Channel, nonce: str, out: OutputCapture, err: OutputCapture,
+    def __init__(self, shell: _Shell, nonce: str, out: OutputCapture, err: OutputCapture,
                  state: StepState) -> None:
-        self.chan = chan
+        self.shell = shell
+        self.chan = chan = shell.chan
         self.out, self.err, self.state = out, err, state
         self._out = RecordSplitter(f"{nonce}:".encode())
         self._err = RecordSplitter(f"{nonce}:".encode())
@@ -1205,16 +1221,21 @@ class _Reader:
 
     def _drain(self) -> None:
         chan = self.chan
+        heard = False
         while chan.recv_ready():
             data = chan.recv(65536)
             if not data:
                 break
+            heard = True
             self.out.feed(self._out.feed(data))
         while chan.recv_stderr_ready():
             data = chan.recv_stderr(65536)
             if not data:
                 break
+            heard = True
             self.err.feed(self._err.feed(data))
+        if heard:
+            self.shell.last_heard = time.monotonic()
         for splitter in (self._out, self._err):
             for record in splitter.records:
                 self.state.apply(record)
@@ -1277,6 +1298,25 @@ def _bounded(chan: paramiko.Channel, request: Callable[[], None], seconds: float
     finally:
         timer.cancel()
     return not expired.is_set()
+
+
+def _answers(transport: paramiko.Transport | None, seconds: float) -> bool:
+    """True when the SSH server answers a global request within ``seconds`` (OpenSSH refuses a
+    request it does not know: the refusal is the answer).  paramiko's own ``global_request``
+    waits without a bound."""
+    if transport is None or not transport.is_active():
+        return False
+    event = threading.Event()
+    transport.completion_event = event
+    m = paramiko.Message()
+    m.add_byte(bytes([MSG_GLOBAL_REQUEST]))
+    m.add_string("keepalive@openssh.com")
+    m.add_boolean(True)
+    try:
+        transport._send_user_message(m)  # type: ignore[attr-defined]
+    except (SSHException, EOFError, OSError):
+        return False
+    return event.wait(seconds)
 
 
 class _Transient(Exception):
