@@ -164,6 +164,24 @@ def preflight_and_lock(topology_path: Path) -> None:
           f"release {t3 - t2:.2f} s ({len(released)} problem(s))")
 
 
+def per_command(topology_path: Path, count: int = 50) -> None:
+    """One node, ``count`` trivial commands: through the shell session and one exec channel each."""
+    from zdu.config.topology import load_topology
+    from zdu.transport.ssh import SshHandler, SshPool
+    topology = load_topology(str(topology_path))
+    node = topology.nodes[0]
+    for label, shell in (("shell session", True), ("exec channel per command", False)):
+        handler = SshHandler(node, topology.ssh, pool=SshPool(), shell_session=shell)
+        try:
+            handler.run("true")
+            t0 = time.monotonic()
+            ok = all(handler.run("true").ok for _ in range(count))
+            each = (time.monotonic() - t0) / count
+        finally:
+            handler.close()
+        print(f"  one command (true) on one node, {label}: {each * 1000:.1f} ms{'' if ok else ' (FAILURES)'}")
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -287,6 +305,7 @@ def main() -> int:
     parser.add_argument("--sim-nodes", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.02, help="simulated seconds per command")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--skip-sim", action="store_true")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}")
     for app in APP:
@@ -302,13 +321,15 @@ def main() -> int:
             try:
                 path = fleet_topology(work, servers, key, known, step=args.step, serial=args.serial,
                                       parallel=args.parallel)
+                per_command(path)
                 preflight_and_lock(path)
                 run_fleet(path, work, args.serial)
             finally:
                 for server in servers:
                     server.stop()
-    print(f"\n2. simulated fleet (no SSH)")
-    simulated(args.sim_nodes, args.serial, args.latency, args.parallel)
+    if not args.skip_sim:
+        print("\n2. simulated fleet (no SSH)")
+        simulated(args.sim_nodes, args.serial, args.latency, args.parallel)
     return 0
 
 
