@@ -54,9 +54,11 @@ def known_hosts(tmp_path: Path, server: SshdServer) -> Path:
     return path
 
 
-@pytest.fixture
-def handler(server: SshdServer, known_hosts: Path) -> Iterator[SshHandler]:
-    h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep())
+@pytest.fixture(params=["shell", "exec"])
+def handler(request: pytest.FixtureRequest, server: SshdServer, known_hosts: Path) -> Iterator[SshHandler]:
+    """Through the node's shell session (the default) and one exec channel per command."""
+    h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep(),
+                   shell_session=request.param == "shell")
     yield h
     h.close()
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from zdu.transport import make_handler
 from zdu.transport.base import CommandHandler
 from zdu.lab.fleet import Lab
-from zdu.model import SshSettings, Topology, frozen_map
+from zdu.model import CommandResult, SshSettings, Topology, frozen_map
 from zdu.planning.plan import PlannedWait, build_plan
 from zdu.config.profile import parse_profile
 from zdu.status import Phase
-from zdu.run.waits import WaitOutcome, run_wait
+from zdu.run.waits import NODE_SPAN, WaitOutcome, run_wait
 
 NODE = "Node-A"
 OLD, NEW = "/opt/gateway-1.0", "/opt/gateway-2.0"
@@ -53,10 +53,16 @@ class Gates:
         assert step.kind == "wait" and step.wait is not None
         return step.wait
 
-    def run(self, wait: dict[str, Any]) -> tuple[WaitOutcome, float, PlannedWait]:
+    def run(self, wait: dict[str, Any], stop: Callable[[], bool] = lambda: False
+            ) -> tuple[WaitOutcome, float, PlannedWait]:
         planned = self.plan(wait)
+        self.round_trips = 0
+
+        def on_node(command: str, timeout: float) -> CommandResult:
+            self.round_trips += 1
+            return self.handler.run(command, timeout=timeout)
         start = time.monotonic()
-        outcome = run_wait(planned, run_on_node=lambda cmd, t: self.handler.run(cmd, timeout=t))
+        outcome = run_wait(planned, run_on_node=on_node, stop=stop)
         return outcome, time.monotonic() - start, planned
 
     def passes(self, wait: dict[str, Any]) -> WaitOutcome:
@@ -203,3 +209,40 @@ def test_log_line_that_appears_during_the_wait(gates: Gates) -> None:
     outcome = gates.passes({"log": log, "pattern": r"Started gateway 3\.0"})
     assert outcome.polls >= 2 and outcome.waited >= 0.5, outcome
     gates.lab.exec(NODE, f"rm -f {log}")
+
+
+# ---------------------------------------------------------------------------- polled on the node
+
+def test_a_node_side_gate_polls_on_the_node_in_one_round_trip(gates: Gates) -> None:
+    log = f"/var/tmp/zdu-wait-{uuid.uuid4().hex}.log"
+    gates.lab.exec(NODE, f"(sleep 1; echo ready >> {log}) >/dev/null 2>&1 </dev/null &")
+    outcome = gates.passes({"log": log, "pattern": "ready", "interval": 0.05})
+    assert outcome.polls >= 8 and gates.round_trips == 1, (outcome, gates.round_trips)
+    gates.lab.exec(NODE, f"rm -f {log}")
+    # failing until the deadline: every check ran on the node, one round trip per NODE_SPAN
+    failed = gates.fails({"command": "false", "interval": 0.05})
+    assert failed.polls >= DEADLINE / 0.05 / 2 and gates.round_trips <= DEADLINE / NODE_SPAN + 1, \
+        (failed, gates.round_trips)
+
+
+def test_an_interrupt_is_seen_between_round_trips(gates: Gates) -> None:
+    asked = {"n": 0}
+
+    def stop() -> bool:
+        asked["n"] += 1
+        return True
+    outcome, elapsed, _ = gates.run({"command": "false", "deadline": 60, "interval": 0.1}, stop=stop)
+    assert outcome.interrupted and not outcome.ok and outcome.polls >= 2
+    assert gates.round_trips == 1 and elapsed < NODE_SPAN + MARGIN and asked["n"] == 1
+
+
+def test_http_from_the_node_with_a_body_pattern_is_judged_on_the_control_side(gates: Gates) -> None:
+    # a Python-only pattern (\d, lazy quantifier): the node's tools are never asked to judge it
+    outcome = gates.passes({"http": url("/"), "status": 200, "body": r'"version": "\d\.\d+?"', "where": "node"})
+    assert outcome.message == "GET (from node): status 200"
+    down = gates.fails({"http": url("/"), "status": 200, "body": '"version": "1.0"', "where": "node",
+                        "state": "down"})
+    assert down.message.endswith("still: GET (from node): status 200"), down
+    gone = gates.passes({"http": url("/"), "status": 200, "body": '"version": "9.9"', "where": "node",
+                         "state": "down"})
+    assert "no longer: GET (from node): status 200, body does not match" in gone.message

@@ -21,6 +21,7 @@ from zdu.run import events as ev
 from zdu.run.conductor import Conductor
 from zdu.run.policy import Policy, default_policy
 from zdu.run.state import Recorder, RunState, RunView, replay
+from zdu.run.waits import unwrap_node_loop
 from zdu.status import Status
 from zdu.transport.base import CommandHandler
 
@@ -57,6 +58,14 @@ class FakeHandler(CommandHandler):
 
     def run(self, command: str, *, timeout: float | None = None,  # type: ignore[override]
             env: dict[str, str] | None = None) -> CommandResult:
+        loop = unwrap_node_loop(command)
+        if loop is not None:        # a node-side gate: poll the check as the node would
+            check, polls, until = loop
+            for count in range(1, polls + 1):
+                result = self.run(check, timeout=timeout, env=env)
+                if result.error or until == "any" or (result.exit_code == 0) == (until == "ok"):
+                    break
+            return result.replace(stderr=f"{result.stderr}\n\x1ezdu-wait:{count}\n")
         with self.fleet.lock:
             self.fleet.log.append(command)
             behaviour = self.fleet.script.get(command, 0)

@@ -251,7 +251,8 @@ def test_drain_wait_uses_the_injected_clock_and_is_bounded() -> None:
 
     assert time.monotonic() - started < 1                      # never really slept
     assert sum(slept) == pytest.approx(30)
-    assert 140 <= len(slept) <= 152
+    assert 150 <= len(slept) <= 170              # 0.2 s apart, 0.025 s during the first 0.4 s
+    assert slept[:16] == pytest.approx([0.025] * 16) and slept[-2] == pytest.approx(0.2)
     assert result.ok and result.details["sessions_cut"] == 6   # 3 on each instance
     assert result.details["drain_seconds"] == pytest.approx(30)
     for api in apis:

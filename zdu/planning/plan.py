@@ -13,6 +13,7 @@ the text is touched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -25,7 +26,7 @@ from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, HttpSpec, Node, Profile, RunStep, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
 from zdu.planning.serial import Serial, parse_serial
-from zdu.planning.templates import Raw, render
+from zdu.planning.templates import Raw, referenced_names, render
 from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase, StepKind
 
 __all__ = ["MASK", "Plan", "NodePlan", "PlannedStep", "PlannedWait", "Secret", "build_plan", "format_plan",
@@ -168,10 +169,11 @@ class Plan:
         return self.backend or tuple(p.node for p in self.nodes)
 
     def node_plan(self, name: str) -> NodePlan:
-        for plan in self.nodes:
-            if plan.node.name == name:
-                return plan
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, NodePlan]:
+        return {plan.node.name: plan for plan in self.nodes}
 
     def target(self, name: str) -> Node:
         """The node or host a step runs on."""
@@ -199,6 +201,15 @@ class Plan:
 
 # --------------------------------------------------------------------------- contexts
 
+@dataclass
+class _Shared:
+    """What every node's renders share: a template that reads none of the names whose value
+    differs between nodes (``node`` and every node or host variable) renders the same for all."""
+
+    varying: frozenset[str]
+    renders: dict[tuple[str, bool], tuple[str, str]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class _Contexts:
     """What one node's templates see: ``real`` for the node, ``shown`` with secrets masked."""
@@ -206,12 +217,24 @@ class _Contexts:
     real: Mapping[str, Any]
     shown: Mapping[str, Any]
     secrets: frozenset[str]
+    secret_names: frozenset[str] = frozenset()     # the names whose value holds a secret
+    shared: _Shared | None = None
 
     def render(self, template: str, *, where: str, shell: bool = True) -> tuple[str, str]:
+        names = referenced_names(template)
+        key = (template, shell)
+        same = self.shared if names is not None and self.shared is not None and \
+            not names & self.shared.varying else None
+        if same is not None and key in same.renders:
+            return same.renders[key]
         real = render(template, self.real, where=where, shell=shell)
-        if not self.secrets:
-            return real, real
-        return real, render(template, self.shown, where=where, shell=shell)
+        if not self.secrets or (names is not None and not names & self.secret_names):
+            result = (real, real)             # no secret in it: shown as it is
+        else:
+            result = (real, render(template, self.shown, where=where, shell=shell))
+        if same is not None:
+            same.renders[key] = result
+        return result
 
 
 def _secret(value: Any) -> Any:
@@ -269,11 +292,13 @@ def render_context(topology: Topology, profile: Profile, node: Node, *, old_inst
     return context
 
 
-def _contexts(topology: Topology, profile: Profile, node: Node, **kw: Any) -> _Contexts:
+def _contexts(topology: Topology, profile: Profile, node: Node, shared: _Shared | None = None,
+              **kw: Any) -> _Contexts:
     values: set[str] = set()
     real = render_context(topology, profile, node, secrets=values, **kw)
     shown = {k: _masked(v) for k, v in real.items()} if values else real
-    return _Contexts(real, shown, frozenset(values))
+    secret_names = frozenset(k for k, v in real.items() if _values(v))
+    return _Contexts(real, shown, frozenset(values), secret_names, shared)
 
 
 def _resolve(name: str, value: Any, source: str, env: Mapping[str, str] | None) -> Any:
@@ -337,13 +362,14 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
     contexts: dict[str, _Contexts] = {}
     kw = dict(old_install_dir=old_install_dir, new_install_dir=new_install_dir, run_id=run_id, env=env)
     hosts = {"control": CONTROL, **{h.name: h for h in topology.hosts}}
+    shared = _Shared(frozenset({"node"}).union(*(n.vars for n in (*topology.nodes, *hosts.values()))))
     try:
         for node in topology.nodes:
-            ctx = contexts[node.name] = _contexts(topology, profile, node, **kw)
+            ctx = contexts[node.name] = _contexts(topology, profile, node, shared, **kw)
             secrets |= ctx.secrets
             node_plans.append(_node_plan(profile, node, ctx))
         for name, host in hosts.items():
-            contexts[name] = _contexts(topology, profile, host, **kw)
+            contexts[name] = _contexts(topology, profile, host, shared, **kw)
             secrets |= contexts[name].secrets
         before = _run_steps(profile, topology, Phase.BEFORE, (*profile.before, *topology.before), contexts)
         after = _run_steps(profile, topology, Phase.AFTER, (*profile.after, *topology.after), contexts)
@@ -595,6 +621,7 @@ def _check_tcp_target(target: str, where: str) -> None:
                             f"number), got {target[:80]!r}")
 
 
+@functools.lru_cache(maxsize=1024)
 def _hidden(text: str) -> str:
     """A shell word that expands to ``text`` but does not contain it, so ``pgrep -f`` in a
     shell whose own command line holds the pattern does not find that shell."""

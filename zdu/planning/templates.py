@@ -10,11 +10,13 @@ machine) and bounded: ``zdu.planning.sandbox`` says what one render may cost.
 """
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
+from jinja2 import meta
 
 from zdu.config.values import shorten
 from zdu.errors import TemplateError
@@ -97,3 +99,14 @@ def check_syntax(template: str, *, where: str) -> None:
         compile_template(_ENV, template)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{where}: template syntax error on line {exc.lineno}: {shorten(str(exc.message))}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def referenced_names(template: str) -> frozenset[str] | None:
+    """The names ``template`` reads from its context (None when it does not parse: rendering
+    it reports why).  A template can reach the context only through names, so a render depends
+    on the values of these and nothing else."""
+    try:
+        return frozenset(meta.find_undeclared_variables(_ENV.parse(template)))
+    except jinja2.TemplateError:
+        return None

@@ -3,8 +3,11 @@
 Agentless: the lock is a directory created atomically (``mkdir``) on every node
 of the topology, over the same SSH connection the run uses, holding
 ``owner.json`` (run id, user, control host, pid, start time, message).  It is
-taken after preflight, before any change, in topology order; if any node is
-already locked, the locks just taken are released and the holder is reported.
+taken after preflight, before any change: one round trip per node (one command that
+creates the directory or prints its owner), the first node alone -- two runs started at
+the same moment decide there, and the loser touches nothing else -- then the others in
+parallel (``parallel`` at a time); if any node is already locked, the locks just taken
+are released and every holder is reported.  Release is one round trip per node, in parallel.
 A run resumed with ``--resume`` takes its own lock back.  A lock whose owner is
 gone (SIGKILLed run, crashed laptop) stays until an operator passes
 ``--break-lock``, having checked that no other upgrade is running.
@@ -17,6 +20,8 @@ import json
 import os
 import shlex
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
@@ -76,35 +81,45 @@ class FleetLock:
     """Take and release the lock on every node."""
 
     def __init__(self, nodes: Sequence[Node], handlers: Callable[[Node], CommandHandler], owner: LockOwner,
-                 *, break_lock: bool = False, lock_dir: str = LOCK_DIR) -> None:
+                 *, break_lock: bool = False, lock_dir: str = LOCK_DIR, parallel: int = 16) -> None:
         self.nodes = list(nodes)
         self.handlers = handlers
         self.owner = owner
         self.break_lock = break_lock
         self.lock_dir = lock_dir
+        self.parallel = max(1, parallel)
         self.held: list[Node] = []
         self.broken: list[str] = []
+        self._mutex = threading.Lock()
 
     def acquire(self, stop: Callable[[], bool] = lambda: False) -> bool:
         """Lock every node or none; LockError naming each holder.  False (and nothing held) when
         ``stop()`` became true on the way (an interrupt)."""
-        problems: list[str] = []
-        for node in self.nodes:
+        def take(node: Node) -> str | None:
             if stop():
-                self.release()
-                return False
+                return None
             try:
-                problem = self._take(node)
+                return self._take(node)
             except TransportError as exc:
-                problem = f"{node.name}: cannot take the lock: {exc.detail}"
-            if problem:
-                problems.append(problem)
-                break
+                return f"{node.name}: cannot take the lock: {exc.detail}"
+
+        first, rest = self.nodes[:1], self.nodes[1:]
+        problems = [p for p in map(take, first) if p]
+        if not problems and rest:
+            with ThreadPoolExecutor(max_workers=min(self.parallel, len(rest))) as pool:
+                problems = [p for p in pool.map(take, rest) if p]
         if problems:
             self.release()
             raise LockError("the fleet is locked by another run; nothing was changed:\n  - "
                             + "\n  - ".join(problems))
+        if stop():
+            self.release()
+            return False
         return True
+
+    def _hold(self, node: Node) -> None:
+        with self._mutex:
+            self.held.append(node)
 
     def _take(self, node: Node) -> str | None:
         handler = self.handlers(node)
@@ -121,7 +136,7 @@ class FleetLock:
                        f"{result.stderr.strip()[:200]}"
             out = result.stdout.strip()
             if out.endswith("ZDU-LOCK-ACQUIRED"):
-                self.held.append(node)
+                self._hold(node)
                 return None
             holder = _parse_owner(out)
             if holder is not None and holder.run_id == self.owner.run_id and holder.pid != self.owner.pid \
@@ -132,11 +147,12 @@ class FleetLock:
                         "gone, rerun with --break-lock")
             if holder is not None and holder.run_id == self.owner.run_id:
                 handler.run(f"printf '%s' {shlex.quote(owner_json)} > {owner_file}", timeout=30)
-                self.held.append(node)  # our own lock, left by this run before it died: resume
+                self._hold(node)  # our own lock, left by this run before it died: resume
                 return None
             described = holder.describe() if holder else "an unknown owner (no owner.json: being taken now?)"
             if self.break_lock and attempt == 0:
-                self.broken.append(f"{node.name}: {described}")
+                with self._mutex:
+                    self.broken.append(f"{node.name}: {described}")
                 handler.run(f"rm -rf {path}", timeout=30)
                 continue
             stale = " -- STALE: that process no longer exists" if holder and holder.is_stale() else ""
@@ -145,18 +161,23 @@ class FleetLock:
         return f"{node.name}: could not take the lock after breaking it"
 
     def release(self) -> list[str]:
-        """Release the locks this run holds (only if still ours); return the problems."""
-        problems = []
+        """Release the locks this run holds (only if still ours), in parallel; return the problems."""
         owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
-        for node in reversed(self.held):
+        command = (f"grep -qF {shlex.quote(json.dumps(self.owner.run_id))} {owner_file} 2>/dev/null && "
+                   f"rm -rf {shlex.quote(self.lock_dir)}; true")
+
+        def give_back(node: Node) -> str | None:
             try:
-                result = self.handlers(node).run(
-                    f"grep -qF {shlex.quote(json.dumps(self.owner.run_id))} {owner_file} 2>/dev/null && "
-                    f"rm -rf {shlex.quote(self.lock_dir)}; true", timeout=30)
-                if result.exit_code != 0:
-                    problems.append(f"{node.name}: lock not released: exit {result.exit_code}")
+                result = self.handlers(node).run(command, timeout=30)
             except TransportError as exc:
-                problems.append(f"{node.name}: lock not released ({exc.detail}); remove {self.lock_dir} "
-                                "there once the node is back")
-        self.held.clear()
-        return problems
+                return (f"{node.name}: lock not released ({exc.detail}); remove {self.lock_dir} "
+                        "there once the node is back")
+            return f"{node.name}: lock not released: exit {result.exit_code}" if result.exit_code != 0 else None
+
+        order = {n.name: i for i, n in enumerate(self.nodes)}
+        with self._mutex:
+            held, self.held = sorted(self.held, key=lambda n: -order.get(n.name, 0)), []
+        if not held:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(held))) as pool:
+            return [p for p in pool.map(give_back, held) if p]

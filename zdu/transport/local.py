@@ -27,8 +27,84 @@ from zdu.transport.base import CommandHandler
 KILL_GRACE = 1.0
 
 
+#: characters kept from the start and from the end of each output stream; the middle of a
+#: longer output is dropped (and says so), so a command printing gigabytes cannot exhaust the
+#: control machine's memory or the logs
+KEEP_HEAD = 1024 * 1024
+KEEP_TAIL = 1024 * 1024
+
+
+class OutputKeeper:
+    """The first ``keep_head`` and last ``keep_tail`` characters of a stream of text pieces,
+    in bounded memory; :meth:`parts` adds a note saying how much of the middle was dropped."""
+
+    def __init__(self, keep_head: int = KEEP_HEAD, keep_tail: int = KEEP_TAIL) -> None:
+        self.keep_head = keep_head
+        self.keep_tail = keep_tail
+        self._head: list[str] = []
+        self._head_len = 0
+        self._tail: collections.deque[str] = collections.deque()
+        self._tail_len = 0
+        self._dropped = 0
+
+    def add(self, data: str) -> None:
+        """Keep what belongs to the head or the tail of ``data``."""
+        if self._head_len < self.keep_head:
+            kept = data[: self.keep_head - self._head_len]
+            self._head.append(kept)
+            self._head_len += len(kept)
+            data = data[len(kept):]
+            if not data:
+                return
+        self._tail.append(data)
+        self._tail_len += len(data)
+        while self._tail and self._tail_len - len(self._tail[0]) >= self.keep_tail:
+            self._tail_len -= len(self._tail[0])
+            self._dropped += len(self._tail.popleft())
+
+    def parts(self) -> list[str]:
+        """The kept text: the head, a truncation note if anything was dropped, the tail."""
+        rest = "".join(self._tail)
+        dropped = self._dropped
+        if len(rest) > self.keep_tail:
+            dropped += len(rest) - self.keep_tail
+            rest = rest[len(rest) - self.keep_tail:]
+        out = list(self._head)
+        if dropped:
+            out.append(f"\n[... zdupgrade: {dropped} characters of output truncated here ...]\n")
+        if rest:
+            out.append(rest)
+        return out
+
+    def text(self) -> str:
+        return "".join(self.parts())
+
+
+class OutputCapture(OutputKeeper):
+    """An :class:`OutputKeeper` fed with bytes: decoded incrementally (a multi-byte character
+    split across two reads stays whole; invalid bytes become U+FFFD)."""
+
+    def __init__(self, encoding: str = "utf-8", keep_head: int = KEEP_HEAD,
+                 keep_tail: int = KEEP_TAIL) -> None:
+        super().__init__(keep_head, keep_tail)
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace")
+
+    def feed(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text:
+            self.add(text)
+
+    def text(self) -> str:
+        """Everything kept (flushes the decoder: call once the stream has ended)."""
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            self.add(tail)
+        return super().text()
+
+
 class IncrementalDecodeMixin:
-    """Decode output with an incremental decoder and bigger reads.
+    """Decode output with an incremental decoder and bigger reads, and keep only the head and
+    the tail of a huge output (:class:`OutputKeeper`).
 
     invoke decodes every 1000-byte chunk on its own, which turns a multi-byte
     UTF-8 character split across two chunks into two replacement characters.
@@ -37,37 +113,14 @@ class IncrementalDecodeMixin:
 
     read_chunk_size = 64 * 1024
     encoding: str
-    #: characters kept from the start and from the end of each stream; the middle of a
-    #: longer output is dropped (and says so), so a command printing gigabytes cannot
-    #: exhaust the control machine's memory or the logs
-    keep_head = 1024 * 1024
-    keep_tail = 1024 * 1024
+    keep_head = KEEP_HEAD
+    keep_tail = KEEP_TAIL
 
     def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Callable[[int], bytes | None]) -> None:
-        head = 0
-        tail: collections.deque[str] = collections.deque()
-        tail_len = dropped = 0
+        keeper = OutputKeeper(self.keep_head, self.keep_tail)
         for data in self.read_proc_output(reader):  # type: ignore[attr-defined]
-            if head < self.keep_head:
-                kept = data[: self.keep_head - head]
-                buffer_.append(kept)
-                head += len(kept)
-                data = data[len(kept):]
-                if not data:
-                    continue
-            tail.append(data)
-            tail_len += len(data)
-            while tail and tail_len - len(tail[0]) >= self.keep_tail:
-                tail_len -= len(tail[0])
-                dropped += len(tail.popleft())
-        rest = "".join(tail)
-        if len(rest) > self.keep_tail:
-            dropped += len(rest) - self.keep_tail
-            rest = rest[len(rest) - self.keep_tail:]
-        if dropped:
-            buffer_.append(f"\n[... zdupgrade: {dropped} characters of output truncated here ...]\n")
-        if rest:
-            buffer_.append(rest)
+            keeper.add(data)
+        buffer_.extend(keeper.parts())
 
     def read_proc_output(self, reader: Callable[[int], bytes | None]) -> Generator[str, None, None]:
         decoder = codecs.getincrementaldecoder(self.encoding)("replace")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
@@ -30,10 +31,12 @@ class Connections:
         self._pool: Any = None
         if factory is None:
             from . import make_handler, make_pool
-            self._pool = make_pool(on_warning=on_warning)
             known = dict(targets or {})
 
             def factory(node: Node) -> CommandHandler:
+                if self._pool is None and node.transport == "ssh":
+                    # made on first use: a dry run never imports the SSH stack
+                    self._pool = make_pool(on_warning=on_warning)
                 extra: dict[str, Any] = {"pool": self._pool, "on_warning": on_warning}
                 if node.name in known:
                     extra["target"] = known[node.name]
@@ -74,11 +77,20 @@ class Connections:
         """Close every connection (idempotent); closing never raises."""
         with self._lock:
             handlers, self._handlers = list(self._handlers.values()), {}
-        for handler in handlers:
+
+        def close(handler: CommandHandler) -> None:
             try:
                 handler.close()
             except Exception:  # noqa: BLE001 - closing must not hide the run's real outcome
                 pass
+        if len(handlers) > 1:
+            # a connection takes a few ms to close (its transport thread is joined): 100 in a row
+            # held the end of a run back by half a second
+            with ThreadPoolExecutor(max_workers=min(16, len(handlers))) as pool:
+                list(pool.map(close, handlers))
+        else:
+            for handler in handlers:
+                close(handler)
         if self._pool is not None:
             try:
                 self._pool.close()

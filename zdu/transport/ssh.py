@@ -33,11 +33,16 @@ output had arrived.  The next ``run`` reconnects (one ``open()``, with the norma
 connect retries); if that fails it raises :class:`UnreachableError`.  ``run``
 raises only when the command could not be started at all.
 
+Commands run through one long-lived shell per connection (:mod:`zdu.transport.shell`: a
+command costs one round trip, not a new SSH session and login), or -- where that shell cannot
+start (no ``setsid`` on the node, said once per run) or with ``shell_session=False`` -- one exec
+channel each.  The results are the same either way.
+
 Command timeout: the remote process group of the command gets SIGTERM, then SIGKILL
-after a one-second grace, then the channel is closed.  To know that group, every
-command is preceded by one ``printf`` that writes the shell's ``$$`` to stderr
-(sshd makes each session command a session leader, so that is its process group);
-the line is stripped from stderr before anyone sees it.  The kill is a
+after a one-second grace, then the channel is closed.  To know that group, the
+command's own shell reports its ``$$`` on stderr, framed by a random nonce
+(it runs as a session leader: sshd makes every exec command one, the shell session's
+driver uses ``setsid``); the record is taken out of stderr before anyone sees it.  The kill is a
 ``kill -SIG -- -PGID`` run in a second session on the same connection (the SSH
 ``signal`` request is only a fallback when the group is unknown: OpenSSH refuses it
 for root logins, which skip privilege separation).  The result is ``exit_code=None,
@@ -52,6 +57,8 @@ import hmac
 import logging
 import os
 import re
+import secrets
+import select
 import shlex
 import signal as _signal
 import socket
@@ -65,7 +72,7 @@ import paramiko
 from fabric import Config, Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
-from paramiko.common import MSG_CHANNEL_REQUEST
+from paramiko.common import MSG_CHANNEL_REQUEST, MSG_GLOBAL_REQUEST
 from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException,
                                     NoValidConnectionsError, PasswordRequiredException,
                                     SSHException)
@@ -74,8 +81,9 @@ from zdu.config.ssh_config import NODE, SSH, SSH_CONFIG, ResolvedTarget, resolve
 from zdu.errors import AuthError, HostKeyError, TransportError, UnreachableError
 from zdu.model import CommandResult, Node, SshSettings
 from zdu.transport.base import BastionError, CommandHandler, InvalidCommandError
-from zdu.transport.local import IncrementalDecodeMixin, TimeoutKillMixin
+from zdu.transport.local import IncrementalDecodeMixin, OutputCapture, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
+from zdu.transport.shell import RecordSplitter, StepState, driver_command, frame
 
 HostKeyCallback = Callable[[str, str, str], None]
 
@@ -83,6 +91,13 @@ HostKeyCallback = Callable[[str, str, str], None]
 KILL_GRACE = 1.0
 #: seconds between keepalives on an idle connection
 KEEPALIVE = 15
+#: at least this long for a new shell session to start (its login shell reads rc files first)
+SHELL_START = 10.0
+#: a command goes into the shell session only if the node answered within this long; after a
+#: quiet spell one SSH round trip (a global request sshd must answer) proves it is there first.
+#: A frozen node (paused VM, silent link) must never receive a command that it would run when it
+#: thaws, after the run gave up on it -- the exec channel had that from its session handshake.
+LIVE_WINDOW = 1.0
 
 # paramiko logs the failures we map and report ourselves (with tracebacks, at ERROR); with no
 # logging configured they would land on stderr through logging's last-resort handler
@@ -128,14 +143,13 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
     chan.transport._send_user_message(m)  # type: ignore[union-attr]
 
 
-#: first line the wrapper writes to stderr: the command's process group id.  sshd
-#: runs every session command as a session leader (setsid), so ``$$`` of the shell
-#: is the process group of the command and of everything it starts.
-_PGID_MARK = b"\x1ezdu-pgid="
-
-
 class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
-    """Fabric's Remote runner with a real kill, stdin closed, and "did it start" tracking."""
+    """Fabric's Remote runner with a real kill, stdin closed, and "did it start" tracking.
+
+    To know the command's process group, the command is preceded by one ``printf`` that writes
+    the shell's ``$$`` to stderr (sshd makes each session command a session leader, so that is
+    its process group), framed by a random nonce: the record is taken out of stderr wherever it
+    lands (rc files of the login shell may write before it)."""
 
     command_sent = False
     pgid: int | None = None
@@ -143,7 +157,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._stderr_head: bytes | None = b""
+        self._nonce = secrets.token_hex(8)
+        self._marks = RecordSplitter(f"{self._nonce}:".encode())
 
     #: seconds to wait for the node to answer the exec request (None: forever)
     start_timeout: float | None = None
@@ -151,7 +166,7 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     start_expired = False
 
     def send_start_message(self, command: str) -> None:
-        wrapped = f"printf '\\036zdu-pgid=%s\\n' \"$$\" >&2\n{command}"
+        wrapped = f"printf '\\036{self._nonce}:pgid=%s\\n' \"$$\" >&2\n{command}"
         # paramiko waits for the answer to an exec request without any timeout, and invoke's
         # command timer starts only after it: a node that freezes right then (paused, link
         # gone silent) would hang the run for good
@@ -164,22 +179,19 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         self.channel.shutdown_write()
 
     def read_proc_stderr(self, num_bytes: int) -> bytes:
-        # strip (and remember) the pgid line the wrapper writes before the command runs
-        while self._stderr_head is not None:
+        # take the pgid record out; never return b"" before the real end (invoke stops there)
+        while True:
             data = self.channel.recv_stderr(num_bytes)
-            head = self._stderr_head + data
-            if data and b"\n" not in head and len(head) < 64:
-                self._stderr_head = head
-                continue
-            self._stderr_head = None
-            rest = head
-            if head.startswith(_PGID_MARK) and b"\n" in head:
-                line, rest = head.split(b"\n", 1)
-                digits = line[len(_PGID_MARK):]
-                self.pgid = int(digits) if digits.isdigit() else None
-            if rest or not data:
+            if not data:
+                return self._marks.flush()
+            rest = self._marks.feed(data)
+            for record in self._marks.records:
+                key, _, value = record.partition("=")
+                if key == "pgid" and value.isdigit():
+                    self.pgid = int(value)
+            self._marks.records.clear()
+            if rest:
                 return rest
-        return self.channel.recv_stderr(num_bytes)
 
     def _terminate(self) -> None:
         chan = self.channel
@@ -203,18 +215,24 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         chan.close()
 
     def _side_command(self, command: str) -> bool:
-        """Run ``command`` in a second session; False if the node did not even answer."""
+        return _side_command(self.channel.transport, command)
+
+
+def _side_command(transport: paramiko.Transport | None, command: str) -> bool:
+    """Run ``command`` in a second session; False if the node did not even answer."""
+    if transport is None:
+        return False
+    try:
+        side = transport.open_session(timeout=KILL_GRACE * 5)
         try:
-            side = self.channel.transport.open_session(timeout=KILL_GRACE * 5)
-            try:
-                if not _bounded(side, lambda: side.exec_command(command), KILL_GRACE * 5):
-                    return False
-                side.status_event.wait(KILL_GRACE * 5)
-            finally:
-                side.close()
-        except Exception:  # noqa: BLE001 - best effort; the channel close follows
-            return False
-        return True
+            if not _bounded(side, lambda: side.exec_command(command), KILL_GRACE * 5):
+                return False
+            side.status_event.wait(KILL_GRACE * 5)
+        finally:
+            side.close()
+    except Exception:  # noqa: BLE001 - best effort; the caller closes what it must
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- known_hosts
@@ -474,6 +492,7 @@ class SshPool:
         self._lock = threading.Lock()
         self._links: dict[tuple[Any, ...], _Link] = {}
         self._known: dict[Path, tuple[tuple[int, int], KnownHosts]] = {}
+        self._exec_fallback_noted = False
 
     # ------------------------------------------------------------------ warnings, known_hosts
 
@@ -486,6 +505,15 @@ class SshPool:
         for callback in (self.on_warning, also):
             if callback is not None:
                 callback(message)
+
+    def note_exec_fallback(self, node: str, reason: str, also: WarningCallback | None = None) -> None:
+        """The first node of the run whose shell session cannot start says so (once per pool)."""
+        with self._lock:
+            first, self._exec_fallback_noted = not self._exec_fallback_noted, True
+        if first:
+            self.warn(f"{node}: cannot keep a shell session on the node ({reason}); commands there "
+                      "run in one SSH session each instead (slower: a new login per command), and so "
+                      "on any other node where this happens", also)
 
     def known_hosts(self, path: Path, also: WarningCallback | None = None) -> KnownHosts:
         """``path`` parsed (again only when it changed); raises OSError if unreadable."""
@@ -663,13 +691,19 @@ class SshHandler(CommandHandler):
     :param sleep: the backoff's sleep (tests pass a fake).
     :param backoff: the retry policy for transient connect failures; by default
         ``Backoff(retries=settings.connect_retries)`` (0.5 s, 1 s, 2 s, ... capped at 8 s).
+    :param shell_session: run commands through one long-lived shell on the node
+        (:mod:`zdu.transport.shell`; the default); False: one exec channel per command.
     """
+
+    #: the shell that runs the driver on the node
+    driver_shell = "/bin/sh"
 
     def __init__(self, node: Node, settings: SshSettings, *,
                  target: ResolvedTarget | None = None, pool: SshPool | None = None,
                  on_host_key_accepted: HostKeyCallback | None = None,
                  on_warning: WarningCallback | None = None,
-                 sleep: Sleep = time.sleep, backoff: Backoff | None = None) -> None:
+                 sleep: Sleep = time.sleep, backoff: Backoff | None = None,
+                 shell_session: bool = True) -> None:
         super().__init__(node)
         self.settings = settings
         self.target = target if target is not None else resolve(node, settings)
@@ -684,8 +718,12 @@ class SshHandler(CommandHandler):
         self._sleep = sleep
         self._backoff = backoff or Backoff(retries=settings.connect_retries)
         self._conn: Connection | None = None
+        self._shell: _Shell | None = None
         self._lock = threading.RLock()
         self.connects = 0       #: successful connects so far (a reconnect adds one)
+        #: why commands run one exec channel each on this node (None: through the shell session)
+        self.exec_reason: str | None = None if shell_session else "disabled"
+        self.shells_started = 0  #: driver sessions started so far (one per connection normally)
 
     # ------------------------------------------------------------------ connection
 
@@ -734,7 +772,13 @@ class SshHandler(CommandHandler):
             self._discard()
             self.pool.release(self)
 
+    @property
+    def mode(self) -> str:
+        """``"shell"`` (one long-lived shell per connection) or ``"exec"`` (a session per command)."""
+        return "exec" if self.exec_reason else "shell"
+
     def _discard(self) -> None:
+        self._drop_shell()
         conn, self._conn = self._conn, None
         if conn is not None:
             _close_quietly(conn)
@@ -900,43 +944,195 @@ class SshHandler(CommandHandler):
         limit = timeout or self.settings.command_timeout
         remote_command = self._sendable(command, env)
         with self._lock:
-            for attempt in (1, 2):
-                self.open()
-                conn = self._conn
-                assert conn is not None
-                runner = _Remote(context=conn, inline_env=True)
-                runner.start_timeout = limit
-                started, t0 = time.time(), time.monotonic()
-                try:
-                    result = runner.run(remote_command, hide=True, warn=True, in_stream=False,
-                                        pty=False, timeout=limit, encoding="utf-8")
-                except CommandTimedOut as exc:
-                    return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
-                                         started, time.monotonic() - t0, error="timeout")
-                except (SSHException, EOFError, OSError, ThreadException) as exc:
-                    if runner.start_expired:
-                        # the node never answered the exec request: a timeout, and the
-                        # connection is useless now (the next run() reconnects)
-                        self._discard()
-                        return CommandResult(command, None, "", "", started,
-                                             time.monotonic() - t0, error="timeout")
-                    if runner.command_sent:
-                        return self._lost(command, runner, started, t0)
-                    # the session could not even be opened: the connection we thought
-                    # we had is dead; reconnect once and try again
+            if self.exec_reason is None:
+                result = self._run_in_shell(command, remote_command, limit)
+                if result is not None:
+                    return result
+            return self._run_exec(command, remote_command, limit)
+
+    def _run_exec(self, command: str, remote_command: str, limit: float) -> CommandResult:
+        """One exec channel for ``command`` (the fallback, and the way before the shell session)."""
+        for attempt in (1, 2):
+            self.open()
+            conn = self._conn
+            assert conn is not None
+            runner = _Remote(context=conn, inline_env=True)
+            runner.start_timeout = limit
+            started, t0 = time.time(), time.monotonic()
+            try:
+                result = runner.run(remote_command, hide=True, warn=True, in_stream=False,
+                                    pty=False, timeout=limit, encoding="utf-8")
+            except CommandTimedOut as exc:
+                return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
+                                     started, time.monotonic() - t0, error="timeout")
+            except (SSHException, EOFError, OSError, ThreadException) as exc:
+                if runner.start_expired:
+                    # the node never answered the exec request: a timeout, and the
+                    # connection is useless now (the next run() reconnects)
                     self._discard()
-                    if attempt == 2:
-                        raise UnreachableError(
-                            self.node.name, f"cannot start a command on {self.address}: "
-                            f"{_plain(exc)}") from None
-                    continue
-                if runner.channel.exit_status == -1:
-                    # the channel closed without an exit status: the connection died
-                    return self._lost(command, runner, started, t0,
-                                      result.stdout, result.stderr)
-                return CommandResult(command, result.exited, result.stdout, result.stderr,
-                                     started, time.monotonic() - t0)
+                    return CommandResult(command, None, "", "", started,
+                                         time.monotonic() - t0, error="timeout")
+                if runner.command_sent:
+                    return self._lost(command, runner, started, t0)
+                # the session could not even be opened: the connection we thought
+                # we had is dead; reconnect once and try again
+                self._discard()
+                if attempt == 2:
+                    raise UnreachableError(
+                        self.node.name, f"cannot start a command on {self.address}: "
+                        f"{_plain(exc)}") from None
+                continue
+            if runner.channel.exit_status == -1:
+                # the channel closed without an exit status: the connection died
+                return self._lost(command, runner, started, t0,
+                                  result.stdout, result.stderr)
+            return CommandResult(command, result.exited, result.stdout, result.stderr,
+                                 started, time.monotonic() - t0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ the shell session
+
+    def _run_in_shell(self, command: str, remote_command: str,
+                      limit: float) -> CommandResult | None:
+        """Run ``command`` through the node's shell session (started if needed); None when the
+        session cannot run on this node (nothing ran: the caller falls back to exec)."""
+        started, t0 = time.time(), time.monotonic()
+        for attempt in (1, 2):
+            shell = self._shell
+            if shell is None or not shell.alive:
+                self._drop_shell()
+                got = self._start_shell(limit)
+                if got is None:
+                    return None
+                if got == "timeout":
+                    return CommandResult(command, None, "", "", started, time.monotonic() - t0,
+                                         error="timeout")
+                assert isinstance(got, _Shell)
+                shell = self._shell = got
+            if time.monotonic() - shell.last_heard > LIVE_WINDOW and \
+                    not _answers(shell.chan.get_transport(), min(limit, self.target.connect_timeout)):
+                # the node is silent: nothing was sent; reconnect once (which fails the same way
+                # if it is gone)
+                self._discard()
+                if attempt == 2:
+                    raise UnreachableError(self.node.name, f"{self.address} does not answer; the "
+                                                           "command was not sent")
+                continue
+            nonce = secrets.token_hex(8)
+            try:
+                shell.chan.sendall(frame(nonce, remote_command))
+            except (SSHException, EOFError, OSError):
+                if shell.sent_nothing():
+                    # the session had ended while idle (nothing of this command went out)
+                    self._drop_shell()
+                    if attempt == 1:
+                        continue
+                return self._shell_lost(command, "", "", started, t0)
+            return self._collect(shell, command, nonce, limit, started, t0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_shell(self, limit: float) -> "_Shell | str | None":
+        """A running driver on a new session channel; ``"timeout"`` when the node did not
+        answer within ``limit`` (the connection is dropped); None when the driver cannot run
+        there (noted once; the handler uses exec channels from now on)."""
+        for attempt in (1, 2):
+            self.open()
+            conn = self._conn
+            assert conn is not None
+            command = driver_command(secrets.token_hex(8), self.driver_shell)
+            try:
+                chan = conn.transport.open_session(timeout=min(limit, self.target.connect_timeout))
+                # the login shell's rc files run first: not the command's time, but bounded
+                deadline = time.monotonic() + max(limit, 2 * self.target.connect_timeout, SHELL_START)
+                answered = _bounded(chan, lambda: chan.exec_command(command), limit)
+            except (SSHException, EOFError, OSError) as exc:
+                # the connection we thought we had is dead: reconnect once and try again
+                self._discard()
+                if attempt == 2:
+                    raise UnreachableError(self.node.name, f"cannot start a command on "
+                                                           f"{self.address}: {_plain(exc)}") from None
+                continue
+            if not answered:
+                self._discard()
+                return "timeout"
+            shell = _Shell(chan)
+            answer = shell.wait_ready(deadline)
+            if answer == "ready":
+                self.shells_started += 1
+                return shell
+            _close_quietly(chan)
+            if answer == "timeout":
+                self._discard()
+                return "timeout"
+            if answer == "lost" and not self.connected:
+                self._discard()
+                if attempt == 2:
+                    raise UnreachableError(self.node.name, f"the connection to {self.address} "
+                                                           "closed while starting a command")
+                continue
+            self.exec_reason = answer
+            self.pool.note_exec_fallback(self.node.name, answer, self.on_warning)
+            return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop_shell(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            _close_quietly(shell.chan)
+
+    def _collect(self, shell: "_Shell", command: str, nonce: str, limit: float,
+                 started: float, t0: float) -> CommandResult:
+        """Read the command's output and records until both streams end; on timeout kill its
+        process group (TERM, a grace, KILL) from a second session, as for an exec channel."""
+        state = StepState(nonce)
+        out, err = OutputCapture(), OutputCapture()
+        reader = _Reader(shell, nonce, out, err, state)
+        deadline = time.monotonic() + limit        # the command's own time, as for exec
+        if not reader.until(lambda: state.done, deadline):
+            if reader.lost:
+                return self._shell_lost(command, out.text(), err.text(), started, t0)
+            self._kill(shell, reader, state)
+            stderr = err.text()
+            if state.exited_at is not None and state.exited_at < deadline:
+                stderr += (f"\n[zdupgrade: the command itself exited (code {state.exit_code}) after "
+                           f"{state.exited_at - t0:.1f}s, but a process it started kept its output "
+                           "open until the timeout; start daemons with their output redirected "
+                           "(>/dev/null 2>&1)]\n")
+            return CommandResult(command, None, out.text(), stderr, started,
+                                 time.monotonic() - t0, error="timeout")
+        return CommandResult(command, state.exit_code, out.text(), err.text(), started,
+                             time.monotonic() - t0)
+
+    def _kill(self, shell: "_Shell", reader: "_Reader", state: StepState) -> None:
+        """The command timed out: end it (its group, then the forwarders if something outside
+        the group holds its output); a session that still does not finish it is closed."""
+        transport = shell.chan.get_transport()
+        if state.pgid is None:       # sent, but not started yet (a slow node): a moment more
+            reader.until(lambda: state.pgid is not None or state.done, time.monotonic() + KILL_GRACE)
+        if state.done:
+            return
+        if state.pgid:
+            plan = [f"kill -TERM -- -{state.pgid}", f"kill -KILL -- -{state.pgid}"]
+            if state.forwarders:
+                plan.append("kill -KILL " + " ".join(map(str, state.forwarders)))
+            for kill in plan:
+                if not _side_command(transport, kill + " 2>/dev/null"):
+                    break              # the node does not answer: nothing more gets through
+                if reader.until(lambda: state.done, time.monotonic() + KILL_GRACE):
+                    return
+                if reader.lost:
+                    break
+        # not finished (or its group never reported): this session is of no further use
+        self._drop_shell()
+
+    def _shell_lost(self, command: str, stdout: str, stderr: str, started: float,
+                    t0: float) -> CommandResult:
+        """The session ended under a command: the connection died (or the driver was killed)."""
+        self._drop_shell()
+        if not self.connected:
+            self._discard()                      # the next run() reconnects
+        return CommandResult(command, None, stdout, stderr, started, time.monotonic() - t0,
+                             error="unreachable")
 
     def _sendable(self, command: str, env: dict[str, str] | None) -> str:
         """``command`` with ``env`` exported, or InvalidCommandError (never quoting the
@@ -957,6 +1153,120 @@ class SshHandler(CommandHandler):
         self._discard()                          # the next run() reconnects
         return CommandResult(command, None, stdout, stderr or "", started,
                              time.monotonic() - t0, error="unreachable")
+
+
+# --------------------------------------------------------------------------- the shell session
+
+class _Shell:
+    """A session channel running the driver (:mod:`zdu.transport.shell`)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.last_heard = time.monotonic()     #: when the node last sent something on it
+
+    @property
+    def alive(self) -> bool:
+        chan = self.chan
+        transport = chan.get_transport()
+        return (not chan.closed and not chan.eof_received and not chan.exit_status_ready()
+                and transport is not None and transport.is_active())
+
+    def sent_nothing(self) -> bool:
+        """True when a failed send cannot have reached the node (the channel was closed)."""
+        return self.chan.closed
+
+    def wait_ready(self, deadline: float) -> str:
+        """``"ready"``, ``"timeout"``, ``"lost"``, or why the driver cannot run here."""
+        chan = self.chan
+        ready = RecordSplitter(b"zdu-driver:")
+        errors = bytearray()
+        while True:
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                if not data:
+                    break
+                ready.feed(data)
+            while chan.recv_stderr_ready():
+                errors += chan.recv_stderr(65536)[: max(0, 4096 - len(errors))]
+            for record in ready.records:
+                if record == "ready":
+                    return "ready"
+                if record.startswith("missing="):
+                    return f"{record[len('missing='):]} not found there"
+            if chan.closed or chan.eof_received or chan.exit_status_ready():
+                transport = chan.get_transport()
+                if transport is None or not transport.is_active():
+                    return "lost"
+                text = bytes(errors).decode("utf-8", "replace").strip()
+                first = text.splitlines()[0][:200] if text else f"exit {chan.recv_exit_status()}"
+                return f"the shell session ended at once: {first}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            select.select([chan], [], [], min(remaining, 1.0))
+
+
+class _Reader:
+    """Reads one command's output from a shell session channel into the captures, taking the
+    driver's records out of both streams."""
+
+    def __init__(self, shell: _Shell, nonce: str, out: OutputCapture, err: OutputCapture,
+                 state: StepState) -> None:
+        self.shell = shell
+        self.chan = chan = shell.chan
+        self.out, self.err, self.state = out, err, state
+        self._out = RecordSplitter(f"{nonce}:".encode())
+        self._err = RecordSplitter(f"{nonce}:".encode())
+        self.lost = False
+
+    def _drain(self) -> None:
+        chan = self.chan
+        heard = False
+        while chan.recv_ready():
+            data = chan.recv(65536)
+            if not data:
+                break
+            heard = True
+            self.out.feed(self._out.feed(data))
+        while chan.recv_stderr_ready():
+            data = chan.recv_stderr(65536)
+            if not data:
+                break
+            heard = True
+            self.err.feed(self._err.feed(data))
+        if heard:
+            self.shell.last_heard = time.monotonic()
+        for splitter in (self._out, self._err):
+            for record in splitter.records:
+                self.state.apply(record)
+            splitter.records.clear()
+
+    def until(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Read until ``done()`` (True) or ``deadline`` or the session ends (False; ``lost``)."""
+        chan = self.chan
+        while True:
+            self._drain()
+            if done():
+                return True
+            if chan.closed or chan.eof_received or chan.exit_status_ready():
+                self._drain()
+                if done():
+                    return True
+                self.lost = True
+                self.out.feed(self._out.flush())
+                self.err.feed(self._err.flush())
+                return False
+            transport = chan.get_transport()
+            if transport is None or not transport.is_active():
+                self.lost = True
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                select.select([chan], [], [], min(remaining, 1.0))
+            except (OSError, ValueError):   # the channel's pipe closed under us
+                time.sleep(min(remaining, 0.05))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -988,6 +1298,25 @@ def _bounded(chan: paramiko.Channel, request: Callable[[], None], seconds: float
     finally:
         timer.cancel()
     return not expired.is_set()
+
+
+def _answers(transport: paramiko.Transport | None, seconds: float) -> bool:
+    """True when the SSH server answers a global request within ``seconds`` (OpenSSH refuses a
+    request it does not know: the refusal is the answer).  paramiko's own ``global_request``
+    waits without a bound."""
+    if transport is None or not transport.is_active():
+        return False
+    event = threading.Event()
+    transport.completion_event = event
+    m = paramiko.Message()
+    m.add_byte(bytes([MSG_GLOBAL_REQUEST]))
+    m.add_string("keepalive@openssh.com")
+    m.add_boolean(True)
+    try:
+        transport._send_user_message(m)  # type: ignore[attr-defined]
+    except (SSHException, EOFError, OSError):
+        return False
+    return event.wait(seconds)
 
 
 class _Transient(Exception):

@@ -1,0 +1,109 @@
+"""The fleet lock's round trips and all-or-nothing rule, with real shell commands.
+
+Every "node" is a local handler whose lock directory is its own (the lock path in each command
+is pointed at ``<tmp>/<node>/lock``), so one machine stands in for a fleet.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from zdu.errors import LockError
+from zdu.model import CommandResult, Node
+from zdu.run.lock import FleetLock, LockOwner
+from zdu.transport.base import CommandHandler
+from zdu.transport.local import LocalHandler
+
+LOCK = "/zdu-test-lock-dir/lock"
+
+
+class NodeDir(CommandHandler):
+    """A local handler whose lock directory lives under ``root/<node name>``; counts commands."""
+
+    def __init__(self, node: Node, root: Path, log: list[str], mutex: threading.Lock) -> None:
+        super().__init__(node)
+        self.local = LocalHandler(node)
+        self.dir = root / node.name
+        self.log, self.mutex = log, mutex
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def run(self, command: str, *, timeout: float | None = None,
+            env: dict[str, str] | None = None) -> CommandResult:
+        with self.mutex:
+            self.log.append(self.node.name)
+        return self.local.run(command.replace(LOCK.rsplit("/", 1)[0], str(self.dir)), timeout=timeout, env=env)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> tuple[list[Node], Callable[[Node], CommandHandler], list[str]]:
+    nodes = [Node(f"n{i:02d}", "127.0.0.1", transport="local") for i in range(12)]
+    log: list[str] = []
+    mutex = threading.Lock()
+    handlers = {n.name: NodeDir(n, tmp_path, log, mutex) for n in nodes}
+    return nodes, lambda node: handlers[node.name], log
+
+
+def lock_of(tmp_path: Path, name: str) -> Path:
+    return tmp_path / name / "lock"
+
+
+def foreign(tmp_path: Path, name: str, run_id: str = "other-run") -> None:
+    owner = LockOwner(run_id=run_id, user="alice", host="laptop", pid=4242, started="2026-01-01T00:00:00+00:00")
+    lock_of(tmp_path, name).mkdir(parents=True)
+    (lock_of(tmp_path, name) / "owner.json").write_text(json.dumps(owner.__dict__))
+
+
+def test_one_round_trip_per_node_to_take_and_to_release(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    nodes, handlers, log = fleet
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-1"), lock_dir=LOCK, parallel=4)
+    assert lock.acquire()
+    assert sorted(log) == sorted(n.name for n in nodes) and log[0] == "n00"    # n00 first, alone
+    assert all(json.loads((lock_of(tmp_path, n.name) / "owner.json").read_text())["run_id"] == "run-1"
+               for n in nodes)
+    log.clear()
+    assert lock.release() == [] and lock.held == []
+    assert sorted(log) == sorted(n.name for n in nodes)
+    assert not any(lock_of(tmp_path, n.name).exists() for n in nodes)
+
+
+def test_locked_nodes_are_all_named_and_nothing_stays_taken(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    nodes, handlers, _ = fleet
+    foreign(tmp_path, "n05")
+    foreign(tmp_path, "n09", "third-run")
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-1"), lock_dir=LOCK)
+    with pytest.raises(LockError) as info:
+        lock.acquire()
+    text = str(info.value)
+    assert "n05: locked by run other-run by alice@laptop (pid 4242)" in text
+    assert "n09: locked by run third-run" in text and "--break-lock" in text
+    assert lock.held == []
+    assert {n.name for n in nodes if lock_of(tmp_path, n.name).exists()} == {"n05", "n09"}   # theirs only
+
+
+def test_a_run_that_loses_the_first_node_touches_no_other(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    nodes, handlers, log = fleet
+    foreign(tmp_path, "n00")
+    with pytest.raises(LockError, match="n00: locked by run other-run"):
+        FleetLock(nodes, handlers, LockOwner.current("run-2"), lock_dir=LOCK).acquire()
+    assert log == ["n00"]
+
+
+def test_break_lock_and_interrupt(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    nodes, handlers, _ = fleet
+    foreign(tmp_path, "n03")
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-3"), lock_dir=LOCK, break_lock=True)
+    assert lock.acquire() and [b.split(":")[0] for b in lock.broken] == ["n03"]
+    assert json.loads((lock_of(tmp_path, "n03") / "owner.json").read_text())["run_id"] == "run-3"
+    lock.release()
+    stopped = FleetLock(nodes, handlers, LockOwner.current("run-4"), lock_dir=LOCK)
+    assert stopped.acquire(stop=lambda: True) is False and stopped.held == []
+    assert not any(lock_of(tmp_path, n.name).exists() for n in nodes)
