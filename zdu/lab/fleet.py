@@ -604,7 +604,9 @@ class Lab:
             if node is self.bastion:
                 self._link_bastion()     # a new namespace: the old pair went with the old one
             self._wait_node_ready(node)
-        code, out = self.exec(node.name, "/usr/local/sbin/zdu-node-reset", timeout=30)
+        code, out = self.exec(node.name, "/usr/local/sbin/zdu-node-reset", timeout=60)
+        if code in (124, 137):
+            raise LabError(f"reset of {node.name} did not finish within 60 s: {out}")
         if code != 0:
             raise LabError(f"reset of {node.name} failed ({code}): {out}")
         wait_until(lambda: ssh_banner(node.host, node.ssh_port), timeout=10, what=f"sshd of {node.name}")

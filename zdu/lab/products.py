@@ -452,7 +452,12 @@ boot)
     [ -d /opt/softwareag-1.0 ] || install_all
     systemctl --no-block start webmethods-apigateway@1.0.service ;;
 reset)
-    systemctl stop webmethods-apigateway@2.0.service webmethods-apigateway@1.0.service 2>/dev/null || true
+    # killed, not stopped: a stop drains the instance (up to 30 s for requests in flight), which a
+    # reset must not wait for
+    units="webmethods-apigateway@2.0.service webmethods-apigateway@1.0.service"
+    systemctl kill --signal=KILL $units 2>/dev/null || true
+    systemctl stop $units 2>/dev/null || true
+    systemctl reset-failed $units 2>/dev/null || true
     rm -rf /opt/softwareag-1.0 /opt/softwareag-2.0
     install_all
     systemctl start webmethods-apigateway@1.0.service ;;
