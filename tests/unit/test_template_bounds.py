@@ -154,6 +154,38 @@ def test_wall_clock_bound_on_the_main_thread(monkeypatch: pytest.MonkeyPatch) ->
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_wall_clock_bound_inside_a_render_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_plan renders under one session handler: a slow render is still ended at its bound,
+    the next render in the session gets its own full bound, and the handler is put back after."""
+    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.5)
+    slow = "{% for i in range(1000) %}{{ (big|wordwrap(3))|length }}{% endfor %}"
+    with sandbox.render_session() as session:
+        assert session.active and signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL
+        started = time.monotonic()
+        with pytest.raises(TemplateError, match=r"^T: took longer than 0\.5 s to render$"):
+            render(slow, {"big": "ab " * 100_000}, where="T")
+        assert time.monotonic() - started < 1.5
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)     # disarmed between renders
+        time.sleep(0.6)                                               # longer than one bound
+        assert render("{% for i in range(3) %}{{ (big|wordwrap(3))|length }}{% endfor %}",
+                      {"big": "ab " * 2_000}, where="T") == "5999" * 3
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_render_session_steps_aside_for_a_pending_timer() -> None:
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        with sandbox.render_session() as session:
+            assert not session.active                       # each render brings its own _Alarm
+            assert render("{{ 1 + 1 }}", {}, where="T") == "2"
+        assert 29.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 30.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_wall_clock_bound_in_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """No signals off the main thread: the deadline is checked at each loop step and filter."""
     monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.5)

@@ -26,6 +26,7 @@ from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, HttpSpec, Node, Profile, RunStep, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
 from zdu.planning.serial import Serial, parse_serial
+from zdu.planning.sandbox import render_session
 from zdu.planning.templates import Raw, referenced_names, render
 from zdu.status import ONLINE_PHASES, UPGRADE_PHASES, Phase, StepKind
 
@@ -364,16 +365,17 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
     hosts = {"control": CONTROL, **{h.name: h for h in topology.hosts}}
     shared = _Shared(frozenset({"node"}).union(*(n.vars for n in (*topology.nodes, *hosts.values()))))
     try:
-        for node in topology.nodes:
-            ctx = contexts[node.name] = _contexts(topology, profile, node, shared, **kw)
-            secrets |= ctx.secrets
-            node_plans.append(_node_plan(profile, node, ctx))
-        for name, host in hosts.items():
-            contexts[name] = _contexts(topology, profile, host, shared, **kw)
-            secrets |= contexts[name].secrets
-        before = _run_steps(profile, topology, Phase.BEFORE, (*profile.before, *topology.before), contexts)
-        after = _run_steps(profile, topology, Phase.AFTER, (*profile.after, *topology.after), contexts)
-        tiers = _tiers(topology, profile, serial, contexts)
+        with render_session():        # one SIGALRM handler for the fleet's renders
+            for node in topology.nodes:
+                ctx = contexts[node.name] = _contexts(topology, profile, node, shared, **kw)
+                secrets |= ctx.secrets
+                node_plans.append(_node_plan(profile, node, ctx))
+            for name, host in hosts.items():
+                contexts[name] = _contexts(topology, profile, host, shared, **kw)
+                secrets |= contexts[name].secrets
+            before = _run_steps(profile, topology, Phase.BEFORE, (*profile.before, *topology.before), contexts)
+            after = _run_steps(profile, topology, Phase.AFTER, (*profile.after, *topology.after), contexts)
+            tiers = _tiers(topology, profile, serial, contexts)
     except TemplateError as exc:
         raise TemplateError(Masker(secrets)(str(exc))) from None
     waves = tuple(w for tier in tiers for w in tier.waves)
@@ -450,7 +452,8 @@ def _run_steps(profile: Profile, topology: Topology, phase: Phase, steps: Sequen
 def _node_plan(profile: Profile, node: Node, ctx: _Contexts) -> NodePlan:
     phases: dict[Phase, tuple[PlannedStep, ...]] = {}
     for phase in UPGRADE_PHASES:
-        steps = [_plan_step(profile, node, phase, i, step, ctx, f"phases.{phase}[{i}]")
+        label = f"phases.{phase.value}"
+        steps = [_plan_step(profile, node, phase, i, step, ctx, f"{label}[{i}]")
                  for i, step in enumerate(profile.phases.get(phase, ()))]
         if phase is Phase.POST_APPLY:
             base = len(steps)
