@@ -143,6 +143,10 @@ class RunFolder:
         self._recorder: Recorder | None = None
         self._json_dirty = False
         self._json_written = 0.0
+        self._json_interval = RUN_JSON_INTERVAL   # grows with the state: see _snapshot
+        self._json_seq = 0                        # snapshots taken (under the recorder's lock)
+        self._json_seq_written = 0                # the newest snapshot on disk
+        self._json_lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
     def node_log_path(self, node: str) -> Path:
@@ -174,17 +178,27 @@ class RunFolder:
     def run_json(self, event: ev.Event, state: RunView) -> None:
         now = event.at
         final = isinstance(event, (ev.RunFinished, ev.RunOpened, ev.PreflightFailed))
-        if final or now - self._json_written >= RUN_JSON_INTERVAL:
-            self._write_json(state.to_dict())
+        if final or now - self._json_written >= self._json_interval:
+            self._write_json(*self._snapshot(state))
         else:
             self._json_dirty = True
             self._schedule()
+
+    def _snapshot(self, state: RunView | Any) -> tuple[dict[str, Any], int]:
+        """The state's JSON form and its sequence number; called under the recorder's lock, which
+        every node's next event waits for.  The interval between writes grows to 4x what a
+        snapshot costs (1,000 nodes: ~0.2 s), so the lock is never held more than a fifth of the time."""
+        started = time.monotonic()
+        data = state.to_dict()
+        self._json_interval = max(RUN_JSON_INTERVAL, 4 * (time.monotonic() - started))
+        self._json_seq += 1
+        return data, self._json_seq
 
     def _schedule(self) -> None:
         with self._lock:
             if self._timer is not None:
                 return
-            self._timer = threading.Timer(RUN_JSON_INTERVAL, self._deferred)
+            self._timer = threading.Timer(self._json_interval, self._deferred)
             self._timer.daemon = True
             self._timer.start()
 
@@ -195,17 +209,26 @@ class RunFolder:
         if recorder is None or not self._json_dirty:
             return
         try:
-            recorder.query(lambda s: self._write_json(s.to_dict()))
+            # the snapshot under the recorder's lock; encoding and writing it outside
+            self._write_json(*recorder.query(self._snapshot))
         except Exception:  # noqa: BLE001 - reported by the next synchronous write
             pass
 
-    def _write_json(self, data: dict[str, Any]) -> None:
-        self.rundir.write_atomic(RUN_JSON, (json.dumps(data, indent=1, default=str) + "\n").encode())
-        self._json_written = time.time()
-        self._json_dirty = False
+    def _write_json(self, data: dict[str, Any], seq: int | None = None) -> None:
+        body = (json.dumps(data, indent=1, default=str) + "\n").encode()
+        with self._json_lock:
+            if seq is not None and seq < self._json_seq_written:
+                return              # a newer snapshot is on disk already (the final one, say)
+            self.rundir.write_atomic(RUN_JSON, body)
+            if seq is not None:
+                self._json_seq_written = seq
+            self._json_written = time.time()
+            self._json_dirty = False
 
     def write_json(self, data: dict[str, Any]) -> None:
         """Write run.json now (the CLI, at the end of a run)."""
+        with self._json_lock:
+            self._json_seq_written = self._json_seq = self._json_seq + 1
         self._write_json(data)
 
     def node_logs(self, event: ev.Event, state: RunView) -> None:
