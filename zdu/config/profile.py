@@ -89,13 +89,13 @@ def _is_file(path: Path) -> bool:
 def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
     """Resolve, read and validate a profile."""
     path = resolve_profile(ref, base_dir)
-    return parse_profile(read_document(path, what="profile"), source=str(path))
+    return parse_profile(read_document(path, what="profile"), source=str(path), values_checked=True)
 
 
-def parse_profile(data: Any, *, source: str) -> Profile:
+def parse_profile(data: Any, *, source: str, values_checked: bool = False) -> Profile:
     """Validate a parsed profile document."""
     c = _Checker(source)
-    top = c.document(data, "profile", _TOP, ("name", "phases"))
+    top = c.document(data, "profile", _TOP, ("name", "phases"), values_checked=values_checked)
     name = c.string(top["name"], "name")
     raw_phases = c.mapping(top["phases"], "phases")
     phases: dict[Phase, tuple[Step, ...]] = {}

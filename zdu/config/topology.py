@@ -65,7 +65,7 @@ def load_topology(path: str | os.PathLike[str], *, inventory: str | None = None)
     wins over the topology's own ``inventory:``)."""
     source = str(path)
     data = read_document(Path(path), what="topology")
-    return parse_topology(data, source=source, inventory=inventory, base_dir=Path(path).parent)
+    return parse_topology(data, source=source, inventory=inventory, base_dir=Path(path).parent, values_checked=True)
 
 
 def topology_from_inventory(inventory: str) -> Topology:
@@ -83,7 +83,7 @@ def _inventory_nodes(c: _Checker, ref: str, base_dir: Path | None) -> list[dict[
 
 
 def parse_topology(data: Any, *, source: str, inventory: str | None = None,
-                   base_dir: Path | None = None) -> Topology:
+                   base_dir: Path | None = None, values_checked: bool = False) -> Topology:
     """Validate a parsed topology document (dict) into a Topology.
 
     With an inventory (``inventory:`` in the document, or ``inventory`` given) the nodes come
@@ -91,7 +91,7 @@ def parse_topology(data: Any, *, source: str, inventory: str | None = None,
     c = _Checker(source)
     if data == {} and inventory:
         data = {"inventory": inventory}
-    top = c.document(data, "topology", _TOP_FIELDS, ())
+    top = c.document(data, "topology", _TOP_FIELDS, (), values_checked=values_checked)
     ref = inventory or c.optional(top, "inventory", "", lambda v, w: c.string(v, w), None)
     if ref is not None:
         if "nodes" in top:
