@@ -297,7 +297,7 @@ class Upgrade:
                 return status
             lock = FleetLock([p.node for p in plan.nodes], connections,
                              LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock,
-                             lock_dir=topology.lock_dir)
+                             lock_dir=topology.lock_dir, parallel=topology.ssh.parallel)
             try:
                 taken = lock.acquire(self.stop.is_set)
             except Exception:
