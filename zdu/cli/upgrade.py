@@ -29,7 +29,7 @@ from ..lb.base import LoadBalancer
 from ..model import Topology
 from ..planning.masking import NO_SECRETS, Masker
 from ..planning.plan import Plan, build_plan, format_plan
-from ..report.rundir import RunDir, check_log_dir
+from ..report.rundir import RunDir, check_log_dir, new_run_id
 from ..run.policy import describe_policy, load_policy
 from ..status import Status
 from ..transport.pool import Connections
@@ -185,7 +185,6 @@ class Upgrade:
             # file references absolute from the start, so that a resume from elsewhere plans the same
             args.config, args.profile = _absolute(args.config), _absolute(args.profile)
             args.inventory = os.path.abspath(os.path.expanduser(args.inventory)) if args.inventory else None
-            from ..report.runfolder import new_run_id
             run_id = new_run_id()
         topology, plan = prepare(args, run_id, self.env)
         self.masker = plan.masker

@@ -28,6 +28,7 @@ import re
 import secrets
 import stat
 import threading
+import datetime as _dt
 from pathlib import Path
 from typing import TextIO
 
@@ -43,6 +44,12 @@ READ_LIMIT = 64 * 1024 * 1024
 # for our temporary files
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def new_run_id(now: _dt.datetime | None = None) -> str:
+    """A sortable, unique-enough run id: 20261122-021500-123456."""
+    now = now or _dt.datetime.now()
+    return now.strftime("%Y%m%d-%H%M%S-%f")
 
 
 def _user(uid: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 from ..run import events as ev
 from ..run.state import PhaseResult, Recorder, RunView
-from .rundir import RunDir
+from .rundir import RunDir, new_run_id  # noqa: F401 - new_run_id: also imported from here
 from ..status import StepKind
 
 MARK = "------------- ZDU_EXEC_CMD -------------"
@@ -33,12 +33,6 @@ RUN_JSON_INTERVAL = 0.25
 JOURNAL = "journal.jsonl"
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
-
-
-def new_run_id(now: _dt.datetime | None = None) -> str:
-    """A sortable, unique-enough run id: 20261122-021500-123456."""
-    now = now or _dt.datetime.now()
-    return now.strftime("%Y%m%d-%H%M%S-%f")
 
 
 def iso(at: float) -> str:
