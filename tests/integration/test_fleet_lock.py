@@ -107,3 +107,58 @@ def test_break_lock_and_interrupt(fleet, tmp_path: Path) -> None:  # type: ignor
     stopped = FleetLock(nodes, handlers, LockOwner.current("run-4"), lock_dir=LOCK)
     assert stopped.acquire(stop=lambda: True) is False and stopped.held == []
     assert not any(lock_of(tmp_path, n.name).exists() for n in nodes)
+
+
+# --------------------------------------------------------------------------- taken by preflight
+
+@pytest.fixture
+def planned(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A six-node plan whose nodes are NodeDir handlers (lock under ``tmp_path/<node>``)."""
+    from tests.support.fakes import make_plan
+    plan = make_plan(nodes="ABCDEF")
+    log: list[str] = []
+    mutex = threading.Lock()
+    handlers = {p.node.name: NodeDir(p.node, tmp_path, log, mutex) for p in plan.nodes}
+    nodes = [p.node for p in plan.nodes]
+    return plan, nodes, (lambda node: handlers[node.name]), log
+
+
+def test_preflight_takes_the_lock_in_the_same_round_trip(planned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.fakes import FakeLb
+    from zdu.run.preflight import preflight
+    plan, nodes, handlers, log = planned
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-p"), lock_dir=LOCK, parallel=3)
+    assert preflight(plan, handlers, FakeLb(), parallel=3, check_dirs=False, lock=lock) == []
+    assert sorted(log) == sorted(n.name for n in nodes) and log[0] == "A"    # one each, A first, alone
+    assert sorted(n.name for n in lock.held) == [n.name for n in nodes]
+    assert all(json.loads((lock_of(tmp_path, n.name) / "owner.json").read_text())["run_id"] == "run-p"
+               for n in nodes)
+    assert lock.release() == [] and not any(lock_of(tmp_path, n.name).exists() for n in nodes)
+
+
+def test_preflight_with_the_first_node_locked_locks_nothing_else(planned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.fakes import FakeLb
+    from zdu.run.preflight import preflight
+    plan, nodes, handlers, log = planned
+    foreign(tmp_path, "A")
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-q"), lock_dir=LOCK)
+    problems = preflight(plan, handlers, FakeLb(), check_dirs=False, lock=lock)
+    assert [p.kind for p in problems] == ["locked"]
+    assert str(problems[0]).startswith("A: locked by run other-run by alice@laptop (pid 4242)"), problems
+    assert sorted(log) == sorted(n.name for n in nodes)            # every node still checked, once
+    assert lock.held == [] and not any(lock_of(tmp_path, n).exists() for n in "BCDEF")
+
+
+def test_preflight_problems_and_a_lock_elsewhere_are_all_reported(planned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Missing install dirs everywhere (the plan's /o and /n) and node D held by another run: every
+    problem comes back; what this run took is given back by release and D's lock is untouched."""
+    from tests.support.fakes import FakeLb
+    from zdu.run.preflight import preflight
+    plan, nodes, handlers, _ = planned
+    foreign(tmp_path, "D")
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-r"), lock_dir=LOCK)
+    problems = preflight(plan, handlers, FakeLb(), lock=lock)
+    assert sorted(p.kind for p in problems) == ["locked"] + ["missing-dir"] * 12, problems
+    assert sorted(n.name for n in lock.held) == ["A", "B", "C", "E", "F"]
+    assert lock.release() == []
+    assert [n for n in "ABCDEF" if lock_of(tmp_path, n).exists()] == ["D"]

@@ -23,7 +23,7 @@ from ..config.limit import select
 from ..config.ssh_config import check_all, resolve_all
 from ..config.topology import load_topology, reference_topology, topology_from_inventory
 from ..planning.serial import parse_serial
-from ..errors import ConfigError
+from ..errors import ConfigError, LockError
 from ..lb import make_load_balancer
 from ..lb.base import LoadBalancer
 from ..model import Topology
@@ -37,6 +37,7 @@ from .console import Console
 
 if TYPE_CHECKING:
     from ..run import events as ev
+    from ..run.lock import FleetLock
     from ..run.resume import ControlLock, Previous
     from ..run.state import Recorder, RunView
 
@@ -289,22 +290,15 @@ class Upgrade:
         if previous is not None and previous.repair:
             self.console.line(f"  left behind by the run: {', '.join(previous.repair)}")
         self._recorder = recorder
-        lock: FleetLock | None = None
+        # preflight takes the fleet lock in the same round trip as its checks, and gives it back
+        # if it finds anything (or is interrupted)
+        lock = FleetLock([p.node for p in plan.nodes], connections,
+                         LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock,
+                         lock_dir=topology.lock_dir, parallel=topology.ssh.parallel)
         try:
-            status = self._preflight(plan, topology, connections, lb, recorder, resuming)
+            status = self._preflight(plan, topology, connections, lb, recorder, resuming, lock)
             if status is not None:
                 return status
-            lock = FleetLock([p.node for p in plan.nodes], connections,
-                             LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock,
-                             lock_dir=topology.lock_dir, parallel=topology.ssh.parallel)
-            try:
-                taken = lock.acquire(self.stop.is_set)
-            except Exception:
-                if not resuming:
-                    recorder.emit(ev.RunFinished(status=Status.LOCKED, message="the fleet is locked"))
-                raise
-            if not taken:
-                return self._stopped_early(recorder, resuming, "while taking the fleet lock")
             recorder.emit(ev.LockTaken(owner=dataclasses.asdict(lock.owner), broken=tuple(lock.broken)))
             probe = self._start_traffic(recorder)
             conductor = Conductor(plan, recorder, handlers=connections, lb=lb, policy=policy,
@@ -336,30 +330,45 @@ class Upgrade:
             self.console.line(f"run log: {folder.run_log_path}")
             return status
         finally:
-            if lock is not None and lock.held:
+            if lock.held:
                 lock.release()
             outputs.finish(recorder.snapshot())   # a run that stopped early: its --junit too
             folder.close()
 
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,
-                   recorder: Recorder, resuming: bool) -> Status | None:
+                   recorder: Recorder, resuming: bool, lock: FleetLock) -> Status | None:
+        """Preflight and the fleet lock (one round trip per node): None when the run may go on,
+        holding the lock; else the status, the lock given back."""
         from ..run import events as ev
         from ..run.preflight import capacity_problems, preflight
-        problems = preflight(plan, connections, lb, parallel=topology.ssh.parallel,
-                             min_free_mb=self.args.min_free_mb,
-                             check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set)
-        if not problems:
+        found = preflight(plan, connections, lb, parallel=topology.ssh.parallel, min_free_mb=self.args.min_free_mb,
+                          check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set, lock=lock)
+        locked = [p for p in found if p.kind == "locked"]
+        problems = [p for p in found if p.kind != "locked"]
+        if not problems and not locked:
             problems.extend(capacity_problems(plan, lb))
         if self.stop.is_set():
+            for note in lock.release():
+                self._warning(note)
             return self._stopped_early(recorder, resuming, "during preflight")
-        if not problems:
+        if not problems and not locked:
             return None
+        for note in lock.release():       # a node lost since: its lock stays, said loudly
+            self._warning(note)
+        if not problems:     # only the lock: another run holds (part of) the fleet
+            if not resuming:
+                recorder.emit(ev.RunFinished(status=Status.LOCKED, message="the fleet is locked"))
+            raise LockError("the fleet is locked by another run; nothing was changed:\n  - "
+                            + "\n  - ".join(p.message for p in locked))
+        problems += locked
         self.console.error(f"preflight found {len(problems)} problem(s); nothing was changed:")
         for problem in problems:
             self.console.err_line(f"  - {self.masker(str(problem))}")
-        unreachable = all(p.kind in ("unreachable", "host-key", "auth", "unchecked") for p in problems)
+        # the status is the checks' (a node another run holds is reported, and is not why)
+        checks = [p for p in problems if p.kind != "locked"]
+        unreachable = all(p.kind in ("unreachable", "host-key", "auth", "unchecked") for p in checks)
         status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
-        if all(p.kind == "capacity" for p in problems):
+        if all(p.kind == "capacity" for p in checks):
             status = Status.CAPACITY_REFUSED     # the same refusal as before a wave, only earlier
         recorder.emit(ev.PreflightFailed(problems=tuple(self.masker(str(p)) for p in problems), status=status))
         if not resuming:  # a failed resume leaves the run resumable

@@ -3,11 +3,14 @@
 Agentless: the lock is a directory created atomically (``mkdir``) on every node
 of the topology, over the same SSH connection the run uses, holding
 ``owner.json`` (run id, user, control host, pid, start time, message).  It is
-taken after preflight, before any change: one round trip per node (one command that
-creates the directory or prints its owner), the first node alone -- two runs started at
-the same moment decide there, and the loser touches nothing else -- then the others in
-parallel (``parallel`` at a time); if any node is already locked, the locks just taken
-are released and every holder is reported.  Release is one round trip per node, in parallel.
+taken before any change, by preflight (:func:`zdu.run.preflight.preflight` sends
+:meth:`FleetLock.take_command` with its checks: one round trip per node for both, and no
+moment between the checks and the lock for another run to slip in), or by
+:meth:`FleetLock.acquire` alone: one command that creates the directory or prints its owner,
+the first node alone -- two runs started at the same moment decide there, and the loser
+touches nothing else -- then the others in parallel (``parallel`` at a time).  If any node is
+already locked (or preflight found anything), the locks just taken are released and every
+holder is reported.  Release is one round trip per node, in parallel.
 A run resumed with ``--resume`` takes its own lock back.  A lock whose owner is
 gone (SIGKILLed run, crashed laptop) stays until an operator passes
 ``--break-lock``, having checked that no other upgrade is running.
@@ -27,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from zdu.errors import LockError, TransportError
 from zdu.transport.base import CommandHandler
-from zdu.model import Node
+from zdu.model import CommandResult, Node
 
 LOCK_DIR = "/var/tmp/zdupgrade/lock"
 
@@ -121,16 +124,39 @@ class FleetLock:
         with self._mutex:
             self.held.append(node)
 
-    def _take(self, node: Node) -> str | None:
-        handler = self.handlers(node)
+    def take_command(self) -> str:
+        """The shell command that takes the lock on a node: it prints ``ZDU-LOCK-ACQUIRED``, or
+        the holder's owner.json.  Preflight sends it with its checks (one round trip for both)."""
         owner_json = json.dumps(asdict(self.owner))
         path = shlex.quote(self.lock_dir)
         owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
-        command = (f"mkdir -p {shlex.quote(os.path.dirname(self.lock_dir))} && "
-                   f"if mkdir {path} 2>/dev/null; then printf '%s' {shlex.quote(owner_json)} > {owner_file} "
-                   f"&& echo ZDU-LOCK-ACQUIRED; else cat {owner_file} 2>/dev/null; fi")
+        return (f"mkdir -p {shlex.quote(os.path.dirname(self.lock_dir))} && "
+                f"if mkdir {path} 2>/dev/null; then printf '%s' {shlex.quote(owner_json)} > {owner_file} "
+                f"&& echo ZDU-LOCK-ACQUIRED; else cat {owner_file} 2>/dev/null; fi")
+
+    def settle(self, node: Node, handler: CommandHandler, result: CommandResult) -> str | None:
+        """Finish taking the lock on ``node`` from what :meth:`take_command` printed there
+        (``result``): None when this run holds it now, else the problem.  Breaking a lock or
+        taking this run's own lock back costs one more round trip."""
+        try:
+            return self._take(node, handler, result)
+        except TransportError as exc:
+            return f"{node.name}: cannot take the lock: {exc.detail}"
+
+    def attempted(self, node: Node) -> None:
+        """``node`` was sent :meth:`take_command` and its answer was lost: :meth:`release` tries it
+        too (it removes only a lock of this run)."""
+        self._hold(node)
+
+    def _take(self, node: Node, handler: CommandHandler | None = None,
+              first: CommandResult | None = None) -> str | None:
+        handler = handler or self.handlers(node)
+        owner_json = json.dumps(asdict(self.owner))
+        path = shlex.quote(self.lock_dir)
+        owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
+        command = self.take_command()
         for attempt in range(2):
-            result = handler.run(command, timeout=30)
+            result = first if attempt == 0 and first is not None else handler.run(command, timeout=30)
             if result.exit_code != 0:
                 return f"{node.name}: cannot take the lock ({self.lock_dir}): exit {result.exit_code}: " \
                        f"{result.stderr.strip()[:200]}"

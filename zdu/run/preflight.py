@@ -2,15 +2,19 @@
 
 Checks: the node is reachable and its host key accepted; the old and new install
 dirs exist; ``sudo -n`` works where the profile uses sudo; /var/tmp has enough free
-space (``--min-free-mb``); the load balancer answers and knows every node.  Nothing is changed on any node.
+space (``--min-free-mb``); the load balancer answers and knows every node.  Nothing is changed on any node,
+except that, given a :class:`~zdu.run.lock.FleetLock`, the same round trip takes the fleet lock
+(the first node alone: two runs started together decide there); the caller releases it if
+anything was found.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from zdu.errors import TransportError, ZduError
 from zdu.transport.base import CommandHandler, group_bastion_errors
@@ -18,13 +22,16 @@ from zdu.lb.base import LoadBalancer
 from zdu.model import Node
 from zdu.planning.plan import Plan
 
+if TYPE_CHECKING:
+    from zdu.run.lock import FleetLock
+
 
 @dataclass(frozen=True)
 class Problem:
     """One thing preflight found wrong."""
 
     node: str | None          # None: the load balancer or the run as a whole
-    kind: str                 # unreachable | host-key | auth | missing-dir | sudo | disk | unchecked | lb | capacity
+    kind: str                 # unreachable | host-key | auth | missing-dir | sudo | disk | unchecked | lb | capacity | locked
     message: str
     error: BaseException | None = field(default=None, compare=False, repr=False)   # a transport error
 
@@ -34,6 +41,7 @@ class Problem:
 
 #: one line per check the node script prints: ``ZDU-CHECK <what> <result> [detail]``
 _MARK = "ZDU-CHECK"
+_LOCK_MARK = "ZDU-CHECK-LOCK"      # what follows is the fleet lock's answer
 PREFLIGHT_TIMEOUT = 30.0
 
 
@@ -55,8 +63,9 @@ def check_script(plan: Plan, name: str, min_free_mb: int, check_dirs: bool) -> s
 
 
 def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: int,
-                check_dirs: bool) -> list[Problem]:
-    """All checks of one node in one round trip; a check that could not run says so."""
+                check_dirs: bool, lock: "FleetLock | None" = None) -> list[Problem]:
+    """All checks of one node in one round trip (and the fleet lock, given ``lock``); a check
+    that could not run says so."""
     problems: list[Problem] = []
     checks = []
     if check_dirs:
@@ -66,12 +75,23 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
         checks.append(("sudo", "sudo -n"))
     if min_free_mb > 0:
         checks.append(("free", "the free space under /var/tmp"))
+    script = check_script(plan, node.name, min_free_mb, check_dirs)
+    if lock is not None:
+        script += f"\necho {_LOCK_MARK}\n{lock.take_command()}"
     try:
-        result = handler.run(check_script(plan, node.name, min_free_mb, check_dirs), timeout=PREFLIGHT_TIMEOUT)
+        result = handler.run(script, timeout=PREFLIGHT_TIMEOUT)
     except TransportError as exc:
         return [Problem(node.name, _kind(exc), exc.detail, exc)]
+    checked, reached, lock_answer = result.stdout.partition(f"{_LOCK_MARK}\n")
+    if lock is not None:
+        if result.error or not reached:
+            lock.attempted(node)         # the lock may have been taken: released with the rest
+        else:
+            problem = lock.settle(node, handler, dataclasses.replace(result, stdout=lock_answer))
+            if problem:
+                problems.append(Problem(None, "locked", problem))     # the message names the node
     found: dict[str, list[str]] = {}
-    for line in result.stdout.splitlines():
+    for line in checked.splitlines():
         words = line.split(" ", 3)
         if len(words) >= 2 and words[0] == _MARK:
             found[words[1]] = words[2:]
@@ -81,8 +101,8 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
                f"the check command failed (exit {result.exit_code}): "
                f"{(result.stderr or result.stdout).strip()[:200] or 'no output'}")
         missing = [what for key, what in checks if key not in found]
-        return [Problem(node.name, "unchecked", f"could not check {', '.join(missing) or 'the node'} on "
-                                               f"{node.name}: {why}")]
+        return problems + [Problem(node.name, "unchecked", f"could not check {', '.join(missing) or 'the node'} on "
+                                                          f"{node.name}: {why}")]
     for key, label in (("dir-old", "old"), ("dir-new", "new")):
         if key in found and found[key][0] != "ok":
             path = plan.old_install_dir if label == "old" else plan.new_install_dir
@@ -114,17 +134,28 @@ def _needs_sudo(plan: Plan, name: str) -> bool:
 
 def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBalancer, *,
               parallel: int = 8, min_free_mb: int = 0, check_dirs: bool = True,
-              stop: Callable[[], bool] = lambda: False) -> list[Problem]:
+              stop: Callable[[], bool] = lambda: False, lock: "FleetLock | None" = None) -> list[Problem]:
     """Every problem found, in topology order (empty: good to go).  Nodes not yet checked when
-    ``stop()`` turns true are skipped (the caller sees the interrupt)."""
+    ``stop()`` turns true are skipped (the caller sees the interrupt).
+
+    With ``lock``, each node's round trip also takes the fleet lock: the first node alone, then
+    the others, unless the first was locked by another run (then the others are only checked).
+    A node that another run holds is a ``locked`` problem; the caller releases what was taken."""
     nodes: Sequence[Node] = [p.node for p in plan.nodes]
     problems: list[Problem] = []
+    taking = lock
 
     def check(node: Node) -> list[Problem]:
-        return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs)
+        return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs, taking)
     errors: list[tuple[str, BaseException]] = []
+    results: list[list[Problem]] = []
+    if lock is not None and nodes:
+        results.append(check(nodes[0]))
+        if any(p.kind == "locked" for p in results[0]):
+            taking = None                 # the other run won: touch nothing else
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
-        for node, found in zip(nodes, pool.map(check, nodes)):
+        results += pool.map(check, nodes[len(results):])
+        for node, found in zip(nodes, results):
             for problem in found:
                 if problem.kind in ("unreachable", "host-key", "auth") and problem.error is not None:
                     errors.append((node.name, problem.error))
