@@ -141,8 +141,9 @@ def test_report_in_chromium_timeline_and_traffic(lab_runs: LabRuns, tmp_path: Pa
             assert rows == expected, which
             chart = page.evaluate(CHART)
             series = run.state.traffic["series"]
-            assert chart["rate"] == len(series) > 3, chart
-            assert chart["width"] > 300 and chart["p99"] > 3
+            # one point per second of traffic: a lab run now takes 2-4 s, so at least 2 (a line)
+            assert chart["rate"] == chart["p99"] == len(series) >= 2, chart
+            assert chart["width"] > 300
             windows = sum(len(run.state.nodes[n].out_windows) for n in run.state.node_names)
             assert chart["shades"] == windows > 0
             assert chart["summary"] == run.state.traffic["summary_line"]
