@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,9 @@ def test_kill_during_disable_then_resume_takes_the_node_out_again(tmp_path: Path
     fleet.wait_for(lambda: (tmp_path / "in-disable-B").exists(), "the disable hook of B running", proc)
     os.killpg(proc.pid, signal.SIGKILL)   # the control process and its hook die: B was never taken out
     proc.wait(timeout=10)
+    # the hook runs in a session of its own (so that its timeout kills all of it): killed too, or it
+    # would wait for ever after the test
+    subprocess.run(["pkill", "-KILL", "-f", f"{tmp_path}/hook.sh disable B"], check=False)
     assert fleet.lb("B") == "in" and fleet.running("B") == "1.0"
     (tmp_path / "hold-disable-B").unlink()
     done = fleet.resume()

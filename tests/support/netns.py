@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.sshd import SSHD, SshdServer
+from tests.support.sshd import SshdServer, sshd_argv
 
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "ip"
 
@@ -133,7 +133,7 @@ class NetnsSshd(SshdServer):
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
-                [IP, "netns", "exec", self.netns, SSHD, "-D", "-e", "-f", str(self.config)],
+                [IP, "netns", "exec", self.netns, *sshd_argv(self.config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         finally:

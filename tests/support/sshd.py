@@ -29,6 +29,21 @@ from typing import Callable, Iterator
 import pytest
 
 SSHD = "/usr/sbin/sshd"
+
+
+def sshd_argv(config: Path) -> list[str]:
+    """sshd in the foreground; as root, in a mount namespace of its own where root's ~/.bashrc is
+    empty.  bash reads ~/.bashrc for every command sshd starts, and this machine's runs
+    ``pyenv init``, whose rehash takes a lock file: a test that kills a session's processes at the
+    wrong moment leaves that lock behind, and every later login waits 60 s for it.  A node's rc
+    files are the node's business; the tests' logins must not depend on the control machine's."""
+    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    unshare = shutil.which("unshare")
+    bashrc = Path.home() / ".bashrc"
+    if os.geteuid() == 0 and unshare and bashrc.exists():
+        return [unshare, "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind /dev/null "$1" && shift && exec "$@"', "sh", str(bashrc), *argv]
+    return argv
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
@@ -156,7 +171,7 @@ class SshdServer:
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+                sshd_argv(self.config), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
