@@ -14,6 +14,7 @@ Only loopback addresses are accepted.
 """
 from __future__ import annotations
 
+import functools
 import getpass
 import ipaddress
 import os
@@ -38,12 +39,22 @@ def sshd_argv(config: Path) -> list[str]:
     wrong moment leaves that lock behind, and every later login waits 60 s for it.  A node's rc
     files are the node's business; the tests' logins must not depend on the control machine's."""
     argv = [SSHD, "-D", "-e", "-f", str(config)]
-    unshare = shutil.which("unshare")
     bashrc = Path.home() / ".bashrc"
-    if os.geteuid() == 0 and unshare and bashrc.exists():
-        return [unshare, "--mount", "--propagation", "private", "sh", "-c",
-                'mount --bind /dev/null "$1" && shift && exec "$@"', "sh", str(bashrc), *argv]
-    return argv
+    hide = _hide_command(str(bashrc)) if bashrc.exists() else None
+    return [*hide, *argv] if hide else argv
+
+
+@functools.lru_cache(maxsize=None)
+def _hide_command(path: str) -> tuple[str, ...] | None:
+    """The prefix that runs a command with ``path`` bind-mounted to /dev/null in a private mount
+    namespace, or None where that cannot be done (not root, no unshare, no CAP_SYS_ADMIN)."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or not unshare:
+        return None
+    prefix = (unshare, "--mount", "--propagation", "private", "sh", "-c",
+              'mount --bind /dev/null "$1" && shift && exec "$@"', "sh", path)
+    probe = subprocess.run([*prefix, "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return prefix if probe.returncode == 0 else None
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
