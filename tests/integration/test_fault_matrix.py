@@ -204,8 +204,10 @@ def fast_profile(path: Path, step_timeout: float = 5) -> Path:
             if "timeout" in step:
                 step["timeout"] = step_timeout
             if "wait" in step:
-                step["wait"]["deadline"] = min(step["wait"]["deadline"], 4 if "health" in step["name"]
-                                               and "new" in step["name"] else 15)
+                # the new side's health gate is POST-APPLY's hung step (hang-health): it gets as
+                # long as a hung command, less a second
+                step["wait"]["deadline"] = min(step["wait"]["deadline"], max(4, step_timeout - 1)
+                                               if "health" in step["name"] and "new" in step["name"] else 15)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

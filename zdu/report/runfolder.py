@@ -30,6 +30,8 @@ from ..status import StepKind
 MARK = "------------- ZDU_EXEC_CMD -------------"
 #: run.json is rewritten at most this often (the journal has every event at once)
 RUN_JSON_INTERVAL = 0.25
+#: ... and at least this often, however large the state
+RUN_JSON_MAX_INTERVAL = 2.0
 JOURNAL = "journal.jsonl"
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
@@ -135,7 +137,8 @@ class RunFolder:
         self._node_logs: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
-        self._json_dirty = False
+        self._json_events = 0                     # events seen (under the recorder's lock)
+        self._json_covered = 0                    # events the newest snapshot on disk includes
         self._json_written = 0.0
         self._json_interval = RUN_JSON_INTERVAL   # grows with the state: see _snapshot
         self._json_seq = 0                        # snapshots taken (under the recorder's lock)
@@ -172,22 +175,25 @@ class RunFolder:
     def run_json(self, event: ev.Event, state: RunView) -> None:
         now = event.at
         final = isinstance(event, (ev.RunFinished, ev.RunOpened, ev.PreflightFailed))
+        self._json_events += 1
         if final or now - self._json_written >= self._json_interval:
             self._write_json(*self._snapshot(state))
         else:
-            self._json_dirty = True
             self._schedule()
 
-    def _snapshot(self, state: RunView | Any) -> tuple[dict[str, Any], int]:
+    def _snapshot(self, state: RunView | Any) -> tuple[dict[str, Any], int, int]:
         """The state's JSON form and its sequence number; called under the recorder's lock, which
-        every node's next event waits for.  The interval between writes grows to 8x what a
-        snapshot costs (1,000 nodes: ~0.2 s, so every 1.6 s): the lock is held at most a ninth
-        of the time."""
-        started = time.monotonic()
+        every node's next event waits for.  The interval between writes grows to 8x the CPU time
+        a snapshot costs (1,000 nodes: ~0.2 s, so every 1.6 s), up to RUN_JSON_MAX_INTERVAL: the
+        lock is held at most a ninth of the time.  CPU time of this thread, not wall time: on a
+        loaded machine one descheduled snapshot must not stretch the interval past the length
+        of a step (a CI run once wrote run.json only every 5 s)."""
+        started = time.thread_time()
         data = state.to_dict()
-        self._json_interval = max(RUN_JSON_INTERVAL, 8 * (time.monotonic() - started))
+        cost = time.thread_time() - started
+        self._json_interval = min(RUN_JSON_MAX_INTERVAL, max(RUN_JSON_INTERVAL, 8 * cost))
         self._json_seq += 1
-        return data, self._json_seq
+        return data, self._json_seq, self._json_events
 
     def _schedule(self) -> None:
         with self._lock:
@@ -201,7 +207,9 @@ class RunFolder:
         with self._lock:
             self._timer = None
         recorder = self._recorder
-        if recorder is None or not self._json_dirty:
+        # not a flag cleared after the write: an event that arrives while an older snapshot is
+        # being written schedules this timer, and must not find itself marked written
+        if recorder is None or self._json_covered >= self._json_events:
             return
         try:
             # the snapshot under the recorder's lock; encoding and writing it outside
@@ -209,7 +217,7 @@ class RunFolder:
         except Exception:  # noqa: BLE001 - reported by the next synchronous write
             pass
 
-    def _write_json(self, data: dict[str, Any], seq: int | None = None) -> None:
+    def _write_json(self, data: dict[str, Any], seq: int | None = None, covered: int | None = None) -> None:
         body = (json.dumps(data, indent=1, default=str) + "\n").encode()
         with self._json_lock:
             if seq is not None and seq < self._json_seq_written:
@@ -217,8 +225,8 @@ class RunFolder:
             self.rundir.write_atomic(RUN_JSON, body)
             if seq is not None:
                 self._json_seq_written = seq
+            self._json_covered = max(self._json_covered, self._json_events if covered is None else covered)
             self._json_written = time.time()
-            self._json_dirty = False
 
     def write_json(self, data: dict[str, Any]) -> None:
         """Write run.json now (the CLI, at the end of a run)."""
