@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,22 @@ import pytest
 
 if TYPE_CHECKING:
     from zdu.lab.fleet import Lab
+
+
+def _terminal_signals() -> None:
+    """The tests send SIGINT and SIGHUP to zdupgrade processes as a terminal would, and zdupgrade
+    leaves a signal alone that was ignored when it started (nohup, a background job of a script).
+    A test run started that way (``nohup pytest``, ``pytest &`` in a CI script) would hand those
+    dispositions to every zdupgrade it starts: give its children a terminal's defaults.  A Python
+    handler is reset to the default in an exec'd child, so pytest itself still outlives a
+    hang-up it was told to ignore."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
+
+_terminal_signals()
 
 
 def _lab_missing() -> str | None:

@@ -166,6 +166,10 @@ got = []
 if sys.argv[2] == "handled":   # like zdupgrade's run: a signal only asks to stop at a safe point
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, lambda n, f: got.append(n))
+else:                          # Python's defaults, even under nohup (SIGHUP ignored, inherited)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 result = ScriptLoadBalancer(sys.argv[1], timeout=30).disable(Node("Node-A", "127.0.0.231"))
 print(json.dumps({"ok": result.ok, "message": result.message, "signals": got}))
 """

@@ -4,7 +4,10 @@ Installed before anything touches a node, so an interrupt during preflight or wh
 the fleet lock stops cleanly too.  The first signal sets the run's stop event and says what
 will happen; later ones say loudly what killing the process now would leave behind.
 SIGHUP (the terminal or the operator's SSH session went away) is handled like SIGTERM: the
-run stops safely instead of dying mid-APPLY.
+run stops safely instead of dying mid-APPLY.  A SIGHUP or SIGINT that was already *ignored* when
+zdupgrade started stays ignored, as Unix tools do: ``nohup zdupgrade ...`` asked for the run to
+outlive the terminal, and a background job of a script (``zdupgrade ... &``) is not the
+terminal's to interrupt.  SIGTERM always stops at a safe point.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import Any, Iterator
 from .console import Console
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: left ignored when zdupgrade was started with them ignored (nohup, a script's background job)
+KEEP_IGNORED = (signal.SIGINT, signal.SIGHUP)
 
 
 @contextmanager
@@ -42,6 +47,8 @@ def stop_on_signals(stop: threading.Event, console: Console) -> Iterator[None]:
 
     previous = {}
     for sig in SIGNALS:
+        if sig in KEEP_IGNORED and signal.getsignal(sig) is signal.SIG_IGN:
+            continue
         try:
             previous[sig] = signal.signal(sig, handler)
         except (OSError, ValueError):  # pragma: no cover - not settable here
