@@ -474,6 +474,12 @@ def test_malformed_known_hosts_lines_are_skipped_with_a_warning(server200: SshdS
     assert [w.split(": skipped")[0] for w in warnings] == [f"{kh}:{n}" for n in (1, 2, 3, 4, 7)]
     assert "not valid base64" in warnings[0] and "not valid UTF-8" in warnings[3]
     assert "@cert-authority" in warnings[4]
+    # a run hands the same callback to the pool and to each handler: each line is still told once
+    told: list[str] = []
+    with SshHandler(node_of(server200), settings_of(server200, kh, config_file=None),
+                    pool=SshPool(on_warning=told.append), on_warning=told.append) as h:
+        assert h.run("true").ok
+    assert told == warnings
 
 
 def test_hashed_and_pattern_entries_and_revoked(server200: SshdServer, tmp_path: Path) -> None:

@@ -502,8 +502,8 @@ class SshPool:
             if message in self.warnings:
                 return
             self.warnings.append(message)
-        for callback in (self.on_warning, also):
-            if callback is not None:
+        for callback in (self.on_warning, also if also != self.on_warning else None):
+            if callback is not None:      # the pool's and the handler's are often the same one
                 callback(message)
 
     def note_exec_fallback(self, node: str, reason: str, also: WarningCallback | None = None) -> None:
