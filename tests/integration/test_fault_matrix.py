@@ -387,6 +387,12 @@ def check_outcome(lab: Lab, cell: Cell, code: int, out: str, data: dict[str, Any
             assert row.rstrip(" |").endswith("FAILED (unreachable)"), row
         assert any(line.startswith(f"WARNING: {FAULTY}") or line.startswith(f"WARNING: !!! {FAULTY}")
                    for line in out.splitlines()), ctx
+        # its fleet lock could not be given back: said, with what to remove once it is back; the
+        # reachable nodes' locks are gone
+        assert any(w.startswith(f"{FAULTY}: lock not released") and "/var/tmp/zdupgrade/lock" in w
+                   for w in data["warnings"]), data["warnings"]
+        for name in expected:
+            assert lab.exec(name, "test -e /var/tmp/zdupgrade/lock")[0] != 0, f"{name} still locked"
     assert "Traceback" not in out, ctx
     if cell.zero_failures and cell.status != CONFIG_ERROR:
         assert_traffic_clean(data, out)

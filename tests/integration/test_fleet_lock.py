@@ -162,3 +162,21 @@ def test_preflight_problems_and_a_lock_elsewhere_are_all_reported(planned, tmp_p
     assert sorted(n.name for n in lock.held) == ["A", "B", "C", "E", "F"]
     assert lock.release() == []
     assert [n for n in "ABCDEF" if lock_of(tmp_path, n).exists()] == ["D"]
+
+
+def test_a_node_lost_before_the_release_keeps_its_lock_and_says_so(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The others are released; the lost node's lock stays, and release names it and the path."""
+    from zdu.errors import UnreachableError
+    nodes, handlers, _ = fleet
+    lock = FleetLock(nodes, handlers, LockOwner.current("run-l"), lock_dir=LOCK)
+    assert lock.acquire() is True
+    lost = handlers(nodes[3])
+
+    def gone(command: str, **kw: object) -> CommandResult:
+        raise UnreachableError(lost.node.name, "connection reset by peer")
+    lost.run = gone  # type: ignore[method-assign,assignment]
+    problems = lock.release()
+    assert problems == [f"{nodes[3].name}: lock not released (connection reset by peer); remove {LOCK} there "
+                        "once the node is back"]
+    assert [n.name for n in nodes if lock_of(tmp_path, n.name).exists()] == [nodes[3].name]
+    assert lock.held == []

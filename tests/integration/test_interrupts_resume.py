@@ -146,6 +146,33 @@ def test_an_interrupt_before_the_lock_changes_nothing(tmp_path: Path) -> None:
     assert fleet.record()["status"]["name"] == "INTERRUPTED"
 
 
+def test_an_interrupt_once_preflight_took_the_lock_gives_it_back(tmp_path: Path) -> None:
+    """Preflight takes the fleet lock with its checks, the first node alone; Ctrl-C right after
+    that: the lock is given back and nothing else happens."""
+    import io
+    import threading
+
+    from zdu.cli import main
+    fleet = LocalFleet(tmp_path)
+    lock_dir = tmp_path / "fleet-lock"
+
+    class CtrlCOnceLocked(threading.Event):
+        def is_set(self) -> bool:
+            if not super().is_set() and lock_dir.exists():
+                self.set()                   # pressed the moment the first node's lock exists
+            return super().is_set()
+
+    out, err = io.StringIO(), io.StringIO()
+    status = main(fleet.argv(), out=out, err=err, stop_event=CtrlCOnceLocked())
+    assert status is Status.INTERRUPTED, err.getvalue()
+    assert "interrupted during preflight: nothing was changed" in err.getvalue()
+    assert not lock_dir.exists()
+    for name in "ABC":
+        assert fleet.running(name) == "1.0" and fleet.lb_log(name) == []
+        assert not (tmp_path / name / "export").exists()
+    assert fleet.record()["status"]["name"] == "INTERRUPTED"
+
+
 # --------------------------------------------------------------------------- a damaged run record
 
 def _killed_run(tmp_path: Path) -> LocalFleet:

@@ -67,7 +67,8 @@ def test_resume_refuses_a_changed_plan(fresh_lab: Lab, tmp_path: Path) -> None:
 def test_lock_held_by_another_run_is_refused_then_broken(fresh_lab: Lab, tmp_path: Path) -> None:
     owner = json.dumps({"run_id": "other-run", "user": "alice", "host": "laptop", "pid": 4242,
                         "started": "2026-11-21T23:00:00+00:00", "message": "upgrading by hand"})
-    fresh_lab.exec("Node-B", f"mkdir -p /var/tmp/zdupgrade/lock && printf '%s' '{owner}' > /var/tmp/zdupgrade/lock/owner.json")
+    place = f"mkdir -p /var/tmp/zdupgrade/lock && printf '%s' '{owner}' > /var/tmp/zdupgrade/lock/owner.json"
+    fresh_lab.exec("Node-B", place)
     proc, log_dir = start(fresh_lab, tmp_path)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 77, out
@@ -76,6 +77,23 @@ def test_lock_held_by_another_run_is_refused_then_broken(fresh_lab: Lab, tmp_pat
     assert_fleet(fresh_lab, {n: "1.0" for n in NODES})
     assert not lock_present(fresh_lab, "Node-A")            # the lock we took there was given back
     assert lock_present(fresh_lab, "Node-B")                # theirs is untouched
+    # a check fails as well: both are reported, the status is the check's, and still only theirs is left
+    proc, log_dir = start(fresh_lab, tmp_path, "--old_install_dir", "/opt/no-such-gateway")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 78, out
+    assert "install dir '/opt/no-such-gateway' does not exist" in out and "locked by run other-run" in out, out
+    assert record(log_dir)["status"]["name"] == "CONFIG_ERROR"
+    assert_fleet(fresh_lab, {n: "1.0" for n in NODES})
+    assert [n for n in NODES if lock_present(fresh_lab, n)] == ["Node-B"]
+    # an unreachable node and theirs: unreachable (76) is why, not the lock
+    fresh_lab.kill_sshd("Node-C")
+    proc, log_dir = start(fresh_lab, tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 76, out
+    assert "Node-C" in out and "locked by run other-run" in out, out
+    assert [n for n in NODES if lock_present(fresh_lab, n)] == ["Node-B"]
+    fresh_lab.reset()                                       # Node-C's sshd back (and B's lock gone)
+    fresh_lab.exec("Node-B", place)
     proc, log_dir = start(fresh_lab, tmp_path, "--break-lock", "--lock-message", "night change 42")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import pytest
 
 SSHD = "/usr/sbin/sshd"
+SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
 def sshd_argv(config: Path) -> list[str]:
@@ -55,7 +56,6 @@ def _hide_command(path: str) -> tuple[str, ...] | None:
               'mount --bind /dev/null "$1" && shift && exec "$@"', "sh", path)
     probe = subprocess.run([*prefix, "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return prefix if probe.returncode == 0 else None
-SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
 def sshd_available() -> bool:

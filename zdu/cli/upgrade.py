@@ -330,8 +330,7 @@ class Upgrade:
             self.console.line(f"run log: {folder.run_log_path}")
             return status
         finally:
-            if lock.held:
-                lock.release()
+            self._release(lock)                   # what an early return or an error left held
             outputs.finish(recorder.snapshot())   # a run that stopped early: its --junit too
             folder.close()
 
@@ -347,33 +346,36 @@ class Upgrade:
         problems = [p for p in found if p.kind != "locked"]
         if not problems and not locked:
             problems.extend(capacity_problems(plan, lb))
-        if self.stop.is_set():
-            for note in lock.release():
-                self._warning(note)
-            return self._stopped_early(recorder, resuming, "during preflight")
-        if not problems and not locked:
+        stopped = self.stop.is_set()
+        if not stopped and not problems and not locked:
             return None
-        for note in lock.release():       # a node lost since: its lock stays, said loudly
-            self._warning(note)
+        self._release(lock)      # before the run's end is recorded, so the summary has its notes
+        if stopped:
+            return self._stopped_early(recorder, resuming, "during preflight")
         if not problems:     # only the lock: another run holds (part of) the fleet
             if not resuming:
                 recorder.emit(ev.RunFinished(status=Status.LOCKED, message="the fleet is locked"))
             raise LockError("the fleet is locked by another run; nothing was changed:\n  - "
                             + "\n  - ".join(p.message for p in locked))
+        # the status is the checks' (a node another run holds is reported, and is not why)
+        unreachable = all(p.kind in ("unreachable", "host-key", "auth", "unchecked") for p in problems)
+        status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
+        if all(p.kind == "capacity" for p in problems):
+            status = Status.CAPACITY_REFUSED     # the same refusal as before a wave, only earlier
         problems += locked
         self.console.error(f"preflight found {len(problems)} problem(s); nothing was changed:")
         for problem in problems:
             self.console.err_line(f"  - {self.masker(str(problem))}")
-        # the status is the checks' (a node another run holds is reported, and is not why)
-        checks = [p for p in problems if p.kind != "locked"]
-        unreachable = all(p.kind in ("unreachable", "host-key", "auth", "unchecked") for p in checks)
-        status = Status.NODE_UNREACHABLE if unreachable else Status.CONFIG_ERROR
-        if all(p.kind == "capacity" for p in checks):
-            status = Status.CAPACITY_REFUSED     # the same refusal as before a wave, only earlier
         recorder.emit(ev.PreflightFailed(problems=tuple(self.masker(str(p)) for p in problems), status=status))
         if not resuming:  # a failed resume leaves the run resumable
             recorder.emit(ev.RunFinished(status=status, message=f"preflight: {len(problems)} problem(s)"))
         return status
+
+    def _release(self, lock: FleetLock) -> None:
+        """Give back the fleet lock where this run still holds it; a node that does not answer
+        keeps its lock, and that is said loudly."""
+        for note in lock.release():
+            self._warning(note)
 
     def _stopped_early(self, recorder: Recorder, resuming: bool, where: str) -> Status:
         from ..run import events as ev

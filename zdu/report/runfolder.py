@@ -137,12 +137,12 @@ class RunFolder:
         self._node_logs: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
-        self._json_events = 0                     # events seen (under the recorder's lock)
-        self._json_covered = 0                    # events the newest snapshot on disk includes
+        # events seen (counted under the recorder's lock) and how many of them the run.json on
+        # disk includes: this orders snapshots too, so an older one never replaces a newer
+        self._json_events = 0
+        self._json_covered = 0
         self._json_written = 0.0
         self._json_interval = RUN_JSON_INTERVAL   # grows with the state: see _snapshot
-        self._json_seq = 0                        # snapshots taken (under the recorder's lock)
-        self._json_seq_written = 0                # the newest snapshot on disk
         self._json_lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
@@ -181,8 +181,8 @@ class RunFolder:
         else:
             self._schedule()
 
-    def _snapshot(self, state: RunView | Any) -> tuple[dict[str, Any], int, int]:
-        """The state's JSON form and its sequence number; called under the recorder's lock, which
+    def _snapshot(self, state: RunView | Any) -> tuple[dict[str, Any], int]:
+        """The state's JSON form and the number of events it includes; called under the recorder's lock, which
         every node's next event waits for.  The interval between writes grows to 8x the CPU time
         a snapshot costs (1,000 nodes: ~0.2 s, so every 1.6 s), up to RUN_JSON_MAX_INTERVAL: the
         lock is held at most a ninth of the time.  CPU time of this thread, not wall time: on a
@@ -192,8 +192,7 @@ class RunFolder:
         data = state.to_dict()
         cost = time.thread_time() - started
         self._json_interval = min(RUN_JSON_MAX_INTERVAL, max(RUN_JSON_INTERVAL, 8 * cost))
-        self._json_seq += 1
-        return data, self._json_seq, self._json_events
+        return data, self._json_events
 
     def _schedule(self) -> None:
         with self._lock:
@@ -217,22 +216,18 @@ class RunFolder:
         except Exception:  # noqa: BLE001 - reported by the next synchronous write
             pass
 
-    def _write_json(self, data: dict[str, Any], seq: int | None = None, covered: int | None = None) -> None:
+    def _write_json(self, data: dict[str, Any], covered: int) -> None:
         body = (json.dumps(data, indent=1, default=str) + "\n").encode()
         with self._json_lock:
-            if seq is not None and seq < self._json_seq_written:
+            if covered < self._json_covered:
                 return              # a newer snapshot is on disk already (the final one, say)
             self.rundir.write_atomic(RUN_JSON, body)
-            if seq is not None:
-                self._json_seq_written = seq
-            self._json_covered = max(self._json_covered, self._json_events if covered is None else covered)
+            self._json_covered = covered
             self._json_written = time.time()
 
     def write_json(self, data: dict[str, Any]) -> None:
-        """Write run.json now (the CLI, at the end of a run)."""
-        with self._json_lock:
-            self._json_seq_written = self._json_seq = self._json_seq + 1
-        self._write_json(data)
+        """Write run.json now (the CLI, at the end of a run: ``data`` has every event)."""
+        self._write_json(data, self._json_events)
 
     def node_logs(self, event: ev.Event, state: RunView) -> None:
         target = event.node or getattr(event, "target", "")   # run-level steps: control.log, <host>.log
