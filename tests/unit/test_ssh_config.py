@@ -390,3 +390,47 @@ def test_same_answers_as_ssh_dash_G(host: str, tmp_path: Path) -> None:
     assert (t.port, t.user) == (int(ssh["port"]), ssh["user"])
     assert options.get("proxyjump", "none") == ssh.get("proxyjump", "none")
     assert str(int(t.connect_timeout)) == ssh.get("connecttimeout", "10").replace("none", "10")
+
+
+# --------------------------------------------------------------------------- files that set nothing read
+
+STOCK_DEBIAN = """Include /nonexistent/ssh_config.d/*.conf
+Host *
+    SendEnv LANG LC_*
+    HashKnownHosts yes
+    GSSAPIAuthentication yes
+    UserKnownHostsFile ~/.ssh/known_hosts2
+    PortForwarding=no
+"""
+
+
+def test_a_config_that_sets_nothing_resolution_reads_is_not_handed_to_paramiko(home: Path) -> None:
+    cfg = write(home / "cfg", STOCK_DEBIAN)
+    files = load_config(str(cfg))
+    assert files is not None and files.files == (str(cfg),) and files._config is None
+    t = resolve(gw(host="10.1.0.9"), settings(cfg))
+    assert (t.address, t.port, t.user, t.key_files, t.agent, t.connect_timeout, t.jumps) == (
+        "10.1.0.9", 22, "root", (), True, 10.0, ())
+    assert t.config_files == (str(cfg),) and t.notes == ()
+    # one option resolution reads (even in a block for another host) and paramiko parses the files
+    for extra in ("Host other\n    User someone\n", "Port=2200\n", "Match host x exec true\n    ForwardX11 no\n",
+                  "CanonicalizeHostname yes\n"):
+        write(cfg, STOCK_DEBIAN + extra)
+        assert load_config(str(cfg))._config is not None, extra
+    write(cfg, STOCK_DEBIAN + "Host gw1\n    Port=2200\n")
+    assert resolve(gw(), settings(cfg)).port == 2200
+
+
+def test_a_dry_run_with_such_a_config_imports_no_ssh_library(home: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    cfg = write(home / "cfg", STOCK_DEBIAN)
+    code = ("import sys\n"
+            "from zdu.config.ssh_config import resolve_all\n"
+            "from zdu.model import Node, SshSettings\n"
+            f"t = resolve_all([Node(name='a', host='10.0.0.1')], SshSettings(config_file={str(cfg)!r}))\n"
+            "assert t['a'].address == '10.0.0.1'\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'fabric', 'invoke')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]", out.stdout

@@ -49,8 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from paramiko.config import SSHConfig, SSHConfigDict
-
 from zdu.errors import ConfigError
 from zdu.model import Node, SshSettings, frozen_map
 from zdu.config.values import valid_host
@@ -68,6 +66,12 @@ NODE, SSH, SSH_CONFIG, JUMP_SPEC, DEFAULT = "node", "ssh", "ssh_config", "proxy_
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _SETTING = re.compile(r"(\w+)(?:\s*=\s*|\s+)(.+)")
 _MATCH_KNOWN = {"all", "canonical", "final", "host", "originalhost", "user", "localuser"}
+#: the ssh_config options resolution reads (and those that change how paramiko matches); files
+#: that set none of them, and have no Match block, resolve every host to nothing: they are not
+#: handed to paramiko (Debian's stock /etc/ssh/ssh_config sets only SendEnv, HashKnownHosts and
+#: GSSAPIAuthentication), which keeps paramiko out of a dry run's imports (0.1 s)
+_READ_OPTIONS = re.compile(r"(hostname|port|user|identityfile|identitiesonly|connecttimeout|proxyjump|"
+                           r"proxycommand|canonical\w*)(?:\s*=\s*|\s+)", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- jump specs
@@ -217,26 +221,37 @@ class ResolvedTarget:
 
 # --------------------------------------------------------------------------- config files
 
-class _SSHConfig(SSHConfig):
-    """paramiko's SSHConfig that never runs ``Match exec`` (nor trusts criteria it does not
-    know, which paramiko would count as matching): such a block is ignored, with a note."""
+def _paramiko_config() -> Any:
+    """A new paramiko SSHConfig that never runs ``Match exec`` (nor trusts criteria it does not
+    know, which paramiko would count as matching): such a block is ignored, with a note.
+    paramiko is imported here, when a config file says something resolution reads."""
+    from paramiko.config import SSHConfig
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.notes: list[str] = []
+    class _SSHConfig(SSHConfig):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.notes: list[str] = []
 
-    def _does_match(self, match_list: list[dict[str, Any]], target_hostname: str,
-                    canonical: bool, final: bool, options: Any) -> Any:
-        unknown = [m for m in match_list if m["type"] not in _MATCH_KNOWN]
-        if not unknown:
-            return super()._does_match(match_list, target_hostname, canonical, final, options)
-        known = [m for m in match_list if m["type"] in _MATCH_KNOWN]
-        if not known or super()._does_match(known, target_hostname, canonical, final, options):
-            kinds = ", ".join(sorted({m["type"] for m in unknown}))
-            note = f"ssh_config 'Match {kinds}' is not evaluated by zdupgrade: that block was ignored"
-            if note not in self.notes:
-                self.notes.append(note)
-        return False
+        def _does_match(self, match_list: list[dict[str, Any]], target_hostname: str,
+                        canonical: bool, final: bool, options: Any) -> Any:
+            unknown = [m for m in match_list if m["type"] not in _MATCH_KNOWN]
+            if not unknown:
+                return super()._does_match(match_list, target_hostname, canonical, final, options)
+            known = [m for m in match_list if m["type"] in _MATCH_KNOWN]
+            if not known or super()._does_match(known, target_hostname, canonical, final, options):
+                kinds = ", ".join(sorted({m["type"] for m in unknown}))
+                note = f"ssh_config 'Match {kinds}' is not evaluated by zdupgrade: that block was ignored"
+                if note not in self.notes:
+                    self.notes.append(note)
+            return False
+
+    return _SSHConfig()
+
+
+def _says_anything(lines: Sequence[str]) -> bool:
+    """Whether ``lines`` (one config, Includes inlined) can give any host an option resolution
+    reads: a Match block (its criteria may note or refuse something), or such an option."""
+    return any(line[:5].lower() == "match" or _READ_OPTIONS.match(line) for line in lines)
 
 
 @dataclass(frozen=True)
@@ -244,12 +259,14 @@ class SshConfigFiles:
     """The parsed ssh_config file(s) of one run; :meth:`lookup` is thread-safe."""
 
     files: tuple[str, ...]
-    _config: _SSHConfig
+    _config: Any                        # paramiko's SSHConfig; None: the files set nothing read here
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
-    def lookup(self, alias: str) -> tuple[SSHConfigDict, tuple[str, ...]]:
+    def lookup(self, alias: str) -> tuple[Mapping[str, Any], tuple[str, ...]]:
         """ssh_config's options for ``alias`` and the notes about them.  Patterns match
         case-sensitively, as in OpenSSH (``Host web*`` does not match ``WEB1``)."""
+        if self._config is None:
+            return {}, ()
         with self._lock:
             self._config.notes = []
             options = self._config.lookup(alias)
@@ -283,9 +300,10 @@ def load_config(config_file: str | None) -> SshConfigFiles | None:
         base = os.path.dirname(path) if path == SYSTEM_CONFIG else os.path.expanduser("~/.ssh")
         lines.append("Host *")                 # each file starts unconditional
         _inline(Path(path), base, [], lines, read, 0)
-    config = _SSHConfig()
+    config = _paramiko_config() if _says_anything(lines) else None
     try:
-        config.parse(iter(lines))
+        if config is not None:
+            config.parse(iter(lines))
     except Exception as exc:  # noqa: BLE001 - paramiko raises several kinds; all are bad config
         raise ConfigError(f"ssh_config ({', '.join(read)}): {exc}") from None
     result = SshConfigFiles(tuple(read), config)
@@ -372,7 +390,7 @@ def resolve(node: Node, settings: SshSettings, config: SshConfigFiles | None | b
     Touches no network (see :func:`check` for the DNS test).
     """
     files = load_config(settings.config_file) if config is True else config or None
-    options, notes = files.lookup(node.host) if files else (SSHConfigDict(), ())
+    options, notes = files.lookup(node.host) if files else ({}, ())
     note_list = list(notes)
     sources: dict[str, str] = {}
     where = f"node {node.name}"
@@ -468,7 +486,7 @@ def _chain(specs: Sequence[str], settings: SshSettings, files: SshConfigFiles | 
 
 def _hop(spec: JumpSpec, settings: SshSettings, files: SshConfigFiles | None, where: str,
          notes: list[str]) -> tuple[ResolvedTarget, tuple[str, ...], bool]:
-    options, found = files.lookup(spec.host) if files else (SSHConfigDict(), ())
+    options, found = files.lookup(spec.host) if files else ({}, ())
     notes.extend(found)
     hop_where = f"{where}: jump host {spec.host}"
     sources: dict[str, str] = {}
