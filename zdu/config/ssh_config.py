@@ -29,7 +29,9 @@ patterns with ``!negation``, ``Match host/originalhost/user/localuser/all/canoni
 final``, ``%`` tokens). Beyond it: ``Include`` is honoured (glob, relative to ``~/.ssh`` or
 ``/etc/ssh``, conditional when inside a ``Host``/``Match`` block, as OpenSSH does);
 ``Match exec`` is never run (that block is ignored, with a note); an unparsable line is a
-:class:`~zdu.errors.ConfigError` naming file and line.  With the default
+:class:`~zdu.errors.ConfigError` naming file and line.  Files that set none of the options read
+here and have no ``Match`` block (Debian's stock ``/etc/ssh/ssh_config``) give every host nothing,
+so they are not handed to paramiko at all, which keeps it out of a dry run.  With the default
 ``ssh.config_file`` (``~/.ssh/config``) ``/etc/ssh/ssh_config`` is read after it, as
 ``ssh`` does without ``-F``; a named file is read alone (and must exist).
 ``ProxyCommand`` is not supported: a node that only ssh_config's ``ProxyCommand`` would
