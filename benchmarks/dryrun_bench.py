@@ -7,7 +7,8 @@ Writes a topology of ``--nodes`` nodes (the reference Axway topology's settings,
 the built-in ``axway`` profile (20 templates, one secret from the environment) and for
 ``lab-gateway``; times ``./zdupgrade --dry-run`` as a process (best of ``--runs``, wall and CPU,
 bytecode cached as in an installed copy), then the parts in this process: loading the topology,
-building the plan, formatting it.  No lab, no root.
+building the plan, formatting it; then whether planning is linear in nodes: the plan of the
+axway profile built for 250 to 4,000 nodes (``--linear``, best of 3 each), per node.  No lab, no root.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--linear", default="250,500,1000,2000,4000",
+                        help="node counts to plan for, to show the cost per node (empty: skip)")
     args = parser.parse_args()
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "zdu")], check=True,
                    stdout=subprocess.DEVNULL)
@@ -68,7 +71,30 @@ def main() -> int:
             print(f"  {profile:12s} {args.nodes} nodes: ./zdupgrade --dry-run {best[0]:.2f} s wall, "
                   f"{best[1]:.2f} s CPU, peak RSS {best[2] / 1024:.0f} MB, {lines} lines of plan")
             parts(path, profile)
+        if args.linear:
+            linear(Path(tmp), [int(n) for n in args.linear.split(",")])
     return 0
+
+
+def linear(tmp: Path, counts: list[int]) -> None:
+    """build_plan's time per node for each of ``counts`` nodes (templates already compiled)."""
+    from zdu.config.profile import load_profile
+    from zdu.config.topology import load_topology
+    from zdu.planning.plan import build_plan
+    profile = load_profile("axway", None)
+    print("  build_plan, axway profile (best of 3; linear when the time per node stays flat):")
+    first = None
+    for count in counts:
+        topo = load_topology(str(topology(tmp / f"linear-{count}.yaml", count, "axway")))
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            build_plan(topo, profile, old_install_dir="/opt/Axway-7.5.3", new_install_dir="/opt/Axway-7.7",
+                       run_id="bench", env=os.environ)
+            best = min(best, time.process_time() - t0)
+        per_node = best / count * 1e6
+        first = first or per_node
+        print(f"    {count:5d} nodes: {best:6.3f} s CPU, {per_node:5.0f} us per node (x{per_node / first:.2f})")
 
 
 def parts(path: Path, profile_name: str) -> None:

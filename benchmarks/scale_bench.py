@@ -141,9 +141,9 @@ def preflight_and_lock(topology_path: Path) -> None:
     connections = Connections(topology)
     cpu0 = _cpu()
     try:
-        t0 = time.monotonic()
+        t0, machine0 = time.monotonic(), _machine_cpu()
         problems = preflight(plan, connections, NoLoadBalancer(), parallel=topology.ssh.parallel)
-        t1 = time.monotonic()
+        t1, connect_cpu, connect_machine = time.monotonic(), _cpu() - cpu0, _machine_cpu() - machine0
         lock = FleetLock(topology.nodes, connections, LockOwner.current("scale-bench"),
                          lock_dir="/var/tmp/zdu-scale-bench/lock")
         taken = lock.acquire()
@@ -166,6 +166,10 @@ def preflight_and_lock(topology_path: Path) -> None:
           "run on the same 2 cores)")
     print(f"  preflight of {n} nodes (connecting, ssh.parallel {topology.ssh.parallel}): {t1 - t0:6.2f} s"
           f"   {len(problems)} problem(s)")
+    print(f"    CPU while connecting: {connect_machine:.2f} s on the machine ({connect_machine / n * 1000:.0f} ms "
+          f"per node), {connect_cpu:.2f} s of it this process ({connect_cpu / n * 1000:.0f} ms per node); the "
+          f"rest is the nodes' sshd and shells, which a real fleet runs on its own CPUs: on "
+          f"{os.cpu_count()} cores they alone take at least {(connect_machine - connect_cpu) / (os.cpu_count() or 1):.2f} s")
     print(f"  preflight again (connected):                  {t4 - t3:6.2f} s   {len(again)} problem(s)")
     print(f"  fleet lock: take {t2 - t1:.2f} s ({'taken' if taken else 'NOT taken'}), "
           f"release {t3 - t2:.2f} s ({len(released)} problem(s))")
@@ -191,6 +195,13 @@ def per_command(topology_path: Path, count: int = 50) -> None:
         print(f"  one command (true) on one node, {label}: {each * 1000:.1f} ms{'' if ok else ' (FAILURES)'}")
 
 
+def _machine_cpu() -> float:
+    """CPU seconds this machine has spent (all cores, all processes), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]      # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -200,11 +211,11 @@ def run_fleet(topology_path: Path, work: Path, serial: int) -> None:
     argv = [sys.executable, str(ROOT / "zdupgrade"), "--config", str(topology_path), "--old_install_dir",
             str(APP[0]), "--new_install_dir", str(APP[1]), "--log_dir", str(work / "logs")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    t0, wall0 = time.monotonic(), time.time()
+    t0, wall0, machine0 = time.monotonic(), time.time(), _machine_cpu()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
-    total = time.monotonic() - t0
+    total, machine = time.monotonic() - t0, _machine_cpu() - machine0
     record = json.loads(sorted((work / "logs").glob("*/run.json"))[-1].read_text())
     journal = [json.loads(line) for line in sorted((work / "logs").glob("*/journal.jsonl"))[-1].read_text().splitlines()]
     at = {e["type"]: e["at"] - wall0 for e in journal if e["type"] in ("RunOpened", "LockTaken", "RunStarted",
@@ -212,7 +223,8 @@ def run_fleet(topology_path: Path, work: Path, serial: int) -> None:
     print("  in the run (s from the process start): " + ", ".join(f"{k} {v:.2f}" for k, v in at.items())
           + f", exit {total:.2f}")
     print(f"  ./zdupgrade: {total:.2f} s, exit {os.waitstatus_to_exitcode(status)}, "
-          f"peak RSS {usage.ru_maxrss / 1024:.0f} MB, CPU {usage.ru_utime + usage.ru_stime:.1f} s")
+          f"peak RSS {usage.ru_maxrss / 1024:.0f} MB, CPU {usage.ru_utime + usage.ru_stime:.1f} s "
+          f"(the machine's, nodes and hook included: {machine:.1f} s of {total * (os.cpu_count() or 1):.1f} s)")
     if os.waitstatus_to_exitcode(status) != 0:
         print(out.decode(errors="replace")[-2000:])
         return
