@@ -4,14 +4,15 @@ Checks: the node is reachable and its host key accepted; the old and new install
 dirs exist; ``sudo -n`` works where the profile uses sudo; /var/tmp has enough free
 space (``--min-free-mb``); the load balancer answers and knows every node.  Nothing is changed on any node,
 except that, given a :class:`~zdu.run.lock.FleetLock`, the same round trip takes the fleet lock
-(the first node alone: two runs started together decide there); the caller releases it if
-anything was found.
+(the first node alone: two runs started together decide there, while the other nodes are
+already being connected); the caller releases it if anything was found.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 import shlex
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -140,21 +141,49 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
 
     With ``lock``, each node's round trip also takes the fleet lock: the first node alone, then
     the others, unless the first was locked by another run (then the others are only checked).
+    The others are connected while the first node's round trip is under way (connecting changes
+    nothing); their round trips wait for its answer.
     A node that another run holds is a ``locked`` problem; the caller releases what was taken."""
     nodes: Sequence[Node] = [p.node for p in plan.nodes]
     problems: list[Problem] = []
     taking = lock
+    decided = threading.Event()       # the first node's lock answer is in (or there is no lock)
+    abandoned: list[bool] = []        # [True]: the first node's check raised
 
     def check(node: Node) -> list[Problem]:
         return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs, taking)
+
+    def connect_then_check(node: Node) -> list[Problem]:
+        if not decided.is_set() and not stop():
+            try:
+                handlers(node).open()
+            except TransportError as exc:     # what the check's own connect would have said
+                return [Problem(node.name, _kind(exc), exc.detail, exc)]
+        decided.wait()
+        return [] if abandoned else check(node)
     errors: list[tuple[str, BaseException]] = []
     results: list[list[Problem]] = []
-    if lock is not None and nodes:
-        results.append(check(nodes[0]))
-        if any(p.kind == "locked" for p in results[0]):
-            taking = None                 # the other run won: touch nothing else
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
-        results += pool.map(check, nodes[len(results):])
+    first_alone = lock is not None and len(nodes) > 1
+    if not first_alone:
+        decided.set()
+    # with the first node checked in this thread, the pool keeps ssh.parallel connections at most
+    workers = max(1, min(parallel - first_alone, len(nodes) - first_alone))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        if first_alone:
+            if parallel > 1:
+                pending = [pool.submit(connect_then_check, node) for node in nodes[1:]]
+            try:
+                results.append(check(nodes[0]))
+                if any(p.kind == "locked" for p in results[0]):
+                    taking = None                 # the other run won: touch nothing else
+            except BaseException:
+                abandoned.append(True)            # the others are left untouched
+                raise
+            finally:
+                decided.set()
+            results += [f.result() for f in pending] if parallel > 1 else pool.map(check, nodes[1:])
+        else:
+            results += pool.map(check, nodes)
         for node, found in zip(nodes, results):
             for problem in found:
                 if problem.kind in ("unreachable", "host-key", "auth") and problem.error is not None:
