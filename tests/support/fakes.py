@@ -75,7 +75,10 @@ class FakeHandler(CommandHandler):
 
 
 class FakeFleet:
-    """Handlers for every node, sharing one command log (in the order commands ran)."""
+    """Handlers for every node, sharing one command log (in the order commands ran); a test may
+    give its own ``handler_class`` (a FakeHandler with other behaviours)."""
+
+    handler_class: type[FakeHandler] = FakeHandler
 
     def __init__(self, script: Mapping[str, Behaviour] | None = None) -> None:
         self.script: dict[str, Behaviour] = dict(script or {})
@@ -86,7 +89,7 @@ class FakeFleet:
     def __call__(self, node: Node) -> CommandHandler:
         with self.lock:
             if node.name not in self._handlers:
-                self._handlers[node.name] = FakeHandler(node, self)
+                self._handlers[node.name] = self.handler_class(node, self)
             return self._handlers[node.name]
 
 

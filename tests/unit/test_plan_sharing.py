@@ -3,13 +3,13 @@ name; a step with any node-specific part (its command, a wait's target, a timeou
 per node.  The plans must be what planning every step for every node would give."""
 from __future__ import annotations
 
-import dataclasses
+import pytest
 
 from zdu.config.profile import parse_profile
 from zdu.config.topology import parse_topology
-from zdu.model import Phase
+from zdu.model import Phase, Topology
 from zdu.planning import plan as plan_module
-from zdu.planning.plan import build_plan, format_plan
+from zdu.planning.plan import Plan, build_plan, format_plan
 
 PROFILE = {
     "name": "sharing",
@@ -25,7 +25,7 @@ PROFILE = {
 }
 
 
-def _topology() -> object:
+def _topology() -> Topology:
     return parse_topology({
         "profile": "sharing", "serial": 1,
         "load_balancer": {"type": "none"},
@@ -33,7 +33,7 @@ def _topology() -> object:
     }, source="t.yaml")
 
 
-def _plans() -> object:
+def _plans() -> Plan:
     return build_plan(_topology(), parse_profile(PROFILE, source="p.yaml"), old_install_dir="/opt/a",
                       new_install_dir="/opt/b", run_id="r1")
 
@@ -58,21 +58,12 @@ def test_shared_steps_carry_each_nodes_name_and_own_steps_their_own_values() -> 
     assert "10.0.0.2" in apply["n2"][2].wait.shown
 
 
-def test_sharing_gives_the_plan_planning_each_node_would(monkeypatch: object) -> None:
+def test_sharing_gives_the_plan_planning_each_node_would(monkeypatch: pytest.MonkeyPatch) -> None:
     shared = _plans()
-    # plan every step of every node afresh: no step is ever found in the fleet's cache
-    original = plan_module._Shared
-
-    @dataclasses.dataclass
-    class _NoSteps(original):  # type: ignore[misc, valid-type]
-        def __post_init__(self) -> None:
-            self.steps = _Forgetful()
-
-    class _Forgetful(dict):  # type: ignore[type-arg]
-        def __setitem__(self, key: object, value: object) -> None:
-            pass
-
-    monkeypatch.setattr(plan_module, "_Shared", _NoSteps)  # type: ignore[attr-defined]
+    # plan every step of every node afresh, without the fleet's step cache
+    monkeypatch.setattr(plan_module, "_plan_step",
+                        lambda profile, node, phase, index, step, ctx, section, smoke=False, where=None:
+                        plan_module._plan_one_step(profile, node, phase, index, step, ctx, section, smoke, where))
     fresh = _plans()
     assert fresh.nodes == shared.nodes
     assert format_plan(fresh) == format_plan(shared)

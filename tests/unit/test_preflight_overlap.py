@@ -1,7 +1,8 @@
 """Preflight with the fleet lock: the first node's round trip decides the lock alone, and the
 other nodes are connected meanwhile (connecting changes nothing); no other node is sent a
 command, and so none is locked, before the first node's answer is in.  Fake handlers: the
-ordering is what is checked here; tests/integration/test_fleet_lock.py runs it on real sshd."""
+ordering is what is checked here; tests/integration/test_preflight_connects_ahead.py checks it
+on real sshd nodes."""
 from __future__ import annotations
 
 import json
@@ -14,44 +15,19 @@ from zdu.config.profile import parse_profile
 from zdu.config.topology import parse_topology
 from zdu.errors import TransportError
 from zdu.lb.none import NoLoadBalancer
-from zdu.model import CommandResult, Node
+from zdu.model import CommandResult
 from zdu.planning.plan import build_plan
 from zdu.run.lock import FleetLock, LockOwner
 from zdu.run.preflight import preflight
-from zdu.transport.base import CommandHandler
+from tests.support.fakes import FakeFleet, FakeHandler
 
 NAMES = [f"n{i}" for i in range(6)]
 CHECKS = "ZDU-CHECK dir-old ok\nZDU-CHECK dir-new ok\nZDU-CHECK done\n"
 
 
-class Fleet:
-    def __init__(self, *, unreachable: frozenset[str] = frozenset(), held_by: str | None = None,
-                 expect: int = len(NAMES) - 1) -> None:
-        self.expect = expect            # other nodes that can connect while the first one answers
-        self.log: list[tuple[str, str]] = []
-        self.mutex = threading.Lock()
-        self.others_opened = threading.Event()
-        self.unreachable = unreachable
-        self.held_by = held_by
-        self.handlers: dict[str, FakeHandler] = {}
-
-    def note(self, what: str, node: str) -> None:
-        with self.mutex:
-            self.log.append((what, node))
-            opened = {n for w, n in self.log if w == "open"} - {NAMES[0]}
-            if len(opened) >= self.expect:
-                self.others_opened.set()
-
-    def __call__(self, node: Node) -> CommandHandler:
-        with self.mutex:
-            if node.name not in self.handlers:
-                self.handlers[node.name] = FakeHandler(node, self)
-            return self.handlers[node.name]
-
-
-class FakeHandler(CommandHandler):
-    def __init__(self, node: Node, fleet: Fleet) -> None:
-        self.node, self.fleet, self.connected = node, fleet, False
+class OrderedHandler(FakeHandler):
+    fleet: "Fleet"
+    connected = False
 
     def open(self) -> None:
         if self.connected:
@@ -61,10 +37,7 @@ class FakeHandler(CommandHandler):
             raise TransportError(self.node.name, "connection refused")
         self.connected = True
 
-    def close(self) -> None:
-        self.connected = False
-
-    def run(self, command: str, *, timeout: float | None = None,
+    def run(self, command: str, *, timeout: float | None = None,  # type: ignore[override]
             env: dict[str, str] | None = None) -> CommandResult:
         self.open()
         self.fleet.note("lock" if "ZDU-CHECK-LOCK" in command else "run", self.node.name)
@@ -79,6 +52,28 @@ class FakeHandler(CommandHandler):
                                          if holder else "ZDU-LOCK-ACQUIRED") + "\n"
         self.fleet.note("answered", self.node.name)
         return CommandResult(command, 0, out, "", time.time(), 0.001)
+
+
+class Fleet(FakeFleet):
+    """The fake fleet, recording each node's connect, command and answer in ``events``."""
+
+    handler_class = OrderedHandler
+
+    def __init__(self, *, unreachable: frozenset[str] = frozenset(), held_by: str | None = None,
+                 expect: int = len(NAMES) - 1) -> None:
+        super().__init__()
+        self.expect = expect            # other nodes that can connect while the first one answers
+        self.events: list[tuple[str, str]] = []
+        self.others_opened = threading.Event()
+        self.unreachable = unreachable
+        self.held_by = held_by
+
+    def note(self, what: str, node: str) -> None:
+        with self.lock:
+            self.events.append((what, node))
+            opened = {n for w, n in self.events if w == "open"} - {NAMES[0]}
+            if len(opened) >= self.expect:
+                self.others_opened.set()
 
 
 def _plan():  # type: ignore[no-untyped-def]
@@ -96,8 +91,8 @@ def _run(fleet: Fleet, parallel: int) -> tuple[list, FleetLock]:  # type: ignore
     return problems, lock
 
 
-def _index(log: list[tuple[str, str]], what: str, node: str) -> int:
-    return log.index((what, node))
+def _index(events: list[tuple[str, str]], what: str, node: str) -> int:
+    return events.index((what, node))
 
 
 def test_the_others_connect_while_the_first_node_decides_the_lock() -> None:
@@ -105,10 +100,10 @@ def test_the_others_connect_while_the_first_node_decides_the_lock() -> None:
     problems, lock = _run(fleet, parallel=8)
     assert problems == []
     assert fleet.others_opened.is_set()
-    first_answer = _index(fleet.log, "answered", "n0")
+    first_answer = _index(fleet.events, "answered", "n0")
     for name in NAMES[1:]:
-        assert _index(fleet.log, "open", name) < first_answer, fleet.log     # connected meanwhile
-        assert _index(fleet.log, "lock", name) > first_answer, fleet.log     # locked only after
+        assert _index(fleet.events, "open", name) < first_answer, fleet.events     # connected meanwhile
+        assert _index(fleet.events, "lock", name) > first_answer, fleet.events     # locked only after
     assert sorted(n.name for n in lock.held) == NAMES
 
 
@@ -116,8 +111,8 @@ def test_when_another_run_holds_the_first_node_the_others_are_only_checked() -> 
     fleet = Fleet(held_by="other-run")
     problems, lock = _run(fleet, parallel=8)
     assert [p.kind for p in problems] == ["locked"] and "other-run" in problems[0].message
-    assert all(("lock", n) not in fleet.log for n in NAMES[1:]), fleet.log
-    assert all(("run", n) in fleet.log for n in NAMES[1:])
+    assert all(("lock", n) not in fleet.events for n in NAMES[1:]), fleet.events
+    assert all(("run", n) in fleet.events for n in NAMES[1:])
     assert lock.held == []
 
 
@@ -126,8 +121,8 @@ def test_a_node_that_cannot_be_connected_is_reported_once_without_a_second_attem
     problems, lock = _run(fleet, parallel=8)
     assert [(p.node, p.kind) for p in problems] == [("n3", "unreachable")]
     assert "connection refused" in problems[0].message
-    assert fleet.log.count(("open", "n3")) == 1
-    assert ("lock", "n3") not in fleet.log and ("run", "n3") not in fleet.log
+    assert fleet.events.count(("open", "n3")) == 1
+    assert ("lock", "n3") not in fleet.events and ("run", "n3") not in fleet.events
     assert "n3" not in {n.name for n in lock.held}
 
 
@@ -136,7 +131,7 @@ def test_ssh_parallel_bounds_the_connections_made_at_once(parallel: int) -> None
     fleet = Fleet(expect=parallel - 1)
     problems, _ = _run(fleet, parallel=parallel)
     assert problems == []
-    first_answer = _index(fleet.log, "answered", "n0")
-    early = [n for n in NAMES[1:] if _index(fleet.log, "open", n) < first_answer]
+    first_answer = _index(fleet.events, "answered", "n0")
+    early = [n for n in NAMES[1:] if _index(fleet.events, "open", n) < first_answer]
     # the first node's connection counts: at most parallel - 1 others connect alongside it
-    assert len(early) == parallel - 1, fleet.log
+    assert len(early) == parallel - 1, fleet.events

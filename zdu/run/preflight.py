@@ -147,43 +147,41 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
     nodes: Sequence[Node] = [p.node for p in plan.nodes]
     problems: list[Problem] = []
     taking = lock
-    decided = threading.Event()       # the first node's lock answer is in (or there is no lock)
-    abandoned: list[bool] = []        # [True]: the first node's check raised
+    first_alone = lock is not None and len(nodes) > 1
+    ahead = first_alone and parallel > 1      # connect the others while the first one decides
+    decided = threading.Event()               # the first node's lock answer is in
+    abandoned = threading.Event()             # the first node's check raised: leave the others
+    if not first_alone:
+        decided.set()
 
     def check(node: Node) -> list[Problem]:
         return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs, taking)
 
-    def connect_then_check(node: Node) -> list[Problem]:
-        if not decided.is_set() and not stop():
+    def after_the_first(node: Node) -> list[Problem]:
+        if ahead and not decided.is_set() and not stop():
             try:
                 handlers(node).open()
             except TransportError as exc:     # what the check's own connect would have said
                 return [Problem(node.name, _kind(exc), exc.detail, exc)]
         decided.wait()
-        return [] if abandoned else check(node)
+        return [] if abandoned.is_set() else check(node)
     errors: list[tuple[str, BaseException]] = []
     results: list[list[Problem]] = []
-    first_alone = lock is not None and len(nodes) > 1
-    if not first_alone:
-        decided.set()
-    # with the first node checked in this thread, the pool keeps ssh.parallel connections at most
-    workers = max(1, min(parallel - first_alone, len(nodes) - first_alone))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    first = 1 if first_alone else 0
+    # the first node is checked in this thread: with the pool, ssh.parallel connections at most
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel - first, len(nodes) - first))) as pool:
+        later = [pool.submit(after_the_first, node) for node in nodes[first:]]
         if first_alone:
-            if parallel > 1:
-                pending = [pool.submit(connect_then_check, node) for node in nodes[1:]]
             try:
                 results.append(check(nodes[0]))
                 if any(p.kind == "locked" for p in results[0]):
                     taking = None                 # the other run won: touch nothing else
             except BaseException:
-                abandoned.append(True)            # the others are left untouched
+                abandoned.set()
                 raise
             finally:
                 decided.set()
-            results += [f.result() for f in pending] if parallel > 1 else pool.map(check, nodes[1:])
-        else:
-            results += pool.map(check, nodes)
+        results += [future.result() for future in later]
         for node, found in zip(nodes, results):
             for problem in found:
                 if problem.kind in ("unreachable", "host-key", "auth") and problem.error is not None:
