@@ -20,6 +20,9 @@ The flow, the same commands each way, serial 1, through HAProxy with probe traff
    package, which carries community.general) into a venv under ``~/.cache/zdu-bench`` the first
    time (``--skip-ansible`` leaves it out).
 
+Printed: each run, the best of each flow and the ratios of those bests, and with ``--rounds`` above 1
+the ratios of each round (its runs one after the other) and their median.
+
 Between the runs the lab is reset (1.0 everywhere, HAProxy servers UP).  Each run is timed from
 its process start to its exit; every run must end with 2.0 serving on every node and every server
 UP.  The probe sends ``--rate`` requests/s through HAProxy for the whole run and counts failures.
@@ -34,6 +37,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,6 +199,20 @@ def measured(name: str, lab: Lab, work: Path, rate: float, fn: Any) -> dict[str,
     return row
 
 
+def round_ratios(rows: list[dict[str, Any]], flows: list[str]) -> list[dict[str, float]]:
+    """Per round (one run of each flow, in turn): the two ratios, from that round's clean runs."""
+    out: list[dict[str, float]] = []
+    for start in range(0, len(rows), len(flows)):
+        seconds = {r["flow"]: r["seconds"] for r in rows[start:start + len(flows)] if r["outcome"] == "ok"}
+        ratios: dict[str, float] = {}
+        if "zdupgrade" in seconds and "by-hand" in seconds:
+            ratios["zdupgrade / by-hand"] = seconds["zdupgrade"] / seconds["by-hand"]
+        if "zdupgrade" in seconds and "ansible" in seconds:
+            ratios["ansible / zdupgrade"] = seconds["ansible"] / seconds["zdupgrade"]
+        out.append(ratios)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=3)
@@ -233,6 +251,15 @@ def main() -> int:
     print(f"zdupgrade / by-hand: x{z / best['by-hand']:.2f}   (target <= 1.3)")
     if "ansible" in best:
         print(f"ansible / zdupgrade: x{best['ansible'] / z:.2f}   (target >= 5)")
+    # the best of each may come from different minutes of this shared machine: the ratios of
+    # each round (its three runs one after the other) show how much the figures move
+    per_round = round_ratios(rows, [name for name, _ in flows])
+    if len(per_round) > 1:
+        for key, target in (("zdupgrade / by-hand", "<= 1.3"), ("ansible / zdupgrade", ">= 5")):
+            values = [r[key] for r in per_round if key in r]
+            if values:
+                print(f"{key} per round: " + " ".join(f"x{v:.2f}" for v in values)
+                      + f"   median x{statistics.median(values):.2f}   (target {target})")
     bad = [r for r in rows if r["outcome"] != "ok"]
     for r in bad:
         print(f"  run {r['flow']} did not finish cleanly: {r['outcome']}")
