@@ -183,7 +183,7 @@ def verify(lab: Lab) -> str:
     return "; ".join(problems) or "ok"
 
 
-def measured(name: str, lab: Lab, work: Path, rate: float, fn: Any) -> dict[str, Any]:
+def measured(name: str, round_: int, lab: Lab, work: Path, rate: float, fn: Any) -> dict[str, Any]:
     lab.reset()
     lab.wait_servers_up()
     (work / name).mkdir(parents=True, exist_ok=True)
@@ -194,23 +194,21 @@ def measured(name: str, lab: Lab, work: Path, rate: float, fn: Any) -> dict[str,
         probe.stop()
     report = probe.report()
     end = verify(lab) if outcome == "ok" else outcome
-    row = {"flow": name, "seconds": elapsed, "outcome": end, "sent": report.sent, "failed": report.failed}
+    row = {"flow": name, "round": round_, "seconds": elapsed, "outcome": end, "sent": report.sent,
+           "failed": report.failed}
     print(f"  {name:<10} {elapsed:7.2f} s   {report.sent:6d} requests, {report.failed} failed   {end}", flush=True)
     return row
 
 
-def round_ratios(rows: list[dict[str, Any]], flows: list[str]) -> list[dict[str, float]]:
-    """Per round (one run of each flow, in turn): the two ratios, from that round's clean runs."""
-    out: list[dict[str, float]] = []
-    for start in range(0, len(rows), len(flows)):
-        seconds = {r["flow"]: r["seconds"] for r in rows[start:start + len(flows)] if r["outcome"] == "ok"}
-        ratios: dict[str, float] = {}
-        if "zdupgrade" in seconds and "by-hand" in seconds:
-            ratios["zdupgrade / by-hand"] = seconds["zdupgrade"] / seconds["by-hand"]
-        if "zdupgrade" in seconds and "ansible" in seconds:
-            ratios["ansible / zdupgrade"] = seconds["ansible"] / seconds["zdupgrade"]
-        out.append(ratios)
-    return out
+#: the ratios issue 12 sets targets for: (label, slower flow, faster flow, target)
+RATIOS = (("zdupgrade / by-hand", "zdupgrade", "by-hand", "<= 1.3"),
+          ("ansible / zdupgrade", "ansible", "zdupgrade", ">= 5"))
+
+
+def ratios(seconds: dict[str, float]) -> dict[str, float]:
+    """The target ratios that ``seconds`` (flow -> time) has both flows of."""
+    return {label: seconds[slow] / seconds[fast] for label, slow, fast, _ in RATIOS
+            if slow in seconds and fast in seconds}
 
 
 def main() -> int:
@@ -240,26 +238,26 @@ def main() -> int:
                 haproxy_admin_port=args.haproxy_admin_port, name_prefix="zdu-rbench") as lab:
         for round_ in range(args.rounds):
             for name, fn in flows:
-                rows.append(measured(name, lab, Path(tmp) / f"r{round_}", args.rate, fn))
+                rows.append(measured(name, round_, lab, Path(tmp) / f"r{round_}", args.rate, fn))
     # best of the runs that finished cleanly (a failed run is reported below, never a best time)
     best = {name: min((r["seconds"] for r in rows if r["flow"] == name and r["outcome"] == "ok"),
                       default=float("nan")) for name, _ in flows}
     failed = {name: sum(r["failed"] for r in rows if r["flow"] == name) for name, _ in flows}
     print("\nbest of each (s):  " + "   ".join(f"{k} {v:.2f}" for k, v in best.items()))
     print("failed requests:   " + "   ".join(f"{k} {v}" for k, v in failed.items()))
-    z = best["zdupgrade"]
-    print(f"zdupgrade / by-hand: x{z / best['by-hand']:.2f}   (target <= 1.3)")
-    if "ansible" in best:
-        print(f"ansible / zdupgrade: x{best['ansible'] / z:.2f}   (target >= 5)")
     # the best of each may come from different minutes of this shared machine: the ratios of
-    # each round (its three runs one after the other) show how much the figures move
-    per_round = round_ratios(rows, [name for name, _ in flows])
-    if len(per_round) > 1:
-        for key, target in (("zdupgrade / by-hand", "<= 1.3"), ("ansible / zdupgrade", ">= 5")):
-            values = [r[key] for r in per_round if key in r]
-            if values:
-                print(f"{key} per round: " + " ".join(f"x{v:.2f}" for v in values)
-                      + f"   median x{statistics.median(values):.2f}   (target {target})")
+    # each round (its runs one after the other, clean runs only) show how much the figures move
+    of_best = ratios(best)
+    per_round = [ratios({r["flow"]: r["seconds"] for r in rows if r["round"] == n and r["outcome"] == "ok"})
+                 for n in range(args.rounds)]
+    for label, _, _, target in RATIOS:
+        if label not in of_best:
+            continue
+        print(f"{label}: x{of_best[label]:.2f}   (target {target})")
+        values = [r[label] for r in per_round if label in r]
+        if args.rounds > 1 and values:
+            print("  per round: " + " ".join(f"x{v:.2f}" for v in values)
+                  + f"   median x{statistics.median(values):.2f}")
     bad = [r for r in rows if r["outcome"] != "ok"]
     for r in bad:
         print(f"  run {r['flow']} did not finish cleanly: {r['outcome']}")

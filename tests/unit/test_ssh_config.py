@@ -422,15 +422,30 @@ def test_a_config_that_sets_nothing_resolution_reads_is_not_handed_to_paramiko(h
 
 
 def test_a_dry_run_with_such_a_config_imports_no_ssh_library(home: Path, tmp_path: Path) -> None:
+    """The whole ``--dry-run`` (topology, plan, the hook, how each node is reached), as a process;
+    the same file with one HostName added is read through paramiko, and the dry run shows it."""
     import subprocess
     import sys
     cfg = write(home / "cfg", STOCK_DEBIAN)
+    topology = write(tmp_path / "topology.yaml",
+                     f"profile: lab-gateway\nssh: {{user: root, config_file: {json.dumps(str(cfg))}}}\n"
+                     "load_balancer: {type: none}\n"
+                     "nodes:\n  - {name: a, host: 10.0.0.1}\n  - {name: b, host: 10.0.0.2}\n")
     code = ("import sys\n"
-            "from zdu.config.ssh_config import resolve_all\n"
-            "from zdu.model import Node, SshSettings\n"
-            f"t = resolve_all([Node(name='a', host='10.0.0.1')], SshSettings(config_file={str(cfg)!r}))\n"
-            "assert t['a'].address == '10.0.0.1'\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'fabric', 'invoke')))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
-    assert out.stdout.strip() == "[]", out.stdout
+            "from zdu.cli.main import main\n"
+            f"status = main(['--dry-run', '--config', {str(topology)!r}, '--old_install_dir', '/opt/gateway-1.0',"
+            " '--new_install_dir', '/opt/gateway-2.0'])\n"
+            "print('status', int(status))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'paramiko', 'fabric', 'invoke'}))\n")
+
+    def dry_run() -> list[str]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[2])
+        return out.stdout.strip().splitlines()
+    lines = dry_run()
+    assert "  a: a: root@10.0.0.1:22, default keys + agent" in lines, lines
+    assert lines[-2:] == ["status 0", "[]"], lines
+    write(cfg, STOCK_DEBIAN + "Host 10.0.0.1\n    HostName 10.9.9.9\n")
+    lines = dry_run()
+    assert any(line.startswith("  a: a: root@10.9.9.9:22") for line in lines), lines
+    assert lines[-2] == "status 0" and "'paramiko'" in lines[-1], lines

@@ -211,6 +211,9 @@ class _Shared:
     renders: dict[tuple[str, bool], tuple[str, str]] = field(default_factory=dict)
     #: steps whose every template rendered from ``renders``: the same for every node but its name
     steps: dict[tuple[Any, ...], "PlannedStep"] = field(default_factory=dict)
+    #: renders that read something node-specific so far (plans are built in one thread): a step
+    #: whose planning did not add to it is the fleet's
+    own_renders: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,18 +225,16 @@ class _Contexts:
     secrets: frozenset[str]
     secret_names: frozenset[str] = frozenset()     # the names whose value holds a secret
     shared: _Shared | None = None
-    #: [renders of this node's own]: a step whose planning left it unchanged is the fleet's
-    own: list[int] = field(default_factory=lambda: [0], compare=False)
 
     def render(self, template: str, *, where: str, shell: bool = True) -> tuple[str, str]:
         names = referenced_names(template)
         key = (template, shell)
-        same = self.shared if names is not None and self.shared is not None and \
-            not names & self.shared.varying else None
+        shared = self.shared
+        same = shared if shared is not None and names is not None and not names & shared.varying else None
         if same is not None and key in same.renders:
             return same.renders[key]
-        if same is None:
-            self.own[0] += 1
+        if same is None and shared is not None:
+            shared.own_renders += 1
         real = render(template, self.real, where=where, shell=shell)
         if not self.secrets or (names is not None and not names & self.secret_names):
             result = (real, real)             # no secret in it: shown as it is
@@ -488,9 +489,9 @@ def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Ste
     planned = shared.steps.get(key)
     if planned is not None:
         return planned if planned.node == node.name else _for_node(planned, node.name)
-    own = ctx.own[0]
+    own = shared.own_renders
     planned = _plan_one_step(profile, node, phase, index, step, ctx, section, smoke, where)
-    if ctx.own[0] == own:
+    if shared.own_renders == own:
         shared.steps[key] = planned
     return planned
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from zdu.errors import TransportError, ZduError
+from zdu.errors import AuthError, HostKeyError, TransportError, ZduError
 from zdu.transport.base import CommandHandler, group_bastion_errors
 from zdu.lb.base import LoadBalancer
 from zdu.model import Node
@@ -82,7 +82,7 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
     try:
         result = handler.run(script, timeout=PREFLIGHT_TIMEOUT)
     except TransportError as exc:
-        return [Problem(node.name, _kind(exc), exc.detail, exc)]
+        return [_not_reached(node.name, exc)]
     checked, reached, lock_answer = result.stdout.partition(f"{_LOCK_MARK}\n")
     if lock is not None:
         if result.error or not reached:
@@ -122,8 +122,10 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
     return problems
 
 
-def _kind(exc: TransportError) -> str:
-    return {"HostKeyError": "host-key", "AuthError": "auth"}.get(type(exc).__name__, "unreachable")
+def _not_reached(name: str | None, exc: TransportError) -> Problem:
+    """The problem of a node that could not be connected (or whose command could not run)."""
+    kind = "host-key" if isinstance(exc, HostKeyError) else "auth" if isinstance(exc, AuthError) else "unreachable"
+    return Problem(name, kind, exc.detail, exc)
 
 
 def _needs_sudo(plan: Plan, name: str) -> bool:
@@ -162,7 +164,7 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
             try:
                 handlers(node).open()
             except TransportError as exc:     # what the check's own connect would have said
-                return [Problem(node.name, _kind(exc), exc.detail, exc)]
+                return [_not_reached(node.name, exc)]
         decided.wait()
         return [] if abandoned.is_set() else check(node)
     errors: list[tuple[str, BaseException]] = []
@@ -191,8 +193,8 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
     # one line per failed bastion ("nodes behind it: ..."), not one per node
     lines, rest = group_bastion_errors(errors)
     problems[:0] = [Problem(None, "unreachable", line) for line in lines] + \
-        [Problem(name, _kind(exc) if isinstance(exc, TransportError) else "unreachable",
-                 exc.detail if isinstance(exc, TransportError) else str(exc)) for name, exc in rest]
+        [_not_reached(name, exc) if isinstance(exc, TransportError) else Problem(name, "unreachable", str(exc))
+         for name, exc in rest]
     if stop():
         return problems
     try:
