@@ -21,7 +21,9 @@ The flow, the same commands each way, serial 1, through HAProxy with probe traff
    time (``--skip-ansible`` leaves it out).
 
 Printed: each run, the best of each flow and the ratios of those bests, and with ``--rounds`` above 1
-the ratios of each round (its runs one after the other) and their median.
+the ratios of each round (its runs one after the other) and their median.  Besides the two target
+ratios it prints Ansible / by-hand: the by-hand script's own lead over Ansible on the same minutes,
+which 5x over Ansible asks zdupgrade to exceed.
 
 Between the runs the lab is reset (1.0 everywhere, HAProxy servers UP).  Each run is timed from
 its process start to its exit; every run must end with 2.0 serving on every node and every server
@@ -200,13 +202,16 @@ def measured(name: str, round_: int, lab: Lab, work: Path, rate: float, fn: Any)
     return row
 
 
-#: the ratios issue 12 sets targets for: (label, slower flow, faster flow, target)
-RATIOS = (("zdupgrade / by-hand", "zdupgrade", "by-hand", "<= 1.3"),
-          ("ansible / zdupgrade", "ansible", "zdupgrade", ">= 5"))
+#: the ratios issue 12 sets targets for: (label, slower flow, faster flow, target), and the by-hand
+#: script's own ratio to Ansible, which has no target: it says how far 5x over Ansible asks
+#: zdupgrade to beat a careful operator's script on this machine
+RATIOS = (("zdupgrade / by-hand", "zdupgrade", "by-hand", "target <= 1.3"),
+          ("ansible / zdupgrade", "ansible", "zdupgrade", "target >= 5"),
+          ("ansible / by-hand", "ansible", "by-hand", "no target: the by-hand script's own lead"))
 
 
 def ratios(seconds: dict[str, float]) -> dict[str, float]:
-    """The target ratios that ``seconds`` (flow -> time) has both flows of."""
+    """The ratios of RATIOS that ``seconds`` (flow -> time) has both flows of."""
     return {label: seconds[slow] / seconds[fast] for label, slow, fast, _ in RATIOS
             if slow in seconds and fast in seconds}
 
@@ -253,7 +258,7 @@ def main() -> int:
     for label, _, _, target in RATIOS:
         if label not in of_best:
             continue
-        print(f"{label}: x{of_best[label]:.2f}   (target {target})")
+        print(f"{label}: x{of_best[label]:.2f}   ({target})")
         values = [r[label] for r in per_round if label in r]
         if args.rounds > 1 and values:
             print("  per round: " + " ".join(f"x{v:.2f}" for v in values)
