@@ -245,16 +245,17 @@ def main() -> int:
             for name, fn in flows:
                 rows.append(measured(name, round_, lab, Path(tmp) / f"r{round_}", args.rate, fn))
     # best of the runs that finished cleanly (a failed run is reported below, never a best time)
-    best = {name: min((r["seconds"] for r in rows if r["flow"] == name and r["outcome"] == "ok"),
-                      default=float("nan")) for name, _ in flows}
+    clean = [r for r in rows if r["outcome"] == "ok"]
+    best = {name: min(r["seconds"] for r in clean if r["flow"] == name)
+            for name, _ in flows if any(r["flow"] == name for r in clean)}
     failed = {name: sum(r["failed"] for r in rows if r["flow"] == name) for name, _ in flows}
-    print("\nbest of each (s):  " + "   ".join(f"{k} {v:.2f}" for k, v in best.items()))
+    print("\nbest of each (s):  " + "   ".join(f"{name} {best[name]:.2f}" if name in best else f"{name} (no clean run)"
+                                            for name, _ in flows))
     print("failed requests:   " + "   ".join(f"{k} {v}" for k, v in failed.items()))
     # the best of each may come from different minutes of this shared machine: the ratios of
     # each round (its runs one after the other, clean runs only) show how much the figures move
     of_best = ratios(best)
-    per_round = [ratios({r["flow"]: r["seconds"] for r in rows if r["round"] == n and r["outcome"] == "ok"})
-                 for n in range(args.rounds)]
+    per_round = [ratios({r["flow"]: r["seconds"] for r in clean if r["round"] == n}) for n in range(args.rounds)]
     for label, _, _, target in RATIOS:
         if label not in of_best:
             continue
