@@ -7,6 +7,7 @@ is in :mod:`zdu.cli.upgrade`.  Only ``zdu.cli`` touches argv, stdout/stderr and 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import sys
@@ -190,4 +191,10 @@ def _masked(upgrade: object, text: str) -> str:
 
 def entry_point() -> None:
     """Console-script entry: exit with the run's status."""
-    sys.exit(int(main()))
+    status = int(main())
+    # The run has closed what it opened.  At exit the interpreter's collector would walk every
+    # object once more (modules, the plan, the run's records) only to free memory the process is
+    # giving back: 0.1 s of a 3-node run.  Frozen objects are skipped; atexit handlers, flushing
+    # and closing work as before.
+    gc.freeze()
+    sys.exit(status)
