@@ -217,3 +217,21 @@ def test_the_console_script_exits_with_the_status_and_freezes_what_is_left(monke
         assert gc.get_freeze_count() > 1000
     finally:
         gc.unfreeze()
+
+
+def test_connects_are_abandoned_only_by_an_interrupt_before_the_conductor_runs() -> None:
+    """The predicate every SSH connect of a run consults before a retry: after Ctrl-C in
+    preflight no retry (the run ends with nothing changed), after Ctrl-C once the conductor
+    runs the retries stay (putting a node back may need that connection)."""
+    import argparse
+    import threading
+
+    from zdu.cli.console import Console
+    from zdu.cli.upgrade import Upgrade
+    stop = threading.Event()
+    upgrade = Upgrade(argparse.Namespace(), Console(io.StringIO(), io.StringIO()), {}, stop, [])
+    assert upgrade._connects_abandoned() is False
+    stop.set()
+    assert upgrade._connects_abandoned() is True
+    upgrade._conducting = True
+    assert upgrade._connects_abandoned() is False

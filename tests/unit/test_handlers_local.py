@@ -110,6 +110,31 @@ def test_backoff_policy() -> None:
     assert slept == [0.5, 1.0]
 
 
+
+def test_retry_gives_up_when_told_before_or_after_a_sleep() -> None:
+    """``give_up()`` true (an interrupt before anything changed): the error that just came is
+    raised instead of another attempt, whether it turns true before the sleep or during it."""
+    calls: list[int] = []
+
+    def refused() -> str:
+        calls.append(1)
+        raise OSError("connection refused")
+
+    with pytest.raises(OSError):
+        retry_call(refused, policy=Backoff(retries=3), retry_if=lambda e: True, sleep=lambda s: None,
+                   give_up=lambda: True)
+    assert len(calls) == 1
+    stopping: list[bool] = []
+    calls.clear()
+    with pytest.raises(OSError):
+        retry_call(refused, policy=Backoff(retries=3), retry_if=lambda e: True,
+                   sleep=lambda s: stopping.append(True), give_up=lambda: bool(stopping))
+    assert len(calls) == 1 and stopping == [True]
+    calls.clear()
+    with pytest.raises(OSError):
+        retry_call(refused, policy=Backoff(retries=3), retry_if=lambda e: True, sleep=lambda s: None)
+    assert len(calls) == 4
+
 def test_huge_output_keeps_head_and_tail_and_says_what_was_cut() -> None:
     handler = LocalHandler(Node(name="ctl", host="127.0.0.1", transport="local"))
     result = handler.run("printf START; head -c 5000000 /dev/zero | tr '\\0' x; printf END; "

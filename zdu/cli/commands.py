@@ -7,6 +7,7 @@ reported, never a traceback), and for ``lock status`` each node's ``owner.json``
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -184,10 +185,12 @@ def _lock(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
     problems = check_all(targets.values())
     if problems:
         raise ConfigError("; ".join(str(p) for p in problems))
-    connections = Connections(topology, targets=targets,
+    interrupted = threading.Event()
+    connections = Connections(topology, targets=targets, give_up=interrupted.is_set,
                               on_warning=lambda m: console.err_line(f"zdupgrade: warning: {m}"))
     try:
-        locks = lock_status(topology.nodes, connections, topology.lock_dir, parallel=topology.ssh.parallel)
+        locks = lock_status(topology.nodes, connections, topology.lock_dir, parallel=topology.ssh.parallel,
+                            interrupted=interrupted)
     finally:
         connections.close()
     console.line(render_lock_status(locks, topology.lock_dir))

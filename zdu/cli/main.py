@@ -190,7 +190,8 @@ def _masked(upgrade: object, text: str) -> str:
 
 
 def entry_point() -> None:
-    """Console-script entry: exit with the run's status."""
+    """Run the command line and exit with its status (``zdu.__main__.launch`` calls it: the
+    console script, ``python3 -m zdu`` and ``./zdupgrade``)."""
     status = int(main())
     # The run has closed what it opened.  At exit the interpreter's collector would walk every
     # object once more (modules, the plan, the run's records) only to free memory the process is

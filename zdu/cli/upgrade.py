@@ -138,6 +138,8 @@ class Upgrade:
         self._control: ControlLock | None = None
         self._rundir: RunDir | None = None
         self._recorder: Recorder | None = None
+        #: the conductor has started: from here on a stopping run still retries its connects
+        self._conducting = False
 
     def run(self) -> Status:
         try:
@@ -206,7 +208,8 @@ class Upgrade:
         # the hook is built and its settings checked before anything is created or contacted;
         # --dry-run runs no code a topology or an option names: custom hooks are not imported
         targets = resolve_all((*topology.nodes, *topology.hosts), topology.ssh)
-        connections = Connections(topology, self._host_key_accepted, targets=targets, on_warning=self._warning)
+        connections = Connections(topology, self._host_key_accepted, targets=targets, on_warning=self._warning,
+                                  give_up=self._connects_abandoned)
         lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name,
                                 load_code=not args.dry_run)
         try:
@@ -230,6 +233,13 @@ class Upgrade:
         finally:
             lb.close()
             connections.close()
+
+    def _connects_abandoned(self) -> bool:
+        """An interrupt before the conductor runs ends the run with nothing changed: a connect
+        that fails then gets no retry (Ctrl-C in preflight against a node that accepts and never
+        answers waited for every retry, 4 x connect_timeout).  Once the conductor runs, a
+        stopping run still retries: it may need that node to put it back."""
+        return self.stop.is_set() and not self._conducting
 
     def _warning(self, message: str) -> None:
         if self._recorder is not None:
@@ -305,6 +315,7 @@ class Upgrade:
                                   command_timeout=topology.ssh.command_timeout, stop_event=self.stop,
                                   resume=resuming, pauser=OperatorPauser(run_dir, self.console),
                                   repair=previous.repair if previous is not None else ())
+            self._conducting = True
             status = conductor.execute()
             if probe is not None:
                 probe.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Sequence
@@ -85,10 +86,16 @@ def read_lock(node: Node, handler: CommandHandler, lock_dir: str) -> NodeLock:
 
 
 def lock_status(nodes: Sequence[Node], handlers: Callable[[Node], CommandHandler], lock_dir: str, *,
-                parallel: int = 4) -> list[NodeLock]:
-    """Every node's lock, in node order."""
+                parallel: int = 4, interrupted: threading.Event | None = None) -> list[NodeLock]:
+    """Every node's lock, in node order.  On Ctrl-C ``interrupted`` is set before the reads in
+    flight are waited for (handlers made with ``give_up=interrupted.is_set`` retry no connect)."""
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes) or 1))) as pool:
-        return list(pool.map(lambda n: read_lock(n, handlers(n), lock_dir), nodes))
+        try:
+            return list(pool.map(lambda n: read_lock(n, handlers(n), lock_dir), nodes))
+        except KeyboardInterrupt:
+            if interrupted is not None:
+                interrupted.set()
+            raise
 
 
 HEADERS = ["NODE", "LOCK", "RUN", "OWNER", "PID", "SINCE", "MESSAGE"]

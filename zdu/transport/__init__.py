@@ -20,7 +20,7 @@ __all__ = ["BastionError", "CommandHandler", "InvalidCommandError", "group_basti
 
 
 def make_pool(**kw: Any) -> Any:
-    """A new :class:`~zdu.transport.ssh.SshPool` (``failure_ttl``, ``on_warning``)."""
+    """A new :class:`~zdu.transport.ssh.SshPool` (``failure_ttl``, ``on_warning``, ``give_up``)."""
     from zdu.transport.ssh import SshPool
     return SshPool(**kw)
 

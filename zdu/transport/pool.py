@@ -27,7 +27,10 @@ class Connections:
 
     def __init__(self, topology: Topology, on_host_key: HostKeyCallback | None = None, *,
                  factory: HandlerFactory | None = None, targets: Mapping[str, Any] | None = None,
-                 on_warning: Callable[[str], None] | None = None) -> None:
+                 on_warning: Callable[[str], None] | None = None,
+                 give_up: Callable[[], bool] = lambda: False) -> None:
+        """``give_up()`` true: a connect that fails is not tried again (the caller was
+        interrupted before it changed anything, and wants out, not the remaining retries)."""
         self._pool: Any = None
         if factory is None:
             from . import make_handler, make_pool
@@ -36,7 +39,7 @@ class Connections:
             def factory(node: Node) -> CommandHandler:
                 if self._pool is None and node.transport == "ssh":
                     # made on first use: a dry run never imports the SSH stack
-                    self._pool = make_pool(on_warning=on_warning)
+                    self._pool = make_pool(on_warning=on_warning, give_up=give_up)
                 extra: dict[str, Any] = {"pool": self._pool, "on_warning": on_warning}
                 if node.name in known:
                     extra["target"] = known[node.name]

@@ -37,11 +37,13 @@ class Backoff:
 def retry_call(fn: Callable[[], T], *, policy: Backoff,
                retry_if: Callable[[BaseException], bool],
                sleep: Sleep = time.sleep,
-               on_retry: Callable[[int, BaseException, float], None] | None = None) -> T:
+               on_retry: Callable[[int, BaseException, float], None] | None = None,
+               give_up: Callable[[], bool] = lambda: False) -> T:
     """Call ``fn`` until it returns, retrying errors for which ``retry_if`` is true.
 
-    Errors that are not retryable, and the last error once the policy is exhausted,
-    propagate unchanged.  ``on_retry(attempt, error, delay)`` is told before each sleep.
+    Errors that are not retryable, and the last error once the policy is exhausted or
+    ``give_up()`` turns true (checked before and after each sleep), propagate unchanged.
+    ``on_retry(attempt, error, delay)`` is told before each sleep.
     """
     delays = policy.delays()
     attempt = 1
@@ -52,9 +54,11 @@ def retry_call(fn: Callable[[], T], *, policy: Backoff,
             if not retry_if(exc):
                 raise
             delay = next(delays, None)
-            if delay is None:
+            if delay is None or give_up():
                 raise
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             sleep(delay)
+            if give_up():
+                raise
             attempt += 1

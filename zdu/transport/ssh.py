@@ -485,9 +485,12 @@ class SshPool:
     """
 
     def __init__(self, *, failure_ttl: float = 30.0,
-                 on_warning: WarningCallback | None = None) -> None:
+                 on_warning: WarningCallback | None = None,
+                 give_up: Callable[[], bool] = lambda: False) -> None:
         self.failure_ttl = failure_ttl
         self.on_warning = on_warning
+        #: true once connects should get no more retries (an interrupt before anything changed)
+        self.give_up = give_up
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._links: dict[tuple[Any, ...], _Link] = {}
@@ -649,7 +652,7 @@ class SshPool:
                 raise BastionError(node, label, "auth", f"key file {path} does not exist")
         try:
             return retry_call(attempt, policy=handler._backoff, retry_if=_is_transient,
-                              sleep=handler._sleep)
+                              sleep=handler._sleep, give_up=self.give_up)
         except _Transient as exc:
             tries = f" (tried {attempts[0]} times)" if attempts[0] > 1 else ""
             raise BastionError(node, label, "unreachable", f"{exc.message}{tries}") from None
@@ -759,8 +762,8 @@ class SshHandler(CommandHandler):
                 return self._connect_once()
 
             try:
-                self._conn = retry_call(attempt, policy=self._backoff,
-                                        retry_if=_is_transient, sleep=self._sleep)
+                self._conn = retry_call(attempt, policy=self._backoff, retry_if=_is_transient,
+                                        sleep=self._sleep, give_up=self.pool.give_up)
             except _Transient as exc:
                 tries = f" (tried {attempts[0]} times)" if attempts[0] > 1 else ""
                 raise UnreachableError(self.node.name, f"{exc.message}{tries}") from None
