@@ -256,6 +256,98 @@ def test_silent_listener_is_a_banner_timeout(tmp_path: Path) -> None:
     assert len(sleep.calls) == 1
 
 
+def test_a_dropped_syn_is_a_connect_timeout(tmp_path: Path) -> None:
+    """zdupgrade makes the TCP connection itself now (to be able to cut it short): a SYN
+    nobody answers (a listener whose accept queue is full drops it) ends at connect_timeout."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued.connect(("127.0.0.1", port))                  # fills the queue: SYNs are dropped
+        settings = SshSettings(known_hosts=str(tmp_path / "kh"), connect_timeout=0.5, connect_retries=0)
+        with pytest.raises(UnreachableError) as info:
+            SshHandler(Node("node-d", "127.0.0.1", port), settings, sleep=FakeSleep()).open()
+    assert str(info.value) == f"node-d: cannot connect to 127.0.0.1:{port}: no answer within 0.5 s"
+
+
+def test_every_address_a_name_resolves_to_is_tried(tmp_path: Path, sshd_server: Factory) -> None:
+    """A name with an IPv6 and an IPv4 address, only the second listening: the first is refused
+    and the second is used, as paramiko's own connect would; both refused: one error."""
+    v4 = sshd_server("127.0.0.1")
+    known = tmp_path / "known_hosts"
+    hosts = tmp_path / "hosts"
+    known.write_text(v4.known_hosts_line().replace("127.0.0.1", "both.zdu.test", 1))
+    hosts.write_text("::1 both.zdu.test\n127.0.0.1 both.zdu.test\n")
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:   # /etc/hosts is not ours to change
+        if host == "both.zdu.test":
+            return real("::1", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+    node = Node("node-b", "both.zdu.test", v4.port)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", resolve)
+        h = SshHandler(node, settings_of(v4, known), sleep=FakeSleep())
+        try:
+            assert h.run("echo $SSH_CONNECTION").stdout.split()[2] == "127.0.0.1"
+        finally:
+            h.close()
+        v4.stop()
+        with pytest.raises(UnreachableError) as info:
+            SshHandler(node, settings_of(v4, known, connect_retries=0), sleep=FakeSleep()).open()
+    assert str(info.value) == f"node-b: cannot connect to both.zdu.test:{v4.port}: connection refused"
+
+
+def test_an_ipv6_node(tmp_path: Path, sshd_server: Factory) -> None:
+    server = sshd_server("::1")
+    known = tmp_path / "known_hosts"
+    known.write_text(server.known_hosts_line())
+    h = SshHandler(node_of(server), settings_of(server, known), sleep=FakeSleep())
+    try:
+        assert h.run("echo $SSH_CONNECTION").stdout.split()[2] == "::1"
+    finally:
+        h.close()
+
+
+def test_abandon_connects_cuts_a_handshake_and_a_syn_short(tmp_path: Path) -> None:
+    """SshPool.abandon_connects from another thread ends connects under way at once: one
+    waiting for the SSH banner, one waiting for its SYN's answer; each fails saying so (not as a
+    timeout), and is not retried."""
+    with socket.socket() as silent, socket.socket() as full, socket.socket() as queued:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        queued.connect(full.getsockname())
+        pool = SshPool()
+        settings = SshSettings(known_hosts=str(tmp_path / "kh"), connect_timeout=30, connect_retries=3)
+        errors: dict[str, BaseException] = {}
+
+        def connect(name: str, port: int) -> None:
+            try:
+                SshHandler(Node(name, "127.0.0.1", port), settings, pool=pool, sleep=FakeSleep()).open()
+            except BaseException as exc:  # noqa: BLE001 - what the test looks at
+                errors[name] = exc
+        ports = {"banner": silent.getsockname()[1], "syn": full.getsockname()[1]}
+        threads = [threading.Thread(target=connect, args=item) for item in ports.items()]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(pool._handshakes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert pool.abandon_connects() == 2
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in threads), "a connect was not cut short"
+    assert sorted(errors) == ["banner", "syn"]
+    assert all(isinstance(exc, UnreachableError) for exc in errors.values()), errors
+    for name, exc in errors.items():
+        assert str(exc) == f"{name}: the connect to 127.0.0.1:{ports[name]} was given up: zdupgrade was interrupted"
+    assert not pool._handshakes                 # each attempt took its own out again
+    assert pool.abandon_connects() == 0
+
+
 def test_wrong_client_key_is_an_auth_error_not_retried(server: SshdServer, known_hosts: Path,
                                                        tmp_path: Path) -> None:
     stranger = keygen(tmp_path / "stranger")

@@ -65,7 +65,8 @@ def sshd_available() -> bool:
 
 def free_port(host: str) -> int:
     """A TCP port nobody listens on at ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -162,7 +163,7 @@ class SshdServer:
     def write_config(self) -> None:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.config.write_text(
-            f"ListenAddress {self.host}:{self.port}\n"
+            f"ListenAddress {f'[{self.host}]' if ':' in self.host else self.host}:{self.port}\n"
             f"HostKey {self.host_key}\n"
             f"PidFile {self.workdir / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {self.workdir / 'authorized_keys'}\n"

@@ -190,7 +190,7 @@ def _lock(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
                               on_warning=lambda m: console.err_line(f"zdupgrade: warning: {m}"))
     try:
         locks = lock_status(topology.nodes, connections, topology.lock_dir, parallel=topology.ssh.parallel,
-                            interrupted=interrupted)
+                            interrupted=interrupted, abandon=connections.abandon_connects)
     finally:
         connections.close()
     console.line(render_lock_status(locks, topology.lock_dir))

@@ -12,8 +12,9 @@ import hashlib
 import os
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from .. import __version__
 from ..config.profile import load_profile
@@ -351,8 +352,10 @@ class Upgrade:
         holding the lock; else the status, the lock given back."""
         from ..run import events as ev
         from ..run.preflight import capacity_problems, preflight
-        found = preflight(plan, connections, lb, parallel=topology.ssh.parallel, min_free_mb=self.args.min_free_mb,
-                          check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set, lock=lock)
+        with self._interrupt_cuts_connects(connections):
+            found = preflight(plan, connections, lb, parallel=topology.ssh.parallel,
+                              min_free_mb=self.args.min_free_mb,
+                              check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set, lock=lock)
         locked = [p for p in found if p.kind == "locked"]
         problems = [p for p in found if p.kind != "locked"]
         if not problems and not locked:
@@ -381,6 +384,30 @@ class Upgrade:
         if not resuming:  # a failed resume leaves the run resumable
             recorder.emit(ev.RunFinished(status=status, message=f"preflight: {len(problems)} problem(s)"))
         return status
+
+    @contextmanager
+    def _interrupt_cuts_connects(self, connections: Connections) -> Iterator[None]:
+        """Within the block (preflight), an interrupt also ends the SSH connects under way
+        (a node that accepts and never answers held the exit back until its connect_timeout),
+        and every 0.2 s after it any connect that began meanwhile.  A thread watches: the
+        signal handler itself must not take the pool's locks, which the interrupted main thread
+        may hold."""
+        over = threading.Event()
+
+        def watch() -> None:
+            while not self.stop.wait(0.1):
+                if over.is_set():
+                    return
+            while not self._conducting:
+                connections.abandon_connects()
+                if over.wait(0.2):
+                    return
+        watcher = threading.Thread(target=watch, name="zdu-interrupt-connects", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            over.set()
 
     def _release(self, lock: FleetLock) -> None:
         """Give back the fleet lock where this run still holds it; a node that does not answer

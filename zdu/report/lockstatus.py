@@ -86,15 +86,19 @@ def read_lock(node: Node, handler: CommandHandler, lock_dir: str) -> NodeLock:
 
 
 def lock_status(nodes: Sequence[Node], handlers: Callable[[Node], CommandHandler], lock_dir: str, *,
-                parallel: int = 4, interrupted: threading.Event | None = None) -> list[NodeLock]:
-    """Every node's lock, in node order.  On Ctrl-C ``interrupted`` is set before the reads in
-    flight are waited for (handlers made with ``give_up=interrupted.is_set`` retry no connect)."""
+                parallel: int = 4, interrupted: threading.Event | None = None,
+                abandon: Callable[[], object] | None = None) -> list[NodeLock]:
+    """Every node's lock, in node order.  On Ctrl-C ``interrupted`` is set and ``abandon()``
+    called (it ends the SSH handshakes under way) before the reads in flight are waited for
+    (handlers made with ``give_up=interrupted.is_set`` retry no connect)."""
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes) or 1))) as pool:
         try:
             return list(pool.map(lambda n: read_lock(n, handlers(n), lock_dir), nodes))
         except KeyboardInterrupt:
             if interrupted is not None:
                 interrupted.set()
+            if abandon is not None:
+                abandon()
             raise
 
 

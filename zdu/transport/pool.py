@@ -71,6 +71,13 @@ class Connections:
         user, host, port = match.groups()
         return self(Node(name=f"lb-{host.strip('[]')}", host=host.strip("[]"), port=int(port or 22), user=user))
 
+    def abandon_connects(self) -> int:
+        """End the SSH handshakes under way at once (see :meth:`SshPool.abandon_connects`): for an
+        interrupt before anything changed, so that a node that accepts and never answers does not
+        hold the exit back until its ``connect_timeout``.  How many were ended."""
+        pool = self._pool
+        return pool.abandon_connects() if pool is not None else 0
+
     def opened(self) -> list[str]:
         """Names of the nodes a handler was created for."""
         with self._lock:

@@ -496,6 +496,29 @@ class SshPool:
         self._links: dict[tuple[Any, ...], _Link] = {}
         self._known: dict[Path, tuple[tuple[int, int], KnownHosts]] = {}
         self._exec_fallback_noted = False
+        #: the connect attempts under way (each until it has logged in, or failed)
+        self._handshakes: set[_Handshakes] = set()
+
+    # ------------------------------------------------------------------ handshakes in flight
+
+    def tracked(self, factory: Callable[..., paramiko.Transport]) -> "_Handshakes":
+        """One connect attempt's registry (a context: use it around the connect): its
+        ``factory`` wraps ``factory`` (a ``transport_factory``) and its ``tcp_connect`` makes the
+        TCP connection; what they make counts as under way until the context ends."""
+        return _Handshakes(self, factory)
+
+    def abandon_connects(self) -> int:
+        """End every handshake under way now (an interrupt before anything changed): each
+        connect fails at once instead of at its timeout, with the error a dropped connection
+        gives: one still waiting for its TCP connection, for the SSH banner, the key exchange or
+        the authentication.  Connections already made are not touched.  Returns how many
+        attempts were under way.
+        (A jump host's channel to the next hop is not cut; the jump host's own connect is.)"""
+        with self._lock:
+            pending = list(self._handshakes)
+        for attempt in pending:
+            attempt.abort()
+        return len(pending)
 
     # ------------------------------------------------------------------ warnings, known_hosts
 
@@ -658,6 +681,88 @@ class SshPool:
             raise BastionError(node, label, "unreachable", f"{exc.message}{tries}") from None
 
 
+class _Handshakes:
+    """What one connect attempt has under way (its TCP connection, then its transport),
+    registered with the pool while the attempt runs, so that :meth:`SshPool.abandon_connects`
+    can cut it short."""
+
+    def __init__(self, pool: SshPool, factory: Callable[..., paramiko.Transport]) -> None:
+        self._pool = pool
+        self._factory = factory
+        self._made: list[Any] = []
+        #: the attempt was cut short (its error says that, not a timeout; it is not retried)
+        self.aborted = False
+
+    def __enter__(self) -> "_Handshakes":
+        with self._pool._lock:
+            self._pool._handshakes.add(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._pool._lock:
+            self._pool._handshakes.discard(self)
+
+    def _track(self, thing: Any) -> None:
+        with self._pool._lock:
+            self._made.append(thing)
+            if self.aborted:        # cut short before it had made this
+                raise ConnectionAbortedError(errno.ECONNABORTED, "connect given up")
+
+    def abort(self) -> None:
+        """Cut what this attempt has under way short (from another thread); never raises."""
+        with self._pool._lock:
+            made = list(self._made)
+            self.aborted = True
+        for thing in made:
+            _abort_handshake(thing)
+
+    def factory(self, sock: Any, **kwargs: Any) -> paramiko.Transport:
+        """The ``transport_factory`` to give paramiko."""
+        transport = self._factory(sock, **kwargs)
+        self._track(transport)
+        return transport
+
+    def given_up(self, who: str, where: str) -> UnreachableError | None:
+        """The error of an attempt that was cut short (None: it was not)."""
+        if not self.aborted:
+            return None
+        return UnreachableError(who, f"the connect to {where} was given up: zdupgrade was interrupted")
+
+    def tcp_connect(self, address: str, port: int, timeout: float) -> socket.socket:
+        """The TCP connection paramiko would make itself (each address ``address`` resolves to,
+        in turn; refused and unreachable ones collected into one NoValidConnectionsError), made
+        here so that a connect waiting for an answer to its SYN can be cut short too."""
+        infos = socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        candidates = [(i[0], i[4]) for i in infos if i[1] == socket.SOCK_STREAM] or [(i[0], i[4]) for i in infos]
+        errors: dict[tuple[Any, ...], OSError] = {}
+        for family, sockaddr in candidates:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                self._track(sock)
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if self.aborted or exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                    raise
+                errors[sockaddr] = exc
+        raise NoValidConnectionsError(errors)
+
+
+def _abort_handshake(thing: Any) -> None:
+    """Cut a connect short from another thread.  Shutting a socket down wakes whatever waits on
+    it at once (a connect for its SYN's answer, the transport thread's read); closing alone
+    would not, and a transport not started yet ignores ``close``.  Never raises."""
+    sock = thing.sock if isinstance(thing, paramiko.Transport) else thing
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # noqa: BLE001 - not connected yet or already gone, or a jump channel closing
+        pass
+    if isinstance(thing, paramiko.Transport):
+        _close_quietly(thing)
+
+
 def _hop_key(hop: ResolvedTarget) -> tuple[Any, ...]:
     return (hop.address, hop.port, hop.user, hop.key_files, hop.agent, hop.default_keys,
             hop.host_key, hop.connect_timeout)
@@ -803,22 +908,31 @@ class SshHandler(CommandHandler):
         except BaseException:
             _close_quietly(sock)
             raise
-        kwargs = self._connect_kwargs(target, sock)
-        kwargs["transport_factory"] = _transport_factory(check.known.lookup(check.name))
-        conn = Connection(target.address, user=target.user, port=target.port, config=config,
-                          connect_kwargs=kwargs)
-        client = conn.client
-        # fabric installs AutoAddPolicy in Connection.__init__: replace it before connecting
-        client.set_missing_host_key_policy(_HostKeyGuard(check))
-        try:
-            conn.open()
-        except BaseException as exc:
-            _close_quietly(client)
-            _close_quietly(sock)
-            if isinstance(exc, TransportError):
-                raise
-            raise self._map_connect_error(exc, target, who=self.node.name,
-                                          where=self.address) from None
+        with self.pool.tracked(_transport_factory(check.known.lookup(check.name))) as handshake:
+            if sock is None:
+                try:
+                    sock = handshake.tcp_connect(target.address, target.port, target.connect_timeout)
+                except BaseException as exc:
+                    raise (handshake.given_up(self.node.name, self.address)
+                           or self._map_connect_error(exc, target, who=self.node.name,
+                                                      where=self.address)) from None
+            kwargs = self._connect_kwargs(target, sock)
+            kwargs["transport_factory"] = handshake.factory
+            conn = Connection(target.address, user=target.user, port=target.port, config=config,
+                              connect_kwargs=kwargs)
+            client = conn.client
+            # fabric installs AutoAddPolicy in Connection.__init__: replace it before connecting
+            client.set_missing_host_key_policy(_HostKeyGuard(check))
+            try:
+                conn.open()
+            except BaseException as exc:
+                _close_quietly(client)
+                _close_quietly(sock)
+                if isinstance(exc, TransportError):
+                    raise
+                raise (handshake.given_up(self.node.name, self.address)
+                       or self._map_connect_error(exc, target, who=self.node.name,
+                                                  where=self.address)) from None
         conn.transport.set_keepalive(KEEPALIVE)
         return conn
 
@@ -832,16 +946,20 @@ class SshHandler(CommandHandler):
             raise
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_HostKeyGuard(check))
-        kwargs = self._connect_kwargs(target, sock)
-        kwargs["transport_factory"] = _transport_factory(check.known.lookup(check.name))
-        try:
-            client.connect(target.address, port=target.port, username=target.user, **kwargs)
-        except BaseException as exc:
-            _close_quietly(client)
-            _close_quietly(sock)
-            if isinstance(exc, TransportError):
-                raise
-            raise self._map_connect_error(exc, target, who=who, where=target.endpoint) from None
+        with self.pool.tracked(_transport_factory(check.known.lookup(check.name))) as handshake:
+            try:
+                if sock is None:
+                    sock = handshake.tcp_connect(target.address, target.port, target.connect_timeout)
+                kwargs = self._connect_kwargs(target, sock)
+                kwargs["transport_factory"] = handshake.factory
+                client.connect(target.address, port=target.port, username=target.user, **kwargs)
+            except BaseException as exc:
+                _close_quietly(client)
+                _close_quietly(sock)
+                if isinstance(exc, TransportError):
+                    raise
+                raise (handshake.given_up(who, target.endpoint)
+                       or self._map_connect_error(exc, target, who=who, where=target.endpoint)) from None
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(KEEPALIVE)
