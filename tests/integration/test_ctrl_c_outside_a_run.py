@@ -51,6 +51,10 @@ class Silent:
             self.accepted.append(conn)
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)     # wakes the accept (closing alone would not)
+        except OSError:
+            pass
         self.sock.close()
         for conn in self.accepted:
             conn.close()
