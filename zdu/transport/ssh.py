@@ -509,9 +509,9 @@ class SshPool:
 
     def abandon_connects(self) -> int:
         """End every handshake under way now (an interrupt before anything changed): each
-        connect fails at once instead of at its timeout, with the error a dropped connection
-        gives: one still waiting for its TCP connection, for the SSH banner, the key exchange or
-        the authentication.  Connections already made are not touched.  Returns how many
+        connect fails at once instead of at its timeout, saying it was given up, and is not
+        retried: one still waiting for its TCP connection, for the SSH banner, the key exchange
+        or the authentication.  Connections already made are not touched.  Returns how many
         attempts were under way.
         (A jump host's channel to the next hop is not cut; the jump host's own connect is.)"""
         with self._lock:
@@ -722,9 +722,10 @@ class _Handshakes:
         self._track(transport)
         return transport
 
-    def given_up(self, who: str, where: str) -> UnreachableError | None:
-        """The error of an attempt that was cut short (None: it was not)."""
-        if not self.aborted:
+    def given_up(self, exc: BaseException, who: str, where: str) -> UnreachableError | None:
+        """The error of an attempt that was cut short, in place of ``exc`` (None: it was not,
+        or ``exc`` is not an error but an interrupt or an exit, which goes on)."""
+        if not self.aborted or not isinstance(exc, Exception):
             return None
         return UnreachableError(who, f"the connect to {where} was given up: zdupgrade was interrupted")
 
@@ -913,7 +914,7 @@ class SshHandler(CommandHandler):
                 try:
                     sock = handshake.tcp_connect(target.address, target.port, target.connect_timeout)
                 except BaseException as exc:
-                    raise (handshake.given_up(self.node.name, self.address)
+                    raise (handshake.given_up(exc, self.node.name, self.address)
                            or self._map_connect_error(exc, target, who=self.node.name,
                                                       where=self.address)) from None
             kwargs = self._connect_kwargs(target, sock)
@@ -930,7 +931,7 @@ class SshHandler(CommandHandler):
                 _close_quietly(sock)
                 if isinstance(exc, TransportError):
                     raise
-                raise (handshake.given_up(self.node.name, self.address)
+                raise (handshake.given_up(exc, self.node.name, self.address)
                        or self._map_connect_error(exc, target, who=self.node.name,
                                                   where=self.address)) from None
         conn.transport.set_keepalive(KEEPALIVE)
@@ -958,7 +959,7 @@ class SshHandler(CommandHandler):
                 _close_quietly(sock)
                 if isinstance(exc, TransportError):
                     raise
-                raise (handshake.given_up(who, target.endpoint)
+                raise (handshake.given_up(exc, who, target.endpoint)
                        or self._map_connect_error(exc, target, who=who, where=target.endpoint)) from None
         transport = client.get_transport()
         if transport is not None:
