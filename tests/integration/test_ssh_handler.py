@@ -5,6 +5,8 @@ import os
 import shlex
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,12 +14,15 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.support.dns import hosts_file_wrapper
+from tests.support.localfleet import ROOT
 from tests.support.sshd import SshdServer, free_port, keygen, sshd_server  # noqa: F401 (fixture)
 from zdu.errors import AuthError, HostKeyError, UnreachableError
 from zdu.transport import make_handler
 from zdu.transport.retry import Backoff
 from zdu.transport.ssh import SshHandler, SshPool
 from zdu.model import CommandResult, Node, SshSettings
+from zdu.status import Status
 
 Factory = Callable[..., SshdServer]
 
@@ -271,31 +276,31 @@ def test_a_dropped_syn_is_a_connect_timeout(tmp_path: Path) -> None:
 
 
 def test_every_address_a_name_resolves_to_is_tried(tmp_path: Path, sshd_server: Factory) -> None:
-    """A name with an IPv6 and an IPv4 address, only the second listening: the first is refused
-    and the second is used, as paramiko's own connect would; both refused: one error."""
-    v4 = sshd_server("127.0.0.1")
+    """``./zdupgrade lock status`` for a node whose name has an IPv6 and an IPv4 address (an
+    /etc/hosts of the test's own, in a mount namespace), sshd listening on the IPv4 one only:
+    the IPv6 address, first in the resolver's order, is refused and the IPv4 one is used, as
+    paramiko's own connect would; with both refused, one error names the node's address."""
+    server = sshd_server("127.0.0.1")
+    prefix = hosts_file_wrapper(tmp_path / "hosts", "::1 both.zdu.test\n127.0.0.1 both.zdu.test\n")
+    order = subprocess.run(prefix + [sys.executable, "-c", "import socket; print(*dict.fromkeys(i[4][0] for i in "
+                                     "socket.getaddrinfo('both.zdu.test', 22, 0, socket.SOCK_STREAM)))"],
+                           capture_output=True, text=True, timeout=30)
+    assert order.stdout.split() == ["::1", "127.0.0.1"], order.stdout + order.stderr
     known = tmp_path / "known_hosts"
-    hosts = tmp_path / "hosts"
-    known.write_text(v4.known_hosts_line().replace("127.0.0.1", "both.zdu.test", 1))
-    hosts.write_text("::1 both.zdu.test\n127.0.0.1 both.zdu.test\n")
-    real = socket.getaddrinfo
-
-    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:   # /etc/hosts is not ours to change
-        if host == "both.zdu.test":
-            return real("::1", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
-        return real(host, *args, **kwargs)
-    node = Node("node-b", "both.zdu.test", v4.port)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket, "getaddrinfo", resolve)
-        h = SshHandler(node, settings_of(v4, known), sleep=FakeSleep())
-        try:
-            assert h.run("echo $SSH_CONNECTION").stdout.split()[2] == "127.0.0.1"
-        finally:
-            h.close()
-        v4.stop()
-        with pytest.raises(UnreachableError) as info:
-            SshHandler(node, settings_of(v4, known, connect_retries=0), sleep=FakeSleep()).open()
-    assert str(info.value) == f"node-b: cannot connect to both.zdu.test:{v4.port}: connection refused"
+    known.write_text(server.known_hosts_line().replace("127.0.0.1", "both.zdu.test", 1))
+    config = tmp_path / "topology.yaml"
+    config.write_text(f"ssh: {{user: root, key_file: {server.client_key}, known_hosts: {known}, "
+                      "config_file: none, connect_retries: 0}\n"
+                      f"nodes:\n  - {{name: gw1, host: both.zdu.test, port: {server.port}}}\n")
+    argv = prefix + [sys.executable, str(ROOT / "zdupgrade"), "lock", "status", "--config", str(config)]
+    free = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert free.returncode == Status.SUCCESS and "1 of 1 node(s) free" in free.stdout, free.stdout + free.stderr
+    assert server.accepted_logins() == 1
+    server.stop()
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert refused.returncode == Status.NODE_UNREACHABLE, refused.stdout + refused.stderr
+    assert f"gw1: cannot reach the node: cannot connect to both.zdu.test:{server.port}: connection refused\n" \
+        in refused.stdout
 
 
 def test_an_ipv6_node(tmp_path: Path, sshd_server: Factory) -> None:

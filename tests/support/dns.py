@@ -1,5 +1,6 @@
 """A process that sees only a DNS server on loopback which knows no name, for tests of names
-nobody can resolve without asking the machine's real resolver (traffic stays on loopback).
+nobody can resolve without asking the machine's real resolver (traffic stays on loopback); or
+an ``/etc/hosts`` of the test's own, for names with the addresses a test needs.
 
 ``NxdomainServer(address)`` answers every query on ``address:53`` (UDP) with NXDOMAIN, as a real
 server does for a name that does not exist; :func:`resolv_conf_wrapper` gives the argv prefix
@@ -65,6 +66,19 @@ def resolv_conf_wrapper(resolv_conf: Path, nameserver: str) -> list[str]:
     """argv prefix: run the command with ``/etc/resolv.conf`` naming only ``nameserver`` (a
     private mount namespace; the machine's file is untouched).  Needs root and unshare(1)."""
     resolv_conf.write_text(f"nameserver {nameserver}\noptions attempts:1 timeout:1\n")
+    return bind_over_wrapper(resolv_conf, "/etc/resolv.conf")
+
+
+def hosts_file_wrapper(hosts: Path, entries: str) -> list[str]:
+    """argv prefix: run the command with ``/etc/hosts`` holding ``entries`` only (``ADDRESS
+    NAME`` lines), as :func:`resolv_conf_wrapper` does for ``/etc/resolv.conf``."""
+    hosts.write_text(entries)
+    return bind_over_wrapper(hosts, "/etc/hosts")
+
+
+def bind_over_wrapper(replacement: Path, path: str) -> list[str]:
+    """argv prefix: run the command with ``replacement`` mounted over ``path`` in a private
+    mount namespace (the machine's file is untouched).  Needs root and unshare(1)."""
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
     return [unshare, "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv_conf)]
+            f'mount --bind "$0" {path} && exec "$@"', str(replacement)]

@@ -188,9 +188,13 @@ def _lock(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
     interrupted = threading.Event()
     connections = Connections(topology, targets=targets, give_up=interrupted.is_set,
                               on_warning=lambda m: console.err_line(f"zdupgrade: warning: {m}"))
+
+    def interrupt() -> None:          # no more retries, and the connects under way cut short
+        interrupted.set()
+        connections.abandon_connects()
     try:
         locks = lock_status(topology.nodes, connections, topology.lock_dir, parallel=topology.ssh.parallel,
-                            interrupted=interrupted, abandon=connections.abandon_connects)
+                            on_interrupt=interrupt)
     finally:
         connections.close()
     console.line(render_lock_status(locks, topology.lock_dir))

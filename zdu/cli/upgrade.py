@@ -393,21 +393,24 @@ class Upgrade:
         signal handler itself must not take the pool's locks, which the interrupted main thread
         may hold."""
         over = threading.Event()
+        guard = threading.Lock()      # no cut once the block is over (the lock's release may connect)
 
         def watch() -> None:
             while not self.stop.wait(0.1):
                 if over.is_set():
                     return
-            while not self._conducting:
-                connections.abandon_connects()
-                if over.wait(0.2):
-                    return
-        watcher = threading.Thread(target=watch, name="zdu-interrupt-connects", daemon=True)
-        watcher.start()
+            while True:
+                with guard:
+                    if over.is_set():
+                        return
+                    connections.abandon_connects()
+                over.wait(0.2)
+        threading.Thread(target=watch, name="zdu-interrupt-connects", daemon=True).start()
         try:
             yield
         finally:
-            over.set()
+            with guard:
+                over.set()
 
     def _release(self, lock: FleetLock) -> None:
         """Give back the fleet lock where this run still holds it; a node that does not answer

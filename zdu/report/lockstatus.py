@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Sequence
@@ -86,19 +85,15 @@ def read_lock(node: Node, handler: CommandHandler, lock_dir: str) -> NodeLock:
 
 
 def lock_status(nodes: Sequence[Node], handlers: Callable[[Node], CommandHandler], lock_dir: str, *,
-                parallel: int = 4, interrupted: threading.Event | None = None,
-                abandon: Callable[[], object] | None = None) -> list[NodeLock]:
-    """Every node's lock, in node order.  On Ctrl-C ``interrupted`` is set and ``abandon()``
-    called (it ends the SSH handshakes under way) before the reads in flight are waited for
-    (handlers made with ``give_up=interrupted.is_set`` retry no connect)."""
+                parallel: int = 4, on_interrupt: Callable[[], object] | None = None) -> list[NodeLock]:
+    """Every node's lock, in node order.  On Ctrl-C ``on_interrupt()`` is called before the
+    reads in flight are waited for (to stop their connects' retries and cut them short)."""
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes) or 1))) as pool:
         try:
             return list(pool.map(lambda n: read_lock(n, handlers(n), lock_dir), nodes))
         except KeyboardInterrupt:
-            if interrupted is not None:
-                interrupted.set()
-            if abandon is not None:
-                abandon()
+            if on_interrupt is not None:
+                on_interrupt()
             raise
 
 

@@ -722,13 +722,6 @@ class _Handshakes:
         self._track(transport)
         return transport
 
-    def given_up(self, exc: BaseException, who: str, where: str) -> UnreachableError | None:
-        """The error of an attempt that was cut short, in place of ``exc`` (None: it was not,
-        or ``exc`` is not an error but an interrupt or an exit, which goes on)."""
-        if not self.aborted or not isinstance(exc, Exception):
-            return None
-        return UnreachableError(who, f"the connect to {where} was given up: zdupgrade was interrupted")
-
     def tcp_connect(self, address: str, port: int, timeout: float) -> socket.socket:
         """The TCP connection paramiko would make itself (each address ``address`` resolves to,
         in turn; refused and unreachable ones collected into one NoValidConnectionsError), made
@@ -909,31 +902,21 @@ class SshHandler(CommandHandler):
         except BaseException:
             _close_quietly(sock)
             raise
-        with self.pool.tracked(_transport_factory(check.known.lookup(check.name))) as handshake:
-            if sock is None:
-                try:
-                    sock = handshake.tcp_connect(target.address, target.port, target.connect_timeout)
-                except BaseException as exc:
-                    raise (handshake.given_up(exc, self.node.name, self.address)
-                           or self._map_connect_error(exc, target, who=self.node.name,
-                                                      where=self.address)) from None
-            kwargs = self._connect_kwargs(target, sock)
-            kwargs["transport_factory"] = handshake.factory
+        made: list[Connection] = []
+
+        def connect(kwargs: dict[str, Any]) -> None:
             conn = Connection(target.address, user=target.user, port=target.port, config=config,
                               connect_kwargs=kwargs)
-            client = conn.client
+            made.append(conn)
             # fabric installs AutoAddPolicy in Connection.__init__: replace it before connecting
-            client.set_missing_host_key_policy(_HostKeyGuard(check))
-            try:
-                conn.open()
-            except BaseException as exc:
-                _close_quietly(client)
-                _close_quietly(sock)
-                if isinstance(exc, TransportError):
-                    raise
-                raise (handshake.given_up(exc, self.node.name, self.address)
-                       or self._map_connect_error(exc, target, who=self.node.name,
-                                                  where=self.address)) from None
+            conn.client.set_missing_host_key_policy(_HostKeyGuard(check))
+            conn.open()
+
+        def close() -> None:
+            for conn in made:
+                _close_quietly(conn.client)
+        self._handshake(target, sock, check, connect, close, who=self.node.name, where=self.address)
+        conn = made[0]
         conn.transport.set_keepalive(KEEPALIVE)
         return conn
 
@@ -947,24 +930,36 @@ class SshHandler(CommandHandler):
             raise
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_HostKeyGuard(check))
+        self._handshake(target, sock, check,
+                        lambda kwargs: client.connect(target.address, port=target.port, username=target.user, **kwargs),
+                        lambda: _close_quietly(client), who=who, where=target.endpoint)
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE)
+        return client
+
+    def _handshake(self, target: ResolvedTarget, sock: Any, check: _HostCheck,
+                   connect: Callable[[dict[str, Any]], None], close: Callable[[], None], *,
+                   who: str, where: str) -> None:
+        """Connect to ``target`` over ``sock`` (a jump host's channel), else over a TCP
+        connection made here: ``connect(kwargs)`` is fabric's or paramiko's connect given
+        paramiko's keyword arguments.  The attempt counts with the pool as under way
+        (:meth:`SshPool.abandon_connects` can cut it short) until it has logged in or failed;
+        on failure ``close()`` runs, the socket is closed and the error is mapped."""
         with self.pool.tracked(_transport_factory(check.known.lookup(check.name))) as handshake:
             try:
                 if sock is None:
                     sock = handshake.tcp_connect(target.address, target.port, target.connect_timeout)
                 kwargs = self._connect_kwargs(target, sock)
                 kwargs["transport_factory"] = handshake.factory
-                client.connect(target.address, port=target.port, username=target.user, **kwargs)
+                connect(kwargs)
             except BaseException as exc:
-                _close_quietly(client)
+                close()                  # quietly: a broken connection must not hide why
                 _close_quietly(sock)
                 if isinstance(exc, TransportError):
                     raise
-                raise (handshake.given_up(exc, who, target.endpoint)
-                       or self._map_connect_error(exc, target, who=who, where=target.endpoint)) from None
-        transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(KEEPALIVE)
-        return client
+                raise self._map_connect_error(exc, target, who=who, where=where,
+                                              aborted=handshake.aborted) from None
 
     def _connect_kwargs(self, target: ResolvedTarget, sock: Any) -> dict[str, Any]:
         timeout = target.connect_timeout
@@ -1002,9 +997,13 @@ class SshHandler(CommandHandler):
     # ------------------------------------------------------------------ errors
 
     def _map_connect_error(self, exc: BaseException, target: ResolvedTarget, *, who: str,
-                           where: str) -> TransportError | "_Transient":
+                           where: str, aborted: bool = False) -> TransportError | "_Transient":
+        """The error to raise for ``exc``; ``aborted``: the attempt was cut short, which says
+        so (it is not retried) unless ``exc`` is an interrupt or an exit, which goes on."""
         timeout = target.connect_timeout
         user = target.user
+        if aborted and isinstance(exc, Exception):
+            return UnreachableError(who, f"the connect to {where} was given up: zdupgrade was interrupted")
         if isinstance(exc, BadHostKeyException):       # not expected: paramiko gets no keys
             return HostKeyError(who, f"HOST KEY CHANGED for {where}: expected "
                                      f"{exc.expected_key.fingerprint}, the server offered "
