@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -180,3 +181,27 @@ def test_a_node_lost_before_the_release_keeps_its_lock_and_says_so(fleet, tmp_pa
                         "once the node is back"]
     assert [n.name for n in nodes if lock_of(tmp_path, n.name).exists()] == [nodes[3].name]
     assert lock.held == []
+
+
+@pytest.mark.parametrize("left_by_a_dead_run", [False, True], ids=["fresh", "resume"])
+def test_nodes_that_share_one_machine_share_its_lock(tmp_path: Path, left_by_a_dead_run: bool) -> None:
+    """Twelve nodes on one machine (local handlers, one lock directory): the first takes it, the
+    others find this run's lock and hold it too; on a resume the first replaces the dead
+    process's owner.json.  Each read the file while others wrote it: a rewrite that truncated
+    it first made them see an empty owner.json ("an unknown owner") and refuse the run, in
+    17-20 of 20 tries.  Released once, by whichever node is first."""
+    nodes = [Node(f"n{i:02d}", "127.0.0.1", transport="local") for i in range(12)]
+    handlers = {n.name: LocalHandler(n) for n in nodes}
+    for attempt in range(5):
+        lock_dir = tmp_path / f"lock{attempt}"
+        owner = LockOwner.current(f"run-{attempt}", "")
+        if left_by_a_dead_run:
+            lock_dir.mkdir()
+            (lock_dir / "owner.json").write_text(json.dumps({**asdict(owner), "pid": 999999999}))
+        lock = FleetLock(nodes, lambda node: handlers[node.name], owner, lock_dir=str(lock_dir), parallel=12)
+        assert lock.acquire()
+        assert sorted(n.name for n in lock.held) == [n.name for n in nodes]
+        assert json.loads((lock_dir / "owner.json").read_text())["pid"] == owner.pid
+        assert [p.name for p in lock_dir.iterdir()] == ["owner.json"]      # no temporary file left
+        assert lock.release() == []
+        assert not lock_dir.exists()

@@ -172,8 +172,14 @@ class FleetLock:
                         f"alive (pid {holder.pid} {where}); refusing to drive the node twice. If that process is "
                         "gone, rerun with --break-lock")
             if holder is not None and holder.run_id == self.owner.run_id:
-                handler.run(f"printf '%s' {shlex.quote(owner_json)} > {owner_file}", timeout=30)
-                self._hold(node)  # our own lock, left by this run before it died: resume
+                if (holder.pid, holder.host) != (self.owner.pid, self.owner.host):
+                    # our own lock, left by this run before it died: resume.  Replaced whole (a
+                    # rename), never truncated first: nodes that share this directory (one
+                    # machine) read it meanwhile
+                    temp = shlex.quote(f"{self.lock_dir}/.owner.json.{self.owner.pid}")
+                    handler.run(f"printf '%s' {shlex.quote(owner_json)} > {temp} && mv -f {temp} {owner_file}",
+                                timeout=30)
+                self._hold(node)  # or this process took it already, for a node on the same machine
                 return None
             described = holder.describe() if holder else "an unknown owner (no owner.json: being taken now?)"
             if self.break_lock and attempt == 0:
