@@ -20,7 +20,7 @@ from tests.support.sshd import SshdServer, free_port, keygen, sshd_server  # noq
 from zdu.errors import AuthError, HostKeyError, UnreachableError
 from zdu.transport import make_handler
 from zdu.transport.retry import Backoff
-from zdu.transport.ssh import SshHandler, SshPool
+from zdu.transport.ssh import SshHandler, SshPool, _PromptSocket
 from zdu.model import CommandResult, Node, SshSettings
 from zdu.status import Status
 
@@ -620,3 +620,40 @@ def test_lone_surrogate_or_nul_is_a_transport_error_not_a_crash(handler: SshHand
     with pytest.raises(InvalidCommandError, match="invalid environment variable name"):
         handler.run("true", env={"A B": "x"})
     assert server.accepted_logins() == 0 and handler.run("echo fine").stdout == "fine\n"
+
+
+# --------------------------------------------------------------------------- no packet waits for a timer
+
+def test_the_connection_sends_each_packet_at_once(handler: SshHandler) -> None:
+    """Nagle's algorithm is off on the socket under the connection (paramiko sets no option), and
+    its reads re-arm the kernel's quick acknowledgements: without both, a connect and each channel
+    it opens waited 40 ms for a delayed ACK (benchmarks/README.md)."""
+    handler.run("true")
+    assert handler.connection is not None
+    sock = handler.connection.transport.sock
+    assert isinstance(sock, _PromptSocket)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_each_read_rearms_quick_acknowledgements() -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    class Spy(_PromptSocket):
+        __slots__ = ()
+
+        def setsockopt(self, *args: Any) -> None:  # type: ignore[override]
+            calls.append(args)
+            super().setsockopt(*args)
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with Spy(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.connect(listener.getsockname())
+            peer, _ = listener.accept()
+            with peer:
+                peer.sendall(b"one")
+                assert sock.recv(16) == b"one"
+                assert calls == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
+                peer.close()
+                assert sock.recv(16) == b""          # the end: nothing to acknowledge
+                assert len(calls) == 1
