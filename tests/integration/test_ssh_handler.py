@@ -20,7 +20,7 @@ from tests.support.sshd import SshdServer, free_port, keygen, sshd_server  # noq
 from zdu.errors import AuthError, HostKeyError, UnreachableError
 from zdu.transport import make_handler
 from zdu.transport.retry import Backoff
-from zdu.transport.ssh import SshHandler, SshPool, _PromptSocket
+from zdu.transport.ssh import SshHandler, SshPool, _PromptSocket, _Wakeup
 from zdu.model import CommandResult, Node, SshSettings
 from zdu.status import Status
 
@@ -657,3 +657,42 @@ def test_each_read_rearms_quick_acknowledgements() -> None:
                 peer.close()
                 assert sock.recv(16) == b""          # the end: nothing to acknowledge
                 assert len(calls) == 1
+
+
+def _exec(handler: SshHandler, command: str) -> tuple[Any, _Wakeup]:
+    handler.open()
+    assert handler.connection is not None
+    chan = handler.connection.transport.open_session()
+    wakeup = _Wakeup(chan)
+    chan.exec_command(command)
+    return chan, wakeup
+
+
+def test_a_shell_session_reader_wakes_for_stderr_alone(server: SshdServer, known_hosts: Path) -> None:
+    """paramiko's select-able pipe wakes for stdout only: a reader waiting for the driver's last
+    stderr record slept to its 1 s poll cap.  The wake-up fires for stderr data by itself."""
+    h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep())
+    try:
+        chan, wakeup = _exec(h, "sleep 0.3; printf e >&2; sleep 30")
+        wakeup.arm()
+        assert wakeup._event.wait(20), "no wake-up for data on stderr"
+        assert chan.recv_stderr_ready() and not chan.recv_ready()
+        assert chan.recv_stderr(16) == b"e"
+        chan.close()
+    finally:
+        h.close()
+
+
+def test_reading_one_stream_empty_keeps_the_wakeup_for_the_other(server: SshdServer, known_hosts: Path) -> None:
+    h = SshHandler(node_of(server), settings_of(server, known_hosts), sleep=FakeSleep())
+    try:
+        chan, wakeup = _exec(h, "printf o; printf e >&2; sleep 30")
+        deadline = time.monotonic() + 20
+        while not (chan.recv_ready() and chan.recv_stderr_ready()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert chan.recv(16) == b"o"                  # paramiko clears its event: stdout is empty
+        assert wakeup._event.is_set(), "emptying stdout hid the data waiting on stderr"
+        assert chan.recv_stderr(16) == b"e"
+        chan.close()
+    finally:
+        h.close()

@@ -58,7 +58,6 @@ import logging
 import os
 import re
 import secrets
-import select
 import shlex
 import signal as _signal
 import socket
@@ -1311,11 +1310,43 @@ class SshHandler(CommandHandler):
 
 # --------------------------------------------------------------------------- the shell session
 
+class _Wakeup:
+    """Wakes whoever reads a shell session when anything reaches its channel: data on stdout or
+    on stderr, either stream's end, the channel closing.
+
+    paramiko's select-able pipe (``Channel.fileno``) is set by stdout data only, so a reader
+    that had drained both streams and then waited on it for the driver's last stderr record
+    (its ``end``, which can arrive in a packet of its own after stdout's) slept to its poll cap
+    -- now and then a command took a second longer than it ran.  Both buffers call this object
+    (their ``set_event``); only the reader clears it, before it drains, so nothing that arrives
+    after a drain can go unnoticed (a wake-up for data already drained is harmless)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self._event = threading.Event()
+        chan.in_buffer.set_event(self)
+        chan.in_stderr_buffer.set_event(self)
+
+    def set(self) -> None:
+        """Called by paramiko: something arrived."""
+        self._event.set()
+
+    def clear(self) -> None:
+        """Called by paramiko when one buffer is empty; the other may not be: only ``arm`` clears."""
+
+    def arm(self) -> None:
+        """Forget earlier wake-ups: call before draining the channel."""
+        self._event.clear()
+
+    def wait(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+
 class _Shell:
     """A session channel running the driver (:mod:`zdu.transport.shell`)."""
 
     def __init__(self, chan: paramiko.Channel) -> None:
         self.chan = chan
+        self.wakeup = _Wakeup(chan)
         self.last_heard = time.monotonic()     #: when the node last sent something on it
 
     @property
@@ -1335,6 +1366,7 @@ class _Shell:
         ready = RecordSplitter(b"zdu-driver:")
         errors = bytearray()
         while True:
+            self.wakeup.arm()
             while chan.recv_ready():
                 data = chan.recv(65536)
                 if not data:
@@ -1357,7 +1389,7 @@ class _Shell:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "timeout"
-            select.select([chan], [], [], min(remaining, 1.0))
+            self.wakeup.wait(min(remaining, 1.0))
 
 
 class _Reader:
@@ -1399,6 +1431,7 @@ class _Reader:
         """Read until ``done()`` (True) or ``deadline`` or the session ends (False; ``lost``)."""
         chan = self.chan
         while True:
+            self.shell.wakeup.arm()
             self._drain()
             if done():
                 return True
@@ -1417,10 +1450,7 @@ class _Reader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            try:
-                select.select([chan], [], [], min(remaining, 1.0))
-            except (OSError, ValueError):   # the channel's pipe closed under us
-                time.sleep(min(remaining, 0.05))
+            self.shell.wakeup.wait(min(remaining, 1.0))
 
 
 # --------------------------------------------------------------------------- helpers
