@@ -205,3 +205,21 @@ def test_nodes_that_share_one_machine_share_its_lock(tmp_path: Path, left_by_a_d
         assert [p.name for p in lock_dir.iterdir()] == ["owner.json"]      # no temporary file left
         assert lock.release() == []
         assert not lock_dir.exists()
+
+
+def test_a_resume_that_cannot_take_its_lock_back_refuses_the_node(tmp_path: Path) -> None:
+    """The resume's rewrite of owner.json fails (here its temporary file's name is a directory):
+    the node is refused, not held under the dead process's name, which the next resume of this
+    run would take for a stale lock and drive the node alongside this one."""
+    node = Node("n00", "127.0.0.1", transport="local")
+    owner = LockOwner.current("run-x", "")
+    lock_dir = tmp_path / "lock"
+    lock_dir.mkdir()
+    dead = json.dumps({**asdict(owner), "pid": 999999999})
+    (lock_dir / "owner.json").write_text(dead)
+    (lock_dir / f".owner.json.{owner.pid}").mkdir()
+    lock = FleetLock([node], lambda n: LocalHandler(n), owner, lock_dir=str(lock_dir))
+    with pytest.raises(LockError, match=r"n00: cannot take this run's lock back .*exit 1: .*Is a directory"):
+        lock.acquire()
+    assert lock.held == []
+    assert (lock_dir / "owner.json").read_text() == dead

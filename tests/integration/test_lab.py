@@ -135,6 +135,18 @@ def test_gateway_start_and_stop_go_through_its_unit(fresh_lab: Lab) -> None:
     assert lab.running_versions(node.name) == ["1.0"]
 
 
+def test_the_lab_waits_for_every_node_to_listen(fresh_lab: Lab) -> None:
+    """A reset returns once every node listens again, not once HAProxy (which may not have seen
+    the old process go) says UP: a test calling a node right after a reset found it refused."""
+    lab = fresh_lab
+    node = lab.node("Node-C")
+    run(lab, node.name, f"{GW1} stop --timeout 10")
+    with pytest.raises(LabError, match=f"Node-C to listen on port {node.service_port}"):
+        lab.wait_serving(timeout=1)
+    lab.reset()
+    assert lab.served_version(node.name) == "1.0"          # at once, no wait of the test's own
+
+
 # ---------------------------------------------------------------------------- gateway + haproxy
 
 def test_each_gateway_answers_1_0_directly_and_through_haproxy(fresh_lab: Lab) -> None:

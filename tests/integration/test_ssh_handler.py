@@ -675,7 +675,7 @@ def test_a_shell_session_reader_wakes_for_stderr_alone(server: SshdServer, known
     try:
         chan, wakeup = _exec(h, "sleep 0.3; printf e >&2; sleep 30")
         wakeup.arm()
-        assert wakeup._event.wait(20), "no wake-up for data on stderr"
+        assert wakeup.wait(20), "no wake-up for data on stderr"
         assert chan.recv_stderr_ready() and not chan.recv_ready()
         assert chan.recv_stderr(16) == b"e"
         chan.close()
@@ -691,7 +691,7 @@ def test_reading_one_stream_empty_keeps_the_wakeup_for_the_other(server: SshdSer
         while not (chan.recv_ready() and chan.recv_stderr_ready()) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert chan.recv(16) == b"o"                  # paramiko clears its event: stdout is empty
-        assert wakeup._event.is_set(), "emptying stdout hid the data waiting on stderr"
+        assert wakeup.wait(0), "emptying stdout hid the data waiting on stderr"
         assert chan.recv_stderr(16) == b"e"
         chan.close()
     finally:

@@ -329,6 +329,7 @@ class Lab:
         _parallel(lambda n: self._start_node(n, image), self._machines())
         _write(self.known_hosts, "".join(
             f"{_known_host(n.host, n.ssh_port)} {self.host_public_key(n.name)}\n" for n in self._machines()))
+        self.wait_serving()
         if self._want_haproxy:
             self.wait_servers_up()
         return self
@@ -589,6 +590,7 @@ class Lab:
         """
         _parallel(self._reset_node, self._machines())
         self.product.reset(self)
+        self.wait_serving()
         if self._haproxy is not None:
             for node in self._nodes:
                 self.haproxy_cmd(f"set server {BACKEND}/{node.lb_server} state ready")
@@ -693,6 +695,20 @@ backend {BACKEND}
     def server_states(self) -> dict[str, dict[str, str]]:
         """``show servers state`` of the backend, keyed by server name (fields by their header names)."""
         return parse_servers_state(self.haproxy_cmd(f"show servers state {BACKEND}"))
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        """Wait until every node listens on the product's ports.  A node's start or reset returns
+        once its service was started (systemd, docker), before the program has bound its ports,
+        and HAProxy may not have seen a reset's old process go at all (two failed checks, 0.4 s),
+        so its servers being UP proves nothing: a test calling a node right after a reset found
+        its port refused."""
+        from zdu.run.waits import tcp_check
+
+        for node in self._nodes:
+            for port in self.product.serving_ports(node):
+                target = f"{node.host}:{port}"
+                wait_until(lambda target=target: tcp_check(target, 1.0).ok, timeout=timeout,
+                           what=f"{node.name} to listen on port {port}")
 
     def wait_servers_up(self, timeout: float = 15.0) -> None:
         """Wait until HAProxy's health checks see every server UP (operational state 2)."""

@@ -34,7 +34,6 @@ import io
 import json
 import os
 import shlex
-import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -63,6 +62,11 @@ class Product:
 
     def reset(self, lab: "Lab") -> None:
         """Host side, after every node ran its own reset."""
+
+    def serving_ports(self, node: "LabNode") -> tuple[int, ...]:
+        """The ports ``node`` listens on once its old version runs (the lab waits for them after
+        a start and a reset)."""
+        return (node.service_port,)
 
     def close(self, lab: "Lab") -> None:
         """Host side, when the lab is removed."""
@@ -480,17 +484,8 @@ esac
                 f"> {d}/profiles/IS_default/bin/shutdown.sh\n"
                 f"    chmod 755 {d}/profiles/IS_default/bin/startup.sh {d}/profiles/IS_default/bin/shutdown.sh\n")
 
-    def reset(self, lab: "Lab") -> None:
-        """Wait until every node's 1.0 instance listens on its primary and runtime ports.  The
-        node's reset returns once systemd has started the unit, before the instance has bound
-        its ports, and HAProxy may not have seen the instance go at all (two failed checks, 0.4
-        s): a test calling the primary port right after the reset found it refused."""
-        from zdu.lab.fleet import wait_until
-
-        for node in lab.nodes:
-            for port in (self.primary_ports["1.0"], node.service_port):
-                wait_until(lambda host=node.host, port=port: _listening(host, port), timeout=30,
-                           what=f"the webMethods 1.0 instance of {node.name} on port {port}")
+    def serving_ports(self, node: "LabNode") -> tuple[int, ...]:
+        return (self.primary_ports["1.0"], node.service_port)
 
     def running_versions(self, lab: "Lab", node: "LabNode") -> list[str]:
         _code, out = lab.exec(node.name, "for v in 1.0 2.0; do systemctl is-active --quiet "
@@ -515,14 +510,6 @@ def make_product(name: str) -> Product:
         return PRODUCTS[name]()
     except KeyError:
         raise ValueError(f"unknown lab product {name!r} (known: {', '.join(PRODUCTS)})") from None
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def _lines(text: str) -> list[str]:

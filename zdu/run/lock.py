@@ -177,8 +177,13 @@ class FleetLock:
                     # rename), never truncated first: nodes that share this directory (one
                     # machine) read it meanwhile
                     temp = shlex.quote(f"{self.lock_dir}/.owner.json.{self.owner.pid}")
-                    handler.run(f"printf '%s' {shlex.quote(owner_json)} > {temp} && mv -f {temp} {owner_file}",
-                                timeout=30)
+                    rewrite = handler.run(f"{{ printf '%s' {shlex.quote(owner_json)} > {temp} && "
+                                          f"mv -f {temp} {owner_file}; }} || {{ rm -f {temp}; false; }}", timeout=30)
+                    if rewrite.exit_code != 0:
+                        # held but naming the dead process, the lock would look stale to the next
+                        # resume of this run, which would then drive the node alongside this one
+                        return (f"{node.name}: cannot take this run's lock back ({self.lock_dir}): exit "
+                                f"{rewrite.exit_code}: {rewrite.stderr.strip()[:200]}")
                 self._hold(node)  # or this process took it already, for a node on the same machine
                 return None
             described = holder.describe() if holder else "an unknown owner (no owner.json: being taken now?)"

@@ -1338,8 +1338,9 @@ class _Wakeup:
         """Forget earlier wake-ups: call before draining the channel."""
         self._event.clear()
 
-    def wait(self, seconds: float) -> None:
-        self._event.wait(seconds)
+    def wait(self, seconds: float) -> bool:
+        """Until something arrived since :meth:`arm` or ``seconds`` passed: True if it did."""
+        return self._event.wait(seconds)
 
 
 class _Shell:
