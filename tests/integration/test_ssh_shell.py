@@ -146,6 +146,85 @@ def test_a_killed_driver_is_a_lost_command_and_the_next_one_restarts_it(handler:
     assert handler.shells_started == 2 and handler.connects == 1
 
 
+def _session_sshds(server: SshdServer) -> list[int]:
+    """The per-connection sshd processes under the listener (not the shells they started)."""
+    assert server.process is not None
+    found = []
+    for pid in descendants(server.process.pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().startswith("sshd"):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _lose_the_connection_under(handler: SshHandler, server: SshdServer, marker: Path,
+                               done: Path) -> Any:
+    """A command that signals it started, then writes ``done`` 3 s later; its connection dies
+    under it (the node's sshd for this connection killed: a dropped link, an OOM kill).  sshd
+    does not signal a session command without a terminal, so on the node it would go on."""
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(r=handler.run(
+        f": > {marker}; sleep 3; echo finished > {done}")))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+    for pid in _session_sshds(server):
+        os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    return box["r"]
+
+
+def test_a_command_that_lost_its_connection_is_ended_before_the_next_one(
+        server: SshdServer, tmp_path: Path) -> None:
+    """Otherwise a rollback would run beside the upgrade step it rolls back, over the new
+    connection, and the node would end on whichever finished last."""
+    warnings: list[str] = []
+    handler = make(server, tmp_path, on_warning=warnings.append)
+    try:
+        assert handler.run("true").ok
+        marker, done = tmp_path / "started", tmp_path / "finished"
+        result = _lose_the_connection_under(handler, server, marker, done)
+        assert (result.exit_code, result.error) == (None, "unreachable"), result
+        assert handler.orphan is not None
+        after = handler.run("echo next")
+        assert after.stdout == "next\n" and handler.connects == 2
+        assert handler.orphan is None
+        assert any("was still running on the node" in w and f"process group" in w for w in warnings), warnings
+        time.sleep(3.5)
+        assert not done.exists(), "the lost command went on running after the next command"
+        # and a group that had ended by itself is not reported
+        warnings.clear()
+        handler.orphan = 2 ** 22 - 3       # no such group
+        assert handler.run("echo again").stdout == "again\n" and warnings == []
+    finally:
+        handler.close()
+
+
+def test_a_lost_command_that_cannot_be_ended_stops_everything_on_that_node(
+        server: SshdServer, tmp_path: Path) -> None:
+    handler = make(server, tmp_path)
+    try:
+        assert handler.run("true").ok
+        marker, done = tmp_path / "started", tmp_path / "finished"
+        result = _lose_the_connection_under(handler, server, marker, done)
+        assert result.error == "unreachable"
+        server.stop()              # the node does not answer now
+        with pytest.raises(UnreachableError) as caught:
+            handler.run(f"echo ran > {tmp_path / 'ran'}")
+        assert "may still be running on the node" in str(caught.value)
+        assert "nothing more was run there" in str(caught.value)
+        assert handler.orphan is not None, "kept for the next try"
+        assert not (tmp_path / "ran").exists()
+    finally:
+        handler.close()
+        time.sleep(3.2)            # the lost command ends by itself (only a file in tmp_path)
+
+
 def test_frozen_node_gives_up_at_the_timeout(handler: SshHandler, server: SshdServer) -> None:
     """SIGSTOP on every sshd process and what runs under it: what ``docker pause`` does."""
     assert handler.run("true").ok

@@ -98,6 +98,23 @@ SHELL_START = 10.0
 #: thaws, after the run gave up on it -- the exec channel had that from its session handshake.
 LIVE_WINDOW = 1.0
 
+#: Run on a node, after a reconnect, before anything else when a command there lost its result
+#: (the connection died under it, or its timeout could not kill it): such a command goes on
+#: running on the node -- sshd does not signal a session command without a terminal -- and a
+#: rollback must not run beside it.  Exit 0: the group is gone; 3: it was still running and was
+#: ended (TERM, then KILL after the grace); 4: it is still there after KILL.
+_END_ORPHAN = """g={pgid}
+kill -0 -- -$g 2>/dev/null || exit 0
+kill -TERM -- -$g 2>/dev/null
+i=0
+while kill -0 -- -$g 2>/dev/null; do
+  i=$((i + 1))
+  [ $i -eq {kill_at} ] && kill -KILL -- -$g 2>/dev/null
+  [ $i -ge {give_up} ] && exit 4
+  sleep 0.1 2>/dev/null || sleep 1
+done
+exit 3"""
+
 # paramiko logs the failures we map and report ourselves (with tracebacks, at ERROR); with no
 # logging configured they would land on stderr through logging's last-resort handler
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -859,6 +876,9 @@ class SshHandler(CommandHandler):
         #: why commands run one exec channel each on this node (None: through the shell session)
         self.exec_reason: str | None = None if shell_session else "disabled"
         self.shells_started = 0  #: driver sessions started so far (one per connection normally)
+        #: the process group of a command that lost its result and may still run on the node:
+        #: ended before the next command runs there (see :meth:`_end_orphan`)
+        self.orphan: int | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -1098,6 +1118,8 @@ class SshHandler(CommandHandler):
         limit = timeout or self.settings.command_timeout
         remote_command = self._sendable(command, env)
         with self._lock:
+            if self.orphan is not None:
+                self._end_orphan()
             if self.exec_reason is None:
                 result = self._run_in_shell(command, remote_command, limit)
                 if result is not None:
@@ -1117,6 +1139,8 @@ class SshHandler(CommandHandler):
                 result = runner.run(remote_command, hide=True, warn=True, in_stream=False,
                                     pty=False, timeout=limit, encoding="utf-8")
             except CommandTimedOut as exc:
+                if runner.pgid and not runner.channel.status_event.is_set():
+                    self.orphan = runner.pgid       # the kill did not get through
                 return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
                                      started, time.monotonic() - t0, error="timeout")
             except (SSHException, EOFError, OSError, ThreadException) as exc:
@@ -1244,7 +1268,7 @@ class SshHandler(CommandHandler):
         deadline = time.monotonic() + limit        # the command's own time, as for exec
         if not reader.until(lambda: state.done, deadline):
             if reader.lost:
-                return self._shell_lost(command, out.text(), err.text(), started, t0)
+                return self._shell_lost(command, out.text(), err.text(), started, t0, state.pgid)
             self._kill(shell, reader, state)
             stderr = err.text()
             if state.exited_at is not None and state.exited_at < deadline:
@@ -1276,17 +1300,54 @@ class SshHandler(CommandHandler):
                     return
                 if reader.lost:
                     break
-        # not finished (or its group never reported): this session is of no further use
+        # not finished (or its group never reported): this session is of no further use, and
+        # the command may still run on the node
+        self.orphan = state.pgid or self.orphan
         self._drop_shell()
 
     def _shell_lost(self, command: str, stdout: str, stderr: str, started: float,
-                    t0: float) -> CommandResult:
-        """The session ended under a command: the connection died (or the driver was killed)."""
+                    t0: float, pgid: int | None = None) -> CommandResult:
+        """The session ended under a command: the connection died (or the driver was killed).
+        The command itself may go on running on the node (process group ``pgid``)."""
+        self.orphan = pgid or self.orphan
         self._drop_shell()
         if not self.connected:
             self._discard()                      # the next run() reconnects
         return CommandResult(command, None, stdout, stderr, started, time.monotonic() - t0,
                              error="unreachable")
+
+    def _end_orphan(self) -> None:
+        """A command here lost its result (the connection died under it, or its timeout could
+        not kill it) and may still be running: end its process group before anything else runs
+        on the node -- a rollback beside a still-running upgrade step would leave the node on
+        whichever finished last.  Raises UnreachableError, and runs nothing more, when the group
+        cannot be ended or the node does not answer (the group stays noted for the next try)."""
+        pgid = self.orphan
+        assert pgid is not None
+        self.orphan = None
+        script = _END_ORPHAN.format(pgid=int(pgid), kill_at=int(KILL_GRACE * 10) + 1,
+                                    give_up=int(KILL_GRACE * 20) + 2)
+        limit = KILL_GRACE * 2 + max(5.0, self.target.connect_timeout)
+        why = ""
+        try:
+            result = self._run_in_shell(script, script, limit) if self.exec_reason is None else None
+            if result is None:
+                result = self._run_exec(script, script, limit)
+        except UnreachableError as exc:
+            result, why = None, exc.detail
+        code = result.exit_code if result is not None else None
+        if code in (0, 3):
+            if code == 3:
+                self.pool.warn(f"{self.node.name}: a command that lost its connection (or that its "
+                               f"timeout could not end) was still running on the node, process "
+                               f"group {pgid}; it was ended before anything else ran there", self.on_warning)
+            return
+        self.orphan = pgid
+        if result is not None:
+            why = {4: "it is still there after SIGKILL"}.get(code, result.error or f"exit {code}")
+        raise UnreachableError(self.node.name, f"a command whose result was lost may still be "
+                                               f"running on the node (process group {pgid}) and "
+                                               f"could not be ended ({why}); nothing more was run there")
 
     def _sendable(self, command: str, env: dict[str, str] | None) -> str:
         """``command`` with ``env`` exported, or InvalidCommandError (never quoting the
@@ -1304,6 +1365,7 @@ class SshHandler(CommandHandler):
         if stdout is None:
             stdout = "".join(getattr(runner, "stdout", []) or [])
             stderr = "".join(getattr(runner, "stderr", []) or [])
+        self.orphan = runner.pgid or self.orphan  # it may go on running on the node
         self._discard()                          # the next run() reconnects
         return CommandResult(command, None, stdout, stderr or "", started,
                              time.monotonic() - t0, error="unreachable")
