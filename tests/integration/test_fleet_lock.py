@@ -110,6 +110,23 @@ def test_break_lock_and_interrupt(fleet, tmp_path: Path) -> None:  # type: ignor
     assert not any(lock_of(tmp_path, n.name).exists() for n in nodes)
 
 
+def test_a_lock_dir_that_is_not_a_lock_is_named_and_never_removed(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """lock_dir naming a directory of the operator's (no owner.json in it): not "locked by
+    another run" with an empty reason, and not removed even with --break-lock."""
+    nodes, handlers, _ = fleet
+    precious = lock_of(tmp_path, "n05")
+    precious.mkdir(parents=True)
+    (precious / "keep.txt").write_text("mine")
+    for break_lock in (False, True):
+        lock = FleetLock(nodes, handlers, LockOwner.current("run-5"), lock_dir=LOCK, break_lock=break_lock)
+        with pytest.raises(LockError) as caught:
+            lock.acquire()
+        assert "n05: " in str(caught.value) and "holds no owner.json" in str(caught.value), caught.value
+        assert "it was not touched" in str(caught.value)
+        assert (precious / "keep.txt").read_text() == "mine"
+        assert not any(lock_of(tmp_path, n.name).exists() for n in nodes if n.name != "n05")
+
+
 # --------------------------------------------------------------------------- taken by preflight
 
 @pytest.fixture

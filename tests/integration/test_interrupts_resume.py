@@ -15,11 +15,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.localfleet import LocalFleet
+from tests.support.localfleet import ROOT, LocalFleet
 from zdu.status import Status
 
 
@@ -112,6 +113,35 @@ def test_kill_during_disable_then_resume_takes_the_node_out_again(tmp_path: Path
     journal = [json.loads(line) for line in (fleet.run_dir() / "journal.jsonl").read_text().splitlines()]
     of_b = [(e["type"], e.get("phase") or e.get("action")) for e in journal if e.get("node") == "B"]
     assert of_b.index(("LbFinished", "disable")) < of_b.index(("PhaseStarted", "APPLY"))
+
+
+def test_a_refused_resume_keeps_the_dead_runs_lock(tmp_path: Path) -> None:
+    """A resume that preflight refuses leaves the run resumable -- and the fleet it left
+    half-done its own: a new run is refused until the resume finishes it."""
+    fleet = LocalFleet(tmp_path, hold=True)
+    proc = fleet.start()
+    fleet.wait_for(lambda: fleet.in_apply("A"), "A held inside APPLY", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    fleet.release()
+    run_id = fleet.run_dir().name
+    lock = tmp_path / "fleet-lock"
+    assert lock.is_dir() and fleet.lb("A") == "out"
+    fleet.hook.chmod(0o644)                      # preflight finds a problem now
+    refused = fleet.resume()
+    assert refused.returncode == int(Status.CONFIG_ERROR), refused.stdout + refused.stderr
+    assert "fleet lock stays in place" in refused.stdout, refused.stdout
+    assert lock.is_dir(), "a refused resume gave back the dead run's lock"
+    fleet.hook.chmod(0o755)
+    other = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), *fleet.argv("--limit", "A,B")],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert other.returncode == int(Status.LOCKED), other.stdout + other.stderr
+    assert fleet.lb("A") == "out" and fleet.running("A") == "stopped", "the other run touched A"
+    done = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), "--resume", run_id, "--log_dir",
+                           str(fleet.log_dir)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    assert not lock.exists()
 
 
 def test_resume_from_another_directory_after_relative_paths(tmp_path: Path) -> None:

@@ -363,6 +363,11 @@ class Upgrade:
         stopped = self.stop.is_set()
         if not stopped and not problems and not locked:
             return None
+        if resuming:
+            # the run stays resumable, and the fleet it left half-done stays its own: the lock
+            # it took back stays (naming this process, gone in a moment: stale, as it was)
+            lock.keep()
+            self.console.line("  the run's fleet lock stays in place: --resume takes it back")
         self._release(lock)      # before the run's end is recorded, so the summary has its notes
         if stopped:
             return self._stopped_early(recorder, resuming, "during preflight")

@@ -16,10 +16,9 @@ from tabulate import tabulate
 
 from ..errors import TransportError
 from ..model import Node
-from ..run.lock import LockOwner
+from ..run.lock import NO_OWNER, LockOwner
 from ..transport.base import CommandHandler
 
-NO_OWNER = "ZDU-LOCK-NO-OWNER"
 FREE = "ZDU-LOCK-FREE"
 TIMEOUT = 30.0
 

@@ -33,6 +33,8 @@ from zdu.transport.base import CommandHandler
 from zdu.model import CommandResult, Node
 
 LOCK_DIR = "/var/tmp/zdupgrade/lock"
+#: what the take command prints when the lock directory exists but holds no owner.json
+NO_OWNER = "ZDU-LOCK-NO-OWNER"
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class FleetLock:
         owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
         return (f"mkdir -p {shlex.quote(os.path.dirname(self.lock_dir))} && "
                 f"if mkdir {path} 2>/dev/null; then printf '%s' {shlex.quote(owner_json)} > {owner_file} "
-                f"&& echo ZDU-LOCK-ACQUIRED; else cat {owner_file} 2>/dev/null; fi")
+                f"&& echo ZDU-LOCK-ACQUIRED; else cat {owner_file} 2>/dev/null || echo {NO_OWNER}; fi")
 
     def settle(self, node: Node, handler: CommandHandler, result: CommandResult) -> str | None:
         """Finish taking the lock on ``node`` from what :meth:`take_command` printed there
@@ -164,6 +166,14 @@ class FleetLock:
             if out.endswith("ZDU-LOCK-ACQUIRED"):
                 self._hold(node)
                 return None
+            if out.endswith(NO_OWNER):
+                # another run between its mkdir and its owner.json, or a directory that is not a
+                # lock at all (lock_dir naming the operator's own directory): never removed, not
+                # even with --break-lock
+                return (f"{node.name}: {self.lock_dir} exists on {node.host} but holds no owner.json: "
+                        "another run may be taking the lock at this moment, or it is not a zdupgrade "
+                        "lock (check the topology's lock_dir); it was not touched. If it is a lock "
+                        "left by a run killed while taking it, remove it by hand")
             holder = _parse_owner(out)
             if holder is not None and holder.run_id == self.owner.run_id and holder.pid != self.owner.pid \
                     and not (holder.host == self.owner.host and holder.is_stale()) and not self.break_lock:
@@ -196,6 +206,12 @@ class FleetLock:
             return (f"{node.name}: locked by {described}{stale} ({self.lock_dir} on {node.host}). "
                     "If that run is dead and nobody else is upgrading these nodes, rerun with --break-lock")
         return f"{node.name}: could not take the lock after breaking it"
+
+    def keep(self) -> None:
+        """Leave every lock as it is, :meth:`release` then gives nothing back: a refused
+        ``--resume`` keeps the dead run's lock, so the fleet it left half-done stays its own."""
+        with self._mutex:
+            self.held = []
 
     def release(self) -> list[str]:
         """Release the locks this run holds (only if still ours), in parallel; return the problems."""
