@@ -335,10 +335,18 @@ class Upgrade:
             summary = render_summary(final)
             self.console.line("")
             self.console.line(summary)
-            folder.log(summary)
-            if self.console.lost:
-                folder.log(f"(the console was lost during the run: {self.console.lost})")
-            folder.write_json(final.to_dict())
+            try:
+                folder.log(summary)
+                if self.console.lost:
+                    folder.log(f"(the console was lost during the run: {self.console.lost})")
+                folder.write_json(final.to_dict())
+            except OSError as exc:
+                # the upgrade is done: a full disk at the very end is a record that failed (79),
+                # not an internal error (80); the summary printed above is what was done
+                self.console.error(f"the run's record could not be completed in {run_dir.dir} ({exc}); "
+                                   "the summary above says what was done")
+                if status is Status.SUCCESS:
+                    status = Status.RECORD_FAILED
             self.console.line(f"run log: {folder.run_log_path}")
             return status
         finally:

@@ -1,0 +1,46 @@
+"""A run whose log folder fills up: the upgrade goes on, and a run that otherwise succeeded
+exits 79 (RECORD_FAILED), never 80 ("internal error ... a zdupgrade bug").
+
+The log folder is a real 100 KiB tmpfs, mounted in a private mount namespace of the zdupgrade
+process alone (root and unshare needed, as on the CI machine); a node's step prints 120 KB.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.localfleet import ROOT, LocalFleet, profile
+from zdu.status import Status
+
+
+def _can_mount_tmpfs(tmp_path: Path) -> bool:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs -o size=100k tmpfs {tmp_path}"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_full_log_disk_is_a_record_failure_not_an_internal_error(tmp_path: Path) -> None:
+    if not _can_mount_tmpfs(tmp_path):      # the README's test command runs as root: it can
+        pytest.fail("this test needs root and unshare(1) to mount a private tmpfs")
+    data = profile(tmp_path)
+    data["phases"]["PRE-APPLY"] = [{"name": "big", "run":
+                                    "test {{ node.name }} != A || head -c 120000 /dev/zero | tr '\\0' x"}]
+    fleet = LocalFleet(tmp_path, profile_overrides={"phases": data["phases"]})
+    logs = tmp_path / "small"
+    logs.mkdir()
+    zdu = [sys.executable, str(ROOT / "zdupgrade"), *fleet.argv("--plain", "--log_dir", str(logs))]
+    script = 'mount -t tmpfs -o size=100k tmpfs "$1" && shift && exec "$@"'
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                           str(logs), *zdu], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == Status.RECORD_FAILED, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    assert "Status 79 (RECORD_FAILED)" in done.stdout
+    assert "run log:" in done.stdout
