@@ -4,12 +4,14 @@ capacity guard and the repair of a lost node.  The lab proves the same end to en
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import pytest
 
 from tests.support.fakes import PROFILE, FakeLb, lost, make_plan, run
 from zdu.errors import ConfigError
+from zdu.model import CommandResult
 from zdu.planning.plan import format_plan
 from zdu.run import events as ev
 from zdu.run.conductor import PauseAnswer, PauseRequest
@@ -132,6 +134,17 @@ def test_abort_at_a_pause_rolls_back_the_canary() -> None:
     assert "pre-apply B" not in out.log
 
 
+def test_an_interrupt_during_the_aborts_rollback_still_ends_as_aborted() -> None:
+    stop = threading.Event()
+
+    def undo_interrupted(command: str) -> CommandResult:
+        stop.set()                                  # Ctrl-C while the abort rolls the canary back
+        return CommandResult(command, 0, "", "")
+    out = run({"undo A": undo_interrupted}, pause_after=frozenset({1}), pauser=Answers("abort"), stop=stop)
+    assert stop.is_set() and out.status is Status.ABORTED
+    assert all(out.node(n).version is Version.OLD and out.node(n).lb is LbState.IN for n in "ABC")
+
+
 def test_abort_keep_leaves_the_canary_on_the_new_version() -> None:
     out = run(pause_after=frozenset({1}), pauser=Answers("abort-keep"))
     assert out.status is Status.ABORTED
@@ -174,6 +187,17 @@ def test_a_failure_within_the_budget_is_rolled_back_and_the_run_goes_on() -> Non
     assert out.node("B").version is Version.OLD and out.node("B").lb is LbState.IN
     assert all(out.node(n).version is Version.NEW for n in "ACDEF")
     assert "within the failure budget of 34%" in out.state.decisions[0].reason
+
+
+def test_after_steps_do_not_run_when_a_node_was_rolled_back_within_the_budget() -> None:
+    """after: is for a run in which every node made it; a PARTIAL run keeps its status (82)
+    even when the after: step would fail."""
+    topology = {"serial": 3, "max_fail_percentage": 34, "after": APINIZER["after"]}
+    for failing_after in ({}, {"clean A": 1}):
+        out = run({"apply B": 1, **failing_after}, nodes="ABCDEF", topology=topology)
+        assert out.status is Status.PARTIAL
+        assert not any(c.startswith("clean") for c in out.log), out.log
+        assert "after" not in out.state.run_phases
 
 
 def test_a_failure_over_the_budget_stops_the_run() -> None:

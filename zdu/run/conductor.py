@@ -193,7 +193,7 @@ class Conductor:
         finally:
             left_out = self.gate.restore()
             status = self._final(status, left_out)
-            if status in (Status.SUCCESS, Status.PARTIAL) and self.plan.after:
+            if status is Status.SUCCESS and self.plan.after:     # every node made it (not PARTIAL)
                 status = self._after(status)
             self.recorder.emit(ev.RunFinished(status=status, message=str(status)))
         return status
@@ -466,6 +466,8 @@ class Conductor:
     def _final(self, status: Status, left_out: list[str]) -> Status:
         if left_out and status in (Status.SUCCESS, Status.INTERRUPTED, Status.PARTIAL, Status.ABORTED):
             status = Status.ROLLBACK_FAILED
-        if self.stop_event.is_set() and status not in (Status.SUCCESS, Status.ROLLBACK_FAILED):
+        # an interrupt during an abort's rollback changed nothing the operator had not decided:
+        # the run still ends as aborted (83) once that rollback is done
+        if self.stop_event.is_set() and status not in (Status.SUCCESS, Status.ROLLBACK_FAILED, Status.ABORTED):
             status = Status.INTERRUPTED
         return status
