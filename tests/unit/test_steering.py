@@ -200,6 +200,20 @@ def test_after_steps_do_not_run_when_a_node_was_rolled_back_within_the_budget() 
         assert "after" not in out.state.run_phases
 
 
+def test_a_resume_does_not_walk_a_node_rolled_back_within_the_budget_again() -> None:
+    """Killed in the second wave after B was rolled back within the budget: the resume leaves
+    B rolled back (its APPLY steps that passed before the rollback are not done any more, and
+    running the rest would leave it half-upgraded) and still ends PARTIAL."""
+    topology = {"serial": 3, "max_fail_percentage": 34}
+    first = run({"apply B": 1}, nodes="ABCDEF", topology=topology).events
+    cut = next(i for i, e in enumerate(first) if isinstance(e, ev.StepFinished) and e.key.startswith("D/PRE-APPLY"))
+    out = run(nodes="ABCDEF", topology=topology, previous=first[: cut + 1])
+    assert out.status is Status.PARTIAL
+    assert not any(c.split()[-1] == "B" for c in out.log), out.log
+    assert out.node("B").version is Version.OLD and out.node("B").lb is LbState.IN
+    assert all(out.node(n).version is Version.NEW for n in "ACDEF")
+
+
 def test_a_failure_over_the_budget_stops_the_run() -> None:
     out = run({"apply B": 1, "apply C": 1}, nodes="ABCDEF", topology={"serial": 3, "max_fail_percentage": 34})
     assert out.status is Status.APPLY_FAILED

@@ -179,6 +179,20 @@ class Conductor:
         self.pauser = pauser
         self.repair = tuple(repair)
         self._partial: list[str] = []
+        #: nodes an earlier attempt of this run already decided about and went on past (rolled
+        #: back within the failure budget, or left as they were by a CONTINUE): a resume walks
+        #: them no more -- their steps that passed before the rollback are not "done" any longer,
+        #: and running the rest again would half-upgrade them -- and keeps their status
+        self._settled: frozenset[str] = frozenset()
+        self._earlier: Status | None = None
+        if resume:
+            decisions = recorder.query(lambda s: list(s.decisions))
+            self._settled = frozenset(d.node for d in decisions)
+            self._partial = [d.node for d in decisions if d.within_budget]
+            kept = next((d for d in decisions if not d.within_budget), None)
+            if kept is not None:
+                self._earlier = Phase(kept.phase).failed_status if kept.classification is not \
+                    FailureKind.INTERRUPTED else Status.INTERRUPTED
 
     def execute(self) -> Status:
         """Run the plan; return the run's status (also recorded by ``RunFinished``)."""
@@ -213,7 +227,7 @@ class Conductor:
             failures = self._offline(phase)
             if failures:
                 return self._decide(failures)[0]
-        first: Status | None = None
+        first: Status | None = self._earlier
         for item in self.walker.items():
             if isinstance(item, Pause):
                 status, stop = self._pause(item.after), True
@@ -260,7 +274,7 @@ class Conductor:
         return [f for f in results if f is not None]
 
     def _wave(self, names: Sequence[str]) -> list[Failure]:
-        names = [n for n in names if n in self._active()]
+        names = [n for n in names if n in self._active() and n not in self._settled]
         if len(names) == 1:
             result = self.nodes.guarded(self.nodes.online, names[0], Phase.APPLY)
             return [result] if result else []
