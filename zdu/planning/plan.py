@@ -571,9 +571,9 @@ def _plan_request(spec: HttpSpec, ctx: _Contexts, *, where: str) -> tuple[Planne
         shown_body = f" ({len(body)} bytes)" if shown_text == real_text else " (body with secrets)"
     if content_type and not any(k.lower() == "content-type" for k, _, _ in headers):
         headers.append(("Content-Type", content_type, content_type))
-    user, password = None, None
+    user, password, shown_user = None, None, None
     if spec.user is not None and spec.password is not None:
-        user = ctx.render(spec.user, where=where, shell=False)[0]
+        user, shown_user = ctx.render(spec.user, where=where, shell=False)
         password = ctx.render(spec.password, where=where, shell=False)[0]
     paths = [ctx.render(p, where=where, shell=False)[0] if p else None
              for p in (spec.ca_file, spec.client_cert, spec.client_key)]
@@ -584,7 +584,7 @@ def _plan_request(spec: HttpSpec, ctx: _Contexts, *, where: str) -> tuple[Planne
                              timeout=_seconds(spec.timeout, ctx, f"{where}: timeout", 0.1, 86400) or 30.0)
     if spec.where == "node":
         request = dataclasses.replace(request, curl=_curl(request))
-    auth = f" as {user}" if user else ""
+    auth = f" as {shown_user}" if user else ""        # the masked render: the user may be a secret
     expect = "/".join(str(s) for s in spec.status)
     return request, f"{spec.method} {shown_url}{auth}{shown_body} -> {expect}"
 

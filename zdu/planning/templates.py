@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
 from jinja2 import meta
+from jinja2.exceptions import FilterArgumentError
 
 from zdu.config.values import shorten
 from zdu.errors import TemplateError
@@ -45,10 +46,29 @@ def ere_escape(value: Any) -> str:
 
 
 def _join(values: Iterable[Any], sep: str = " ") -> Raw:
-    """``{{ list|qjoin }}``: each element quoted, joined by spaces."""
+    """``{{ list|qjoin }}``: each element quoted, joined by spaces.
+
+    A string is refused, not split into its characters (``rm -rf {{ dirs|qjoin }}`` with
+    ``dirs: /opt/x`` would remove ``/``); so are bytes and mappings.  The message does not show
+    the value (it may be a secret)."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise FilterArgumentError(
+            f"the qjoin filter expects a list, got {_kind(values)} "
+            "(use {{ value }} for a single value: it is quoted as one word)")
     items = list(meter(values))
     check_join(items, sep)
     return Raw(sep.join(shlex.quote(str(v)) for v in items))
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, without showing it."""
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------- environments
