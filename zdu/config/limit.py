@@ -25,10 +25,14 @@ import ipaddress
 import re
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
+from zdu.config.values import bounded_int, describe_value
 from zdu.errors import ConfigError
 
-_SUBSCRIPT = re.compile(r"^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$")
-_HOST_PORT = re.compile(r"^[\w.-]+:\d+$")
+# used with fullmatch ("$" would also match before a final newline); digits are ASCII ("\d" is not)
+_SUBSCRIPT = re.compile(r"(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]", re.S)
+_HOST_PORT = re.compile(r"[\w.-]+:[0-9]+")
+#: the largest subscript taken (no group has more hosts than an inventory can hold)
+MAX_SUBSCRIPT = 10**9
 _RANGE = re.compile(r"\[[^\]]*:[^\]]*\]")
 
 
@@ -61,7 +65,7 @@ def _single(text: str) -> bool:
         return True
     except ValueError:
         pass
-    return bool(_HOST_PORT.match(text)) or bool(_RANGE.search(text)) and ":" not in _RANGE.sub("", text)
+    return bool(_HOST_PORT.fullmatch(text)) or bool(_RANGE.search(text)) and ":" not in _RANGE.sub("", text)
 
 
 def groups_of(nodes: Sequence[NodeLike]) -> dict[str, list[str]]:
@@ -128,7 +132,7 @@ def _match(term: str, names: list[str], groups: Mapping[str, Sequence[str]], whe
         raise ConfigError(f"{where}: an empty term after '!' or '&'")
     if term.startswith("@"):
         raise ConfigError(f"{where}: {term!r}: limit files (@file) are not supported")
-    expr, subscript = (term, None) if term.startswith("~") else _split_subscript(term)
+    expr, subscript = (term, None) if term.startswith("~") else _split_subscript(term, where)
     try:
         regex = re.compile(expr[1:]) if expr.startswith("~") else \
             re.compile(fnmatch.translate(expr))
@@ -155,14 +159,18 @@ def _match(term: str, names: list[str], groups: Mapping[str, Sequence[str]], whe
                           f"({len(results)} nodes match {expr!r})") from None
 
 
-def _split_subscript(term: str) -> tuple[str, tuple[int, int | None] | None]:
-    match = _SUBSCRIPT.match(term)
+def _split_subscript(term: str, where: str) -> tuple[str, tuple[int, int | None] | None]:
+    match = _SUBSCRIPT.fullmatch(term)
     if not match:
         return term, None
     expr, index, start, _, end = match.groups()
+    numbers = [bounded_int(text, -MAX_SUBSCRIPT, MAX_SUBSCRIPT) for text in (index, start, end) if text]
+    if None in numbers:
+        raise ConfigError(f"{where}: {describe_value(term)}: the subscript is out of range "
+                          f"(at most {MAX_SUBSCRIPT:,})")
     if index:
-        return expr, (int(index), None)
-    return expr, (int(start), int(end) if end else -1)
+        return expr, (numbers[0], None)
+    return expr, (numbers[0], numbers[1] if end else -1)
 
 
 def _known(names: Iterable[str], groups: Mapping[str, Any], most: int = 12) -> str:

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from zdu.errors import ConfigError
 from zdu.model import Node, SshSettings, frozen_map
-from zdu.config.values import valid_host
+from zdu.config.values import bounded_int, describe_value, port_number, valid_host
 
 #: ``ssh.config_file``'s default; with it the system file is read too
 DEFAULT_CONFIG = "~/.ssh/config"
@@ -61,11 +61,14 @@ SYSTEM_CONFIG = "/etc/ssh/ssh_config"
 #: longest jump chain followed (a longer one is almost surely a ProxyJump loop)
 MAX_HOPS = 8
 _MAX_INCLUDE_DEPTH = 16
+#: longest ssh_config ConnectTimeout taken (seconds), as for the topology's ssh.connect_timeout
+MAX_CONNECT_TIMEOUT = 3600
 
 #: where a resolved value came from
 NODE, SSH, SSH_CONFIG, JUMP_SPEC, DEFAULT = "node", "ssh", "ssh_config", "proxy_jump", "default"
 
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+#: used with fullmatch ("$" would also match before a final newline)
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _SETTING = re.compile(r"(\w+)(?:\s*=\s*|\s+)(.+)")
 _MATCH_KNOWN = {"all", "canonical", "final", "host", "originalhost", "user", "localuser"}
 #: the ssh_config options resolution reads (and those that change how paramiko matches); files
@@ -104,7 +107,7 @@ def parse_jump(text: str) -> JumpSpec:
     user: str | None = None
     if "@" in rest:
         user, rest = rest.rsplit("@", 1)
-        if not _USER.match(user):
+        if not _USER.fullmatch(user):
             raise JumpSyntaxError(f"invalid user {user!r} in jump host {raw!r}")
     port: int | None = None
     if rest.startswith("["):                       # [v6]:port
@@ -152,9 +155,11 @@ def _not_str(item: Any) -> str:
 
 
 def _port(text: str, raw: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise JumpSyntaxError(f"invalid port {text!r} in jump host {raw!r}")
-    return int(text)
+    port = port_number(text)
+    if port is None:
+        raise JumpSyntaxError(f"invalid port {describe_value(text, 40)} in jump host {describe_value(raw)}: "
+                              "expected a port number 1-65535")
+    return port
 
 
 # --------------------------------------------------------------------------- the result
@@ -536,10 +541,11 @@ def _hostname(options: Mapping[str, Any], alias: str) -> str:
 
 def _config_port(value: Any, files: SshConfigFiles | None, where: str) -> int:
     text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"{where}: ssh_config ({_names(files)}) gives Port {text!r}, "
-                          "which is not a port number")
-    return int(text)
+    port = port_number(text)
+    if port is None:
+        raise ConfigError(f"{where}: ssh_config ({_names(files)}) gives Port {describe_value(text, 40)}, "
+                          "which is not a port number (1-65535)")
+    return port
 
 
 def _timeout(settings: SshSettings, options: Mapping[str, Any], files: SshConfigFiles | None,
@@ -550,10 +556,11 @@ def _timeout(settings: SshSettings, options: Mapping[str, Any], files: SshConfig
     if value is None:
         return settings.connect_timeout, DEFAULT
     text = str(value).strip()
-    if not text.isdigit() or int(text) == 0:
+    seconds = bounded_int(text, 1, MAX_CONNECT_TIMEOUT)
+    if seconds is None:
         raise ConfigError(f"{where}: ssh_config ({_names(files)}) gives ConnectTimeout "
-                          f"{text!r}, expected a number of seconds")
-    return float(text), SSH_CONFIG
+                          f"{describe_value(text, 40)}, expected a number of seconds 1-{MAX_CONNECT_TIMEOUT}")
+    return float(seconds), SSH_CONFIG
 
 
 def _identity_files(options: Mapping[str, Any], notes: list[str], where: str

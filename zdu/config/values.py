@@ -129,6 +129,32 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
+#: an integer as text: ASCII digits only (``str.isdigit`` takes '²' and '٣', which ``int`` refuses or
+#: reads), at most 18 of them (``int`` of a 5,000-digit string is a ValueError, and quadratic)
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_SIGNED = re.compile(r"-?[0-9]{1,18}")
+
+
+def bounded_int(value: Any, lo: int, hi: int) -> int | None:
+    """``value`` (an int, or its ASCII decimal text: a '-' only where ``lo`` is negative, no
+    blanks, no '+') if it is an integer from ``lo`` to ``hi``, else None (the caller says what is
+    wrong, and where).  A boolean is not an integer here."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and (_SIGNED if lo < 0 else _DIGITS).fullmatch(value):
+        number = int(value)
+    else:
+        return None
+    return number if lo <= number <= hi else None
+
+
+def port_number(value: Any) -> int | None:
+    """``value`` as a TCP port (1-65535: an int, or its ASCII digits), else None."""
+    return bounded_int(value, 1, 65535)
+
+
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _HOST_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
 

@@ -35,6 +35,7 @@ import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from zdu.config.values import describe_value
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.transport.base import CommandHandler
 from zdu.model import Node
@@ -407,10 +408,21 @@ def _describe(obs: Mapping[str, tuple[str, str]]) -> str:
                      for inst, (status, check) in obs.items())
 
 
+#: the seconds each timing option may be: above 0 (poll_interval: at least 10 ms, or the poll is a
+#: busy loop), at most a day for a drain or a health check and an hour for one runtime-API
+#: command -- never .inf or 1e300, which no deadline or socket timeout can hold
+_SECONDS = {"drain_timeout": (0.0, 86400.0), "up_timeout": (0.0, 86400.0), "poll_interval": (0.01, 60.0),
+            "command_timeout": (0.0, 3600.0)}
+
+
 def _number(options: Mapping[str, Any], key: str, default: float) -> float:
     value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"load_balancer.{key}: expected a number of seconds > 0, got {value!r}")
+    lo, hi = _SECONDS[key]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not ((value >= lo) if lo else (value > 0)) or not value <= hi:   # NaN fails both
+        above = f"at least {lo:g}" if lo else "above 0"
+        raise ConfigError(f"load_balancer.{key}: expected a number of seconds {above} and at most {hi:g}, "
+                          f"got {describe_value(value)}")
     return float(value)
 
 

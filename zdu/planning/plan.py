@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from zdu.config.values import check_text, valid_host
+from zdu.config.values import check_text, describe_value, port_number, valid_host
 from zdu.errors import ConfigError, TemplateError
 from zdu.model import CommandSpec, HttpSpec, Node, Profile, RunStep, Step, Topology, WaitSpec, frozen_map
 from zdu.planning.masking import MASK, Masker
@@ -549,10 +549,16 @@ def _render_json(value: Any, ctx: _Contexts, where: str) -> tuple[Any, Any]:
     return value, value
 
 
+#: an http(s) URL as a request may carry it: no space or control character anywhere (a newline
+#: after a valid URL was taken by a search for "^https?://HOST"); used with fullmatch
+_URL = re.compile(r"https?://[^\x00-\x20\x7f/]+[^\x00-\x20\x7f]*")
+
+
 def _plan_request(spec: HttpSpec, ctx: _Contexts, *, where: str) -> tuple[PlannedRequest, str]:
     url, shown_url = ctx.render(spec.url, where=where, shell=False)
-    if not re.match(r"^https?://[^\s/]+", url):
-        raise TemplateError(f"{where}: the url must be http(s)://HOST..., got {url[:80]!r}")
+    if not _URL.fullmatch(url):
+        raise TemplateError(f"{where}: the url must be http(s)://HOST... with no space or control character, "
+                            f"got {describe_value(shown_url)}")
     headers = [(k, *ctx.render(v, where=where, shell=False)) for k, v in spec.headers.items()]
     for _, value, _shown in headers:
         if "\n" in value or "\r" in value:
@@ -656,7 +662,7 @@ def _check_tcp_target(target: str, where: str) -> None:
     """A tcp wait's target must be HOST:PORT with a plain host name or IP address."""
     host, sep, port = target.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536 and valid_host(host)
+    ok = bool(sep) and port_number(port) is not None and valid_host(host)
     if not ok:
         raise TemplateError(f"{where}: a tcp wait needs HOST:PORT (a host name or IP address and a port "
                             f"number), got {target[:80]!r}")
