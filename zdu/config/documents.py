@@ -429,8 +429,12 @@ class _Checker:
             if isinstance(scalar, str):
                 self.text(scalar, at, identifier=False)
 
+    def field(self, where: str, key: str) -> str:
+        """How this file names field ``key`` of ``where`` in a message: ``where.key``."""
+        return f"{where}.{key}" if where else key
+
     def optional(self, data: Mapping[str, Any], key: str, where: str,
                  parse: Callable[[Any, str], Any], default: Any) -> Any:
         if key not in data or data[key] is None:
             return default
-        return parse(data[key], f"{where}.{key}" if where else key)
+        return parse(data[key], self.field(where, key))

@@ -44,17 +44,21 @@ import shlex
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
+from zdu.config.values import bounded_int, describe_value, port_number, shorten
 from zdu.errors import ConfigError
 from zdu.model import frozen_map
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_RANGE_HOSTS = 100_000
+#: ``ansible_group_priority`` bound (Ansible takes any int; a larger one only orders the same)
+MAX_GROUP_PRIORITY = 10**9
 
-_SECTION = re.compile(r"^\[([^:\]\s]+)(?::(\w+))?\]\s*(?:[#;].*)?$")
-_GROUP_NAME = re.compile(r"^([^:\]\s]+)\s*(?:[#;].*)?$")
-_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# patterns are used with fullmatch ("$" would also match before a final newline)
+_SECTION = re.compile(r"\[([^:\]\s]+)(?::(\w+))?\]\s*(?:[#;].*)?")
+_GROUP_NAME = re.compile(r"([^:\]\s]+)\s*(?:[#;].*)?")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # fullmatch: "$" also matches before a final newline
 _RANGE = re.compile(r"\[([^\]]*)\]")
 _CONNECTION_VARS = ("ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port",
                     "ansible_user", "ansible_ssh_user", "ansible_ssh_private_key_file",
@@ -86,6 +90,7 @@ class _Group:
     name: str
     vars: dict[str, Any] = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)
+    known: set[str] = field(default_factory=set)           # ``hosts`` as a set: membership in O(1)
     children: list[str] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)
     priority: int = 1
@@ -117,18 +122,20 @@ class _Builder:
             host_vars["ansible_port"] = port
         for key, value in variables.items():
             host_vars[self.var_name(key, where)] = self.var_value(value, f"{where}: {key}")
-        members = self.group(group).hosts
-        if name not in members:
-            members.append(name)
+        members = self.group(group)
+        if name not in members.known:
+            members.known.add(name)
+            members.hosts.append(name)
 
     def set_var(self, group: str, key: Any, value: Any, where: str) -> None:
         key = self.var_name(key, where)
         value = self.var_value(value, f"{where}: {key}")
         if key == "ansible_group_priority":
-            if isinstance(value, bool) or not isinstance(value, (int, str)) or \
-                    not str(value).lstrip("-").isdigit():
-                raise self.fail(where, f"ansible_group_priority must be an integer, got {value!r}")
-            self.group(group).priority = int(value)
+            priority = bounded_int(value, -MAX_GROUP_PRIORITY, MAX_GROUP_PRIORITY)
+            if priority is None:
+                raise self.fail(where, f"ansible_group_priority must be an integer from {-MAX_GROUP_PRIORITY:,} "
+                                       f"to {MAX_GROUP_PRIORITY:,}, got {describe_value(value, 40)}")
+            self.group(group).priority = priority
             return
         self.group(group).vars[key] = value
 
@@ -142,7 +149,7 @@ class _Builder:
             c.parents.append(parent)
 
     def var_name(self, key: Any, where: str) -> str:
-        if not isinstance(key, str) or not _VAR_NAME.match(key):
+        if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
             raise self.fail(where, f"invalid variable name {key!r}: names are identifiers "
                                    "(letters, digits, _)")
         return key
@@ -165,21 +172,23 @@ class _Builder:
         for name, group in groups.items():
             if name != "all" and not group.parents:
                 self.add_child("all", name, f"group {name}")
-        for host in self.hosts:
-            direct = [g for g in groups.values() if host in g.hosts and g.name != "all"]
-            if direct and all(g.name == "ungrouped" for g in direct):
-                continue
-            if not direct:
-                groups["ungrouped"].hosts.append(host)
-            elif any(g.name == "ungrouped" for g in direct):
-                groups["ungrouped"].hosts.remove(host)
+        # a host is in "ungrouped" when it is in no other group (all is not one); linear in the
+        # number of group memberships (a [gw] web[1:20000] line once took 8 s here)
+        grouped = {h for name, g in groups.items() if name not in ("all", "ungrouped") for h in g.hosts}
+        ungrouped = groups["ungrouped"]
+        ungrouped.hosts = [h for h in ungrouped.hosts if h not in grouped] + \
+            [h for h in self.hosts if h not in grouped and h not in ungrouped.known]
+        ungrouped.known = set(ungrouped.hosts)
         depth = self._depths()
         members = {name: tuple(self._members(name)) for name in groups}
+        groups_of: dict[str, list[_Group]] = {host: [] for host in self.hosts}
+        for name, hosts in members.items():
+            for host in hosts:
+                groups_of[host].append(groups[name])
         host_vars: dict[str, Mapping[str, Any]] = {}
         nodes: list[Mapping[str, Any]] = []
         for host, own in self.hosts.items():
-            mine = sorted((g for g in groups.values() if host in members[g.name]),
-                          key=lambda g: (depth[g.name], g.priority, g.name))
+            mine = sorted(groups_of[host], key=lambda g: (depth[g.name], g.priority, g.name))
             merged: dict[str, Any] = {}
             for group in mine:
                 merged.update(group.vars)
@@ -197,37 +206,48 @@ class _Builder:
     def _members(self, name: str) -> list[str]:
         """The group's hosts, then its children's level by level (breadth first), each once:
         the order Ansible's subscripts (``group[0]``) count in."""
-        order = [name]
+        groups = self.groups
+        order = {name: None}           # a dict: ordered, and membership in O(1)
         level = [name]
         while level:
-            nxt = [c for g in level for c in self.groups[g].children if c not in order]
-            nxt = list(dict.fromkeys(nxt))
-            order += nxt
+            nxt = []
+            for parent in level:
+                for child in groups[parent].children:
+                    if child not in order:
+                        order[child] = None
+                        nxt.append(child)
             level = nxt
-        out: list[str] = []
+        out: dict[str, None] = {}
         for group in order:
-            out += [h for h in self.groups[group].hosts if h not in out]
-        return out
+            hosts = groups[group].hosts
+            if hosts:
+                out.update(dict.fromkeys(hosts))
+        return list(out)
 
     def _depths(self) -> dict[str, int]:
-        """Longest path from ``all`` to each group; a loop is an error."""
+        """Longest path from ``all`` to each group; a loop is an error.  Iterative: a chain of
+        thousands of ``[gN:children]`` groups is as deep as it is long."""
         depth: dict[str, int] = {}
-        visiting: list[str] = []
-
-        def longest(name: str) -> int:
-            if name in depth:
-                return depth[name]
-            if name in visiting:
-                loop = " -> ".join(visiting[visiting.index(name):] + [name])
-                raise self.fail(f"group {name}", f"groups form a loop ({loop})")
-            visiting.append(name)
-            parents = self.groups[name].parents
-            value = max((longest(p) + 1 for p in parents), default=0)
-            visiting.pop()
-            depth[name] = value
-            return value
-        for name in self.groups:
-            longest(name)
+        for start in self.groups:
+            if start in depth:
+                continue
+            path = [start]                                  # groups whose parents are being walked
+            on_path = {start}
+            parents: list[Iterator[str]] = [iter(self.groups[start].parents)]
+            while path:
+                parent = next(parents[-1], None)
+                if parent is None:                          # every parent known: this one is too
+                    name = path.pop()
+                    parents.pop()
+                    on_path.discard(name)
+                    depth[name] = max((depth[p] + 1 for p in self.groups[name].parents), default=0)
+                elif parent in on_path:
+                    loop = " -> ".join(path[path.index(parent):] + [parent])
+                    raise self.fail(f"group {parent}", f"groups form a loop ({shorten(loop)})")
+                elif parent not in depth:
+                    path.append(parent)
+                    on_path.add(parent)
+                    parents.append(iter(self.groups[parent].parents))
         return depth
 
     def _node(self, host: str, merged: Mapping[str, Any], groups: list[str]) -> dict[str, Any]:
@@ -237,9 +257,10 @@ class _Builder:
         node["host"] = self._text(address, f"{where}: ansible_host") if address is not None else host
         port = _first(merged, "ansible_ssh_port", "ansible_port")
         if port is not None:
-            if isinstance(port, bool) or not str(port).isdigit() or not 1 <= int(port) <= 65535:
-                raise self.fail(f"{where}: ansible_port", f"expected a port 1-65535, got {port!r}")
-            node["port"] = int(port)
+            number = port_number(port)
+            if number is None:
+                raise self.fail(f"{where}: ansible_port", f"expected a port 1-65535, got {describe_value(port, 40)}")
+            node["port"] = number
         user = _first(merged, "ansible_ssh_user", "ansible_user")
         if user is not None:
             node["user"] = self._text(user, f"{where}: ansible_user")
@@ -329,8 +350,11 @@ def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | No
 
 def _proxy_command(command: str, b: _Builder, where: str) -> str:
     """``ssh -W %h:%p [-q] [-p PORT] [-l USER] [user@]host`` is ``ProxyJump [user@]host[:port]``."""
-    words = shlex.split(command)
-    refuse = b.fail(where, f"ProxyCommand {command!r} is not supported: use "
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:            # "No closing quotation", "No escaped character"
+        raise b.fail(where, f"cannot split ProxyCommand {describe_value(command)}: {exc}") from None
+    refuse = b.fail(where, f"ProxyCommand {describe_value(command)} is not supported: use "
                            "-o ProxyJump=[user@]host[:port] (or ssh -W %h:%p host)")
     if not words or not (words[0] == "ssh" or words[0].endswith("/ssh")):
         raise refuse
@@ -392,9 +416,10 @@ def expand_hosts(pattern: str) -> tuple[list[str], int | None]:
 
 
 def _port(text: str, pattern: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"invalid port in {pattern!r}")
-    return int(text)
+    port = port_number(text)
+    if port is None:
+        raise ValueError(f"invalid port in {describe_value(pattern)}: expected 1-65535")
+    return port
 
 
 def _is_ipv6(text: str) -> bool:
@@ -420,25 +445,27 @@ def _expand(name: str) -> list[str]:
     step_text = bounds[2] if len(bounds) == 3 else "1"
     if not end:
         raise ValueError(f"host range [{spec}] has no end")
-    if not step_text.isdigit() or int(step_text) == 0:
-        raise ValueError(f"host range [{spec}]: step must be a positive integer")
-    step = int(step_text)
+    shown = describe_value(f"[{spec}]", 60)
+    step = bounded_int(step_text, 1, 10**18)
+    if step is None:
+        raise ValueError(f"host range {shown}: step must be a positive integer")
     letters = string.ascii_letters
+    first, last = bounded_int(begin, 0, 10**18), bounded_int(end, 0, 10**18)
     if len(begin) == 1 and len(end) == 1 and begin in letters and end in letters:
         b, e = letters.index(begin), letters.index(end)
         if b > e:
-            raise ValueError(f"host range [{spec}]: begin must not be after end")
+            raise ValueError(f"host range {shown}: begin must not be after end")
         values = list(letters[b:e + 1:step])
-    elif begin.isdigit() and end.isdigit():
+    elif first is not None and last is not None:
         if begin.startswith("0") and len(begin) > 1 and len(begin) != len(end):
-            raise ValueError(f"host range [{spec}]: zero-padded begin and end must be as long")
+            raise ValueError(f"host range {shown}: zero-padded begin and end must be as long")
         width = len(begin) if begin.startswith("0") and len(begin) > 1 else 0
-        count = (int(end) - int(begin)) // step + 1
+        count = (last - first) // step + 1
         if count > MAX_RANGE_HOSTS:
-            raise ValueError(f"host range [{spec}] gives more than {MAX_RANGE_HOSTS} hosts")
-        values = [str(i).zfill(width) for i in range(int(begin), int(end) + 1, step)]
+            raise ValueError(f"host range {shown} gives more than {MAX_RANGE_HOSTS} hosts")
+        values = [str(i).zfill(width) for i in range(first, last + 1, step)]
     else:
-        raise ValueError(f"host range [{spec}] must be numbers or single letters")
+        raise ValueError(f"host range {shown} must be numbers (ASCII digits, at most 18) or single letters")
     out: list[str] = []
     for value in values:
         out.extend(_expand(head + value + tail))
@@ -473,7 +500,7 @@ def parse_ini(text: str, source: str) -> Inventory:
         where = f"line {lineno}"
         if not line or line[0] in "#;":
             continue
-        section = _SECTION.match(line)
+        section = _SECTION.fullmatch(line)
         if section:
             group, kind = section.group(1), section.group(2) or "hosts"
             if kind not in ("hosts", "children", "vars"):
@@ -515,7 +542,7 @@ def parse_ini(text: str, source: str) -> Inventory:
             key, value = (part.strip() for part in line.split("=", 1))
             b.set_var(group, key, _ini_value(value), f"{where} ([{group}:vars])")
         else:
-            match = _GROUP_NAME.match(line)
+            match = _GROUP_NAME.fullmatch(line)
             if not match:
                 raise b.fail(where, f"expected a group name in [{group}:children], got {line!r}")
             child = match.group(1)

@@ -9,12 +9,15 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from zdu.config.values import valid_host
 from zdu.config.documents import _Checker, _kind, describe_value, field_path, read_document
 from zdu.model import LbSettings, Node, RunStep, SshSettings, Tier, Topology, frozen_map
 from zdu.planning.serial import Serial, parse_serial
+
+if TYPE_CHECKING:
+    from zdu.config.inventory import Inventory
 
 # patterns are used with fullmatch ("$" would also match before a final newline)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -38,6 +41,35 @@ _NODE_FIELDS = {"name", "host", "port", "user", "group", "roles", "vars", "trans
 _SSH_FIELDS = {"user", "key_file", "known_hosts", "host_key_policy", "connect_timeout",
                "command_timeout", "connect_retries", "parallel", "config_file", "proxy_jump", "agent",
                "jump_host_keys"}
+
+
+class _InventoryChecker(_Checker):
+    """Checks the node dicts an Ansible inventory gave: errors name the inventory file, the host
+    and the inventory variable the value came from (``inv.ini: host web1: ansible_user: ...``),
+    not the topology's ``nodes[0].user`` (there is no such line in any file)."""
+
+    VARIABLES = {"name": "host name", "host": "ansible_host", "port": "ansible_port", "user": "ansible_user",
+                 "key_file": "ansible_ssh_private_key_file", "proxy_jump": "ansible_ssh_common_args (ProxyJump)",
+                 "transport": "ansible_connection", "group": "group", "roles": "groups", "vars": "vars"}
+
+    def field(self, where: str, key: str) -> str:
+        return f"{where}: {self.VARIABLES.get(key, key)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class InventoryTopology(Topology):
+    """A topology whose nodes are an Ansible inventory's hosts.  ``groups`` keeps every group's
+    hosts in Ansible's order (a group's own hosts, then its children's in the order they are
+    listed, breadth first): ``--limit 'gw[0]'`` counts in it, as Ansible does
+    (:func:`limit_groups`)."""
+
+    groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=frozen_map)
+
+
+def limit_groups(topology: Topology) -> Mapping[str, tuple[str, ...]] | None:
+    """The group map :func:`zdu.config.limit.select` should count subscripts in: an inventory's
+    (Ansible's order), else None (groups from each node's ``group`` and ``roles``)."""
+    return topology.groups if isinstance(topology, InventoryTopology) else None
 
 
 def reference_topology() -> Topology:
@@ -73,13 +105,12 @@ def topology_from_inventory(inventory: str) -> Topology:
     return parse_topology({}, source=inventory, inventory=inventory, base_dir=Path.cwd())
 
 
-def _inventory_nodes(c: _Checker, ref: str, base_dir: Path | None) -> list[dict[str, Any]]:
-    from zdu.config.inventory import load_inventory, nodes_of
+def _load_inventory(ref: str, base_dir: Path | None) -> Inventory:
+    from zdu.config.inventory import load_inventory
     path = Path(os.path.expanduser(ref))
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    inventory = load_inventory(path)
-    return nodes_of(inventory)
+    return load_inventory(path)
 
 
 def parse_topology(data: Any, *, source: str, inventory: str | None = None,
@@ -93,10 +124,16 @@ def parse_topology(data: Any, *, source: str, inventory: str | None = None,
         data = {"inventory": inventory}
     top = c.document(data, "topology", _TOP_FIELDS, (), values_checked=values_checked)
     ref = inventory or c.optional(top, "inventory", "", lambda v, w: c.string(v, w), None)
+    # the nodes' checker: an inventory's node dicts are checked naming the inventory and the host
+    nc: _Checker = c
+    hosts_of: Inventory | None = None
     if ref is not None:
         if "nodes" in top:
             raise c.fail("nodes", "the nodes come from the inventory; leave out either nodes: or the inventory")
-        top = {**top, "nodes": _inventory_nodes(c, ref, base_dir)}
+        from zdu.config.inventory import nodes_of
+        hosts_of = _load_inventory(ref, base_dir)
+        nc = _InventoryChecker(hosts_of.source)
+        top = {**top, "nodes": nodes_of(hosts_of)}
     if "nodes" not in top:
         raise c.fail("top level", "missing required field 'nodes' (or an inventory: / --inventory)")
     raw_nodes = top["nodes"]
@@ -108,24 +145,26 @@ def parse_topology(data: Any, *, source: str, inventory: str | None = None,
     names: dict[str, tuple[int, str]] = {}   # lower-case name -> (index, name)
     endpoints: dict[tuple[str, int], str] = {}
     lb_names: dict[str, str] = {}
+    label = _host_label if hosts_of is not None else _node_label
     for index, raw in enumerate(raw_nodes):
-        node = _parse_node(c, raw, index)
-        where = f"nodes[{index}] ({node.name})"
+        node = _parse_node(nc, raw, index, inventory=hosts_of is not None)
+        where = label(index, node.name)
         if node.name.lower() in names:
             first, other = names[node.name.lower()]
+            also = f"host {other}" if hosts_of is not None else f"nodes[{first}]"
             if other == node.name:
-                raise c.fail(where, f"duplicate node name {node.name!r} (also nodes[{first}])")
-            raise c.fail(f"{where}.name", f"{node.name!r} differs from node {other!r} (nodes[{first}]) only "
-                                          "by case: their logs would be one file on a case-insensitive file system")
+                raise nc.fail(where, f"duplicate node name {node.name!r} (also {also})")
+            raise nc.fail(nc.field(where, "name"), f"{node.name!r} differs from node {other!r} ({also}) only by case: "
+                                                   "their logs would be one file on a case-insensitive file system")
         names[node.name.lower()] = (index, node.name)
         if node.transport == "ssh":
             endpoint = (node.host.lower(), node.port)
             if endpoint in endpoints:
-                raise c.fail(where, f"duplicate host:port {node.host}:{node.port} (also node {endpoints[endpoint]})")
+                raise nc.fail(where, f"duplicate host:port {node.host}:{node.port} (also node {endpoints[endpoint]})")
             endpoints[endpoint] = node.name
         if node.lb_name in lb_names:
-            raise c.fail(f"{where}.lb_server",
-                         f"load-balancer server {node.lb_name!r} is also used by node {lb_names[node.lb_name]}")
+            raise nc.fail(nc.field(where, "lb_server"),
+                          f"load-balancer server {node.lb_name!r} is also used by node {lb_names[node.lb_name]}")
         lb_names[node.lb_name] = node.name
         nodes.append(node)
 
@@ -133,31 +172,43 @@ def parse_topology(data: Any, *, source: str, inventory: str | None = None,
     profile = c.optional(top, "profile", "", lambda v, w: c.string(v, w), None)
     variables = c.optional(top, "vars", "", c.vars, frozen_map())
     serial = c.optional(top, "serial", "", lambda v, w: parse_serial(v, f"{c.source}: {w}"), Serial())
-    for node in nodes:
+    for index, node in enumerate(nodes):
         if node.name.lower() in ON_WORDS:
-            raise c.fail(f"nodes ({node.name})", f"{node.name!r} is a word of 'on:' ({', '.join(sorted(ON_WORDS))}); "
-                                                 "choose another node name")
+            raise nc.fail(label(index, node.name), f"{node.name!r} is a word of 'on:' "
+                                                    f"({', '.join(sorted(ON_WORDS))}); choose another node name")
     hosts = _parse_hosts(c, top.get("hosts"), names)
     targets = {n.name for n in nodes} | {h.name for h in hosts}
     before = _parse_run_steps(c, top.get("before"), "before", targets)
     after = _parse_run_steps(c, top.get("after"), "after", targets)
-    return Topology(nodes=tuple(nodes), ssh=ssh, load_balancer=lb, profile=profile,
-                    vars=variables, serial=serial, source=source,
-                    lock_dir=c.optional(top, "lock_dir", "", _parse_lock_dir(c), Topology.lock_dir),
-                    tiers=_parse_tiers(c, top.get("tiers"), nodes), hosts=hosts, before=before, after=after,
-                    max_fail_percentage=c.optional(top, "max_fail_percentage", "",
-                                                   lambda v, w: c.number(v, w, 0, 100), None),
-                    min_in_service=c.optional(top, "min_in_service", "", _parse_capacity(c), None),
-                    pause_timeout=c.optional(top, "pause_timeout", "", lambda v, w: c.number(v, w, 1, 7 * 86400),
-                                             Topology.pause_timeout),
-                    pause_timeout_action=c.optional(top, "pause_timeout_action", "",
-                                                    lambda v, w: c.choice(v, w, ("abort", "continue")), "abort"))
+    topology = Topology(nodes=tuple(nodes), ssh=ssh, load_balancer=lb, profile=profile,
+                        vars=variables, serial=serial, source=source,
+                        lock_dir=c.optional(top, "lock_dir", "", _parse_lock_dir(c), Topology.lock_dir),
+                        tiers=_parse_tiers(c, top.get("tiers"), nodes), hosts=hosts, before=before, after=after,
+                        max_fail_percentage=c.optional(top, "max_fail_percentage", "",
+                                                       lambda v, w: c.number(v, w, 0, 100), None),
+                        min_in_service=c.optional(top, "min_in_service", "", _parse_capacity(c), None),
+                        pause_timeout=c.optional(top, "pause_timeout", "", lambda v, w: c.number(v, w, 1, 7 * 86400),
+                                                 Topology.pause_timeout),
+                        pause_timeout_action=c.optional(top, "pause_timeout_action", "",
+                                                        lambda v, w: c.choice(v, w, ("abort", "continue")), "abort"))
+    if hosts_of is None:
+        return topology
+    return InventoryTopology(**{f.name: getattr(topology, f.name) for f in dataclasses.fields(Topology)},
+                             groups=hosts_of.groups)
+
+
+def _node_label(index: int, name: str) -> str:
+    return f"nodes[{index}] ({name})"
+
+
+def _host_label(index: int, name: str) -> str:
+    return f"host {name}"
 
 
 def _parse_capacity(c: _Checker) -> Callable[[Any, str], int | str]:
     """``min_in_service``: a count of nodes, or a percentage of the backend (tier) like "50%"."""
     def parse(value: Any, where: str) -> int | str:
-        if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,18}(\.[0-9]{1,18})?\s*%\s*", value):
             if float(value.strip().rstrip("%")) > 100:
                 raise c.fail(where, f"a percentage is at most 100%, got {describe_value(value)}")
             return value.strip()
@@ -271,25 +322,29 @@ def _parse_lock_dir(c: _Checker) -> Callable[[Any, str], str]:
     return parse
 
 
-def _parse_node(c: _Checker, raw: Any, index: int, section: str = "nodes") -> Node:
+def _parse_node(c: _Checker, raw: Any, index: int, section: str = "nodes", *, inventory: bool = False) -> Node:
+    """One node (or host); ``inventory``: a node dict of an Ansible inventory, named as its host."""
     where = f"{section}[{index}]"
     data = c.mapping(raw, where)
     name_value = data.get("name")
-    if isinstance(name_value, str) and 0 < len(name_value) <= 64 and name_value.isprintable():
+    printable = isinstance(name_value, str) and 0 < len(name_value) <= 64 and name_value.isprintable()
+    if inventory:
+        where = _host_label(index, name_value if printable else describe_value(name_value))
+    elif printable:
         where = f"{section}[{index}] ({name_value})"
     c.known(data, _NODE_FIELDS, where)
     for required in ("name", "host"):
         if required not in data:
             raise c.fail(where, f"missing required field {required!r}")
-    name = c.string(data["name"], f"{where}.name", pattern=_NAME,
+    name = c.string(data["name"], c.field(where, "name"), pattern=_NAME,
                     hint="letters, digits, '.', '_' and '-', at most 63 characters")
     if name.lower() in RESERVED_NODE_NAMES:
-        raise c.fail(f"{where}.name", f"{name!r} is reserved: the node's log ({name}.log) would share its "
+        raise c.fail(c.field(where, "name"), f"{name!r} is reserved: the node's log ({name}.log) would share its "
                                       f"name with a file of the run folder (reserved, in any case: "
                                       f"{', '.join(sorted(RESERVED_NODE_NAMES))})")
-    host = c.string(data["host"], f"{where}.host")
+    host = c.string(data["host"], c.field(where, "host"))
     if not valid_host(host):
-        raise c.fail(f"{where}.host", f"invalid host {describe_value(host)}: expected a host name or an IP address")
+        raise c.fail(c.field(where, "host"), f"invalid host {describe_value(host)}: expected a host name or an IP address")
     transport = c.optional(data, "transport", where,
                            lambda v, w: c.choice(v, w, ("ssh", "local")), "ssh")
     host_key = c.optional(data, "host_key", where,
@@ -321,6 +376,13 @@ def _jumps(c: _Checker) -> Callable[[Any, str], tuple[str, ...]]:
     from zdu.config.ssh_config import JumpSyntaxError, parse_jumps
 
     def parse(value: Any, where: str) -> tuple[str, ...]:
+        # identifiers: no control character (a newline in "ops\n@bastion" is no user name)
+        if isinstance(value, str):
+            c.text(value, where)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    c.text(item, f"{where}[{i}]")
         try:
             return parse_jumps(value)
         except JumpSyntaxError as exc:
