@@ -35,6 +35,8 @@ RUN_JSON_MAX_INTERVAL = 2.0
 JOURNAL = "journal.jsonl"
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
+#: how much of the journal's end is read at a time, looking for its last newline
+_TAIL_CHUNK = 64 * 1024
 
 
 def iso(at: float) -> str:
@@ -133,9 +135,15 @@ class RunFolder:
         self.json_path = run_dir.path(RUN_JSON)
         self.journal_path = run_dir.path(JOURNAL)
         self._run_log = run_dir.append(RUN_LOG)
+        #: bytes of an unfinished last journal line cut off on opening (a write cut short by a kill)
+        self.torn = cut_torn_line(run_dir, JOURNAL)
         self._journal = run_dir.append(JOURNAL)
         self._node_logs: dict[str, TextIO] = {}
         self._lock = threading.Lock()
+        if self.torn:
+            self.log(f"{iso(time.time())} WARNING: {JOURNAL} ended in an unfinished line ({self.torn} bytes, "
+                     "a write cut short when the run was stopped): cut off, the journal goes on from its last "
+                     "whole line")
         self._recorder: Recorder | None = None
         # events seen (counted under the recorder's lock) and how many of them the run.json on
         # disk includes: this orders snapshots too, so an older one never replaces a newer
@@ -295,11 +303,47 @@ def _block(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def cut_torn_line(run_dir: RunDir, name: str) -> int:
+    """Cut off the unfinished last line of ``name`` (the bytes after its last newline: a write
+    cut short by a kill or a crash), so that what is appended next starts on a line of its own;
+    how many bytes were cut (0: it ends in a newline, is empty, or does not exist yet)."""
+    if not run_dir.exists(name):
+        return 0
+    fd = run_dir.open_fd(name)
+    try:
+        size = os.fstat(fd).st_size
+        keep, end = 0, size
+        while end > 0:              # backwards, a chunk at a time: a torn line may be megabytes
+            start = max(0, end - _TAIL_CHUNK)
+            newline = os.pread(fd, end - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        if keep < size:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        return size - keep
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- reading
 
 def read_journal(text: str) -> Iterator[ev.Event]:
     """The events of a journal's text; ValueError naming the line for one that does not parse
     (a last line cut short by a kill is ignored)."""
+    for _number, event in journal_lines(text):
+        yield event
+
+
+def torn_tail(text: str) -> str:
+    """The unfinished last line of a journal's text (after its last newline; "" if none)."""
+    return text[text.rfind("\n") + 1:]
+
+
+def journal_lines(text: str) -> Iterator[tuple[int, ev.Event]]:
+    """The events of a journal's text with their line numbers; as :func:`read_journal`."""
     lines = text.split("\n")
     complete = lines[:-1]   # the text after the last newline is an unfinished write
     for number, line in enumerate(complete, 1):
@@ -310,6 +354,7 @@ def read_journal(text: str) -> Iterator[ev.Event]:
         except ValueError as exc:
             raise ValueError(f"line {number}: not JSON ({exc})") from None
         try:
-            yield ev.Event.from_json(data)
+            event = ev.Event.from_json(data)
         except ValueError as exc:
             raise ValueError(f"line {number}: {exc}") from None
+        yield number, event
