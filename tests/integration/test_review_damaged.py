@@ -61,3 +61,21 @@ def test_resume_after_a_torn_journal_line_and_resume_again(tmp_path: Path) -> No
     shown = zdupgrade("show", "--log_dir", str(fleet.log_dir))
     assert shown.returncode == 0 and "SUCCESS (0)" in shown.stdout and "\n  warning    " not in shown.stdout, shown.stderr
 
+
+def test_a_success_run_whose_journal_lost_its_second_half(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    proc = fleet.start("--plain")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    journal = fleet.run_dir() / "journal.jsonl"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:len(data) // 2])
+    log_dir = str(fleet.log_dir)
+    shown = zdupgrade("show", "--log_dir", log_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert "SUCCESS (0)" in shown.stdout and "journal.jsonl is behind run.json" in shown.stdout
+    assert "--resume" not in shown.stdout and "UNFINISHED" not in shown.stdout and "on old" not in shown.stdout
+    listed = zdupgrade("runs", "--log_dir", log_dir)
+    assert "SUCCESS (0) [from run.json]" in listed.stdout and "--resume" not in listed.stdout
+    report = zdupgrade("report", "-o", str(tmp_path / "r.html"), "--log_dir", log_dir)
+    assert report.returncode == 0 and "journal.jsonl is behind run.json" in (tmp_path / "r.html").read_text()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.values import check_text
 from ..errors import ConfigError, ZduError
@@ -19,6 +19,8 @@ from ..run.state import replay
 from ..status import Phase, Status
 from .console import Console
 from .pause import write_answer
+
+T = TypeVar("T")
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
@@ -104,10 +106,26 @@ def run_command(argv: Sequence[str], console: Console, env: Mapping[str, str]) -
 # --------------------------------------------------------------------------- review
 
 def _runs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
-    from ..report.review import list_runs
-    from ..report.views import render_runs
-    console.line(render_runs(list_runs(Path(args.log_dir))))
+    from ..report.review import LoadedRun, list_runs, unreadable
+    from ..report.views import render_runs, runs_rows
+    runs = list_runs(Path(args.log_dir))
+    for i, run in enumerate(runs):
+        try:
+            runs_rows([run])
+        except Exception as exc:  # noqa: BLE001 - the last resort: one bad folder must not hide the others
+            runs[i] = LoadedRun(run.run_id, run.path, None, problem=unreadable(exc), alive=run.alive)
+    console.line(render_runs(runs))
     return Status.SUCCESS
+
+
+def _reading(run: Any, command: str, render: Callable[[], T]) -> T:
+    """``render()`` of a run read back; an unexpected error out of it (a value the checks when
+    reading missed) is a ConfigError about the run folder, not a traceback."""
+    from ..report.review import unreadable
+    try:
+        return render()
+    except Exception as exc:  # noqa: BLE001 - the last resort
+        raise ConfigError(f"zdupgrade {command}: run folder {run.path} is damaged or {unreadable(exc)}") from None
 
 
 def _one_run(args: argparse.Namespace, command: str) -> Any:
@@ -127,7 +145,8 @@ def _one_run(args: argparse.Namespace, command: str) -> Any:
 
 def _show(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
     from ..report.views import render_show
-    console.line(render_show(_one_run(args, "show")))
+    run = _one_run(args, "show")
+    console.line(_reading(run, "show", lambda: render_show(run)))
     return Status.SUCCESS
 
 
@@ -157,7 +176,9 @@ def _logs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
     if not run.has_output:
         raise ConfigError(f"zdupgrade logs: run {run.run_id}: commands' output is only in journal.jsonl, "
                           f"which cannot be read ({run.problem})")
-    text = render_logs(run, args.node, phase, failed_first=args.failed)
+    text = _reading(run, "logs", lambda: render_logs(run, args.node, phase, failed_first=args.failed))
+    if run.problem:
+        console.err_line(f"zdupgrade logs: warning: run {run.run_id}: {run.problem}")
     if not text:
         what = " ".join(x for x in (args.node, phase) if x)
         console.line(f"run {run.run_id}: no command ran" + (f" for {what}" if what else ""))
@@ -170,7 +191,8 @@ def _report(args: argparse.Namespace, console: Console, env: Mapping[str, str]) 
     from ..report.html import render_html
     from ..report.output import write_private
     run = _one_run(args, "report")
-    path = write_private(args.output, render_html(run).encode("utf-8"), option="-o")
+    page = _reading(run, "report", lambda: render_html(run))
+    path = write_private(args.output, page.encode("utf-8"), option="-o")
     console.line(f"report of run {run.run_id}: {path}")
     return Status.SUCCESS
 

@@ -5,7 +5,10 @@ symlink): its ``journal.jsonl`` is replayed (:func:`zdu.run.state.replay`), whic
 *and* every event (commands with their output are only in the journal's ``StepFinished``
 events).  If the journal is missing or does not replay, ``run.json`` is read instead (state
 only, no command output).  A folder where neither works is a *damaged* run: it is listed as
-such, with the reason, and never raises.
+such, with the reason, and never raises.  When the journal is behind run.json (it holds fewer
+events than run.json counts: the journal is not fsynced after every event, run.json is, so a
+power loss can cut the journal short), run.json's state is shown, with the journal's commands as
+far as they go; a journal that ends in an unfinished line says so.
 
 Everything read here was written by zdupgrade, but a run folder is a file anyone with access
 may have edited: the text is shown escaped by whoever renders it (the HTML report), and a
@@ -31,7 +34,7 @@ from ..run import events as ev
 from ..run.state import RunState, replay
 from ..status import Outcome, Phase, Status
 from .rundir import RunDir
-from .runfolder import JOURNAL, RUN_JSON, read_journal
+from .runfolder import JOURNAL, RUN_JSON, journal_lines, torn_tail
 
 from ..run.resume import CONTROL_LOCK
 
@@ -54,8 +57,9 @@ class LoadedRun:
 
     @property
     def has_output(self) -> bool:
-        """Whether commands' output is available (only the journal has it)."""
-        return self.source == "journal"
+        """Whether commands' output is available (only the journal has it: all of it, or as far
+        as a journal behind run.json goes)."""
+        return self.source == "journal" or bool(self.events)
 
     def status_text(self) -> str:
         """SUCCESS (0), RUNNING, UNFINISHED (...), or DAMAGED (...)."""
@@ -117,31 +121,64 @@ def load_run(log_dir: Path, run_id: str) -> LoadedRun:
         return LoadedRun(run_id, path, None, problem=_short(str(exc).split(": ", 2)[-1]))
     try:
         return _read(run_dir, run_id, path)
+    except Exception as exc:  # noqa: BLE001 - the last resort: what the checks missed is damage, not a crash
+        return LoadedRun(run_id, path, None, problem=unreadable(exc))
     finally:
         run_dir.close()
+
+
+def unreadable(exc: BaseException) -> str:
+    """The reason given for a run folder an unexpected error came out of."""
+    return _short(f"unreadable ({type(exc).__name__}: {exc})")
 
 
 def _read(run_dir: RunDir, run_id: str, path: Path) -> LoadedRun:
     alive = driven(run_dir)
     problems = []
+    journal: tuple[RunState, list[ev.Event], str] | None = None
     if run_dir.exists(JOURNAL):
         try:
-            events = list(read_journal(run_dir.read_text(JOURNAL)))
-            state = replay(events)
-            return LoadedRun(run_id, path, state, events, "journal", alive=alive)
+            journal = _read_journal(run_dir.read_text(JOURNAL))
         except (ConfigError, OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
             problems.append(f"{JOURNAL}: {_short(_unplaced(str(exc), run_dir, JOURNAL))}")
     else:
         problems.append(f"no {JOURNAL}")
+    if journal is not None and alive:
+        # a live run: its journal is written first and may be read in the middle of a line
+        return LoadedRun(run_id, path, journal[0], journal[1], "journal", alive=alive)
+    record: RunState | None = None
     if run_dir.exists(RUN_JSON):
         try:
-            state = state_from_record(json.loads(run_dir.read_text(RUN_JSON)))
-            return LoadedRun(run_id, path, state, [], "run.json", problem="; ".join(problems), alive=alive)
+            record = state_from_record(json.loads(run_dir.read_text(RUN_JSON)))
         except (ConfigError, OSError, ValueError, KeyError, TypeError) as exc:
             problems.append(f"{RUN_JSON}: {_short(_unplaced(str(exc), run_dir, RUN_JSON))}")
     else:
         problems.append(f"no {RUN_JSON}")
+    if journal is not None:
+        state, events, torn = journal
+        torn_note = (f"{JOURNAL} ends in an unfinished line ({len(torn.encode())} bytes: a write cut short "
+                     "by a kill or a crash), left out") if torn.strip() else ""
+        if record is not None and record.run_id == state.run_id and record.events > state.events:
+            # the journal lost events run.json has (a power loss: run.json is fsynced, the journal not)
+            behind = (f"{JOURNAL} is behind {RUN_JSON} ({state.events} of its {record.events} events"
+                      + (f"; it ends in an unfinished line of {len(torn.encode())} bytes" if torn.strip() else "")
+                      + f"): the state is {RUN_JSON}'s, commands' output only as far as the journal goes")
+            return LoadedRun(run_id, path, record, events, "run.json", problem=behind, alive=alive)
+        return LoadedRun(run_id, path, state, events, "journal", problem=torn_note, alive=alive)
+    if record is not None:
+        return LoadedRun(run_id, path, record, [], "run.json", problem="; ".join(problems), alive=alive)
     return LoadedRun(run_id, path, None, problem="; ".join(problems), alive=alive)
+
+
+def _read_journal(text: str) -> tuple[RunState, list[ev.Event], str]:
+    """The state, the events and the unfinished last line ("" if none) of a journal's text;
+    ValueError naming the line and the field for an event that does not parse or holds a value
+    the views cannot show (a time out of range, NaN)."""
+    events = []
+    for number, event in journal_lines(text):
+        check_event(event, f"line {number}: {event.type_name}")
+        events.append(event)
+    return replay(events), events, torn_tail(text)
 
 
 def _unplaced(text: str, run_dir: RunDir, name: str) -> str:
@@ -192,7 +229,105 @@ def state_from_record(data: Any) -> RunState:
             node.pop("in_lb", None)
     state = _build(RunState, values, "run.json")
     assert isinstance(state, RunState)
+    _check_records(state, "run.json")
     return state
+
+
+#: times and durations a run folder may hold: finite numbers of seconds from 0 to the end of the
+#: year 9999 (less a day: every time zone can show it), what ``datetime`` can show
+LATEST = 253402214400.0
+
+# the shapes of the records RunState keeps as plain dicts (key -> type; what the views read)
+_LB_ACTION = {"node": str, "action": str, "ok": bool, "message": str, "started": float, "duration": float,
+              "details": dict[str, Any]}
+_PAUSE = {"wave": int, "started": float, "timeout": float, "on_timeout": str, "ended": float | None,
+          "answer": str | None, "by": str | None}
+_CAPACITY = {"wave": int, "serving": list[str], "leaving": list[str], "needed": int, "ok": bool, "source": str}
+_CAPACITY_MAY = {"at": float, "message": str}
+_OUT_WINDOW = {"out": float, "in": float, "seconds": float}
+_TRAFFIC_MAY = {"url": str | None, "summary_line": str | None, "target_rate": float, "duration": float | None,
+                "sent": int, "failed": int, "late": int, "p50_ms": float | None, "p99_ms": float | None,
+                "max_ms": float | None, "achieved_rate": float, "started_at": float | None,
+                "series_interval": float | None, "first_failures": list[str], "windows": list[dict[str, Any]],
+                "series": list[dict[str, Any]]}
+_TRAFFIC_WINDOW = {"label": str, "sent": int, "failed": int}
+_TRAFFIC_WINDOW_MAY = {"start": float, "end": float | None, "p50_ms": float | None, "p99_ms": float | None,
+                       "max_ms": float | None}
+_SERIES_POINT = {"t": float, "sent": int, "failed": int, "p99_ms": float | None}
+_SERIES_POINT_MAY = {"p50_ms": float | None}
+
+
+def check_event(event: ev.Event, where: str) -> None:
+    """ValueError naming ``where`` and the field if ``event`` holds a value the views cannot
+    show: a time or duration that is not a finite number from 0 to :data:`LATEST` (a duration
+    longer than the time it ended at), tiers naming a node the run does not have, a traffic report
+    of the wrong shape.  The events' own types are checked when they are read (``from_json``)."""
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if isinstance(value, float):
+            _time(value, f"{where}.{f.name}")
+    duration = getattr(event, "duration", None)
+    if isinstance(duration, float) and duration > event.at:
+        raise ValueError(f"{where}.duration: {duration:g}s is longer than the time it ended at ({event.at:g})")
+    if isinstance(event, ev.RunOpened):
+        tiers = _value(dict(event.tiers), dict[str, list[str]], f"{where}.tiers")
+        _check_tiers(tiers, event.node_names, f"{where}.tiers")
+    elif isinstance(event, ev.TrafficMeasured):
+        _check_traffic(dict(event.report), f"{where}.report")
+
+
+def _check_records(state: RunState, where: str) -> None:
+    """ValueError naming the field for a record of run.json's plain-dict fields (load-balancer
+    actions, pauses, capacity checks, out-of-rotation windows, traffic, tiers) the views cannot show."""
+    for i, action in enumerate(state.lb_actions):
+        _record(action, _LB_ACTION, {}, f"{where}.lb_actions[{i}]")
+    for i, pause in enumerate(state.pauses):
+        _record(pause, _PAUSE, {}, f"{where}.pauses[{i}]")
+    for i, check in enumerate(state.capacity):
+        _record(check, _CAPACITY, _CAPACITY_MAY, f"{where}.capacity[{i}]")
+    for name, node in state.nodes.items():
+        for i, window in enumerate(node.out_windows):
+            _record(window, _OUT_WINDOW, {}, f"{where}.nodes.{name}.out_windows[{i}]")
+    if state.traffic is not None:
+        _check_traffic(state.traffic, f"{where}.traffic")
+    _check_tiers(state.tiers, state.node_names, f"{where}.tiers")
+
+
+def _check_tiers(tiers: dict[str, list[str]], node_names: typing.Iterable[str], where: str) -> None:
+    nodes = set(node_names)
+    for tier, members in tiers.items():
+        for member in members:
+            if member not in nodes:
+                raise ValueError(f"{where}.{tier}: {member[:40]!r} is not a node of this run")
+
+
+def _check_traffic(report: dict[str, Any], where: str) -> None:
+    _record(report, {}, _TRAFFIC_MAY, where)
+    for i, window in enumerate(report.get("windows") or []):
+        _record(window, _TRAFFIC_WINDOW, _TRAFFIC_WINDOW_MAY, f"{where}.windows[{i}]")
+    for i, point in enumerate(report.get("series") or []):
+        _record(point, _SERIES_POINT, _SERIES_POINT_MAY, f"{where}.series[{i}]")
+
+
+def _record(value: Any, must: dict[str, Any], may: dict[str, Any], where: str) -> None:
+    """ValueError unless ``value`` is an object with every key of ``must`` and each key of
+    ``must`` and ``may`` it has of its type (other keys are left alone: added fields)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object")
+    for key in must:
+        if key not in value:
+            raise ValueError(f"{where}: no {key!r}")
+    for key, hint in {**must, **may}.items():
+        if key in value:
+            _value(value[key], hint, f"{where}.{key}")
+
+
+def _time(value: float, where: str) -> float:
+    """``value`` if it is a time or duration the views can show; ValueError naming ``where``."""
+    if not 0.0 <= value <= LATEST:          # NaN is not either
+        raise ValueError(f"{where}: {value!r} is not a time or a duration "
+                         f"(a finite number of seconds from 0 to {LATEST:.0f})")
+    return value
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -240,7 +375,11 @@ def _value(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:               # an integer too large for a float
+            raise ValueError(f"{where}: {str(value)[:40]} is too large") from None
+        return _time(number, where)
     if hint in (int, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ValueError(f"{where}: expected a {hint.__name__}")

@@ -53,9 +53,11 @@ def runs_rows(runs: Iterable[LoadedRun]) -> list[list[str]]:
         status = run.status_text()
         if run.source == "run.json":
             status += " [from run.json]"
+        elif run.problem:
+            status += " [journal cut short]"
         rows.append([run.run_id, stamp(state.started), duration, one_line(who, 40),
                      one_line(os.path.basename(state.topology) or state.topology, 40), one_line(state.profile, 30),
-                     one_line(f"{state.old_install_dir} -> {state.new_install_dir}", 60), one_line(status, 90),
+                     one_line(f"{state.old_install_dir} -> {state.new_install_dir}", 60), one_line(status, 110),
                      ", ".join(failed_nodes(state)) or "-", ", ".join(rolled_back(state)) or "-"])
     return rows
 
@@ -75,11 +77,13 @@ def render_show(run: LoadedRun) -> str:
     if state is None:
         return f"run {run.run_id}: {run.status_text()}"
     end = last_time(run)
-    lines = [f"run {state.run_id}" + (f" (from {run.source}: {run.problem})" if run.source != "journal" else ""),
-             f"  status     {one_line(run.status_text())}",
-             f"  started    {stamp(state.started)}    ended {stamp(state.ended)}    "
-             f"duration {seconds(end - state.started)}{'' if state.ended else '+'}",
-             f"  by         {one_line(state.user)}@{one_line(state.host)} (zdupgrade {one_line(state.tool_version) or '?'})"]
+    lines = [f"run {state.run_id}" + (f" (from {run.source}: {run.problem})" if run.source != "journal" else "")]
+    if run.source == "journal" and run.problem:
+        lines.append(f"  warning    {one_line(run.problem)}: the state shown may be incomplete")
+    lines += [f"  status     {one_line(run.status_text())}",
+              f"  started    {stamp(state.started)}    ended {stamp(state.ended)}    "
+              f"duration {seconds(end - state.started)}{'' if state.ended else '+'}",
+              f"  by         {one_line(state.user)}@{one_line(state.host)} (zdupgrade {one_line(state.tool_version) or '?'})"]
     if state.argv:
         lines.append(f"  command    zdupgrade {one_line(' '.join(state.argv), 300)}")
     lines += [f"  topology   {one_line(state.topology)}",
