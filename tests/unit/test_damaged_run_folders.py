@@ -326,3 +326,88 @@ def test_a_live_run_is_read_from_its_journal(folder: Path) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- 4. -o into a stream
+
+def read_fifo(path: Path, into: list[bytes]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: into.append(path.read_bytes()), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_symlink_to_a_fifo_is_written_through_not_replaced(tmp_path: Path) -> None:
+    fifo, link = tmp_path / "fifo", tmp_path / "report.html"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    got: list[bytes] = []
+    reader = read_fifo(fifo, got)
+    assert output.write_private(link, b"<html>report</html>", option="-o") == link
+    reader.join(10)
+    assert got == [b"<html>report</html>"]
+    assert link.is_symlink() and os.readlink(link) == str(fifo) and fifo.is_fifo()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []      # no temporary file
+
+
+def test_a_descriptor_behind_a_symlink_is_written_through(tmp_path: Path) -> None:
+    """/dev/stdout is such a link (to /proc/self/fd/1); this one points at a pipe's write end."""
+    read_end, write_end = os.pipe()
+    link = tmp_path / "stdout"
+    link.symlink_to(f"/proc/self/fd/{write_end}")
+    try:
+        assert output.in_place(link, option="--junit")
+        output.write_private(link, b"<testsuites/>", option="--junit")
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as handle:
+            read_end = -1
+            assert handle.read() == b"<testsuites/>"
+        assert link.is_symlink() and os.readlink(link).startswith("/proc/self/fd/")
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_report_into_a_fifo_and_its_line_on_stderr(folder: Path, tmp_path: Path) -> None:
+    fifo, link = tmp_path / "pipe", tmp_path / "out.html"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    got: list[bytes] = []
+    reader = read_fifo(fifo, got)
+    code, out, err = cli("report", RUN, "-o", str(link), "--log_dir", str(folder.parent))
+    reader.join(10)
+    assert code == 0, err
+    assert got and got[0].startswith(b"<!DOCTYPE html>") and got[0].rstrip().endswith(b"</html>")
+    assert link.is_symlink() and fifo.is_fifo()
+    assert out == "" and f"report of run {RUN}: {link}" in err
+
+
+def test_regular_files_are_still_replaced_privately(tmp_path: Path) -> None:
+    target, other = tmp_path / "r.html", tmp_path / "elsewhere"
+    other.write_text("keep")
+    target.symlink_to(other)                         # a link to a regular file: replaced, not followed
+    assert not output.in_place(target, option="-o")
+    output.write_private(target, b"new", option="-o")
+    assert not target.is_symlink() and target.read_bytes() == b"new" and other.read_text() == "keep"
+    assert (target.stat().st_mode & 0o777) == 0o600
+    output.write_private(tmp_path / "fresh.html", b"x", option="-o")
+    assert (tmp_path / "fresh.html").read_bytes() == b"x"
+
+
+def test_a_socket_or_a_closed_descriptor_is_refused(tmp_path: Path) -> None:
+    import socket
+    path = tmp_path / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    try:
+        with pytest.raises(ConfigError, match="is a socket"):
+            output.write_private(path, b"x", option="-o")
+    finally:
+        server.close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)
+    link = tmp_path / "gone"
+    link.symlink_to(f"/proc/self/fd/{write_end}")
+    with pytest.raises(ConfigError, match="cannot write it"):
+        output.write_private(link, b"x", option="-o")
+    assert link.is_symlink()

@@ -189,11 +189,13 @@ def _logs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
 
 def _report(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
     from ..report.html import render_html
-    from ..report.output import write_private
+    from ..report.output import in_place, write_private
     run = _one_run(args, "report")
     page = _reading(run, "report", lambda: render_html(run))
+    stream = in_place(args.output, option="-o")
     path = write_private(args.output, page.encode("utf-8"), option="-o")
-    console.line(f"report of run {run.run_id}: {path}")
+    # written to a pipe or the terminal (`-o /dev/stdout`): the report alone goes there
+    (console.err_line if stream else console.line)(f"report of run {run.run_id}: {path}")
     return Status.SUCCESS
 
 
