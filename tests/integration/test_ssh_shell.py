@@ -225,6 +225,41 @@ def test_a_lost_command_that_cannot_be_ended_stops_everything_on_that_node(
         time.sleep(3.2)            # the lost command ends by itself (only a file in tmp_path)
 
 
+def test_a_resume_ends_the_step_that_a_dead_run_left_running(server: SshdServer, tmp_path: Path) -> None:
+    """The control process dies (its connection with it) while a tagged step runs: the step goes
+    on on the node.  A new process (the resume) finds it by its tag and ends it; a step that
+    finished, or another tag, is left alone."""
+    tag = "20261202-000000-000001/node-a/APPLY/1"
+    dead = make(server, tmp_path)
+    marker, done = tmp_path / "started", tmp_path / "finished"
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(r=dead.run(
+        f": > {marker}; sleep 3; echo finished > {done}", env={"ZDU_STEP": tag})))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    connection = dead.connection
+    assert connection is not None and connection.transport is not None
+    connection.transport.sock.close()          # the control process is gone: nothing more is sent
+    worker.join(timeout=20)
+    resumed = make(server, tmp_path, pool=SshPool())
+    try:
+        assert resumed.end_lost_step("20261202-000000-000001/node-a/APPLY/2") is False   # another step
+        assert resumed.end_lost_step(tag) is True
+        assert resumed.end_lost_step(tag) is False                                      # gone now
+        time.sleep(3.5)
+        assert not done.exists(), "the dead run's step went on running"
+        # a tagged step that finished is not found again
+        assert resumed.run("true", env={"ZDU_STEP": "r/node-a/APPLY/3"}).ok
+        assert resumed.end_lost_step("r/node-a/APPLY/3") is False
+        assert resumed.run("echo $ZDU_STEP", env={"ZDU_STEP": "r/node-a/APPLY/4"}).stdout == "r/node-a/APPLY/4\n"
+    finally:
+        resumed.close()
+        dead.close()
+
+
 def test_frozen_node_gives_up_at_the_timeout(handler: SshHandler, server: SshdServer) -> None:
     """SIGSTOP on every sshd process and what runs under it: what ``docker pause`` does."""
     assert handler.run("true").ok

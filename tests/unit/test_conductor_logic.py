@@ -301,6 +301,50 @@ def test_resume_after_a_kill_mid_rollback_finishes_it() -> None:
     assert out.node("A").version is Version.OLD and out.node("A").lb is LbState.IN
 
 
+def test_a_resume_first_ends_the_step_the_dead_run_had_in_flight() -> None:
+    """Killed while B's APPLY step ran: that step may still run on B (its connection died with
+    the control process).  The resume asks B's handler to end it -- by the run's tag for the
+    step -- before anything else runs there, says so, then runs the step again."""
+    from tests.support.fakes import FakeFleet, FakeHandler
+
+    class Finds(FakeHandler):
+        def end_lost_step(self, tag: str) -> bool | None:
+            with self.fleet.lock:
+                self.fleet.log.append(f"end-lost {tag}")
+            return True
+
+    class Fleet(FakeFleet):
+        handler_class = Finds
+
+    killed = _events_until(lambda e: isinstance(e, ev.StepStarted) and e.key == "B/APPLY/0")
+    out = run(previous=killed, fleet=Fleet())
+    assert out.status is Status.SUCCESS
+    assert out.log[:2] == ["end-lost r/B/APPLY/0", "apply B"], out.log
+    warned = [e.message for e in out.events if isinstance(e, ev.Warned) and e.node == "B"]
+    assert any("was still running on the node; it was ended" in m for m in warned), warned
+    # a transport that cannot tell says so, and nothing is ended
+    plain = run(previous=killed)
+    assert plain.status is Status.SUCCESS and not any(c.startswith("end-lost") for c in plain.log)
+    assert any("cannot tell whether it still runs" in e.message for e in plain.events
+               if isinstance(e, ev.Warned)), "the resume must say the step may be running twice"
+
+
+def test_every_step_command_gets_its_tag() -> None:
+    seen: list[dict[str, str] | None] = []
+    from tests.support.fakes import FakeFleet, FakeHandler
+
+    class Records(FakeHandler):
+        def run(self, command: str, *, timeout: float | None = None,  # type: ignore[override]
+                env: dict[str, str] | None = None) -> Any:
+            seen.append(env)
+            return super().run(command, timeout=timeout, env=env)
+
+    class Fleet(FakeFleet):
+        handler_class = Records
+    run(fleet=Fleet())
+    assert {"ZDU_STEP": "r/A/APPLY/0"} in seen and {"ZDU_STEP": "r/C/POST-APPLY/0"} in seen, seen
+
+
 def test_resume_skips_the_steps_already_done() -> None:
     killed = _events_until(lambda e: isinstance(e, ev.StepFinished) and e.key == "B/APPLY/0")
     out = run(previous=killed)

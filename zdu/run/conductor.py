@@ -215,6 +215,8 @@ class Conductor:
     # ------------------------------------------------------------------ the walk
 
     def _run(self) -> Status:
+        if self.resume:
+            self._end_lost_steps()
         if self.repair:
             return self._repair()
         if self.resume:
@@ -438,6 +440,18 @@ class Conductor:
     def _a_rollback_failed(self) -> bool:
         return self.recorder.query(lambda s: any(
             n.rollback is not None and n.rollback.outcome is Outcome.FAILED for n in s.nodes.values()))
+
+    def _end_lost_steps(self) -> None:
+        """A resume: the steps the run that died had in flight may still run on their nodes
+        (its connections died with it, and sshd does not signal a session command without a
+        terminal); each is ended before anything else runs on its node, in parallel."""
+        lost = self.recorder.query(lambda s: [r for r in s.steps if r.ended is None and r.node
+                                              and r.node in s.nodes])
+        if not lost:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, min(self.plan.parallel, len(lost))),
+                                thread_name_prefix="zdu-lost-steps") as pool:
+            list(pool.map(self.steps.end_lost, lost))
 
     def _resume_decided(self) -> Status | None:
         """A run killed after it decided to stop: finish the rollbacks, report the status."""

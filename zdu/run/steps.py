@@ -17,10 +17,10 @@ from ..model import CommandResult
 from ..planning.masking import Masker
 from ..planning.plan import Plan, PlannedRequest, PlannedStep
 from ..status import FailureKind, StepKind
-from ..transport.base import CommandHandler
+from ..transport.base import STEP_TAG, CommandHandler
 from ..model import Node
 from . import events as ev
-from .state import Recorder
+from .state import Recorder, StepRecord
 from .http import http_request, judge_response
 from .waits import run_wait
 
@@ -91,10 +91,36 @@ class StepRunner:
     def _handler(self, name: str) -> CommandHandler:
         return self.handlers(self.plan.target(name))
 
+    def tag(self, key: str) -> str:
+        """What a step's command finds in ``$ZDU_STEP``: this run and the step."""
+        return f"{self.plan.run_id}/{key}"
+
+    def end_lost(self, record: StepRecord) -> None:
+        """A resume: the run that died had ``record``'s step in flight, and it may still be
+        running on its node.  End it before anything else runs there, and say what was found."""
+        where = record.node
+        try:
+            ended = self._handler(where).end_lost_step(self.tag(record.key))
+        except TransportError as exc:
+            self.recorder.emit(ev.Warned(node=where, message=self.mask(
+                f"step {record.name!r} ({record.phase.value}) was running when the run died and may still "
+                f"be running on the node: {exc.detail}")))
+            return
+        if ended is None:
+            message = (f"step {record.name!r} ({record.phase.value}) was running when the run died; this "
+                       "transport cannot tell whether it still runs, and it is run again now")
+        elif ended:
+            message = (f"step {record.name!r} ({record.phase.value}) of the run that died was still running "
+                       "on the node; it was ended before the resume went on")
+        else:
+            return
+        self.recorder.emit(ev.Warned(node=where, message=self.mask(message)))
+
     def _run(self, step: PlannedStep, interruptible: bool) -> StepResult:
         if step.kind is StepKind.RUN:
             assert step.command is not None
-            output = self._handler(step.node).run(step.command, timeout=step.timeout or self.command_timeout)
+            output = self._handler(step.node).run(step.command, timeout=step.timeout or self.command_timeout,
+                                                  env={STEP_TAG: self.tag(step.key)})
             return _command_result(output)
         if step.kind is StepKind.WAIT:
             return self._wait(step, interruptible)

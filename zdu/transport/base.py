@@ -7,6 +7,11 @@ from typing import Iterable
 from zdu.errors import TransportError, UnreachableError
 from zdu.model import CommandResult, Node
 
+#: the environment variable every step's command gets: ``RUN-ID/STEP-KEY`` (the step key is
+#: ``node/PHASE/index``); over SSH the node's driver also notes it while the step runs, so that a
+#: resume can find the step if the run died under it (:meth:`CommandHandler.end_lost_step`)
+STEP_TAG = "ZDU_STEP"
+
 
 class CommandHandler(abc.ABC):
     """Runs commands on one node over one reused connection.
@@ -32,6 +37,13 @@ class CommandHandler(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Drop the connection (idempotent)."""
+
+    def end_lost_step(self, tag: str) -> bool | None:
+        """End the step ``tag`` (see :data:`STEP_TAG`) if a run that died left it running on the
+        node: True when it was running and was ended, False when it is not running, None when
+        this transport cannot tell (nothing was done).  Raises TransportError when it cannot
+        be ended or the node does not answer."""
+        return None
 
     def __enter__(self) -> "CommandHandler":
         self.open()

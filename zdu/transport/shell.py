@@ -64,14 +64,19 @@ export SHLVL
 printf '\036zdu-driver:ready\n'
 while IFS= read -r f; do
   n=${f%% *}
-  c=$(printf '%b.' "${f#* }")
+  r=${f#* }
+  t=${r#* }
+  [ "$t" = "$r" ] && t=
+  c=$(printf '%b.' "${r%% *}")
   c=${c%.}
+  [ -z "$t" ] || t=$(printf '%b' "$t")
   if [ -p "$d/o" ] || mkfifo "$d/o" "$d/e"; then
     cat "$d/o" & o=$!
     cat "$d/e" >&2 & r=$!
     printf '\036%s:fwd=%s %s\n' "$n" "$o" "$r" >&2
-    { setsid /bin/sh -c 'printf "\036%s:pgid=%s\n" "$1" "$$" >&2; exec "$2" -c "$3"' zdu "$n" "${SHELL:-/bin/sh}" "$c" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
+    { setsid /bin/sh -c 'printf "\036%s:pgid=%s\n" "$1" "$$" >&2; [ -z "$4" ] || printf "%s %s %s\n" "$$" "$5" "$4" >"$6" 2>/dev/null; exec "$2" -c "$3"' zdu "$n" "${SHELL:-/bin/sh}" "$c" "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
     s=$?
+    [ -z "$t" ] || : >"$d/step"
     printf '\036%s:exit=%s\n' "$n" "$s" >&2
     { wait "$o"; a=$?; wait "$r"; b=$?; } 2>/dev/null
     # a forwarder was killed (the step was abandoned): whatever still holds those FIFOs must
@@ -103,9 +108,53 @@ def encode_command(command: str) -> str:
     return "".join(_ESCAPE[b] for b in command.encode("utf-8"))
 
 
-def frame(nonce: str, command: str) -> bytes:
-    """The line that makes the driver run ``command``."""
-    return f"{nonce} {encode_command(command)}\n".encode("ascii")
+def frame(nonce: str, command: str, tag: str | None = None) -> bytes:
+    """The line that makes the driver run ``command``; with ``tag`` (a run's step: see
+    :data:`END_LOST_STEP`) the driver notes ``PGID DRIVER-PID TAG`` in its directory's ``step``
+    file while the command runs."""
+    line = f"{nonce} {encode_command(command)}"
+    if tag:
+        line += f" {encode_command(tag)}"
+    return f"{line}\n".encode("ascii")
+
+
+#: Ends the process group ``$g`` (set before it): TERM, KILL after a grace.  Exit 0: the group
+#: is gone; 3: it was still running and was ended; 4: it is still there after KILL.  Formatted
+#: with ``kill_at`` and ``give_up`` (tenths of a second after the TERM).
+END_GROUP = """kill -0 -- -$g 2>/dev/null || exit 0
+kill -TERM -- -$g 2>/dev/null
+i=0
+while kill -0 -- -$g 2>/dev/null; do
+  i=$((i + 1))
+  [ $i -eq {kill_at} ] && kill -KILL -- -$g 2>/dev/null
+  [ $i -ge {give_up} ] && exit 4
+  sleep 0.1 2>/dev/null || sleep 1
+done
+exit 3"""
+
+#: Run by a resumed run on a node where the run that died had a step in flight: that step may
+#: still be running there (sshd does not signal a session command without a terminal).  Finds it
+#: by the tag its driver noted -- only while that driver is alive and the noted process is its
+#: child (unreaped, so its pid cannot have been reused) -- then :data:`END_GROUP`.  Formatted
+#: with ``tag`` (shell-quoted) too.
+END_LOST_STEP = """t={tag}
+g=
+for f in "${{TMPDIR:-/tmp}}"/zdu-shell.*/step; do
+  [ -s "$f" ] || continue
+  read -r pg dp tg <"$f" 2>/dev/null || continue
+  [ "$tg" = "$t" ] || continue
+  case "$pg$dp" in ''|*[!0-9]*) continue ;; esac
+  kill -0 "$dp" 2>/dev/null || continue
+  if [ -r "/proc/$pg/stat" ]; then
+    read -r st <"/proc/$pg/stat" || continue
+    st=${{st##*) }}
+    set -- $st
+    [ "${{2:-}}" = "$dp" ] || continue
+  fi
+  g=$pg
+done
+[ -n "$g" ] || exit 0
+""" + END_GROUP
 
 
 class RecordSplitter:

@@ -79,10 +79,10 @@ from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException
 from zdu.config.ssh_config import NODE, SSH, SSH_CONFIG, ResolvedTarget, resolve
 from zdu.errors import AuthError, HostKeyError, TransportError, UnreachableError
 from zdu.model import CommandResult, Node, SshSettings
-from zdu.transport.base import BastionError, CommandHandler, InvalidCommandError
+from zdu.transport.base import STEP_TAG, BastionError, CommandHandler, InvalidCommandError
 from zdu.transport.local import IncrementalDecodeMixin, OutputCapture, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
-from zdu.transport.shell import RecordSplitter, StepState, driver_command, frame
+from zdu.transport.shell import END_GROUP, END_LOST_STEP, RecordSplitter, StepState, driver_command, frame
 
 HostKeyCallback = Callable[[str, str, str], None]
 
@@ -101,19 +101,8 @@ LIVE_WINDOW = 1.0
 #: Run on a node, after a reconnect, before anything else when a command there lost its result
 #: (the connection died under it, or its timeout could not kill it): such a command goes on
 #: running on the node -- sshd does not signal a session command without a terminal -- and a
-#: rollback must not run beside it.  Exit 0: the group is gone; 3: it was still running and was
-#: ended (TERM, then KILL after the grace); 4: it is still there after KILL.
-_END_ORPHAN = """g={pgid}
-kill -0 -- -$g 2>/dev/null || exit 0
-kill -TERM -- -$g 2>/dev/null
-i=0
-while kill -0 -- -$g 2>/dev/null; do
-  i=$((i + 1))
-  [ $i -eq {kill_at} ] && kill -KILL -- -$g 2>/dev/null
-  [ $i -ge {give_up} ] && exit 4
-  sleep 0.1 2>/dev/null || sleep 1
-done
-exit 3"""
+#: rollback must not run beside it.
+_END_ORPHAN = "g={pgid}\n" + END_GROUP
 
 # paramiko logs the failures we map and report ourselves (with tracebacks, at ERROR); with no
 # logging configured they would land on stderr through logging's last-resort handler
@@ -1121,7 +1110,7 @@ class SshHandler(CommandHandler):
             if self.orphan is not None:
                 self._end_orphan()
             if self.exec_reason is None:
-                result = self._run_in_shell(command, remote_command, limit)
+                result = self._run_in_shell(command, remote_command, limit, (env or {}).get(STEP_TAG))
                 if result is not None:
                     return result
             return self._run_exec(command, remote_command, limit)
@@ -1170,8 +1159,8 @@ class SshHandler(CommandHandler):
 
     # ------------------------------------------------------------------ the shell session
 
-    def _run_in_shell(self, command: str, remote_command: str,
-                      limit: float) -> CommandResult | None:
+    def _run_in_shell(self, command: str, remote_command: str, limit: float,
+                      tag: str | None = None) -> CommandResult | None:
         """Run ``command`` through the node's shell session (started if needed); None when the
         session cannot run on this node (nothing ran: the caller falls back to exec)."""
         started, t0 = time.time(), time.monotonic()
@@ -1198,7 +1187,7 @@ class SshHandler(CommandHandler):
                 continue
             nonce = secrets.token_hex(8)
             try:
-                shell.chan.sendall(frame(nonce, remote_command))
+                shell.chan.sendall(frame(nonce, remote_command, tag))
             except (SSHException, EOFError, OSError):
                 if shell.sent_nothing():
                     # the session had ended while idle (nothing of this command went out)
@@ -1325,29 +1314,43 @@ class SshHandler(CommandHandler):
         pgid = self.orphan
         assert pgid is not None
         self.orphan = None
-        script = _END_ORPHAN.format(pgid=int(pgid), kill_at=int(KILL_GRACE * 10) + 1,
-                                    give_up=int(KILL_GRACE * 20) + 2)
-        limit = KILL_GRACE * 2 + max(5.0, self.target.connect_timeout)
-        why = ""
         try:
-            result = self._run_in_shell(script, script, limit) if self.exec_reason is None else None
-            if result is None:
-                result = self._run_exec(script, script, limit)
+            ended = self._end_group(_END_ORPHAN, pgid=int(pgid))
         except UnreachableError as exc:
-            result, why = None, exc.detail
-        code = result.exit_code if result is not None else None
-        if code in (0, 3):
-            if code == 3:
-                self.pool.warn(f"{self.node.name}: a command that lost its connection (or that its "
-                               f"timeout could not end) was still running on the node, process "
-                               f"group {pgid}; it was ended before anything else ran there", self.on_warning)
-            return
-        self.orphan = pgid
-        if result is not None:
-            why = {4: "it is still there after SIGKILL"}.get(code, result.error or f"exit {code}")
-        raise UnreachableError(self.node.name, f"a command whose result was lost may still be "
-                                               f"running on the node (process group {pgid}) and "
-                                               f"could not be ended ({why}); nothing more was run there")
+            self.orphan = pgid
+            raise UnreachableError(self.node.name, f"a command whose result was lost may still be "
+                                                   f"running on the node (process group {pgid}) and "
+                                                   f"could not be ended ({exc.detail}); nothing more "
+                                                   "was run there") from None
+        if ended:
+            self.pool.warn(f"{self.node.name}: a command that lost its connection (or that its "
+                           f"timeout could not end) was still running on the node, process "
+                           f"group {pgid}; it was ended before anything else ran there", self.on_warning)
+
+    def end_lost_step(self, tag: str) -> bool | None:
+        """The step ``tag`` (``run-id/step-key``) of a run that died may still be running on the
+        node, under a driver that lost its connection: end it (see
+        :data:`~zdu.transport.shell.END_LOST_STEP`).  True when it was running and was ended,
+        False when it is not running (or this node has no shell session: nothing to find).
+        Raises UnreachableError when it cannot be ended or the node does not answer."""
+        with self._lock:
+            if self.orphan is not None:
+                self._end_orphan()
+            return self._end_group(END_LOST_STEP, tag=shlex.quote(tag))
+
+    def _end_group(self, template: str, **values: Any) -> bool:
+        """Run one of the end-a-group scripts: True: ended; False: nothing was running;
+        UnreachableError when it could not be ended or run."""
+        script = template.format(kill_at=int(KILL_GRACE * 10) + 1, give_up=int(KILL_GRACE * 20) + 2, **values)
+        limit = KILL_GRACE * 2 + max(5.0, self.target.connect_timeout)
+        result = self._run_in_shell(script, script, limit) if self.exec_reason is None else None
+        if result is None:
+            result = self._run_exec(script, script, limit)
+        if result.exit_code in (0, 3):
+            return result.exit_code == 3
+        why = "it is still there after SIGKILL" if result.exit_code == 4 else \
+            result.error or f"exit {result.exit_code}"
+        raise UnreachableError(self.node.name, why)
 
     def _sendable(self, command: str, env: dict[str, str] | None) -> str:
         """``command`` with ``env`` exported, or InvalidCommandError (never quoting the
