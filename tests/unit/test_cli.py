@@ -186,8 +186,19 @@ def test_log_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None
     assert "Traceback" not in out + err
 
 
+def test_a_negative_min_free_mb_is_refused_not_a_check_turned_off(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("-5", "5.5", "\u00b2", "1" * 12):
+        status, _, _ = call(*DIRS, "--min-free-mb", bad, "--dry-run")
+        err = capsys.readouterr().err           # argparse's own message
+        assert status is Status.USAGE_ERROR and "--min-free-mb" in err and "whole number of MB" in err, err
+    assert call(*DIRS, "--min-free-mb", "0", "--dry-run")[0] is Status.SUCCESS
+
+
 @pytest.mark.parametrize("traffic,rate,needle", [("notaurl", "200", "must be http(s)"),
-                                                 ("http://127.0.0.1:1/", "0", "must be > 0")])
+                                                 ("http://127.0.0.1:1/", "0", "more than 0 and at most 100000"),
+                                                 ("http://127.0.0.1:1/", "inf", "at most 100000 requests/s"),
+                                                 ("http://127.0.0.1:1/", "1e308", "at most 100000 requests/s"),
+                                                 ("http://127.0.0.1:1/", "nan", "at most 100000 requests/s")])
 def test_bad_traffic_option_fails_before_any_node_is_contacted(tmp_path: Path, traffic: str, rate: str,
                                                               needle: str) -> None:
     port = free_port()

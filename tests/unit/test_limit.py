@@ -107,3 +107,20 @@ def test_errors(pattern: str, message: str) -> None:
 def test_split_pattern(pattern: str, terms: list[str]) -> None:
     from ansible.inventory.manager import split_host_pattern
     assert split_pattern(pattern) == terms == split_host_pattern(pattern)
+
+
+def test_the_cli_counts_a_subscript_in_the_inventorys_group_order(tmp_path: Path) -> None:
+    """``--limit 'gw[0]'`` upgrades the host Ansible would pick (gw's children in the order
+    listed: us, then eu), not the first in topology order."""
+    import subprocess
+    import sys
+    (tmp_path / "inv.ini").write_text("[eu]\nh1 ansible_host=10.0.0.1\n[us]\nh2 ansible_host=10.0.0.2\n"
+                                      "[gw:children]\nus\neu\n")
+    (tmp_path / "t.yaml").write_text("profile: lab-gateway\n")
+    assert _ansible(tmp_path / "inv.ini", "gw[0]") == ["h2"]
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "zdupgrade"), "--dry-run", "--config", "t.yaml", "--inventory",
+                          "inv.ini", "--limit", "gw[0]", "--old_install_dir", "/opt/a", "--new_install_dir", "/opt/b"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "  nodes: h2;" in out.stdout and "skipped (--limit): h1 " in out.stdout, out.stdout[:600]

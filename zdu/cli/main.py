@@ -48,6 +48,14 @@ Without --config the built-in reference topology (Node-A, Node-B, Node-C on
 """
 
 
+def _megabytes(text: str) -> int:
+    """--min-free-mb: a whole number of MB, 0 (no check) or more (a negative one turned the check
+    off without a word)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"must be a whole number of MB from 0 to 999999999, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zdupgrade",
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "sent/failed/latency in the summary")
     parser.add_argument("--traffic-rate", "--traffic_rate", dest="traffic_rate", type=float, default=200.0,
                         metavar="N", help="requests per second for --traffic (default 200)")
-    parser.add_argument("--min-free-mb", "--min_free_mb", dest="min_free_mb", type=int, default=0, metavar="MB",
+    parser.add_argument("--min-free-mb", "--min_free_mb", dest="min_free_mb", type=_megabytes, default=0, metavar="MB",
                         help="preflight: refuse nodes with less free space under /var/tmp (default: no check)")
     parser.add_argument("--lab", action="store_true",
                         help="bring up the local lab (3 OpenSSH nodes in Docker + HAProxy), upgrade it with "

@@ -22,7 +22,7 @@ from ..config.install_dirs import validate_install_dirs
 from ..config.values import check_text
 from ..config.limit import select
 from ..config.ssh_config import check_all, resolve_all
-from ..config.topology import load_topology, reference_topology, topology_from_inventory
+from ..config.topology import limit_groups, load_topology, reference_topology, topology_from_inventory
 from ..planning.serial import parse_serial
 from ..errors import ConfigError, LockError
 from ..lb import make_load_balancer
@@ -72,7 +72,7 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     whole = topology
     skipped: tuple[str, ...] = ()
     if args.limit:
-        selected, skipped = select(args.limit, topology.nodes)
+        selected, skipped = select(args.limit, topology.nodes, limit_groups(topology))
         topology = limited(topology, selected)
     plan = build_plan(topology, profile, old_install_dir=args.old_install_dir,
                       new_install_dir=args.new_install_dir, run_id=run_id,

@@ -250,6 +250,10 @@ def body_version(body: bytes) -> str | None:
 
 # ---------------------------------------------------------------------------- the probe
 
+#: the most requests per second a probe sends: it measures a load balancer, it must not flood it
+MAX_RATE = 100_000.0
+
+
 class TrafficProbe:
     """Sends GET ``url`` at ``rate`` requests/s from ``workers`` threads until stopped."""
 
@@ -259,8 +263,10 @@ class TrafficProbe:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"traffic URL must be http(s)://HOST[:PORT]/PATH, got {url!r}")
-        if not rate > 0 or not timeout > 0:
-            raise ValueError("rate and timeout must be > 0")
+        if not 0 < rate <= MAX_RATE:
+            raise ValueError(f"the rate must be more than 0 and at most {MAX_RATE:g} requests/s")
+        if not 0 < timeout <= 3600:
+            raise ValueError("the timeout must be more than 0 and at most 3600 s")
         self.url = url
         self.rate = float(rate)
         self.timeout = float(timeout)
