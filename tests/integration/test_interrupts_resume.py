@@ -144,6 +144,55 @@ def test_a_refused_resume_keeps_the_dead_runs_lock(tmp_path: Path) -> None:
     assert not lock.exists()
 
 
+def _a_finished_run(tmp_path: Path) -> tuple[LocalFleet, Path, list[str]]:
+    """A local fleet upgraded by a whole run: the fleet, its journal and the journal's lines."""
+    fleet = LocalFleet(tmp_path)
+    done = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), *fleet.argv()], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stdout
+    journal = fleet.run_dir() / "journal.jsonl"
+    return fleet, journal, journal.read_text().splitlines(keepends=True)
+
+
+def test_resume_gives_back_the_lock_of_a_run_that_died_after_it_finished(tmp_path: Path) -> None:
+    """Killed after RunFinished, before the lock's release (a node slow to answer it): every node
+    is fine, and --resume gives the lock back instead of "nothing to resume" -- which left every
+    later run refused LOCKED until someone broke the lock.  The kill's window is made by taking
+    the release out of a finished run's record and putting its lock back as it was."""
+    import socket
+    fleet, journal, lines = _a_finished_run(tmp_path)
+    released = [i for i, line in enumerate(lines) if json.loads(line)["type"] == "LockReleased"]
+    assert len(released) == 1
+    journal.write_text("".join(lines[: released[0]]))
+    record = fleet.run_dir() / "run.json"          # as the kill left it: written at RunFinished
+    record.write_text(json.dumps({**json.loads(record.read_text()), "events": released[0]}))
+    lock = tmp_path / "fleet-lock"
+    lock.mkdir()
+    (lock / "owner.json").write_text(json.dumps({"run_id": fleet.run_dir().name, "user": "root",
+                                                 "host": socket.gethostname(), "pid": 2 ** 22 + 7,
+                                                 "started": "2026-12-02T00:00:00+00:00", "message": ""}))
+    again = fleet.resume()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "died before it gave the fleet lock back; given back now" in again.stdout
+    assert not lock.exists()
+    assert json.loads(journal.read_text().splitlines()[-1])["type"] == "LockReleased"
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    assert fleet.lb_log("A") == ["disable", "enable"], "nothing ran again"
+    refused = fleet.resume()
+    assert refused.returncode == 78 and "nothing to resume" in refused.stderr
+
+
+def test_resume_refuses_a_journal_that_lost_its_end(tmp_path: Path) -> None:
+    """After a power loss the journal (not fsynced at every event) can end earlier than run.json
+    (fsynced at every write): resuming from it would run again steps that were done."""
+    fleet, journal, lines = _a_finished_run(tmp_path)
+    journal.write_text("".join(lines[: len(lines) // 2]))
+    refused = fleet.resume()
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert "lost its end" in refused.stderr and "not resuming" in refused.stderr, refused.stderr
+    assert fleet.lb_log("A") == ["disable", "enable"], "nothing ran again"
+
+
 def test_resume_from_another_directory_after_relative_paths(tmp_path: Path) -> None:
     fleet = LocalFleet(tmp_path, hold=True)
     proc = fleet.start("--config", "topology.yaml", "--log_dir", "logs", cwd=tmp_path)

@@ -51,6 +51,8 @@ def test_resume_after_a_torn_journal_line_and_resume_again(tmp_path: Path) -> No
     assert "RunStarted" in [e["type"] for e in appended]
     every_line_whole(journal)
     assert "journal.jsonl ended in an unfinished line (36 bytes" in (fleet.run_dir() / "run.log").read_text()
+    warned = [e["message"] for e in appended if e["type"] == "Warned"]   # in the record and the summary too
+    assert any("unfinished line (36 bytes" in m for m in warned), warned
     # the next resume reads that journal (it used to be refused: "the run record is damaged")
     fleet.release()
     done = fleet.resume("--plain")

@@ -38,6 +38,7 @@ from .console import Console
 
 if TYPE_CHECKING:
     from ..run import events as ev
+    from ..report.runfolder import RunFolder
     from ..run.lock import FleetLock
     from ..run.resume import ControlLock, Previous
     from ..run.state import Recorder, RunView
@@ -296,11 +297,16 @@ class Upgrade:
         if previous is None:
             recorder.emit(opened)
         resuming = previous is not None
-        doing = "repairing " if previous is not None and previous.repair else "resuming " if resuming else ""
+        doing = "repairing " if previous is not None and previous.repair else \
+            "giving back the fleet lock of " if previous is not None and previous.lock_only else \
+            "resuming " if resuming else ""
         self.console.line(f"zdupgrade {__version__}: {doing}run {plan.run_id}, logs in {run_dir.dir}")
         if previous is not None and previous.repair:
             self.console.line(f"  left behind by the run: {', '.join(previous.repair)}")
         self._recorder = recorder
+        if folder.torn:
+            self._warning(f"the run record ended in an unfinished line ({folder.torn} bytes: the write the "
+                          "kill cut short); it was cut off before this resume's events")
         # preflight takes the fleet lock in the same round trip as its checks, and gives it back
         # if it finds anything (or is interrupted)
         lock = FleetLock([p.node for p in plan.nodes], connections,
@@ -311,6 +317,8 @@ class Upgrade:
             if status is not None:
                 return status
             recorder.emit(ev.LockTaken(owner=dataclasses.asdict(lock.owner), broken=tuple(lock.broken)))
+            if previous is not None and previous.lock_only:
+                return self._give_lock_back(previous, recorder, lock, folder)
             probe = self._start_traffic(recorder)
             conductor = Conductor(plan, recorder, handlers=connections, lb=lb, policy=policy,
                                   command_timeout=topology.ssh.command_timeout, stop_event=self.stop,
@@ -424,6 +432,26 @@ class Upgrade:
         finally:
             with guard:
                 over.set()
+
+    def _give_lock_back(self, previous: Previous, recorder: Recorder, lock: FleetLock,
+                        folder: RunFolder) -> Status:
+        """``--resume`` of a run that had finished but died before it gave its fleet lock back:
+        preflight took the lock back; give it back, and end as the run ended."""
+        from ..run import events as ev
+        status = previous.state.status
+        assert status is not None
+        problems = tuple(lock.release())
+        recorder.emit(ev.LockReleased(problems=problems))
+        for problem in problems:
+            self._warning(problem)
+        self.console.line(f"run {previous.state.run_id} had finished with {status.name} ({int(status)}) but its "
+                          "process died before it gave the fleet lock back; "
+                          + ("given back now" if not problems else "not every node's lock could be given back"))
+        try:
+            folder.write_json(recorder.snapshot().to_dict())
+        except OSError as exc:
+            self.console.error(f"run.json could not be written in {previous.run_dir.dir} ({exc})")
+        return status
 
     def _release(self, lock: FleetLock) -> None:
         """Give back the fleet lock where this run still holds it; a node that does not answer

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, LockError
 from ..report.rundir import RunDir
-from ..report.runfolder import JOURNAL, read_journal
+from ..report.runfolder import JOURNAL, RUN_JSON, read_journal
 from .state import RunState, replay
 
 CONTROL_LOCK = "control.lock"
@@ -39,6 +39,8 @@ class Previous:
     state: RunState
     invocation: dict[str, Any]
     repair: tuple[str, ...] = ()      # a finished run: the nodes it left broken or out of traffic
+    #: a finished run that died before it gave its fleet lock back (its nodes all fine)
+    lock_only: bool = False
 
 
 def needs_repair(state: RunState) -> list[str]:
@@ -113,16 +115,39 @@ def load_previous(run_dir: RunDir) -> Previous:
         raise ConfigError(f"{path}: the run record is damaged or was edited ({str(exc)[:300]}); "
                           "not resuming") from None
     invocation = check_invocation(state.invocation, path)
+    recorded = _recorded_events(run_dir, state.run_id)
+    if recorded > state.events:
+        # run.json is fsynced at every write, the journal is not: after a power loss the journal
+        # can end earlier, and resuming from it would run again what the run had done
+        raise ConfigError(f"{path}: the journal holds {state.events} events but {RUN_JSON} counts {recorded}: "
+                          "it lost its end (a power loss?), and resuming from it would run steps again "
+                          "that were done; not resuming. `zdupgrade show` shows what run.json recorded")
     if state.status is not None and state.ended is not None:
         broken = needs_repair(state)
         if broken and state.lock is not None:
             return Previous(run_dir, state, invocation, repair=tuple(broken))
+        if state.lock is not None and "released" not in state.lock:
+            return Previous(run_dir, state, invocation, lock_only=True)
         raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
                           f"({int(state.status)}); nothing to resume")
     if not any(n.phases or n.rollback for n in state.nodes.values()) and state.lock is None:
         raise ConfigError(f"{run_dir.dir}: run {state.run_id} never started changing nodes "
                           "(it stopped in preflight); start a new run instead")
     return Previous(run_dir, state, invocation)
+
+
+def _recorded_events(run_dir: RunDir, run_id: str) -> int:
+    """How many events the run's run.json says it holds (0 when it is missing, unreadable or
+    another run's)."""
+    import json
+    try:
+        data = json.loads(run_dir.read_text(RUN_JSON))
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(data, dict) or data.get("run_id") != run_id:
+        return 0
+    count = data.get("events")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def check_invocation(raw: Mapping[str, Any], where: Path) -> dict[str, Any]:
