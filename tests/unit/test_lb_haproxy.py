@@ -264,3 +264,12 @@ def test_drain_wait_uses_the_injected_clock_and_is_bounded() -> None:
     frozen = HaproxyLoadBalancer("gateways", [ScriptedApi("x", stuck)], drain_timeout=5,
                                  poll_interval=1, sleep=lambda s: None, clock=lambda: 0.0)
     assert frozen.disable(NODE_A).details["sessions_cut"] == 3  # a stuck clock still ends
+
+
+@pytest.mark.parametrize("address", ["tcp:127.0.0.1:\u00b2", "tcp:127.0.0.1:0", "tcp:127.0.0.1:65536",
+                                     "tcp:127.0.0.1:" + "9" * 5000, "tcp:127.0.0.1", "tcp:127.0.0.1:99\n"])
+def test_a_bad_admin_address_is_refused_with_the_expected_form(address: str) -> None:
+    from zdu.lb.haproxy_api import parse_address
+    with pytest.raises(ValueError, match="expected tcp:HOST:PORT"):
+        parse_address(address)
+    assert parse_address("tcp:[::1]:9999") == ("tcp", ("::1", 9999))

@@ -17,7 +17,7 @@ from typing import Callable
 
 from zdu.errors import TransportError
 from zdu.transport.base import CommandHandler
-from zdu.config.values import valid_host
+from zdu.config.values import port_number, valid_host
 
 #: the stat columns this package reads (HAProxy management guide, section 9.1)
 STAT_COLUMNS = ("pxname", "svname", "scur", "status", "weight", "check_status")
@@ -78,10 +78,11 @@ def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
         host, sep, port = address[4:].rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not valid_host(host):
+        number = port_number(port) if sep else None
+        if number is None or not valid_host(host):
             raise ValueError(f"expected tcp:HOST:PORT with HOST an IP address or a host name "
                              f"and PORT 1-65535, got {address!r}")
-        return "tcp", (host, int(port))
+        return "tcp", (host, number)
     if address.startswith("unix:"):
         address = address[5:]
     if not address:
