@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.localfleet import ROOT, LocalFleet
 from zdu.status import Status
@@ -142,6 +143,27 @@ def test_a_refused_resume_keeps_the_dead_runs_lock(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
     assert not lock.exists()
+
+
+def test_a_refused_repair_does_not_lock_a_fleet_its_run_had_given_back(tmp_path: Path) -> None:
+    """A finished run that left B broken (its rollback failed) had given its lock back; a repair
+    (--resume) that preflight refuses must leave the fleet unlocked, as it found it."""
+    node, flag = "{{ fleet_root }}/{{ node.name }}", "{{ fleet_root }}/rollback-fails"
+    fleet = LocalFleet(tmp_path, profile_overrides={
+        "rollback": {"APPLY": [{"name": "start old", "run": f"[ ! -e {flag} ] && echo 1.0 > {node}/running"}]}})
+    (tmp_path / "rollback-fails").touch()
+    data = yaml.safe_load(fleet.profile.read_text())
+    data["phases"]["APPLY"][-1]["run"] = f"[ {{{{ node.name }}}} != B ] && echo 2.0 > {node}/running"
+    fleet.profile.write_text(json.dumps(data))
+    first = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), *fleet.argv()], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=120)
+    lock = tmp_path / "fleet-lock"
+    assert first.returncode == int(Status.ROLLBACK_FAILED) and not lock.exists(), first.stdout[-1500:]
+    (tmp_path / "rollback-fails").unlink()
+    fleet.hook.chmod(0o644)
+    refused = fleet.resume()
+    assert refused.returncode == int(Status.CONFIG_ERROR), refused.stdout + refused.stderr
+    assert not lock.exists() and "stays in place" not in refused.stdout
 
 
 def _a_finished_run(tmp_path: Path) -> tuple[LocalFleet, Path, list[str]]:

@@ -179,14 +179,25 @@ def _lose_the_connection_under(handler: SshHandler, server: SshdServer, marker: 
     return box["r"]
 
 
+@pytest.fixture(params=["/bin/bash", "/bin/dash"])
+def command_shell(request: pytest.FixtureRequest, server: SshdServer) -> str:
+    """The shell the node's commands run under (``$SHELL``): root's bash, or dash as for a user
+    whose login shell is Debian's /bin/sh -- whose kill builtin refuses ``--``."""
+    if request.param != "/bin/bash":
+        server.config.write_text(server.config.read_text() + f"SetEnv SHELL={request.param}\n")
+        server.stop()
+        server.start()
+    return str(request.param)
+
+
 def test_a_command_that_lost_its_connection_is_ended_before_the_next_one(
-        server: SshdServer, tmp_path: Path) -> None:
+        server: SshdServer, tmp_path: Path, command_shell: str) -> None:
     """Otherwise a rollback would run beside the upgrade step it rolls back, over the new
     connection, and the node would end on whichever finished last."""
     warnings: list[str] = []
     handler = make(server, tmp_path, on_warning=warnings.append)
     try:
-        assert handler.run("true").ok
+        assert handler.run("readlink /proc/$$/exe; true").stdout.strip() == os.path.realpath(command_shell)
         marker, done = tmp_path / "started", tmp_path / "finished"
         result = _lose_the_connection_under(handler, server, marker, done)
         assert (result.exit_code, result.error) == (None, "unreachable"), result
@@ -199,7 +210,7 @@ def test_a_command_that_lost_its_connection_is_ended_before_the_next_one(
         assert not done.exists(), "the lost command went on running after the next command"
         # and a group that had ended by itself is not reported
         warnings.clear()
-        handler.orphan = 2 ** 22 - 3       # no such group
+        handler.orphan = (2 ** 22 - 3, "")    # no such group
         assert handler.run("echo again").stdout == "again\n" and warnings == []
     finally:
         handler.close()
@@ -225,7 +236,8 @@ def test_a_lost_command_that_cannot_be_ended_stops_everything_on_that_node(
         time.sleep(3.2)            # the lost command ends by itself (only a file in tmp_path)
 
 
-def test_a_resume_ends_the_step_that_a_dead_run_left_running(server: SshdServer, tmp_path: Path) -> None:
+def test_a_resume_ends_the_step_that_a_dead_run_left_running(server: SshdServer, tmp_path: Path,
+                                                             command_shell: str) -> None:
     """The control process dies (its connection with it) while a tagged step runs: the step goes
     on on the node.  A new process (the resume) finds it by its tag and ends it; a step that
     finished, or another tag, is left alone."""
@@ -258,6 +270,122 @@ def test_a_resume_ends_the_step_that_a_dead_run_left_running(server: SshdServer,
     finally:
         resumed.close()
         dead.close()
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+
+
+def test_an_orphan_group_now_held_by_another_process_is_left_alone(server: SshdServer, tmp_path: Path) -> None:
+    """The node rebooted or the pid was reused since the command lost its connection: a leader
+    whose start time is not the lost command's is another process, and is not killed."""
+    import subprocess
+    victim = subprocess.Popen(["setsid", "sleep", "30"])
+    warnings: list[str] = []
+    handler = make(server, tmp_path, on_warning=warnings.append)
+    try:
+        time.sleep(0.2)
+        handler.orphan = (victim.pid, str(int(_start_time(victim.pid)) + 1))
+        assert handler.run("echo next").stdout == "next\n"
+        assert victim.poll() is None and warnings == [] and handler.orphan is None
+        handler.orphan = (victim.pid, _start_time(victim.pid))      # the lost command itself
+        assert handler.run("echo next").stdout == "next\n"
+        assert victim.wait(timeout=5) is not None and len(warnings) == 1
+    finally:
+        victim.kill()
+        handler.close()
+
+
+def test_a_group_of_zombies_is_gone(server: SshdServer, tmp_path: Path) -> None:
+    """A container whose init does not reap keeps zombies for good: they hold the group's number
+    but run nothing, and must not block the node."""
+    import subprocess
+    import sys
+    keeper = subprocess.Popen([sys.executable, "-c", "import os, sys, time\npid = os.fork()\n"
+                               "if pid == 0:\n    os.setsid(); os._exit(0)\nprint(pid, flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    handler = make(server, tmp_path)
+    try:
+        assert keeper.stdout is not None
+        zombie = int(keeper.stdout.readline())
+        time.sleep(0.2)
+        assert Path(f"/proc/{zombie}/stat").read_text().rsplit(") ", 1)[1].split()[0] == "Z"
+        handler.orphan = (zombie, "")
+        assert handler.run("echo ok").stdout == "ok\n" and handler.orphan is None
+    finally:
+        keeper.kill()
+        handler.close()
+
+
+def test_a_step_file_of_another_user_is_never_trusted(server: SshdServer, tmp_path: Path) -> None:
+    """Run as root, a resume reads every zdu-shell.* directory under /tmp: a file planted there
+    by another user must not make it kill a process group of its choosing."""
+    import pwd
+    import shutil
+    import subprocess
+    victim = subprocess.Popen(["setsid", "sleep", "30"])
+    planted = Path("/tmp") / f"zdu-shell.planted{os.getpid()}"
+    nobody = pwd.getpwnam("nobody")
+    handler = make(server, tmp_path)
+    try:
+        planted.mkdir(mode=0o700)
+        (planted / "step").write_text(f"{victim.pid} {os.getpid()} r/node-a/APPLY/0\n")
+        for path in (planted, planted / "step"):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        time.sleep(0.2)
+        assert handler.end_lost_step("r/node-a/APPLY/0") is False
+        assert victim.poll() is None, "a planted step file killed another process group"
+    finally:
+        victim.kill()
+        shutil.rmtree(planted, ignore_errors=True)
+        handler.close()
+
+
+def test_an_exec_channel_whose_timeout_kill_did_not_get_through_is_ended_later(
+        server: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zdu.transport.ssh as ssh
+    handler = make(server, tmp_path, shell_session=False)
+    done = tmp_path / "finished"
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(ssh, "_side_command", lambda *args: False)     # the node does not answer it
+            result = handler.run(f"sleep 3; echo finished > {done}", timeout=1)
+        assert result.error == "timeout" and handler.orphan is not None
+        assert handler.run("echo next").stdout == "next\n" and handler.orphan is None
+        time.sleep(3)
+        assert not done.exists()
+        assert handler.end_lost_step("r/node-a/APPLY/0") is None, "the exec fallback cannot tell"
+    finally:
+        handler.close()
+
+
+def test_a_lost_step_that_cannot_be_ended_lets_nothing_more_run_there(server: SshdServer, tmp_path: Path) -> None:
+    tag = "r/node-a/APPLY/1"
+    dead = make(server, tmp_path)
+    marker, done = tmp_path / "started", tmp_path / "finished"
+    worker = threading.Thread(target=lambda: dead.run(f": > {marker}; sleep 3; echo x > {done}",
+                                                      env={"ZDU_STEP": tag}))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert dead.connection is not None and dead.connection.transport is not None
+    dead.connection.transport.sock.close()
+    worker.join(timeout=20)
+    resumed = make(server, tmp_path, pool=SshPool())
+    try:
+        server.stop()
+        with pytest.raises(UnreachableError, match="could not be ended"):
+            resumed.end_lost_step(tag)
+        server.start()
+        with pytest.raises(UnreachableError, match="nothing more is run there"):
+            resumed.run(f"echo ran > {tmp_path / 'ran'}")
+        assert not (tmp_path / "ran").exists()
+    finally:
+        resumed.close()
+        dead.close()
+        time.sleep(3.2)
 
 
 def test_frozen_node_gives_up_at_the_timeout(handler: SshHandler, server: SshdServer) -> None:

@@ -321,12 +321,56 @@ def test_a_resume_first_ends_the_step_the_dead_run_had_in_flight() -> None:
     assert out.status is Status.SUCCESS
     assert out.log[:2] == ["end-lost r/B/APPLY/0", "apply B"], out.log
     warned = [e.message for e in out.events if isinstance(e, ev.Warned) and e.node == "B"]
-    assert any("was still running on the node; it was ended" in m for m in warned), warned
+    assert any("of the run that died was still running; it was ended" in m for m in warned), warned
     # a transport that cannot tell says so, and nothing is ended
     plain = run(previous=killed)
     assert plain.status is Status.SUCCESS and not any(c.startswith("end-lost") for c in plain.log)
     assert any("cannot tell whether it still runs" in e.message for e in plain.events
                if isinstance(e, ev.Warned)), "the resume must say the step may be running twice"
+
+
+def test_a_resume_ends_a_lost_step_on_a_host_too_and_a_node_it_cannot_end_runs_nothing() -> None:
+    """A before: step on a topology host (a backup) in flight is ended like a node's; a node
+    whose lost step cannot be ended fails as unreachable instead of running the step again."""
+    from tests.support.fakes import FakeFleet, FakeHandler
+    from tests.unit.test_steering import APINIZER
+    from zdu.errors import UnreachableError
+
+    class Ends(FakeHandler):
+        def end_lost_step(self, tag: str) -> bool | None:
+            with self.fleet.lock:
+                self.fleet.log.append(f"end-lost {tag}")
+            return True
+
+    class Fleet(FakeFleet):
+        handler_class = Ends
+    topology = {"hosts": APINIZER["hosts"], "before": APINIZER["before"]}
+    killed = _events_until(lambda e: isinstance(e, ev.StepStarted) and e.target == "mongo", topology=topology)
+    out = run(previous=killed, fleet=Fleet(), topology=topology)
+    assert out.log[:2] == ["end-lost r/mongo/BEFORE/0", "mongodump r"], out.log
+    assert any(e.message.startswith("mongo: step 'backup'") for e in out.events if isinstance(e, ev.Warned))
+
+    class Stuck(FakeHandler):
+        blocked = False
+
+        def end_lost_step(self, tag: str) -> bool | None:
+            type(self).blocked = True
+            raise UnreachableError(self.node.name, "it is still there after SIGKILL")
+
+        def run(self, command: str, *, timeout: float | None = None,  # type: ignore[override]
+                env: dict[str, str] | None = None) -> Any:
+            if self.blocked and self.node.name == "B":
+                raise UnreachableError("B", "nothing more is run there")
+            return super().run(command, timeout=timeout, env=env)
+
+    class StuckFleet(FakeFleet):
+        handler_class = Stuck
+    killed = _events_until(lambda e: isinstance(e, ev.StepStarted) and e.key == "B/APPLY/0")
+    out = run(previous=killed, fleet=StuckFleet())
+    # nothing more ran on B: its rollback could not run either, so B is reported loudly (75),
+    # out of the load balancer, and A (switched before it) is rolled back
+    assert not any(c.endswith(" B") for c in out.log) and out.status is Status.ROLLBACK_FAILED, out.log
+    assert out.node("B").lb is not LbState.IN and out.node("A").version is Version.OLD
 
 
 def test_every_step_command_gets_its_tag() -> None:

@@ -140,6 +140,7 @@ class Upgrade:
         self._control: ControlLock | None = None
         self._rundir: RunDir | None = None
         self._recorder: Recorder | None = None
+        self._previous_lock_held = False     # --resume: the dead run still held its fleet lock
         #: the conductor has started: from here on a stopping run still retries its connects
         self._conducting = False
 
@@ -297,6 +298,8 @@ class Upgrade:
         if previous is None:
             recorder.emit(opened)
         resuming = previous is not None
+        self._previous_lock_held = previous is not None and previous.state.lock is not None and \
+            "released" not in previous.state.lock
         doing = "repairing " if previous is not None and previous.repair else \
             "giving back the fleet lock of " if previous is not None and previous.lock_only else \
             "resuming " if resuming else ""
@@ -379,9 +382,10 @@ class Upgrade:
         stopped = self.stop.is_set()
         if not stopped and not problems and not locked:
             return None
-        if resuming:
+        if resuming and self._previous_lock_held:
             # the run stays resumable, and the fleet it left half-done stays its own: the lock
-            # it took back stays (naming this process, gone in a moment: stale, as it was)
+            # it took back stays (naming this process, gone in a moment: stale, as it was).  A
+            # run that had given its lock back (a repair of a finished run) gets nothing kept
             lock.keep()
             self.console.line("  the run's fleet lock stays in place: --resume takes it back")
         self._release(lock)      # before the run's end is recorded, so the summary has its notes

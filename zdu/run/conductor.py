@@ -445,8 +445,9 @@ class Conductor:
         """A resume: the steps the run that died had in flight may still run on their nodes
         (its connections died with it, and sshd does not signal a session command without a
         terminal); each is ended before anything else runs on its node, in parallel."""
-        lost = self.recorder.query(lambda s: [r for r in s.steps if r.ended is None and r.node
-                                              and r.node in s.nodes])
+        hosts = self.plan.hosts
+        lost = self.recorder.query(lambda s: [r for r in s.steps if r.ended is None and
+                                              (r.node in s.nodes or r.target in hosts)])
         if not lost:
             return
         with ThreadPoolExecutor(max_workers=max(1, min(self.plan.parallel, len(lost))),

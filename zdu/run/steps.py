@@ -98,23 +98,26 @@ class StepRunner:
     def end_lost(self, record: StepRecord) -> None:
         """A resume: the run that died had ``record``'s step in flight, and it may still be
         running on its node.  End it before anything else runs there, and say what was found."""
-        where = record.node
+        where = record.node or record.target          # a node, or a host of the topology
+        node = record.node or None
+        about = "" if node else f"{where}: "
         try:
             ended = self._handler(where).end_lost_step(self.tag(record.key))
         except TransportError as exc:
-            self.recorder.emit(ev.Warned(node=where, message=self.mask(
-                f"step {record.name!r} ({record.phase.value}) was running when the run died and may still "
-                f"be running on the node: {exc.detail}")))
+            # the handler runs nothing more there: the node's next step fails as unreachable
+            self.recorder.emit(ev.Warned(node=node, message=self.mask(
+                f"{about}step {record.name!r} ({record.phase.value}) was running when the run died and may "
+                f"still be running: {exc.detail}")))
             return
         if ended is None:
-            message = (f"step {record.name!r} ({record.phase.value}) was running when the run died; this "
-                       "transport cannot tell whether it still runs, and it is run again now")
+            message = (f"{about}step {record.name!r} ({record.phase.value}) was running when the run died; "
+                       "this node cannot tell whether it still runs, and it is run again now")
         elif ended:
-            message = (f"step {record.name!r} ({record.phase.value}) of the run that died was still running "
-                       "on the node; it was ended before the resume went on")
+            message = (f"{about}step {record.name!r} ({record.phase.value}) of the run that died was still "
+                       "running; it was ended before the resume went on")
         else:
             return
-        self.recorder.emit(ev.Warned(node=where, message=self.mask(message)))
+        self.recorder.emit(ev.Warned(node=node, message=self.mask(message)))
 
     def _run(self, step: PlannedStep, interruptible: bool) -> StepResult:
         if step.kind is StepKind.RUN:

@@ -61,6 +61,18 @@ trap 'exit 143' TERM
 case ${SHLVL:-} in ''|*[!0-9]*) SHLVL=0 ;; esac
 SHLVL=$((SHLVL + 1))
 export SHLVL
+# each command's own shell: a session of its own; it reports its process group and start time
+# (/proc, where there is one: a later check can tell it from a reused pid), notes a tagged
+# step for a resume (see END_LOST_STEP), then becomes the command
+w='zdu_start() {
+  zdu_s=
+  if read -r zdu_s </proc/$$/stat 2>/dev/null; then zdu_s=${zdu_s##*) }; set -- $zdu_s; zdu_s=${20:-}; fi
+}
+zdu_start
+printf "\036%s:pgid=%s:%s\n" "$1" "$$" "$zdu_s" >&2
+unset zdu_s; unset -f zdu_start
+[ -z "$4" ] || printf "%s %s %s\n" "$$" "$5" "$4" >"$6" 2>/dev/null
+exec "$2" -c "$3"'
 printf '\036zdu-driver:ready\n'
 while IFS= read -r f; do
   n=${f%% *}
@@ -74,7 +86,7 @@ while IFS= read -r f; do
     cat "$d/o" & o=$!
     cat "$d/e" >&2 & r=$!
     printf '\036%s:fwd=%s %s\n' "$n" "$o" "$r" >&2
-    { setsid /bin/sh -c 'printf "\036%s:pgid=%s\n" "$1" "$$" >&2; [ -z "$4" ] || printf "%s %s %s\n" "$$" "$5" "$4" >"$6" 2>/dev/null; exec "$2" -c "$3"' zdu "$n" "${SHELL:-/bin/sh}" "$c" "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
+    { setsid /bin/sh -c "$w" zdu "$n" "${SHELL:-/bin/sh}" "$c" "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
     s=$?
     [ -z "$t" ] || : >"$d/step"
     printf '\036%s:exit=%s\n' "$n" "$s" >&2
@@ -119,38 +131,65 @@ def frame(nonce: str, command: str, tag: str | None = None) -> bytes:
 
 
 #: Ends the process group ``$g`` (set before it): TERM, KILL after a grace.  Exit 0: the group
-#: is gone; 3: it was still running and was ended; 4: it is still there after KILL.  Formatted
-#: with ``kill_at`` and ``give_up`` (tenths of a second after the TERM).
-END_GROUP = """kill -0 -- -$g 2>/dev/null || exit 0
-kill -TERM -- -$g 2>/dev/null
+#: is gone (or holds only zombies, which a node whose init does not reap keeps for good); 3: it
+#: was still running and was ended; 4: it is still there after KILL.  Formatted with ``kill_at``
+#: and ``give_up`` (tenths of a second after the TERM).  ``kill -SIG -PGID``, never ``kill --``:
+#: dash's builtin refuses ``--``.
+END_GROUP = """alive() {{
+  kill -0 -$g 2>/dev/null || return 1
+  [ -r /proc/self/stat ] || return 0
+  for q in /proc/[0-9]*; do
+    read -r z <"$q/stat" 2>/dev/null || continue
+    z=${{z##*) }}
+    set -- $z
+    [ "${{3:-}}" = "$g" ] && [ "$1" != Z ] && return 0
+  done
+  return 1
+}}
+alive || exit 0
+kill -TERM -$g 2>/dev/null
 i=0
-while kill -0 -- -$g 2>/dev/null; do
+while alive; do
   i=$((i + 1))
-  [ $i -eq {kill_at} ] && kill -KILL -- -$g 2>/dev/null
+  [ $i -eq {kill_at} ] && kill -KILL -$g 2>/dev/null
   [ $i -ge {give_up} ] && exit 4
   sleep 0.1 2>/dev/null || sleep 1
 done
 exit 3"""
 
+#: Ends the process group ``pgid`` of a command that lost its result, if it is still that
+#: command's: a leader whose start time is not ``start`` is another process (the node rebooted,
+#: or the pid was reused).  A leader that is gone leaves its group's number in use while any
+#: member lives, so the group is still the command's.  Formatted with ``pgid``, ``start``
+#: (digits, or empty where the node has no /proc) and END_GROUP's values.
+END_ORPHAN = """g={pgid}
+st={start}
+if [ -n "$st" ] && read -r s </proc/$g/stat 2>/dev/null; then
+  s=${{s##*) }}
+  set -- $s
+  [ "${{20:-}}" = "$st" ] || exit 0
+fi
+""" + END_GROUP
+
 #: Run by a resumed run on a node where the run that died had a step in flight: that step may
 #: still be running there (sshd does not signal a session command without a terminal).  Finds it
-#: by the tag its driver noted -- only while that driver is alive and the noted process is its
-#: child (unreaped, so its pid cannot have been reused) -- then :data:`END_GROUP`.  Formatted
-#: with ``tag`` (shell-quoted) too.
-END_LOST_STEP = """t={tag}
+#: by the tag its driver noted, in a directory and file of this user's only, while that driver is
+#: alive and the noted process is its child (unreaped, so its pid cannot have been reused) --
+#: checked in /proc, and without /proc nothing is ended (exit 5: cannot tell) -- then
+#: :data:`END_GROUP`.  Formatted with ``tag`` (shell-quoted) and END_GROUP's values.
+END_LOST_STEP = """[ -r /proc/self/stat ] || exit 5
+t={tag}
 g=
 for f in "${{TMPDIR:-/tmp}}"/zdu-shell.*/step; do
-  [ -s "$f" ] || continue
+  [ -s "$f" ] && [ -O "$f" ] && [ -O "${{f%/step}}" ] || continue
   read -r pg dp tg <"$f" 2>/dev/null || continue
   [ "$tg" = "$t" ] || continue
   case "$pg$dp" in ''|*[!0-9]*) continue ;; esac
   kill -0 "$dp" 2>/dev/null || continue
-  if [ -r "/proc/$pg/stat" ]; then
-    read -r st <"/proc/$pg/stat" || continue
-    st=${{st##*) }}
-    set -- $st
-    [ "${{2:-}}" = "$dp" ] || continue
-  fi
+  read -r st <"/proc/$pg/stat" 2>/dev/null || continue
+  st=${{st##*) }}
+  set -- $st
+  [ "${{2:-}}" = "$dp" ] || continue
   g=$pg
 done
 [ -n "$g" ] || exit 0
@@ -210,6 +249,24 @@ class RecordSplitter:
         return rest
 
 
+def pgid_report(nonce: str) -> str:
+    """Shell text that writes ``\\x1eNONCE:pgid=PID:START`` to stderr for the shell running it
+    (START: its start time from /proc, empty without one) and leaves nothing behind: no
+    variable, function or positional parameter (a function's ``set --`` is its own)."""
+    return ("zdu_start() { zdu_s=; if read -r zdu_s </proc/$$/stat 2>/dev/null; then "
+            "zdu_s=${zdu_s##*) }; set -- $zdu_s; zdu_s=${20:-}; fi; }; zdu_start; "
+            f"printf '\\036{nonce}:pgid=%s:%s\\n' \"$$\" \"$zdu_s\" >&2; unset zdu_s; unset -f zdu_start")
+
+
+def parse_pgid(value: str) -> tuple[int, str] | None:
+    """A ``pgid=`` record's value, ``PID`` or ``PID:START``: (pid, start time or "")."""
+    pid, _, start = value.partition(":")
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or \
+            not (start == "" or (start.isascii() and start.isdigit() and len(start) <= 20)):
+        return None
+    return int(pid), start
+
+
 @dataclass
 class StepState:
     """What the driver reported about one command so far."""
@@ -217,6 +274,7 @@ class StepState:
     nonce: str
     started: float = field(default_factory=time.monotonic)
     pgid: int | None = None
+    start: str = ""            # the group leader's start time (/proc/PID/stat), "" if unknown
     forwarders: tuple[int, ...] = ()
     exit_code: int | None = None
     exited_at: float | None = None
@@ -225,8 +283,8 @@ class StepState:
     def apply(self, record: str) -> None:
         """Take one record (``pgid=..``, ``fwd=..``, ``exit=..``, ``end``)."""
         key, _, value = record.partition("=")
-        if key == "pgid" and value.isdigit():
-            self.pgid = int(value)
+        if key == "pgid":
+            self.pgid, self.start = parse_pgid(value) or (self.pgid, self.start)
         elif key == "fwd":
             self.forwarders = tuple(int(p) for p in value.split() if p.isdigit())
         elif key == "exit" and value.isdigit():

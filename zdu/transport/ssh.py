@@ -43,7 +43,7 @@ after a one-second grace, then the channel is closed.  To know that group, the
 command's own shell reports its ``$$`` on stderr, framed by a random nonce
 (it runs as a session leader: sshd makes every exec command one, the shell session's
 driver uses ``setsid``); the record is taken out of stderr before anyone sees it.  The kill is a
-``kill -SIG -- -PGID`` run in a second session on the same connection (the SSH
+``kill -SIG -PGID`` run in a second session on the same connection (the SSH
 ``signal`` request is only a fallback when the group is unknown: OpenSSH refuses it
 for root logins, which skip privilege separation).  The result is ``exit_code=None,
 error="timeout"`` with the output so far.  A command killed
@@ -82,7 +82,8 @@ from zdu.model import CommandResult, Node, SshSettings
 from zdu.transport.base import STEP_TAG, BastionError, CommandHandler, InvalidCommandError
 from zdu.transport.local import IncrementalDecodeMixin, OutputCapture, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
-from zdu.transport.shell import END_GROUP, END_LOST_STEP, RecordSplitter, StepState, driver_command, frame
+from zdu.transport.shell import (END_LOST_STEP, END_ORPHAN, RecordSplitter, StepState, driver_command, frame,
+                                 parse_pgid, pgid_report)
 
 HostKeyCallback = Callable[[str, str, str], None]
 
@@ -97,12 +98,6 @@ SHELL_START = 10.0
 #: A frozen node (paused VM, silent link) must never receive a command that it would run when it
 #: thaws, after the run gave up on it -- the exec channel had that from its session handshake.
 LIVE_WINDOW = 1.0
-
-#: Run on a node, after a reconnect, before anything else when a command there lost its result
-#: (the connection died under it, or its timeout could not kill it): such a command goes on
-#: running on the node -- sshd does not signal a session command without a terminal -- and a
-#: rollback must not run beside it.
-_END_ORPHAN = "g={pgid}\n" + END_GROUP
 
 # paramiko logs the failures we map and report ourselves (with tracebacks, at ERROR); with no
 # logging configured they would land on stderr through logging's last-resort handler
@@ -148,6 +143,10 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
     chan.transport._send_user_message(m)  # type: ignore[union-attr]
 
 
+#: what an end-a-group script's exit code says when it did not end the group
+_END_FAILED = {4: "it is still there after SIGKILL"}
+
+
 class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     """Fabric's Remote runner with a real kill, stdin closed, and "did it start" tracking.
 
@@ -158,6 +157,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
 
     command_sent = False
     pgid: int | None = None
+    leader_start = ""           #: the group leader's start time (/proc), "" if unknown
+    exit_seen = False           #: the node closed the channel or sent the exit status itself
     _kill_wait = KILL_GRACE * 2 + 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -171,7 +172,7 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     start_expired = False
 
     def send_start_message(self, command: str) -> None:
-        wrapped = f"printf '\\036{self._nonce}:pgid=%s\\n' \"$$\" >&2\n{command}"
+        wrapped = f"{pgid_report(self._nonce)}\n{command}"
         # paramiko waits for the answer to an exec request without any timeout, and invoke's
         # command timer starts only after it: a node that freezes right then (paused, link
         # gone silent) would hang the run for good
@@ -192,8 +193,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
             rest = self._marks.feed(data)
             for record in self._marks.records:
                 key, _, value = record.partition("=")
-                if key == "pgid" and value.isdigit():
-                    self.pgid = int(value)
+                if key == "pgid" and parse_pgid(value) is not None:
+                    self.pgid, self.leader_start = parse_pgid(value)  # type: ignore[misc]
             self._marks.records.clear()
             if rest:
                 return rest
@@ -206,7 +207,7 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
             if self.pgid:
                 # root sessions are not privilege-separated and OpenSSH refuses the
                 # "signal" request for them, so signal the group from a second session
-                if not self._side_command(f"kill -{name} -- -{self.pgid} 2>/dev/null"):
+                if not self._side_command(f"kill -{name} -{self.pgid} 2>/dev/null"):
                     break        # the node does not answer: a KILL would not get through either
             else:
                 # fallback: a "signal" request races with the channel closing, and
@@ -217,6 +218,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
                 except Exception:  # noqa: BLE001 - the connection may be gone already
                     break
             chan.status_event.wait(KILL_GRACE)
+        # before our own close sets it: only the node's exit status or close sets it now
+        self.exit_seen = chan.status_event.is_set()
         chan.close()
 
     def _side_command(self, command: str) -> bool:
@@ -865,9 +868,11 @@ class SshHandler(CommandHandler):
         #: why commands run one exec channel each on this node (None: through the shell session)
         self.exec_reason: str | None = None if shell_session else "disabled"
         self.shells_started = 0  #: driver sessions started so far (one per connection normally)
-        #: the process group of a command that lost its result and may still run on the node:
-        #: ended before the next command runs there (see :meth:`_end_orphan`)
-        self.orphan: int | None = None
+        #: the process group (and its leader's start time) of a command that lost its result and
+        #: may still run on the node: ended before the next command runs there (:meth:`_end_orphan`)
+        self.orphan: tuple[int, str] | None = None
+        #: why nothing more may run on this node (a lost step of a dead run that could not be ended)
+        self.blocked: str | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -1107,6 +1112,8 @@ class SshHandler(CommandHandler):
         limit = timeout or self.settings.command_timeout
         remote_command = self._sendable(command, env)
         with self._lock:
+            if self.blocked is not None:
+                raise UnreachableError(self.node.name, self.blocked)
             if self.orphan is not None:
                 self._end_orphan()
             if self.exec_reason is None:
@@ -1128,8 +1135,8 @@ class SshHandler(CommandHandler):
                 result = runner.run(remote_command, hide=True, warn=True, in_stream=False,
                                     pty=False, timeout=limit, encoding="utf-8")
             except CommandTimedOut as exc:
-                if runner.pgid and not runner.channel.status_event.is_set():
-                    self.orphan = runner.pgid       # the kill did not get through
+                if runner.pgid and not runner.exit_seen:
+                    self.orphan = (runner.pgid, runner.leader_start)   # the kill did not get through
                 return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
                                      started, time.monotonic() - t0, error="timeout")
             except (SSHException, EOFError, OSError, ThreadException) as exc:
@@ -1257,7 +1264,8 @@ class SshHandler(CommandHandler):
         deadline = time.monotonic() + limit        # the command's own time, as for exec
         if not reader.until(lambda: state.done, deadline):
             if reader.lost:
-                return self._shell_lost(command, out.text(), err.text(), started, t0, state.pgid)
+                return self._shell_lost(command, out.text(), err.text(), started, t0,
+                                        (state.pgid, state.start) if state.pgid else None)
             self._kill(shell, reader, state)
             stderr = err.text()
             if state.exited_at is not None and state.exited_at < deadline:
@@ -1279,7 +1287,7 @@ class SshHandler(CommandHandler):
         if state.done:
             return
         if state.pgid:
-            plan = [f"kill -TERM -- -{state.pgid}", f"kill -KILL -- -{state.pgid}"]
+            plan = [f"kill -TERM -{state.pgid}", f"kill -KILL -{state.pgid}"]
             if state.forwarders:
                 plan.append("kill -KILL " + " ".join(map(str, state.forwarders)))
             for kill in plan:
@@ -1291,14 +1299,16 @@ class SshHandler(CommandHandler):
                     break
         # not finished (or its group never reported): this session is of no further use, and
         # the command may still run on the node
-        self.orphan = state.pgid or self.orphan
+        if state.pgid:
+            self.orphan = (state.pgid, state.start)
         self._drop_shell()
 
     def _shell_lost(self, command: str, stdout: str, stderr: str, started: float,
-                    t0: float, pgid: int | None = None) -> CommandResult:
+                    t0: float, group: tuple[int, str] | None = None) -> CommandResult:
         """The session ended under a command: the connection died (or the driver was killed).
-        The command itself may go on running on the node (process group ``pgid``)."""
-        self.orphan = pgid or self.orphan
+        The command itself may go on running on the node (``group``: its process group and
+        the leader's start time)."""
+        self.orphan = group or self.orphan
         self._drop_shell()
         if not self.connected:
             self._discard()                      # the next run() reconnects
@@ -1307,22 +1317,26 @@ class SshHandler(CommandHandler):
 
     def _end_orphan(self) -> None:
         """A command here lost its result (the connection died under it, or its timeout could
-        not kill it) and may still be running: end its process group before anything else runs
-        on the node -- a rollback beside a still-running upgrade step would leave the node on
+        not kill it) and may still be running: end its process group -- if it is still that
+        command's (:data:`~zdu.transport.shell.END_ORPHAN`) -- before anything else runs on
+        the node: a rollback beside a still-running upgrade step would leave the node on
         whichever finished last.  Raises UnreachableError, and runs nothing more, when the group
         cannot be ended or the node does not answer (the group stays noted for the next try)."""
-        pgid = self.orphan
-        assert pgid is not None
+        orphan = self.orphan
+        assert orphan is not None
+        pgid, start = orphan
         self.orphan = None
         try:
-            ended = self._end_group(_END_ORPHAN, pgid=int(pgid))
-        except UnreachableError as exc:
-            self.orphan = pgid
+            code = self._end_script(END_ORPHAN, pgid=int(pgid), start=shlex.quote(start))
+            if code not in (0, 3):
+                raise UnreachableError(self.node.name, _END_FAILED.get(code, f"exit {code}"))
+        except TransportError as exc:
+            self.orphan = orphan
             raise UnreachableError(self.node.name, f"a command whose result was lost may still be "
                                                    f"running on the node (process group {pgid}) and "
                                                    f"could not be ended ({exc.detail}); nothing more "
                                                    "was run there") from None
-        if ended:
+        if code == 3:
             self.pool.warn(f"{self.node.name}: a command that lost its connection (or that its "
                            f"timeout could not end) was still running on the node, process "
                            f"group {pgid}; it was ended before anything else ran there", self.on_warning)
@@ -1331,26 +1345,40 @@ class SshHandler(CommandHandler):
         """The step ``tag`` (``run-id/step-key``) of a run that died may still be running on the
         node, under a driver that lost its connection: end it (see
         :data:`~zdu.transport.shell.END_LOST_STEP`).  True when it was running and was ended,
-        False when it is not running (or this node has no shell session: nothing to find).
-        Raises UnreachableError when it cannot be ended or the node does not answer."""
+        False when it is not running, None when this node cannot tell (no shell session, or no
+        /proc).  When it cannot be ended, or the node does not answer, nothing more is run on
+        this node (UnreachableError now, and for every later command)."""
         with self._lock:
-            if self.orphan is not None:
-                self._end_orphan()
-            return self._end_group(END_LOST_STEP, tag=shlex.quote(tag))
+            try:
+                if self.orphan is not None:
+                    self._end_orphan()
+                code = self._end_script(END_LOST_STEP, tag=shlex.quote(tag), shell_only=True)
+            except TransportError as exc:
+                code, why = None, exc.detail
+            else:
+                why = _END_FAILED.get(code, f"exit {code}") if code is not None else ""
+            if code in (0, 3):
+                return code == 3
+            if code == 5 or (code is None and not why):
+                return None                     # no /proc, or no shell session: cannot tell
+            self.blocked = (f"step {tag} of the run that died may still be running on the node and "
+                            f"could not be ended ({why}); nothing more is run there")
+            raise UnreachableError(self.node.name, self.blocked)
 
-    def _end_group(self, template: str, **values: Any) -> bool:
-        """Run one of the end-a-group scripts: True: ended; False: nothing was running;
-        UnreachableError when it could not be ended or run."""
+    def _end_script(self, template: str, *, shell_only: bool = False, **values: Any) -> int | None:
+        """Run one of the end-a-group scripts and give its exit code (None: ``shell_only`` and
+        this node has no shell session).  TransportError when it could not run or its result
+        was lost."""
         script = template.format(kill_at=int(KILL_GRACE * 10) + 1, give_up=int(KILL_GRACE * 20) + 2, **values)
         limit = KILL_GRACE * 2 + max(5.0, self.target.connect_timeout)
         result = self._run_in_shell(script, script, limit) if self.exec_reason is None else None
         if result is None:
+            if shell_only:
+                return None
             result = self._run_exec(script, script, limit)
-        if result.exit_code in (0, 3):
-            return result.exit_code == 3
-        why = "it is still there after SIGKILL" if result.exit_code == 4 else \
-            result.error or f"exit {result.exit_code}"
-        raise UnreachableError(self.node.name, why)
+        if result.exit_code is None:
+            raise UnreachableError(self.node.name, result.error or "no exit code")
+        return result.exit_code
 
     def _sendable(self, command: str, env: dict[str, str] | None) -> str:
         """``command`` with ``env`` exported, or InvalidCommandError (never quoting the
@@ -1368,7 +1396,8 @@ class SshHandler(CommandHandler):
         if stdout is None:
             stdout = "".join(getattr(runner, "stdout", []) or [])
             stderr = "".join(getattr(runner, "stderr", []) or [])
-        self.orphan = runner.pgid or self.orphan  # it may go on running on the node
+        if runner.pgid:                          # it may go on running on the node
+            self.orphan = (runner.pgid, runner.leader_start)
         self._discard()                          # the next run() reconnects
         return CommandResult(command, None, stdout, stderr or "", started,
                              time.monotonic() - t0, error="unreachable")
