@@ -143,8 +143,16 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
     chan.transport._send_user_message(m)  # type: ignore[union-attr]
 
 
-#: what an end-a-group script's exit code says when it did not end the group
-_END_FAILED = {4: "it is still there after SIGKILL"}
+#: what :meth:`SshHandler._end_script` gives when the node has no shell session (no driver, no
+#: step files to look at)
+_NO_SHELL = -1
+
+
+def _end_failed(code: int | None) -> str:
+    """Why an end-a-group script did not end its group, from its exit code."""
+    if code is None:
+        return "its own result was lost"
+    return "it is still there after SIGKILL" if code == 4 else f"exit {code}"
 
 
 class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
@@ -1320,22 +1328,24 @@ class SshHandler(CommandHandler):
         not kill it) and may still be running: end its process group -- if it is still that
         command's (:data:`~zdu.transport.shell.END_ORPHAN`) -- before anything else runs on
         the node: a rollback beside a still-running upgrade step would leave the node on
-        whichever finished last.  Raises UnreachableError, and runs nothing more, when the group
-        cannot be ended or the node does not answer (the group stays noted for the next try)."""
+        whichever finished last.  When the node cannot be reached, that error is raised as it
+        is; when the group cannot be ended, UnreachableError says so.  Either way nothing more
+        runs, and the group stays noted for the next try."""
         orphan = self.orphan
         assert orphan is not None
         pgid, start = orphan
         self.orphan = None
         try:
             code = self._end_script(END_ORPHAN, pgid=int(pgid), start=shlex.quote(start))
-            if code not in (0, 3):
-                raise UnreachableError(self.node.name, _END_FAILED.get(code, f"exit {code}"))
-        except TransportError as exc:
+        except TransportError:
+            self.orphan = orphan
+            raise
+        if code not in (0, 3):
             self.orphan = orphan
             raise UnreachableError(self.node.name, f"a command whose result was lost may still be "
                                                    f"running on the node (process group {pgid}) and "
-                                                   f"could not be ended ({exc.detail}); nothing more "
-                                                   "was run there") from None
+                                                   f"could not be ended ({_end_failed(code)}); nothing "
+                                                   "more was run there")
         if code == 3:
             self.pool.warn(f"{self.node.name}: a command that lost its connection (or that its "
                            f"timeout could not end) was still running on the node, process "
@@ -1356,28 +1366,26 @@ class SshHandler(CommandHandler):
             except TransportError as exc:
                 code, why = None, exc.detail
             else:
-                why = _END_FAILED.get(code, f"exit {code}") if code is not None else ""
-            if code in (0, 3):
-                return code == 3
-            if code == 5 or (code is None and not why):
-                return None                     # no /proc, or no shell session: cannot tell
+                if code in (0, 3):
+                    return code == 3
+                if code in (_NO_SHELL, 5):
+                    return None                   # no shell session, or no /proc: cannot tell
+                why = _end_failed(code)
             self.blocked = (f"step {tag} of the run that died may still be running on the node and "
                             f"could not be ended ({why}); nothing more is run there")
             raise UnreachableError(self.node.name, self.blocked)
 
     def _end_script(self, template: str, *, shell_only: bool = False, **values: Any) -> int | None:
-        """Run one of the end-a-group scripts and give its exit code (None: ``shell_only`` and
-        this node has no shell session).  TransportError when it could not run or its result
-        was lost."""
+        """Run one of the end-a-group scripts: its exit code; None when its result was lost
+        (the connection died, a timeout); :data:`_NO_SHELL` when ``shell_only`` and this node
+        has no shell session.  TransportError when the node cannot be reached."""
         script = template.format(kill_at=int(KILL_GRACE * 10) + 1, give_up=int(KILL_GRACE * 20) + 2, **values)
         limit = KILL_GRACE * 2 + max(5.0, self.target.connect_timeout)
         result = self._run_in_shell(script, script, limit) if self.exec_reason is None else None
         if result is None:
             if shell_only:
-                return None
+                return _NO_SHELL
             result = self._run_exec(script, script, limit)
-        if result.exit_code is None:
-            raise UnreachableError(self.node.name, result.error or "no exit code")
         return result.exit_code
 
     def _sendable(self, command: str, env: dict[str, str] | None) -> str:
