@@ -127,6 +127,21 @@ def test_a_lock_dir_that_is_not_a_lock_is_named_and_never_removed(fleet, tmp_pat
         assert not any(lock_of(tmp_path, n.name).exists() for n in nodes if n.name != "n05")
 
 
+def test_release_removes_only_a_lock_whose_owner_is_this_run(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Not a lock whose owner.json merely holds this run's id as a value (here another run's
+    host name): the id must be the owner's run_id."""
+    nodes, handlers, _ = fleet
+    lock = FleetLock(nodes[:1], handlers, LockOwner.current("run-7"), lock_dir=LOCK)
+    lock.held = list(nodes[:1])
+    other = LockOwner(run_id="run-8", user="bob", host="run-7", pid=1, started="s", message="")
+    lock_of(tmp_path, "n00").mkdir(parents=True)
+    (lock_of(tmp_path, "n00") / "owner.json").write_text(json.dumps(asdict(other)))
+    assert lock.release() == [] and lock_of(tmp_path, "n00").is_dir()
+    mine = FleetLock(nodes[:1], handlers, LockOwner.current("run-8"), lock_dir=LOCK)
+    mine.held = list(nodes[:1])
+    assert mine.release() == [] and not lock_of(tmp_path, "n00").exists()
+
+
 # --------------------------------------------------------------------------- taken by preflight
 
 @pytest.fixture
