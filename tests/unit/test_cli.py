@@ -246,3 +246,11 @@ def test_connects_are_abandoned_only_by_an_interrupt_before_the_conductor_runs()
     assert upgrade._connects_abandoned() is True
     upgrade._conducting = True
     assert upgrade._connects_abandoned() is False
+
+
+def test_a_bad_load_balancer_option_names_the_topology_file(tmp_path: Path) -> None:
+    config = topology(tmp_path, "profile: lab-gateway\nload_balancer: {type: haproxy, backend: gw, socket: /tmp/x, "
+                                "drain_timeout: .inf}\nnodes: [{name: A, host: 127.0.0.1}]\n")
+    status, out, err = call(*DIRS, "--config", config, "--dry-run")
+    assert status is Status.CONFIG_ERROR
+    assert f"{config}: load_balancer.drain_timeout: expected a number of seconds" in err, err

@@ -213,8 +213,12 @@ class Upgrade:
         targets = resolve_all((*topology.nodes, *topology.hosts), topology.ssh)
         connections = Connections(topology, self._host_key_accepted, targets=targets, on_warning=self._warning,
                                   give_up=self._connects_abandoned)
-        lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name,
-                                load_code=not args.dry_run)
+        try:
+            lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name,
+                                    load_code=not args.dry_run)
+        except ConfigError as exc:   # "load_balancer.KEY: ..." -- in which file
+            text = str(exc)
+            raise ConfigError(text if text.startswith(f"{topology.source}:") else f"{topology.source}: {text}") from None
         try:
             lb.validate(topology.nodes)
             if args.dry_run:
