@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fakes import PROFILE, FakeLb, lost, run, timed_out
+from tests.support.fakes import PROFILE, FakeFleet, FakeHandler, FakeLb, lost, run, timed_out
 from zdu.model import CommandResult
 from zdu.run import events as ev
 from zdu.run.policy import Action, Decision, FailureContext, rollback_node_only
@@ -301,23 +301,25 @@ def test_resume_after_a_kill_mid_rollback_finishes_it() -> None:
     assert out.node("A").version is Version.OLD and out.node("A").lb is LbState.IN
 
 
+class _FindsLostSteps(FakeHandler):
+    """A node whose lost step is found running and ended (logged as ``end-lost TAG``)."""
+
+    def end_lost_step(self, tag: str) -> bool | None:
+        with self.fleet.lock:
+            self.fleet.log.append(f"end-lost {tag}")
+        return True
+
+
+class EndsLostSteps(FakeFleet):
+    handler_class = _FindsLostSteps
+
+
 def test_a_resume_first_ends_the_step_the_dead_run_had_in_flight() -> None:
     """Killed while B's APPLY step ran: that step may still run on B (its connection died with
     the control process).  The resume asks B's handler to end it -- by the run's tag for the
     step -- before anything else runs there, says so, then runs the step again."""
-    from tests.support.fakes import FakeFleet, FakeHandler
-
-    class Finds(FakeHandler):
-        def end_lost_step(self, tag: str) -> bool | None:
-            with self.fleet.lock:
-                self.fleet.log.append(f"end-lost {tag}")
-            return True
-
-    class Fleet(FakeFleet):
-        handler_class = Finds
-
     killed = _events_until(lambda e: isinstance(e, ev.StepStarted) and e.key == "B/APPLY/0")
-    out = run(previous=killed, fleet=Fleet())
+    out = run(previous=killed, fleet=EndsLostSteps())
     assert out.status is Status.SUCCESS
     assert out.log[:2] == ["end-lost r/B/APPLY/0", "apply B"], out.log
     warned = [e.message for e in out.events if isinstance(e, ev.Warned) and e.node == "B"]
@@ -332,21 +334,11 @@ def test_a_resume_first_ends_the_step_the_dead_run_had_in_flight() -> None:
 def test_a_resume_ends_a_lost_step_on_a_host_too_and_a_node_it_cannot_end_runs_nothing() -> None:
     """A before: step on a topology host (a backup) in flight is ended like a node's; a node
     whose lost step cannot be ended fails as unreachable instead of running the step again."""
-    from tests.support.fakes import FakeFleet, FakeHandler
     from tests.unit.test_steering import APINIZER
     from zdu.errors import UnreachableError
-
-    class Ends(FakeHandler):
-        def end_lost_step(self, tag: str) -> bool | None:
-            with self.fleet.lock:
-                self.fleet.log.append(f"end-lost {tag}")
-            return True
-
-    class Fleet(FakeFleet):
-        handler_class = Ends
     topology = {"hosts": APINIZER["hosts"], "before": APINIZER["before"]}
     killed = _events_until(lambda e: isinstance(e, ev.StepStarted) and e.target == "mongo", topology=topology)
-    out = run(previous=killed, fleet=Fleet(), topology=topology)
+    out = run(previous=killed, fleet=EndsLostSteps(), topology=topology)
     assert out.log[:2] == ["end-lost r/mongo/BEFORE/0", "mongodump r"], out.log
     assert any(e.message.startswith("mongo: step 'backup'") for e in out.events if isinstance(e, ev.Warned))
 
@@ -375,7 +367,6 @@ def test_a_resume_ends_a_lost_step_on_a_host_too_and_a_node_it_cannot_end_runs_n
 
 def test_every_step_command_gets_its_tag() -> None:
     seen: list[dict[str, str] | None] = []
-    from tests.support.fakes import FakeFleet, FakeHandler
 
     class Records(FakeHandler):
         def run(self, command: str, *, timeout: float | None = None,  # type: ignore[override]

@@ -140,7 +140,6 @@ class Upgrade:
         self._control: ControlLock | None = None
         self._rundir: RunDir | None = None
         self._recorder: Recorder | None = None
-        self._previous_lock_held = False     # --resume: the dead run still held its fleet lock
         #: the conductor has started: from here on a stopping run still retries its connects
         self._conducting = False
 
@@ -302,8 +301,6 @@ class Upgrade:
         if previous is None:
             recorder.emit(opened)
         resuming = previous is not None
-        self._previous_lock_held = previous is not None and previous.state.lock is not None and \
-            "released" not in previous.state.lock
         doing = "repairing " if previous is not None and previous.repair else \
             "giving back the fleet lock of " if previous is not None and previous.lock_only else \
             "resuming " if resuming else ""
@@ -320,7 +317,8 @@ class Upgrade:
                          LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock,
                          lock_dir=topology.lock_dir, parallel=topology.ssh.parallel)
         try:
-            status = self._preflight(plan, topology, connections, lb, recorder, resuming, lock)
+            status = self._preflight(plan, topology, connections, lb, recorder, resuming, lock,
+                                     keep_lock=previous is not None and previous.holds_lock)
             if status is not None:
                 return status
             recorder.emit(ev.LockTaken(owner=dataclasses.asdict(lock.owner), broken=tuple(lock.broken)))
@@ -370,7 +368,7 @@ class Upgrade:
             folder.close()
 
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,
-                   recorder: Recorder, resuming: bool, lock: FleetLock) -> Status | None:
+                   recorder: Recorder, resuming: bool, lock: FleetLock, *, keep_lock: bool = False) -> Status | None:
         """Preflight and the fleet lock (one round trip per node): None when the run may go on,
         holding the lock; else the status, the lock given back."""
         from ..run import events as ev
@@ -386,7 +384,7 @@ class Upgrade:
         stopped = self.stop.is_set()
         if not stopped and not problems and not locked:
             return None
-        if resuming and self._previous_lock_held:
+        if keep_lock:
             # the run stays resumable, and the fleet it left half-done stays its own: the lock
             # it took back stays (naming this process, gone in a moment: stale, as it was).  A
             # run that had given its lock back (a repair of a finished run) gets nothing kept

@@ -35,7 +35,7 @@ from . import events as ev
 from .gate import LbGate
 from .policy import Action, Policy, default_policy
 from .rollback import Failure, RollbackCoordinator, Verdict, first_failure
-from .state import Recorder
+from .state import DecisionRecord, Recorder
 from .steps import Handlers, StepRunner
 from .walk import Gate, Pause, Walker, Wave, capacity
 
@@ -191,8 +191,7 @@ class Conductor:
             self._partial = [d.node for d in decisions if d.within_budget]
             kept = next((d for d in decisions if not d.within_budget), None)
             if kept is not None:
-                self._earlier = Phase(kept.phase).failed_status if kept.classification is not \
-                    FailureKind.INTERRUPTED else Status.INTERRUPTED
+                self._earlier = self._decided_status(_failure_of(kept), True)
 
     def execute(self) -> Status:
         """Run the plan; return the run's status (also recorded by ``RunFinished``)."""
@@ -471,8 +470,7 @@ class Conductor:
                 return Status.ROLLBACK_FAILED
             return Status.INTERRUPTED if aborted["answer"] == "interrupted" else Status.ABORTED
         first = next((d for d in decisions if d.action != Action.CONTINUE.value), decisions[0])
-        return self._decided_status(Failure(first.node, first.phase, first.classification, first.reason),
-                                    rolled_back)
+        return self._decided_status(_failure_of(first), rolled_back)
 
     def _repair(self) -> Status:
         """A finished run that left nodes behind (a lost node that answers again): run their
@@ -490,7 +488,7 @@ class Conductor:
         first = next((d for d in decisions if d.action != Action.CONTINUE.value), None)
         if first is None:
             return Status.SUCCESS
-        return self._decided_status(Failure(first.node, first.phase, first.classification, first.reason), True)
+        return self._decided_status(_failure_of(first), True)
 
     def _final(self, status: Status, left_out: list[str]) -> Status:
         if left_out and status in (Status.SUCCESS, Status.INTERRUPTED, Status.PARTIAL, Status.ABORTED):
@@ -500,3 +498,8 @@ class Conductor:
         if self.stop_event.is_set() and status not in (Status.SUCCESS, Status.ROLLBACK_FAILED, Status.ABORTED):
             status = Status.INTERRUPTED
         return status
+
+
+def _failure_of(decision: DecisionRecord) -> Failure:
+    """The failure a recorded decision was about (a resume's view of it)."""
+    return Failure(decision.node, decision.phase, decision.classification, decision.reason)

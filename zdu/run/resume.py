@@ -42,6 +42,11 @@ class Previous:
     #: a finished run that died before it gave its fleet lock back (its nodes all fine)
     lock_only: bool = False
 
+    @property
+    def holds_lock(self) -> bool:
+        """The run took its fleet lock and never gave it back (it died first)."""
+        return self.state.lock is not None and "released" not in self.state.lock
+
 
 def needs_repair(state: RunState) -> list[str]:
     """Nodes a finished run left behind: a rollback that failed, a version nobody can vouch for,
@@ -126,7 +131,7 @@ def load_previous(run_dir: RunDir) -> Previous:
         broken = needs_repair(state)
         if broken and state.lock is not None:
             return Previous(run_dir, state, invocation, repair=tuple(broken))
-        if state.lock is not None and "released" not in state.lock:
+        if Previous(run_dir, state, invocation).holds_lock:
             return Previous(run_dir, state, invocation, lock_only=True)
         raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
                           f"({int(state.status)}); nothing to resume")

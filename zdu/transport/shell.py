@@ -64,13 +64,7 @@ export SHLVL
 # each command's own shell: a session of its own; it reports its process group and start time
 # (/proc, where there is one: a later check can tell it from a reused pid), notes a tagged
 # step for a resume (see END_LOST_STEP), then becomes the command
-w='zdu_start() {
-  zdu_s=
-  if read -r zdu_s </proc/$$/stat 2>/dev/null; then zdu_s=${zdu_s##*) }; set -- $zdu_s; zdu_s=${20:-}; fi
-}
-zdu_start
-printf "\036%s:pgid=%s:%s\n" "$1" "$$" "$zdu_s" >&2
-unset zdu_s; unset -f zdu_start
+w='@PGID_REPORT@
 [ -z "$4" ] || printf "%s %s %s\n" "$$" "$5" "$4" >"$6" 2>/dev/null
 exec "$2" -c "$3"'
 printf '\036zdu-driver:ready\n'
@@ -252,10 +246,15 @@ class RecordSplitter:
 def pgid_report(nonce: str) -> str:
     """Shell text that writes ``\\x1eNONCE:pgid=PID:START`` to stderr for the shell running it
     (START: its start time from /proc, empty without one) and leaves nothing behind: no
-    variable, function or positional parameter (a function's ``set --`` is its own)."""
+    variable, function or positional parameter (a function's ``set --`` is its own).  ``nonce``
+    is shell text: a literal nonce (letters and digits), or ``"$1"`` in the driver's wrapper.
+    No single quote: the driver holds it inside one."""
     return ("zdu_start() { zdu_s=; if read -r zdu_s </proc/$$/stat 2>/dev/null; then "
             "zdu_s=${zdu_s##*) }; set -- $zdu_s; zdu_s=${20:-}; fi; }; zdu_start; "
-            f"printf '\\036{nonce}:pgid=%s:%s\\n' \"$$\" \"$zdu_s\" >&2; unset zdu_s; unset -f zdu_start")
+            f"printf \"\\036%s:pgid=%s:%s\\n\" {nonce} \"$$\" \"$zdu_s\" >&2; unset zdu_s; unset -f zdu_start")
+
+
+DRIVER = DRIVER.replace("@PGID_REPORT@", pgid_report('"$1"'))
 
 
 def parse_pgid(value: str) -> tuple[int, str] | None:
@@ -274,7 +273,7 @@ class StepState:
     nonce: str
     started: float = field(default_factory=time.monotonic)
     pgid: int | None = None
-    start: str = ""            # the group leader's start time (/proc/PID/stat), "" if unknown
+    leader_start: str = ""     # the group leader's start time (/proc/PID/stat), "" if unknown
     forwarders: tuple[int, ...] = ()
     exit_code: int | None = None
     exited_at: float | None = None
@@ -284,7 +283,7 @@ class StepState:
         """Take one record (``pgid=..``, ``fwd=..``, ``exit=..``, ``end``)."""
         key, _, value = record.partition("=")
         if key == "pgid":
-            self.pgid, self.start = parse_pgid(value) or (self.pgid, self.start)
+            self.pgid, self.leader_start = parse_pgid(value) or (self.pgid, self.leader_start)
         elif key == "fwd":
             self.forwarders = tuple(int(p) for p in value.split() if p.isdigit())
         elif key == "exit" and value.isdigit():

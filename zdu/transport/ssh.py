@@ -201,8 +201,9 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
             rest = self._marks.feed(data)
             for record in self._marks.records:
                 key, _, value = record.partition("=")
-                if key == "pgid" and parse_pgid(value) is not None:
-                    self.pgid, self.leader_start = parse_pgid(value)  # type: ignore[misc]
+                found = parse_pgid(value) if key == "pgid" else None
+                if found is not None:
+                    self.pgid, self.leader_start = found
             self._marks.records.clear()
             if rest:
                 return rest
@@ -1273,7 +1274,7 @@ class SshHandler(CommandHandler):
         if not reader.until(lambda: state.done, deadline):
             if reader.lost:
                 return self._shell_lost(command, out.text(), err.text(), started, t0,
-                                        (state.pgid, state.start) if state.pgid else None)
+                                        (state.pgid, state.leader_start) if state.pgid else None)
             self._kill(shell, reader, state)
             stderr = err.text()
             if state.exited_at is not None and state.exited_at < deadline:
@@ -1308,7 +1309,7 @@ class SshHandler(CommandHandler):
         # not finished (or its group never reported): this session is of no further use, and
         # the command may still run on the node
         if state.pgid:
-            self.orphan = (state.pgid, state.start)
+            self.orphan = (state.pgid, state.leader_start)
         self._drop_shell()
 
     def _shell_lost(self, command: str, stdout: str, stderr: str, started: float,
