@@ -254,3 +254,12 @@ def test_a_bad_load_balancer_option_names_the_topology_file(tmp_path: Path) -> N
     status, out, err = call(*DIRS, "--config", config, "--dry-run")
     assert status is Status.CONFIG_ERROR
     assert f"{config}: load_balancer.drain_timeout: expected a number of seconds" in err, err
+
+
+@pytest.mark.parametrize("argv", [("status", "--help"), ("status",), ("Runs",), ("st\x1b[2Jx", "--dry-run")])
+def test_an_unknown_command_is_a_usage_error_even_with_help(argv: tuple[str, ...]) -> None:
+    status, out, err = call(*argv)
+    assert status is Status.USAGE_ERROR
+    assert out == ""                      # not the main help, which would read as "it worked"
+    assert "unknown command" in err and "runs, show" in err
+    assert "\x1b" not in err              # the word is shown escaped, never sent to the terminal

@@ -138,6 +138,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if arguments and arguments[0] in SUBCOMMANDS:
         from .commands import run_command
         return run_command(arguments, console, dict(os.environ if env is None else env))
+    if arguments and arguments[0] and not arguments[0].startswith("-"):
+        # before argparse, which would answer "zdupgrade statuss --help" with the main help and 0
+        console.error(f"unknown command {ascii(arguments[0])}; the commands are {', '.join(SUBCOMMANDS)} "
+                      "(zdupgrade --help)")
+        return Status.USAGE_ERROR
     parser = build_parser()
     try:
         args = parser.parse_args(arguments)
