@@ -229,3 +229,13 @@ def test_format_plan_shows_masked_text_only() -> None:
     text = format_plan(plan)
     assert SECRET not in text and "login ******" in text
     assert plan.node_plan("A").phases[Phase.APPLY][0].command == f"login {SECRET}"
+
+
+def test_the_earlier_import_paths_of_the_lock_and_the_test_sshd_still_work() -> None:
+    """Scripts written against the earlier layout (the hostile cases' harness among them) import
+    ``zdu.lock.FleetLock`` and ``tests.sshd.SshdServer``: the same classes, not copies."""
+    import tests.sshd
+    import zdu.lock
+    from tests.support.sshd import SshdServer
+    from zdu.run.lock import FleetLock
+    assert zdu.lock.FleetLock is FleetLock and tests.sshd.SshdServer is SshdServer
