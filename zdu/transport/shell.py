@@ -76,7 +76,9 @@ while IFS= read -r f; do
   c=$(printf '%b.' "${r%% *}")
   c=${c%.}
   [ -z "$t" ] || t=$(printf '%b' "$t")
-  if [ -p "$d/o" ] || mkfifo "$d/o" "$d/e"; then
+  # a step that cleaned $TMPDIR (rm -rf /tmp/*) took our directory: make it again, ours alone
+  if [ -p "$d/o" ] || { { [ -d "$d" ] || (umask 077 && mkdir "$d") 2>/dev/null; } &&
+      [ -O "$d" ] && mkfifo "$d/o" "$d/e"; }; then
     cat "$d/o" & o=$!
     cat "$d/e" >&2 & r=$!
     printf '\036%s:fwd=%s %s\n' "$n" "$o" "$r" >&2
