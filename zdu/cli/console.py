@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import TextIO
 
+from ..report.text import printable
+
 
 class Console:
     """Thread-safe line output that tolerates a vanished terminal."""
@@ -23,7 +25,7 @@ class Console:
             if self.lost is not None:
                 return
             try:
-                stream.write(text)
+                stream.write(printable(text))   # no control sequence from a node reaches the terminal
                 stream.flush()
             except (OSError, ValueError) as exc:   # EIO after SIGHUP, EPIPE, closed file
                 self.lost = f"{type(exc).__name__}: {exc}"

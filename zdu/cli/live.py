@@ -28,6 +28,7 @@ from typing import IO, Any, Callable, Mapping, Sequence, TextIO, cast
 from ..config.values import describe_value
 from ..errors import ConfigError
 from ..report.runfolder import progress_line, short
+from ..report.text import one_line_text, printable
 from ..run import events as ev
 from ..run.state import Listener, RunState, RunView
 from ..status import Outcome
@@ -71,7 +72,7 @@ def line_of(event: ev.Event, verbosity: int, stamp: Callable[[float], str] = sho
         return None
     if verbosity > 0 and isinstance(event, ev.StepStarted):
         where = f"[{event.node or event.target or 'control'}]"
-        return f"{stamp(event.at)} {where} {event.phase}   {event.name} ({event.kind}): $ {event.command}"
+        return one_line_text(f"{stamp(event.at)} {where} {event.phase}   {event.name} ({event.kind}): $ {event.command}")
     return progress_line(event, stamp)
 
 
@@ -210,7 +211,7 @@ class LiveView:
         from rich.text import Text
         if self._file.lost:
             return
-        self.rich.print(Text(text), end="")
+        self.rich.print(Text(printable(text)), end="")
 
     # -- events
 
@@ -312,10 +313,10 @@ class LiveView:
                     elapsed += f" (step {_elapsed(now - row.step_started)})"
                 style = {"FAILED": "bold red", "PASSED": "green", "running": "yellow",
                          "rolling back": "bold magenta"}.get(row.status, "")
-                table.add_row(Text(name), Text(str(self.wave_of.get(name, "-"))), Text(row.phase or "-"),
-                              Text(row.step or "-"), Text(elapsed), Text(row.lb, style="red" if row.lb != "in" else ""),
+                table.add_row(Text(one_line_text(name)), Text(str(self.wave_of.get(name, "-"))), Text(row.phase or "-"),
+                              Text(one_line_text(row.step or "-")), Text(elapsed), Text(row.lb, style="red" if row.lb != "in" else ""),
                               Text(row.status, style=style))
-            return Group(Text(title, style="bold"), table)
+            return Group(Text(one_line_text(title), style="bold"), table)
 
 
 def _elapsed(value: float) -> str:

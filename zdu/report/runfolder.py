@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, TextIO
 from ..run import events as ev
 from ..run.state import PhaseResult, Recorder, RunView
 from .rundir import RunDir, new_run_id  # noqa: F401 - new_run_id: also imported from here
+from .text import one_line_text
 from ..status import StepKind
 
 MARK = "------------- ZDU_EXEC_CMD -------------"
@@ -55,7 +56,16 @@ def safe_name(name: str) -> str:
 # --------------------------------------------------------------------------- progress lines
 
 def progress_line(event: ev.Event, stamp: Callable[[float], str] = short) -> str | None:
-    """The one-line console / run-log rendering of an event (None: not shown)."""
+    """The one-line console / run-log rendering of an event (None: not shown).  What came from a
+    node, a hook or an exception is shown with its control characters and newlines escaped: it
+    can neither drive the operator's terminal nor forge or overwrite a line."""
+    if isinstance(event, ev.PreflightFailed):
+        return "\n".join(f"{stamp(event.at)} PREFLIGHT: {one_line_text(p)}" for p in event.problems)
+    line = _progress_text(event, stamp)
+    return None if line is None else one_line_text(line)
+
+
+def _progress_text(event: ev.Event, stamp: Callable[[float], str]) -> str | None:
     at = stamp(event.at)
     who = f"[{event.node}]" if event.node else ""
     phase = getattr(event, "phase", None)
@@ -98,8 +108,6 @@ def progress_line(event: ev.Event, stamp: Callable[[float], str] = short) -> str
         return f"{at} pause after wave {event.wave}: {event.answer} (by {event.by or 'unknown'})"
     if isinstance(event, ev.CapacityChecked):
         return f"{at} {event.message}"
-    if isinstance(event, ev.PreflightFailed):
-        return "\n".join(f"{at} PREFLIGHT: {p}" for p in event.problems)
     return None
 
 

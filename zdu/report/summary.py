@@ -6,6 +6,8 @@ from tabulate import tabulate
 from zdu.run.state import RunState
 from zdu.status import UPGRADE_PHASES, LbState, Status, Version
 
+from .text import one_line_text, printable
+
 TITLE = "MULTI-NODE ZERO DOWN-TIME UPGRADE SUMMARY"
 NOT_RUN = "*"
 
@@ -84,7 +86,9 @@ def render_summary(state: RunState) -> str:
         lines.append(f"WARNING: the run record is incomplete: {listener} failed: {error}")
     if state.ended and state.status is not None:
         lines.append(f"Status {int(status)} ({status.name}) after {state.ended - state.started:.1f}s")
-    return "\n".join(lines)
+    # messages, reasons and warnings quote nodes, hooks and exceptions: each stays one line, and
+    # no control sequence in them reaches a terminal (`cat run.log` included)
+    return "\n".join([printable(lines[2]) if i == 2 else one_line_text(line) for i, line in enumerate(lines)])
 
 
 def _node_line(state: RunState, name: str) -> str:

@@ -7,7 +7,6 @@ operator's terminal.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Iterable
 
 from tabulate import tabulate
@@ -16,16 +15,11 @@ from ..run import events as ev
 from ..status import UPGRADE_PHASES, Phase
 from .review import LoadedRun, failed_nodes, last_time, rolled_back, seconds, stamp
 from .summary import render_summary
+from .text import printable
 
-_CONTROL = re.compile(r"\r\n|[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 #: the pseudo-phase of ``logs --phase lb``: the load-balancer hook's actions and output
 LB_PHASE = "LB"
 RUN_LEVEL = (Phase.BEFORE, Phase.AFTER, Phase.GATE)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (but tab and newline) shown as escapes; CRLF becomes LF."""
-    return _CONTROL.sub(lambda m: "\n" if m.group() == "\r\n" else repr(m.group())[1:-1], text)
 
 
 def one_line(text: str, limit: int = 0) -> str:
