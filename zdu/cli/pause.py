@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import queue
+import select
 import socket
 import sys
 import threading
@@ -60,7 +61,12 @@ def read_answer(run_dir: RunDir, wave: int) -> PauseAnswer | None:
 
 
 class _Lines:
-    """One reader of the terminal for the whole run (a thread blocked in readline)."""
+    """One reader of the terminal for the whole run (a thread).
+
+    It reads bytes and decodes them leniently (a stray non-UTF-8 byte is not a crash that ends
+    terminal answers), and reads only while the run is in the terminal's foreground: a run sent to
+    the background (``zdupgrade ... &``) that read its terminal would be stopped by SIGTTIN, and
+    then neither ``zdupgrade continue`` nor the pause timeout could end the pause."""
 
     def __init__(self, stream: TextIO) -> None:
         self.queue: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -68,8 +74,49 @@ class _Lines:
         thread.start()
 
     def _read(self, stream: TextIO) -> None:
-        for line in iter(stream.readline, ""):
-            self.queue.put(line)
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        try:
+            if fd < 0:
+                for line in iter(stream.readline, ""):
+                    self.queue.put(line)
+            else:
+                self._read_fd(fd)
+        except (OSError, ValueError, UnicodeError):
+            pass                                   # no more terminal answers; the run folder still works
+
+    def _read_fd(self, fd: int) -> None:
+        pending = b""
+        while True:
+            if not _foreground(fd):
+                time.sleep(POLL)
+                continue
+            if not select.select([fd], [], [], POLL)[0] or not _foreground(fd):
+                continue
+            data = os.read(fd, 4096)
+            if not data:                           # end of input: Ctrl-D on a terminal, or a closed pipe
+                if pending:
+                    self.queue.put(pending.decode("utf-8", "replace"))
+                    pending = b""
+                if not os.isatty(fd):
+                    return
+                time.sleep(POLL)
+                continue
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                self.queue.put(line.decode("utf-8", "replace") + "\n")
+
+
+def _foreground(fd: int) -> bool:
+    """Whether reading ``fd`` cannot stop the process with SIGTTIN (it is not our controlling
+    terminal, or we are in its foreground process group)."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return True
 
 
 class OperatorPauser:
