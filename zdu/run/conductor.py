@@ -258,6 +258,11 @@ class Conductor:
             return None, False
         budget = wave.tier.max_fail_percentage if wave.tier.max_fail_percentage is not None \
             else self.plan.max_fail_percentage
+        if budget is not None and len(failures) >= len(wave.nodes):
+            # ansible's meaning: a batch in which every host failed ends the play, whatever the budget
+            self.recorder.emit(ev.Warned(message=f"every node of wave {wave.number} failed: the failure budget "
+                                                f"({budget:g}%) does not carry the run past a whole wave"))
+            budget = None
         verdict, status = self._decided(failures, budget=budget, wave_size=len(wave.nodes))
         if verdict.stop or status is Status.ROLLBACK_FAILED:
             return status, True
