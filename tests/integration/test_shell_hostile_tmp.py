@@ -23,3 +23,41 @@ def test_a_step_that_cleans_tmp_does_not_break_later_steps(sshd_server: Callable
         assert h.shells_started == 1
     finally:
         h.close()
+
+
+def test_a_running_steps_text_is_not_in_the_process_list(sshd_server: Callable[..., SshdServer],
+                                                          tmp_path: Path) -> None:
+    """Any user on a node can read every process's arguments (ps); a step's command text (a
+    password it pipes to its tool with printf, a builtin) must not be among them."""
+    import secrets
+    import threading
+    import time
+
+    server = sshd_server("127.0.2.21")           # its processes are this machine's: /proc shows them
+    h = make(server, tmp_path)
+    mark = f"pw-{secrets.token_hex(8)}"
+    try:
+        assert h.run("true").ok                  # the session is up before the step starts
+        result: list[object] = []
+        step = threading.Thread(target=lambda: result.append(
+            h.run(f"printf %s '{mark}' >/dev/null; sleep 2; echo done")))
+        step.start()
+        seen: set[str] = set()
+        running = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                running += text.startswith("sleep 2")
+                if mark in text:
+                    seen.add(text)
+            time.sleep(0.05)
+        step.join()
+        assert running, "the step was not seen running: the check looked at nothing"
+        assert not seen, seen
+        assert getattr(result[0], "stdout") == "done\n"
+    finally:
+        h.close()

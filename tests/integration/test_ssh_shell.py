@@ -69,7 +69,8 @@ def test_no_state_leaks_between_commands(handler: SshHandler) -> None:
 def test_each_command_is_its_own_session_with_default_signals(handler: SshHandler) -> None:
     ids = []
     for _ in range(2):
-        out = handler.run("ps -o sid=,pgid= -p $$; echo $$; grep -E '^Sig(Ign|Blk)' /proc/$$/status").stdout.split()
+        # /proc/self: the command's own process (its shell, waiting for it, blocks SIGCHLD a moment)
+        out = handler.run("ps -o sid=,pgid= -p $$; echo $$; grep -E '^Sig(Ign|Blk)' /proc/self/status").stdout.split()
         sid, pgid, pid = int(out[0]), int(out[1]), int(out[2])
         assert sid == pgid == pid, out           # session and process-group leader
         ids.append(pid)

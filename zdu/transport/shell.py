@@ -12,7 +12,12 @@ every command is one framed line on its stdin.  For each command the driver:
   umask or trap of one step reaches the next; stdin ``/dev/null``; signals at their defaults,
   which a background job of a non-interactive shell would not have), with stdout and stderr on
   two FIFOs that two ``cat`` forward to the channel's stdout and stderr: the streams stay
-  separate and arrive as they are written;
+  separate and arrive as they are written.  The command reaches its shell in the environment
+  (``ZDU_COMMAND``, unset before the command runs) and is run with ``eval``: a process's
+  arguments are anyone's to read on the node (``ps``), its environment only its own user's, so
+  a secret a step pipes to its tool (``printf %s PASSWORD | tool --password-stdin``) is not
+  shown in the process list while the step runs, as it would be under ``ssh node cmd`` or
+  Ansible's ``shell`` module;
 * reports, framed by a random per-command nonce (``\\x1e<nonce>:``): the process group
   (written by the command's own shell before it ``exec``\\ s the command, so it is known at once),
   the forwarders' pids, the exit code, and an end mark on each stream once both FIFOs reached
@@ -63,10 +68,12 @@ SHLVL=$((SHLVL + 1))
 export SHLVL
 # each command's own shell: a session of its own; it reports its process group and start time
 # (/proc, where there is one: a later check can tell it from a reused pid), notes a tagged
-# step for a resume (see END_LOST_STEP), then becomes the command
+# step for a resume (see END_LOST_STEP), then becomes the command's shell.  The command comes
+# in the environment, not as an argument: any user on the node can read a process's arguments
+# (ps), only its own user its environment; the command's shell forgets it before it runs it
 w='@PGID_REPORT@
 [ -z "$4" ] || printf "%s %s %s\n" "$$" "$5" "$4" >"$6" 2>/dev/null
-exec "$2" -c "$3"'
+exec "$2" -c "eval \"unset ZDU_COMMAND;\$ZDU_COMMAND\""'
 printf '\036zdu-driver:ready\n'
 while IFS= read -r f; do
   n=${f%% *}
@@ -82,7 +89,7 @@ while IFS= read -r f; do
     cat "$d/o" & o=$!
     cat "$d/e" >&2 & r=$!
     printf '\036%s:fwd=%s %s\n' "$n" "$o" "$r" >&2
-    { setsid /bin/sh -c "$w" zdu "$n" "${SHELL:-/bin/sh}" "$c" "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
+    { ZDU_COMMAND=$c setsid /bin/sh -c "$w" zdu "$n" "${SHELL:-/bin/sh}" - "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
     s=$?
     [ -z "$t" ] || : >"$d/step"
     printf '\036%s:exit=%s\n' "$n" "$s" >&2
