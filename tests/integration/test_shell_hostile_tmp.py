@@ -36,11 +36,12 @@ def test_a_running_steps_text_is_not_in_the_process_list(sshd_server: Callable[.
     server = sshd_server("127.0.2.21")           # its processes are this machine's: /proc shows them
     h = make(server, tmp_path)
     mark = f"pw-{secrets.token_hex(8)}"
+    pause = f"2.{secrets.randbelow(900) + 100}"   # this step's sleep, told from any other on the machine
     try:
         assert h.run("true").ok                  # the session is up before the step starts
         result: list[object] = []
         step = threading.Thread(target=lambda: result.append(
-            h.run(f"printf %s '{mark}' >/dev/null; sleep 2; echo done")))
+            h.run(f"printf %s '{mark}' >/dev/null; sleep {pause}; echo done")))
         step.start()
         seen: set[str] = set()
         running = 0
@@ -51,7 +52,7 @@ def test_a_running_steps_text_is_not_in_the_process_list(sshd_server: Callable[.
                     text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
-                running += text.startswith("sleep 2")
+                running += text.startswith(f"sleep {pause}")
                 if mark in text:
                     seen.add(text)
             time.sleep(0.05)

@@ -79,3 +79,34 @@ def test_summary_reasons_and_warnings_cannot_forge_a_status_line() -> None:
     summary = render_summary(state)
     _clean(summary)
     assert not any(line.startswith("Status 0") for line in summary.splitlines())
+
+
+def test_summary_table_cells_are_escaped_and_stay_aligned() -> None:
+    name = "B\x1b]0;t\x07"
+    state = RunState(run_id="r", old_install_dir="/o", new_install_dir="/n", profile="p", topology="t",
+                     node_names=["A", name])
+    state.tiers = {"t\u202e1": ["A", name]}
+    summary = render_summary(state)
+    _clean(summary)
+    table = [line for line in summary.splitlines() if line.startswith("| ")][1:]   # below the title line
+    assert len({len(line) for line in table}) == 1, table      # every row as wide as the header
+
+
+def test_a_console_on_a_stdout_that_is_not_utf8_goes_on_writing() -> None:
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    console = Console(out, out)
+    console.line("node said: caf\u00e9 \ufffd")
+    console.line("after")
+    assert console.lost is None
+    assert raw.getvalue().decode("ascii") == "node said: caf\\xe9 \\ufffd\nafter\n"
+
+
+def test_the_events_stream_is_ascii_json_with_the_same_values() -> None:
+    import json
+
+    from zdu.report.junit import EventStream
+    lines: list[str] = []
+    EventStream(lines.append)(ev.Warned(message=HOSTILE), None)  # type: ignore[arg-type]
+    assert lines[0].isascii() and lines[0].endswith("\n") and lines[0].count("\n") == 1
+    assert json.loads(lines[0])["message"] == HOSTILE

@@ -24,8 +24,13 @@ class Console:
         with self._lock:
             if self.lost is not None:
                 return
+            text = printable(text)              # no control sequence from a node reaches the terminal
             try:
-                stream.write(printable(text))   # no control sequence from a node reaches the terminal
+                try:
+                    stream.write(text)
+                except UnicodeEncodeError:      # a stdout that is not UTF-8 (PYTHONIOENCODING=ascii)
+                    encoding = getattr(stream, "encoding", None) or "ascii"
+                    stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
                 stream.flush()
             except (OSError, ValueError) as exc:   # EIO after SIGHUP, EPIPE, closed file
                 self.lost = f"{type(exc).__name__}: {exc}"

@@ -195,6 +195,8 @@ class EventStream:
 
     def __call__(self, event: ev.Event, view: RunView) -> None:
         import json
-        self._write(json.dumps(event.to_json(), ensure_ascii=False, default=str) + "\n")
+        # ASCII: the same JSON values as the journal's, and no bidi or C1 control character from a
+        # node reaches a terminal that shows the stream (--events -)
+        self._write(json.dumps(event.to_json(), default=str) + "\n")
         self._flush()
 

@@ -6,7 +6,7 @@ from tabulate import tabulate
 from zdu.run.state import RunState
 from zdu.status import UPGRADE_PHASES, LbState, Status, Version
 
-from .text import one_line_text, printable
+from .text import one_line_text
 
 TITLE = "MULTI-NODE ZERO DOWN-TIME UPGRADE SUMMARY"
 NOT_RUN = "*"
@@ -41,9 +41,12 @@ def render_summary(state: RunState) -> str:
     status = state.status if state.status is not None else Status.FATAL_ERROR
     title = str(status) if state.status is not None else "not finished"
     headers = ["NODE"] + [p.value for p in UPGRADE_PHASES] + ["ROLLBACK"] + (["TIER"] if state.tiers else [])
-    table = tabulate(summary_rows(state), headers=headers, tablefmt="orgtbl")
+    # cells escaped before tabulate measures them, so the columns stay aligned
+    rows = [[one_line_text(str(cell)) for cell in row] for row in summary_rows(state)]
+    table = tabulate(rows, headers=headers, tablefmt="orgtbl")
     width = len(table.splitlines()[0])
-    lines = [f"Summary table ({title}):", "| " + TITLE.ljust(width - 4) + " |", table]
+    head = [f"Summary table ({title}):", "| " + TITLE.ljust(width - 4) + " |", table]
+    lines: list[str] = []
     if state.tiers:
         lines.append("Tiers, in order: " + " -> ".join(f"{t} ({', '.join(n)})" for t, n in state.tiers.items()))
     if state.run_phases:
@@ -88,7 +91,7 @@ def render_summary(state: RunState) -> str:
         lines.append(f"Status {int(status)} ({status.name}) after {state.ended - state.started:.1f}s")
     # messages, reasons and warnings quote nodes, hooks and exceptions: each stays one line, and
     # no control sequence in them reaches a terminal (`cat run.log` included)
-    return "\n".join([printable(lines[2]) if i == 2 else one_line_text(line) for i, line in enumerate(lines)])
+    return "\n".join(head + [one_line_text(line) for line in lines])
 
 
 def _node_line(state: RunState, name: str) -> str:

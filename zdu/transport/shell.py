@@ -72,7 +72,7 @@ export SHLVL
 # in the environment, not as an argument: any user on the node can read a process's arguments
 # (ps), only its own user its environment; the command's shell forgets it before it runs it
 w='@PGID_REPORT@
-[ -z "$4" ] || printf "%s %s %s\n" "$$" "$5" "$4" >"$6" 2>/dev/null
+[ -z "$3" ] || printf "%s %s %s\n" "$$" "$4" "$3" >"$5" 2>/dev/null
 exec "$2" -c "eval \"unset ZDU_COMMAND;\$ZDU_COMMAND\""'
 printf '\036zdu-driver:ready\n'
 while IFS= read -r f; do
@@ -89,7 +89,7 @@ while IFS= read -r f; do
     cat "$d/o" & o=$!
     cat "$d/e" >&2 & r=$!
     printf '\036%s:fwd=%s %s\n' "$n" "$o" "$r" >&2
-    { ZDU_COMMAND=$c setsid /bin/sh -c "$w" zdu "$n" "${SHELL:-/bin/sh}" - "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
+    { ZDU_COMMAND=$c setsid /bin/sh -c "$w" zdu "$n" "${SHELL:-/bin/sh}" "$t" "$$" "$d/step" </dev/null >"$d/o" 2>"$d/e"; } 2>/dev/null
     s=$?
     [ -z "$t" ] || : >"$d/step"
     printf '\036%s:exit=%s\n' "$n" "$s" >&2
