@@ -48,7 +48,7 @@ def test_upgrade_under_traffic(fresh_product_lab: Lab, upgrade_cli: Callable[...
         journal = sh(lab, n, "journalctl -u apinizer-worker -o cat --no-pager")
         assert f"Started ApinizerWorkerApp on {node.host}:{node.service_port} (version 2.0)" in journal
     log = (run.run_dir / "Node-B.log").read_text()
-    for command in (f"mv {LIVE} {LIVE}.bak", f"mv {NEW} {LIVE}", f"{LIVE}/bin/worker-install.sh",
+    for command in (f"mv -T {LIVE} {LIVE}.bak", f"mv -T {NEW} {LIVE}", f"{LIVE}/bin/worker-install.sh",
                     "systemctl start apinizer-worker", f"chmod 400 {NEW}/conf/master.key"):
         assert command in log, command
 

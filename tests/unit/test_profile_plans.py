@@ -205,13 +205,13 @@ def test_tarball_follows_the_virtual_server_runbook() -> None:
         f"sudo -n chown -R apinizer:apinizer {new}/conf",
         f"sudo -n chmod 600 {new}/conf/application.env", f"sudo -n chmod 400 {new}/conf/master.key",
         "sudo -n systemctl stop apinizer-apiworker",
-        f"sudo -n mv {old} {old}.bak", f"sudo -n mv {new} {old}",
+        f"sudo -n mv -T {old} {old}.bak", f"sudo -n mv -T {new} {old}",
         f"sudo -n {old}/bin/worker-install.sh",
         "sudo -n systemctl start apinizer-apiworker", "sudo -n systemctl status apinizer-apiworker",
         "journalctl -u apinizer-apiworker",
     ])
     undo = " ; ".join(commands(plan, "worker-1", rollback=Phase.APPLY))
-    assert_in_order(undo, ["systemctl stop apinizer-apiworker", f"sudo -n mv {old}.bak {old}",
+    assert_in_order(undo, ["systemctl stop apinizer-apiworker", f"sudo -n mv -T {old}.bak {old}",
                            f"sudo -n {old}/bin/worker-install.sh", "systemctl start apinizer-apiworker"])
 
 
