@@ -288,6 +288,11 @@ class _ContainerProduct(Product):
                 f"ln -sf /lab/product/{self.image_tar('2.0')} {self.release_dir('2.0')}/{self.image_tar('2.0')}\n")
 
 
+#: the module container's database URI, password and all (as Apinizer's containers are given it):
+#: the profile must not write it into any log
+DOCKER_DB_URI = "mongodb://apinizer:lab-Mongo-s3cret@mongo.invalid:27017/apinizer?authSource=admin"
+
+
 class DockerProduct(_ContainerProduct):
     """``apinizer-worker`` as a container started with ``docker run`` (the runbook's vanilla docker)."""
 
@@ -303,7 +308,7 @@ class DockerProduct(_ContainerProduct):
         return ["docker", "run", "-d", "--name", self.container(node), "--network", "host",
                 "--restart", "unless-stopped", *labels,
                 "-e", f"SERVER_HOST={node.host}", "-e", f"SERVER_PORT={node.service_port}",
-                "-e", f"ZDU_NODE_NAME={node.name}",
+                "-e", f"ZDU_NODE_NAME={node.name}", "-e", f"SPRING_DATA_MONGODB_URI={DOCKER_DB_URI}",
                 "-e", "JAVA_OPTS=-Xms256m -Xmx512m -Dspring.profiles.active=prod -Dlog.file='$HOME/x y.log'",
                 "-v", f"{lab.etc_gateway_dir(node)}:/etc/gateway:ro",
                 "--log-opt", "max-size=10m", "--stop-timeout", "60",
