@@ -1,7 +1,7 @@
 """``webmethods-cluster`` rollbacks: PRE-APPLY (which never turns quiesce mode on) undoes nothing;
 APPLY stops both instances and waits for both admin ports to be down before it starts the old one
 (the ports are shared by default, where a fixed instance still shutting down would answer the old
-one's health check).  The lab run: tests/integration/test_profile_review_webmethods.py."""
+one's health check).  The lab run: tests/integration/test_profile_review_webmethods_run.py."""
 from __future__ import annotations
 
 from tests.unit.test_profile_plans import plan_of
