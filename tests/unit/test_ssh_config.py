@@ -279,6 +279,30 @@ def test_bad_config_lines_name_file_and_line(home: Path) -> None:
         resolve(gw("a"), settings(bad_jump))
 
 
+@pytest.mark.parametrize("line, what", [
+    ("HostName \"bad host;id\"", "HostName 'bad host;id'"),
+    ("HostName 127.0.0.1\x1b]0;title\x07", "HostName '127.0.0.1\\\\x1b]0;title\\\\x07'"),
+    ("HostName -oProxyCommand=x", "HostName '-oProxyCommand=x'"),
+    ("User -oProxyCommand=x", "User '-oProxyCommand=x'"),
+    ("User \"ops admin\"", "User 'ops admin'"),
+    ("User ops\x1b[2J", "User 'ops\\\\x1b\\[2J'"),
+])
+def test_hostname_and_user_from_ssh_config_are_checked_like_the_topologys(
+        home: Path, line: str, what: str) -> None:
+    # they reach the socket, known_hosts and every message; the topology refuses the same values
+    for where, text in (("node a", f"Host a\n {line}\n"),
+                        ("node a: jump host j", f"Host a\n ProxyJump j\nHost j\n {line}\n")):
+        cfg = write(home / "cfg", text)
+        with pytest.raises(ConfigError, match=rf"^{where}: ssh_config \({cfg}\) gives {what}"):
+            resolve(gw("a"), settings(cfg))
+
+
+def test_good_hostname_and_user_from_ssh_config_are_taken(home: Path) -> None:
+    cfg = write(home / "cfg", "Host a\n HostName gw_1.example.com\n User svc.deploy@corp\n")
+    target = resolve(gw("a"), settings(cfg))
+    assert (target.address, target.user) == ("gw_1.example.com", "svc.deploy@corp")
+
+
 def test_named_config_file_must_exist_default_need_not(home: Path) -> None:
     with pytest.raises(ConfigError, match="ssh.config_file: .*/nope: no such file"):
         load_config(str(home / "nope"))

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from zdu.errors import ConfigError
 from zdu.model import Node, SshSettings, frozen_map
-from zdu.config.values import bounded_int, describe_value, port_number, valid_host
+from zdu.config.values import bounded_int, describe_value, port_number, valid_host, valid_user
 
 #: ``ssh.config_file``'s default; with it the system file is read too
 DEFAULT_CONFIG = "~/.ssh/config"
@@ -402,7 +402,7 @@ def resolve(node: Node, settings: SshSettings, config: SshConfigFiles | None | b
     sources: dict[str, str] = {}
     where = f"node {node.name}"
 
-    address = _hostname(options, node.host)
+    address = _hostname(options, node.host, files, where)
     sources["address"] = SSH_CONFIG if address != node.host else NODE
     if "port" not in node.defaulted:
         port, sources["port"] = node.port, NODE
@@ -415,7 +415,7 @@ def resolve(node: Node, settings: SshSettings, config: SshConfigFiles | None | b
     elif "user" not in settings.defaulted:
         user, sources["user"] = settings.user, SSH
     elif options.get("user"):
-        user, sources["user"] = options["user"], SSH_CONFIG
+        user, sources["user"] = _config_user(options["user"], files, where), SSH_CONFIG
     else:
         user, sources["user"] = settings.user, DEFAULT
 
@@ -497,7 +497,7 @@ def _hop(spec: JumpSpec, settings: SshSettings, files: SshConfigFiles | None, wh
     notes.extend(found)
     hop_where = f"{where}: jump host {spec.host}"
     sources: dict[str, str] = {}
-    address = _hostname(options, spec.host)
+    address = _hostname(options, spec.host, files, hop_where)
     sources["address"] = SSH_CONFIG if address != spec.host else JUMP_SPEC
     if spec.port:
         port, sources["port"] = spec.port, JUMP_SPEC
@@ -508,7 +508,7 @@ def _hop(spec: JumpSpec, settings: SshSettings, files: SshConfigFiles | None, wh
     if spec.user:
         user, sources["user"] = spec.user, JUMP_SPEC
     elif options.get("user"):
-        user, sources["user"] = options["user"], SSH_CONFIG
+        user, sources["user"] = _config_user(options["user"], files, hop_where), SSH_CONFIG
     else:
         user, sources["user"] = settings.user, SSH if "user" not in settings.defaulted else DEFAULT
     keys: tuple[str, ...]
@@ -531,12 +531,27 @@ def _hop(spec: JumpSpec, settings: SshSettings, files: SshConfigFiles | None, wh
     return hop, own, bool(options.get("proxycommand"))
 
 
-def _hostname(options: Mapping[str, Any], alias: str) -> str:
+def _hostname(options: Mapping[str, Any], alias: str, files: SshConfigFiles | None, where: str) -> str:
     value = options.get("hostname")
     # paramiko fills HostName with the alias when ssh_config has none
     if not value or value == alias:
         return alias
-    return str(value)
+    text = str(value)
+    # it reaches the socket, known_hosts lookups and every message: checked as the topology's host
+    if not valid_host(text, alias=True):
+        raise ConfigError(f"{where}: ssh_config ({_names(files)}) gives HostName "
+                          f"{describe_value(text, 60)} for {alias!r}, which is not a host name or an "
+                          "IP address")
+    return text
+
+
+def _config_user(value: Any, files: SshConfigFiles | None, where: str) -> str:
+    text = str(value)
+    if not valid_user(text):
+        raise ConfigError(f"{where}: ssh_config ({_names(files)}) gives User {describe_value(text, 60)}, "
+                          "which is not a user name (no whitespace or control character, not "
+                          "starting with '-')")
+    return text
 
 
 def _config_port(value: Any, files: SshConfigFiles | None, where: str) -> int:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from zdu.config.values import valid_host
+from zdu.config.values import USER_NAME, valid_host
 from zdu.config.documents import _Checker, _kind, describe_value, field_path, read_document
 from zdu.model import LbSettings, Node, RunStep, SshSettings, Tier, Topology, frozen_map
 from zdu.planning.serial import Serial, parse_serial
@@ -24,8 +24,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 #: HAProxy's own rule for server names; they reach its runtime API
 _LB_SERVER = re.compile(r"[A-Za-z0-9._:-]{1,255}")
-#: a user name for ssh: no whitespace, and not an option for any command that receives it
-_USER = re.compile(r"[^\s-][^\s]{0,255}")
 
 #: files of the run folder: a node called ``run`` would write its log over ``run.log``
 RESERVED_NODE_NAMES = frozenset({"run", "journal", "events", "report", "control", "summary", "junit"})
@@ -391,7 +389,7 @@ def _jumps(c: _Checker) -> Callable[[Any, str], tuple[str, ...]]:
 
 
 def _user(c: _Checker, value: Any, where: str) -> str:
-    return c.string(value, where, pattern=_USER, hint="no whitespace, and not starting with '-'")
+    return c.string(value, where, pattern=USER_NAME, hint="no whitespace, and not starting with '-'")
 
 
 def _parse_ssh(c: _Checker, raw: Any) -> SshSettings:

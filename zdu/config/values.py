@@ -155,6 +155,9 @@ def port_number(value: Any) -> int | None:
     return bounded_int(value, 1, 65535)
 
 
+#: a user name for ssh: no whitespace, and not an option for any command that receives it
+USER_NAME = re.compile(r"[^\s-][^\s]{0,255}")
+
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _HOST_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
 
@@ -171,3 +174,9 @@ def valid_host(host: str, *, alias: bool = False) -> bool:
     except ValueError:
         pattern = _HOST_ALIAS if alias else _HOST_NAME
         return bool(pattern.fullmatch(host)) and ".." not in host
+
+
+def valid_user(user: str) -> bool:
+    """A user name ssh may log in as: no whitespace or control character, not starting with
+    '-' (an option to any command that receives it), at most 256 characters."""
+    return bool(USER_NAME.fullmatch(user)) and user.isprintable()
