@@ -90,6 +90,26 @@ def test_a_failed_after_step_is_its_own_status() -> None:
     assert all(out.node(n).version is Version.NEW and out.node(n).lb is LbState.IN for n in "ABCDEF")
 
 
+def test_an_interrupt_before_the_after_steps_is_not_a_silent_success() -> None:
+    """Ctrl-C / SIGTERM after the last node finished, before after: began: the steps did not
+    run, the run says so (130, a warning), and its resume runs them."""
+    stop = threading.Event()
+
+    def last_post_apply(command: str) -> CommandResult:
+        stop.set()
+        return CommandResult(command, 0, "", "")
+    out = run({"post-apply F": last_post_apply}, nodes="ABCDEF", topology=APINIZER, stop=stop)
+    assert out.status is Status.INTERRUPTED
+    assert not any(c.startswith("clean") for c in out.log)
+    assert all(out.node(n).version is Version.NEW and out.node(n).lb is LbState.IN for n in "ABCDEF")
+    assert out.state.run_phases["after"].outcome is Outcome.FAILED
+    assert any("before the after: steps: none of them ran" in w for w in out.state.warnings)
+    again = run(previous=out.events, nodes="ABCDEF", topology=APINIZER)
+    assert again.status is Status.SUCCESS
+    assert sorted(again.log) == [f"clean {n}" for n in "ABCDEF"]     # only the after: steps
+    assert again.state.run_phases["after"].outcome is Outcome.PASSED
+
+
 @pytest.mark.parametrize("topology,message", [
     ({"tiers": ["manager"], "groups": {"A": "manager"}}, "node 'B' (group -, roles -) is in no tier"),
     ({"tiers": ["x", "x"], "groups": {n: "x" for n in "ABC"}}, "duplicate tier 'x'"),

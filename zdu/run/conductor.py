@@ -317,9 +317,17 @@ class Conductor:
         return True
 
     def _after(self, status: Status) -> Status:
-        """The after: steps, once, at the end of a run whose nodes all made it."""
+        """The after: steps, once, at the end of a run whose nodes all made it.  Interrupted
+        before they start, none runs and the run says so: INTERRUPTED, and a resume runs them
+        (every node stays on the new version and in the load balancer)."""
         if self.stop_event.is_set():
-            return status
+            message = ("interrupted after every node was upgraded, before the after: steps: none of them ran "
+                       f"(zdupgrade resume {self.plan.run_id} runs them)")
+            self.recorder.emit(ev.Warned(message=message))
+            self.recorder.emit(ev.RunPhaseStarted(phase=Phase.AFTER, label="after", steps=len(self.plan.after)))
+            self.recorder.emit(ev.RunPhaseFinished(phase=Phase.AFTER, label="after", outcome=Outcome.FAILED,
+                                                   failure=FailureKind.INTERRUPTED, message=message))
+            return Status.INTERRUPTED
         if not self._run_phase(Phase.AFTER, "after", self.plan.after):
             return Status.AFTER_FAILED
         return status
