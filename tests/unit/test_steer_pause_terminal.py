@@ -80,3 +80,5 @@ def test_a_background_run_at_a_pause_is_not_stopped_by_sigttin() -> None:
     code = os.waitstatus_to_exitcode(status)
     assert code == 0, ("stopped by SIGTTIN" if code == 3 else f"exit {code}", screen.decode(errors="replace"))
     assert b"ANSWER abort" in screen
+    # it does not invite typing it cannot read; it says how to answer here
+    assert b"or type here" not in screen and b"`fg` to type an answer here" in screen

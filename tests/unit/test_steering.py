@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fakes import PROFILE, FakeLb, lost, make_plan, run
+from tests.support.fakes import PROFILE, FakeFleet, FakeLb, lost, make_plan, run
 from zdu.errors import ConfigError
 from zdu.model import CommandResult
 from zdu.planning.plan import format_plan
@@ -207,6 +207,31 @@ def test_a_failure_within_the_budget_is_rolled_back_and_the_run_goes_on() -> Non
     assert out.node("B").version is Version.OLD and out.node("B").lb is LbState.IN
     assert all(out.node(n).version is Version.NEW for n in "ACDEF")
     assert "within the failure budget of 34%" in out.state.decisions[0].reason
+
+
+def test_a_pause_names_the_nodes_rolled_back_within_the_budget() -> None:
+    pauser = Answers("continue")
+    out = run({"apply B": 1}, nodes="ABCDEF", topology={"serial": [3, "pause", 3], "max_fail_percentage": 34},
+              pauser=pauser)
+    assert out.status is Status.PARTIAL
+    assert pauser.asked[0].done == ("A", "C") and pauser.asked[0].rolled_back == ("B",)
+
+
+def test_a_pause_after_a_tiers_last_wave_comes_after_the_tiers_gate() -> None:
+    """--pause-after-wave 3 (the cache tier's last wave): the operator is asked once the cache
+    gate held, not before it ran; the plan shows it in that order too."""
+    fleet = FakeFleet()
+    seen: list[list[str]] = []
+
+    def pauser(request: PauseRequest, stop: Any) -> PauseAnswer:
+        seen.append(list(fleet.log))
+        return PauseAnswer("continue", "tester@test")
+    out = run(nodes="ABCDEF", topology=APINIZER, fleet=fleet, pauser=pauser, pause_after=frozenset({3}))
+    assert out.status is Status.SUCCESS and len(seen) == 1
+    assert {"members B", "members C"} <= set(seen[0])
+    assert not any(c.startswith("pre-apply D") for c in seen[0])
+    text = format_plan(make_plan(nodes="ABCDEF", topology=APINIZER, pause_after=frozenset({3})))
+    assert text.index("gate of tier cache") < text.index("PAUSE after wave 3") < text.index("wave 4:")
 
 
 def test_after_steps_do_not_run_when_a_node_was_rolled_back_within_the_budget() -> None:

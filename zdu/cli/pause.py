@@ -133,11 +133,17 @@ class OperatorPauser:
 
     def __call__(self, request: PauseRequest, stop: Callable[[], bool]) -> PauseAnswer:
         done = ", ".join(request.done) or "none yet"
-        self.console.line(f"\n=== PAUSED after wave {request.wave} of {request.waves} (upgraded so far: {done}) ===")
+        failed = (f"; rolled back within the failure budget: {', '.join(request.rolled_back)}"
+                  if request.rolled_back else "")
+        self.console.line(f"\n=== PAUSED after wave {request.wave} of {request.waves} (upgraded so far: {done}"
+                          f"{failed}) ===")
         self.console.line(f"    zdupgrade continue {request.run_id}   |   zdupgrade abort {request.run_id} [--keep]"
                           f"   (from any shell); in {request.timeout:g}s: {request.on_timeout}")
         if self.interactive:
-            self.console.line("    or type here: continue | abort | abort --keep")
+            if self._in_foreground():
+                self.console.line("    or type here: continue | abort | abort --keep")
+            else:                       # read only once in the foreground (no SIGTTIN)
+                self.console.line("    (this run is in the background of its terminal: `fg` to type an answer here)")
             if self._lines is None:
                 self._lines = _Lines(self.stdin)
         # an answer left for this pause before it began (a resumed run) counts; an older one does not
@@ -156,6 +162,12 @@ class OperatorPauser:
             if self.clock() >= deadline:
                 return PauseAnswer(request.on_timeout, f"the {request.timeout:g}s pause timeout")
             time.sleep(POLL)
+
+    def _in_foreground(self) -> bool:
+        try:
+            return _foreground(self.stdin.fileno())
+        except (OSError, ValueError):       # no file descriptor (a test's stream): nothing stops it
+            return True
 
     def _typed(self) -> PauseAnswer | None:
         assert self._lines is not None

@@ -741,21 +741,27 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
                        + (f"; at least {tier.min_in_service} in service" if tier.min_in_service is not None else "")
                        + (f"; failure budget {tier.max_fail_percentage:g}%" if tier.max_fail_percentage is not None
                           else ""))
-        for wave in tier.waves:
+        for index, wave in enumerate(tier.waves):
             wave_number += 1
             out.append(f"  wave {wave_number}: {', '.join(wave)}")
             for name in wave:
                 out.extend(_format_node(plan, name, describe))
+            if tier.gate and index == len(tier.waves) - 1:
+                out.extend(_format_gate(tier))
             if wave_number - 1 in plan.pauses:
                 out.append(f"  PAUSE after wave {wave_number}: wait for the operator (zdupgrade continue | abort)")
-        if tier.gate:
-            out.append(f"  gate of tier {tier.name}: must hold before the next tier starts:")
-            out.extend(_format_steps(tier.gate, "    ", show_node=True))
+        if tier.gate and not tier.waves:
+            out.extend(_format_gate(tier))
     if plan.after:
         out.append("")
         out.append(f"{number}. After a successful run, once:")
         out.extend(_format_run_steps(plan.after))
     return "\n".join(out) + "\n"
+
+
+def _format_gate(tier: PlannedTier) -> list[str]:
+    return [f"  gate of tier {tier.name}: must hold before the next tier starts:",
+            *_format_steps(tier.gate, "    ", show_node=True)]
 
 
 def _format_node(plan: Plan, name: str, describe: Callable[[str, Node], str]) -> list[str]:

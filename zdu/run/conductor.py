@@ -135,6 +135,7 @@ class PauseRequest:
     timeout: float
     on_timeout: str               # abort | continue
     done: tuple[str, ...]         # nodes upgraded so far
+    rolled_back: tuple[str, ...] = ()   # nodes rolled back within the failure budget so far
 
 
 @dataclass(frozen=True)
@@ -377,8 +378,9 @@ class Conductor:
                                          on_timeout=self.plan.pause_timeout_action,
                                          message=f"paused after wave {wave} of {len(self.plan.waves)}"))
         done = tuple(self.recorder.query(lambda s: [n for n in s.switched if s.nodes[n].version.value == "new"]))
+        rolled_back = tuple(self.recorder.query(lambda s: [d.node for d in s.decisions if d.within_budget]))
         request = PauseRequest(self.plan.run_id, wave, len(self.plan.waves), self.plan.pause_timeout,
-                               self.plan.pause_timeout_action, done)
+                               self.plan.pause_timeout_action, done, rolled_back)
         try:
             answer = self.pauser(request, self.stop_event.is_set)
         except Exception as exc:  # noqa: BLE001 - a broken prompt must not leave the run hanging

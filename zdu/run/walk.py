@@ -2,7 +2,7 @@
 
 Tier by tier (a topology without tiers is one tier), wave by wave; a :class:`Pause` after a wave
 where the serial list or ``--pause-after-wave`` says so; a tier's :class:`Gate` after its last
-wave.  Waves never mix tiers.  The walker only says what comes next; the conductor does it.
+wave (before a pause after that wave).  Waves never mix tiers.  The walker only says what comes next; the conductor does it.
 """
 from __future__ import annotations
 
@@ -48,13 +48,18 @@ class Walker:
     def items(self) -> Iterator[Item]:
         number = 0
         for tier in self.plan.tiers:
-            for nodes in tier.waves:
+            for index, nodes in enumerate(tier.waves):
                 number += 1
                 if nodes:
                     yield Wave(number, tuple(nodes), tier)
+                last = index == len(tier.waves) - 1
+                if last and tier.gate:
+                    # a pause after a tier's last wave comes once its gate held: the operator
+                    # decides on a tier known to be healthy
+                    yield Gate(tier)
                 if number - 1 in self.plan.pauses:
                     yield Pause(number)
-            if tier.gate:
+            if tier.gate and not tier.waves:
                 yield Gate(tier)
 
     def waves(self) -> Iterator[Wave]:
