@@ -467,9 +467,23 @@ def test_a_dry_run_with_such_a_config_imports_no_ssh_library(home: Path, tmp_pat
                              cwd=Path(__file__).resolve().parents[2])
         return out.stdout.strip().splitlines()
     lines = dry_run()
-    assert "  a: a: root@10.0.0.1:22, default keys + agent" in lines, lines
+    assert "  a: root@10.0.0.1:22, default keys + agent" in lines, lines      # the name once
     assert lines[-2:] == ["status 0", "[]"], lines
     write(cfg, STOCK_DEBIAN + "Host 10.0.0.1\n    HostName 10.9.9.9\n")
     lines = dry_run()
-    assert any(line.startswith("  a: a: root@10.9.9.9:22") for line in lines), lines
+    assert any(line.startswith("  a: root@10.9.9.9:22") for line in lines), lines
     assert lines[-2] == "status 0" and "'paramiko'" in lines[-1], lines
+
+
+def test_identityfile_none_means_no_key_file_without_a_note(home: Path) -> None:
+    cfg = write(home / "cfg", "Host a\n IdentityFile none\n")
+    target = resolve(gw("a"), settings(cfg))
+    assert target.key_files == () and not target.default_keys and target.notes == ()
+    assert "no key file" in target.describe()
+
+
+def test_a_proxyjump_naming_the_node_itself_is_ignored_with_a_note(home: Path) -> None:
+    cfg = write(home / "cfg", "Host a\n ProxyJump a\n")
+    target = resolve(gw("a"), settings(cfg))
+    assert target.jumps == ()
+    assert target.notes == ("node a: ssh_config ProxyJump for 'a' names 'a' itself: ignored (reached directly)",)

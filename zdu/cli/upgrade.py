@@ -227,7 +227,7 @@ class Upgrade:
                 if targets:
                     self.console.line("how each node is reached (topology, then ssh_config):")
                     for name, target in targets.items():
-                        self.console.line(f"  {name}: {target.describe()}")
+                        self.console.line(f"  {target.describe()}")
                         for note in target.notes:
                             self.console.line(f"    note: {note}")
                 return Status.SUCCESS

@@ -436,7 +436,10 @@ def resolve(node: Node, settings: SshSettings, config: SshConfigFiles | None | b
     else:
         specs, sources["jumps"] = _config_jumps(options, files, where), SSH_CONFIG
         if any(parse_jump(j).host.lower() == node.host.lower() for j in specs):
-            specs = ()          # "Host *  ProxyJump x" also matches x itself: ignored
+            # "Host *  ProxyJump x" also matches x itself: ignored
+            note_list.append(f"{where}: ssh_config ProxyJump for {node.host!r} names {node.host!r} "
+                             "itself: ignored (reached directly)")
+            specs = ()
         if not specs:
             sources["jumps"] = DEFAULT
             if options.get("proxycommand"):
@@ -580,7 +583,10 @@ def _timeout(settings: SshSettings, options: Mapping[str, Any], files: SshConfig
 
 def _identity_files(options: Mapping[str, Any], notes: list[str], where: str
                     ) -> tuple[tuple[str, ...], str]:
-    listed = [os.path.expanduser(p) for p in options.get("identityfile") or ()]
+    # "IdentityFile none": no key file (and not the default ones), as ssh means it
+    listed = [os.path.expanduser(p) for p in options.get("identityfile") or () if str(p).lower() != "none"]
+    if not listed and options.get("identityfile"):
+        return (), SSH_CONFIG
     if not listed:
         return (), DEFAULT
     present = tuple(p for p in listed if os.path.isfile(p))
