@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 MARK = b"\x1e"
 
 #: The node side.  $1 names the FIFO directory (random per connection).  Every line it reads is
-#: ``NONCE ESCAPED-COMMAND``.  Records: on stdout ``zdu-driver:ready`` / ``zdu-driver:missing=WHAT``
-#: once, then per command ``NONCE:end``; on stderr ``NONCE:fwd=PID PID``, ``NONCE:pgid=PID``,
+#: ``NONCE ESCAPED-COMMAND``.  Records: ``zdu-driver:ready=ID`` once on both streams (ID: $1), or
+#: on stdout ``zdu-driver:missing=WHAT``; then then per command ``NONCE:end``; on stderr ``NONCE:fwd=PID PID``, ``NONCE:pgid=PID``,
 #: ``NONCE:exit=CODE``, ``NONCE:end``.
 DRIVER = r"""
 for t in setsid mkfifo cat; do
@@ -74,7 +74,10 @@ export SHLVL
 w='@PGID_REPORT@
 [ -z "$3" ] || printf "%s %s %s\n" "$$" "$4" "$3" >"$5" 2>/dev/null
 exec "$2" -c "eval \"unset ZDU_COMMAND;\$ZDU_COMMAND\""'
-printf '\036zdu-driver:ready\n'
+# ready on both streams, with this connection's id: what the login shell's rc files wrote
+# before (a banner, a motd on stderr, even a line that looks like ours) is not a step's output
+printf '\036zdu-driver:ready=%s\n' "$1"
+printf '\036zdu-driver:ready=%s\n' "$1" >&2
 while IFS= read -r f; do
   n=${f%% *}
   r=${f#* }
@@ -115,7 +118,9 @@ def driver_command(dir_id: str, shell: str = "/bin/sh") -> str:
     """The exec request that starts the driver (``dir_id``: letters and digits)."""
     if not dir_id.isalnum():
         raise ValueError(f"bad driver id {dir_id!r}")
-    return f"exec {shlex.quote(shell)} -c {shlex.quote(DRIVER)} zdu-driver {dir_id}"
+    # SHLVL=2 (a login bash's exec takes one off): a bash driver is not "a top-level shell run by
+    # sshd", so it does not read ~/.bashrc again, whose `set -e` would end it at a step's failure
+    return f"SHLVL=2 exec {shlex.quote(shell)} -c {shlex.quote(DRIVER)} zdu-driver {dir_id}"
 
 
 def encode_command(command: str) -> str:

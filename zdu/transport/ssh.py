@@ -1222,7 +1222,8 @@ class SshHandler(CommandHandler):
             self.open()
             conn = self._conn
             assert conn is not None
-            command = driver_command(secrets.token_hex(8), self.driver_shell)
+            dir_id = secrets.token_hex(8)
+            command = driver_command(dir_id, self.driver_shell)
             try:
                 chan = conn.transport.open_session(timeout=min(limit, self.target.connect_timeout))
                 # the login shell's rc files run first: not the command's time, but bounded
@@ -1239,7 +1240,7 @@ class SshHandler(CommandHandler):
                 self._discard()
                 return "timeout"
             shell = _Shell(chan)
-            answer = shell.wait_ready(deadline)
+            answer = shell.wait_ready(deadline, dir_id)
             if answer == "ready":
                 self.shells_started += 1
                 return shell
@@ -1465,11 +1466,14 @@ class _Shell:
         """True when a failed send cannot have reached the node (the channel was closed)."""
         return self.chan.closed
 
-    def wait_ready(self, deadline: float) -> str:
-        """``"ready"``, ``"timeout"``, ``"lost"``, or why the driver cannot run here."""
+    def wait_ready(self, deadline: float, dir_id: str) -> str:
+        """``"ready"``, ``"timeout"``, ``"lost"``, or why the driver cannot run here.  Ready once
+        the driver said so with ``dir_id`` on both streams: everything the login shell wrote
+        before (rc files' banners, a motd on stderr) is dropped, not given to the first step."""
         chan = self.chan
-        ready = RecordSplitter(b"zdu-driver:")
+        ready, ready_err = RecordSplitter(b"zdu-driver:"), RecordSplitter(b"zdu-driver:")
         errors = bytearray()
+        mine = f"ready={dir_id}"
         while True:
             self.wakeup.arm()
             while chan.recv_ready():
@@ -1477,10 +1481,13 @@ class _Shell:
                 if not data:
                     break
                 ready.feed(data)
-            while chan.recv_stderr_ready():
-                errors += chan.recv_stderr(65536)[: max(0, 4096 - len(errors))]
+            while chan.recv_stderr_ready() and mine not in ready_err.records:
+                data = chan.recv_stderr(65536)
+                if not data:
+                    break
+                errors += ready_err.feed(data)[: max(0, 4096 - len(errors))]
             for record in ready.records:
-                if record == "ready":
+                if record == mine and mine in ready_err.records:
                     return "ready"
                 if record.startswith("missing="):
                     return f"{record[len('missing='):]} not found there"
