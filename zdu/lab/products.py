@@ -291,6 +291,10 @@ class _ContainerProduct(Product):
 #: the module container's database URI, password and all (as Apinizer's containers are given it):
 #: the profile must not write it into any log
 DOCKER_DB_URI = "mongodb://apinizer:lab-Mongo-s3cret@mongo.invalid:27017/apinizer?authSource=admin"
+#: a label and a log option whose values are credentials (a reverse proxy's basic-auth users, a log
+#: driver's token), which the profile must not write into any log either
+DOCKER_AUTH_LABEL = ("traefik.http.middlewares.lab-auth.basicauth.users", "admin:$apr1$lab-Label-s3cret")
+DOCKER_LOG_TAG = "lab-LogOpt-s3cret"
 
 
 class DockerProduct(_ContainerProduct):
@@ -304,14 +308,15 @@ class DockerProduct(_ContainerProduct):
 
     def run_argv(self, lab: "Lab", node: "LabNode") -> list[str]:
         """How an operator started the 1.0 container (what the profile must carry over)."""
-        labels = [a for k, v in self.lab_labels(lab).items() for a in ("--label", f"{k}={v}")]
+        labels = [a for k, v in {**self.lab_labels(lab), DOCKER_AUTH_LABEL[0]: DOCKER_AUTH_LABEL[1]}.items()
+                  for a in ("--label", f"{k}={v}")]
         return ["docker", "run", "-d", "--name", self.container(node), "--network", "host",
                 "--restart", "unless-stopped", *labels,
                 "-e", f"SERVER_HOST={node.host}", "-e", f"SERVER_PORT={node.service_port}",
                 "-e", f"ZDU_NODE_NAME={node.name}", "-e", f"SPRING_DATA_MONGODB_URI={DOCKER_DB_URI}",
                 "-e", "JAVA_OPTS=-Xms256m -Xmx512m -Dspring.profiles.active=prod -Dlog.file='$HOME/x y.log'",
                 "-v", f"{lab.etc_gateway_dir(node)}:/etc/gateway:ro",
-                "--log-opt", "max-size=10m", "--stop-timeout", "60",
+                "--log-opt", "max-size=10m", "--log-opt", f"tag={DOCKER_LOG_TAG}", "--stop-timeout", "60",
                 self.image(lab, "1.0")]
 
     def prepare(self, lab: "Lab") -> None:
