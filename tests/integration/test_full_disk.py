@@ -6,6 +6,7 @@ process alone (root and unshare needed, as on the CI machine); a node's step pri
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -44,3 +45,29 @@ def test_a_full_log_disk_is_a_record_failure_not_an_internal_error(tmp_path: Pat
     assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
     assert "Status 79 (RECORD_FAILED)" in done.stdout
     assert "run log:" in done.stdout
+
+
+def test_an_events_file_that_cannot_be_written_is_a_record_failure(tmp_path: Path) -> None:
+    """--events on a full device: the upgrade goes on, the summary says the events stream
+    failed, and the run exits 79, not 0 (a CI consumer would read nothing and think all went well)."""
+    fleet = LocalFleet(tmp_path)
+    done = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), *fleet.argv("--plain", "--events", "/dev/full")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == Status.RECORD_FAILED, done.stdout[-2000:] + done.stderr[-2000:]
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    assert "the run record is incomplete: events failed: OSError: [Errno 28] No space left on device" in done.stdout
+
+
+def test_the_events_file_is_written_as_the_run_goes(tmp_path: Path) -> None:
+    """A consumer tailing --events sees each event when it happens, not at the end of the run."""
+    fleet = LocalFleet(tmp_path, hold=True)
+    events = tmp_path / "events.jsonl"
+    proc = fleet.start("--plain", "--events", str(events))
+    try:
+        fleet.wait_for(lambda: fleet.in_apply("A"), "node A in APPLY", proc)
+        kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
+        assert "RunStarted" in kinds and "StepStarted" in kinds, kinds
+    finally:
+        fleet.release()
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
