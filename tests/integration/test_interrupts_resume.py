@@ -306,3 +306,28 @@ def test_a_damaged_run_record_is_refused(tmp_path: Path, edit, message: str) -> 
     import re
     assert re.search(message, done.stderr), done.stderr
     assert fleet.lb_log("B") == []        # nothing was touched
+
+
+def test_an_interrupt_after_the_last_node_leaves_the_after_steps_to_the_resume(tmp_path: Path) -> None:
+    """SIGTERM while the last node is put back: every node is upgraded and in, the after: steps
+    have not run; the run ends 130 saying so, and --resume runs them (and nothing else)."""
+    node = "{{ fleet_root }}/{{ node.name }}"
+    fleet = LocalFleet(tmp_path, profile_overrides={
+        "after": [{"name": "clean up", "on": "all", "run": f"echo done >> {node}/after"}]})
+    fleet.hold_hook("enable", "C")
+    proc = fleet.start("--plain")
+    fleet.wait_for(lambda: (tmp_path / "in-enable-C").exists(), "the enable hook of C running", proc)
+    proc.send_signal(signal.SIGTERM)
+    fleet.release()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == int(Status.INTERRUPTED), out
+    assert "before the after: steps: none of them ran" in out
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC"), out
+    assert not any((tmp_path / n / "after").exists() for n in "ABC")
+    resumed = fleet.resume()
+    assert resumed.returncode == int(Status.SUCCESS), resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert all((tmp_path / n / "after").read_text() == "done\n" for n in "ABC")
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    assert all(fleet.lb_log(n) == ["disable", "enable"] for n in "ABC")      # no node walked again
+    again = fleet.resume()
+    assert again.returncode == int(Status.CONFIG_ERROR) and "already finished with SUCCESS" in again.stderr

@@ -323,7 +323,7 @@ class Conductor:
         (every node stays on the new version and in the load balancer)."""
         if self.stop_event.is_set():
             message = ("interrupted after every node was upgraded, before the after: steps: none of them ran "
-                       f"(zdupgrade resume {self.plan.run_id} runs them)")
+                       f"(zdupgrade --resume {self.plan.run_id} runs them)")
             self.recorder.emit(ev.Warned(message=message))
             self.recorder.emit(ev.RunPhaseStarted(phase=Phase.AFTER, label="after", steps=len(self.plan.after)))
             self.recorder.emit(ev.RunPhaseFinished(phase=Phase.AFTER, label="after", outcome=Outcome.FAILED,

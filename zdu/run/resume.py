@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError, LockError
 from ..report.rundir import RunDir
 from ..report.runfolder import JOURNAL, RUN_JSON, read_journal
+from ..status import FailureKind, Outcome, Status
 from .state import RunState, replay
 
 CONTROL_LOCK = "control.lock"
@@ -133,12 +134,21 @@ def load_previous(run_dir: RunDir) -> Previous:
             return Previous(run_dir, state, invocation, repair=tuple(broken))
         if Previous(run_dir, state, invocation).holds_lock:
             return Previous(run_dir, state, invocation, lock_only=True)
+        if after_left(state):
+            return Previous(run_dir, state, invocation)      # the resume runs the after: steps
         raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
                           f"({int(state.status)}); nothing to resume")
     if not any(n.phases or n.rollback for n in state.nodes.values()) and state.lock is None:
         raise ConfigError(f"{run_dir.dir}: run {state.run_id} never started changing nodes "
                           "(it stopped in preflight); start a new run instead")
     return Previous(run_dir, state, invocation)
+
+
+def after_left(state: RunState) -> bool:
+    """The run was interrupted after every node made it, before its after: steps began."""
+    done = state.run_phases.get("after")
+    return (state.status is Status.INTERRUPTED and done is not None and done.outcome is Outcome.FAILED
+            and done.classification is FailureKind.INTERRUPTED)
 
 
 def _recorded_events(run_dir: RunDir, run_id: str) -> int:
