@@ -17,6 +17,7 @@ import base64
 import hashlib
 import html
 import math
+import re
 from typing import Any, Iterable, Sequence
 
 from .. import __version__
@@ -36,9 +37,15 @@ AXIS = 24
 CHART = 120
 
 
+#: lone surrogates (a JSON ``\\udcff`` in a journal): no UTF-8 file can hold them
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def esc(value: Any) -> str:
-    """Text for HTML (element content or a quoted attribute)."""
-    return html.escape(printable(str(value)), quote=True)
+    """Text for HTML (element content or a quoted attribute); a lone surrogate is shown as its
+    escape (``\\udcff``, as ``zdupgrade logs`` shows it), so the page can be written as UTF-8."""
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(str(value)))
+    return html.escape(text, quote=True)
 
 
 def css_name(value: str) -> str:
