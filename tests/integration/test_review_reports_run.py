@@ -49,9 +49,10 @@ exit 3
     "TAIL_FILL", str(1024 * 1024 - 6 - len("\nstderr ends\n")))
 
 
-def zdupgrade(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def zdupgrade(*argv: str, timeout: float = 120, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "zdupgrade"), *argv], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def pieces(secret: str, size: int = 4) -> set[str]:
@@ -59,7 +60,9 @@ def pieces(secret: str, size: int = 4) -> set[str]:
     return {secret[i:i + size] for i in range(len(secret) - size + 1)} | {json.dumps(secret)[1:-1]}
 
 
-def fleet(tmp_path: Path, server: SshdServer, script: str) -> list[str]:
+def fleet(tmp_path: Path, server: SshdServer | None, script: str, *, secret: object = SECRET) -> list[str]:
+    """The arguments of a run of one node (over ssh to ``server``, or ``transport: local``) whose
+    UPGRADE runs ``script`` with the secret in $SECRET and PAYLOAD in $PAYLOAD."""
     (tmp_path / "step.sh").write_text(script)
     profile = {"name": "hostile-output", "secrets": ["pw"],
                "phases": {"EXPORT": [{"name": "ok", "run": "true"}],
@@ -69,12 +72,14 @@ def fleet(tmp_path: Path, server: SshdServer, script: str) -> list[str]:
                           "POST-APPLY": [{"name": "n", "run": "true"}]},
                "rollback": {"APPLY": [{"name": "back", "run": "true"}]}}
     (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
-    known = tmp_path / "known_hosts"
-    known.write_text(server.known_hosts_line())
-    topology = {"profile": str(tmp_path / "profile.yaml"), "lock_dir": str(tmp_path / "lock"),
-                "vars": {"pw": SECRET, "payload": PAYLOAD},
-                "ssh": {"known_hosts": str(known), "key_file": str(server.client_key), "connect_timeout": 5},
-                "nodes": [{"name": "N1", "host": server.host, "port": server.port, "user": server.user}]}
+    topology: dict[str, object] = {"profile": str(tmp_path / "profile.yaml"), "lock_dir": str(tmp_path / "lock"),
+                                   "vars": {"pw": secret, "payload": PAYLOAD},
+                                   "nodes": [{"name": "N1", "host": "127.0.0.1", "transport": "local"}]}
+    if server is not None:
+        known = tmp_path / "known_hosts"
+        known.write_text(server.known_hosts_line())
+        topology["ssh"] = {"known_hosts": str(known), "key_file": str(server.client_key), "connect_timeout": 5}
+        topology["nodes"] = [{"name": "N1", "host": server.host, "port": server.port, "user": server.user}]
     (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topology))
     for name in ("old", "new"):
         (tmp_path / name).mkdir()
@@ -166,3 +171,32 @@ def test_a_secret_cut_in_a_failed_steps_message_is_masked(sshd_server: Callable[
     for where, text in texts.items():
         for piece in pieces(SECRET):
             assert piece not in text, f"{piece!r} of the secret is in {where}"
+
+
+POLICY = """
+import os
+from zdu.run.policy import Action, Decision
+
+def raises(context):
+    raise RuntimeError("could not reach the CMDB with token " + os.environ["GW_PW"])
+
+def says(context):
+    return Decision(Action.ABORT, "asked the CMDB with token " + os.environ["GW_PW"])
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="zdu/run/rollback.py records a rollback policy's reason, and the "
+                                       "message of the exception it raised, without masking them (not fixed "
+                                       "here: rollback.py)")
+@pytest.mark.parametrize("policy", ["raises", "says"])
+def test_a_secret_in_a_rollback_policys_reason_is_masked(tmp_path: Path, policy: str) -> None:
+    (tmp_path / "review_reports_policy.py").write_text(POLICY)
+    argv = fleet(tmp_path, None, "exit 3\n", secret={"env": "GW_PW"})      # an {env: ...} value: a secret
+    done = zdupgrade(*argv, "--rollback-policy", f"review_reports_policy:{policy}",
+                     env={"GW_PW": SECRET, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 71, done.stdout + done.stderr
+    assert "CMDB with token" in done.stdout
+    run_dir = next((tmp_path / "logs").iterdir())
+    texts = {"console": done.stdout + done.stderr, **{p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
+    for where, text in texts.items():
+        assert SECRET not in text, f"the secret is in {where}"
