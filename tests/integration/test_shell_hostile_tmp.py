@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from tests.support.sshd import SshdServer, sshd_server  # noqa: F401 (fixture)
 from tests.integration.test_ssh_shell import make
 
@@ -25,16 +27,18 @@ def test_a_step_that_cleans_tmp_does_not_break_later_steps(sshd_server: Callable
         h.close()
 
 
+@pytest.mark.parametrize("mode", ["shell", "exec"])
 def test_a_running_steps_text_is_not_in_the_process_list(sshd_server: Callable[..., SshdServer],
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, mode: str) -> None:
     """Any user on a node can read every process's arguments (ps); a step's command text (a
-    password it pipes to its tool with printf, a builtin) must not be among them."""
+    password it pipes to its tool with printf, a builtin) must not be among them, through the
+    shell session or an exec channel each (the fallback)."""
     import secrets
     import threading
     import time
 
     server = sshd_server("127.0.2.21")           # its processes are this machine's: /proc shows them
-    h = make(server, tmp_path)
+    h = make(server, tmp_path, shell_session=mode == "shell")
     mark = f"pw-{secrets.token_hex(8)}"
     pause = f"2.{secrets.randbelow(900) + 100}"   # this step's sleep, told from any other on the machine
     try:
@@ -59,6 +63,6 @@ def test_a_running_steps_text_is_not_in_the_process_list(sshd_server: Callable[.
         step.join()
         assert running, "the step was not seen running: the check looked at nothing"
         assert not seen, seen
-        assert getattr(result[0], "stdout") == "done\n"
+        assert getattr(result[0], "stdout") == "done\n" and h.mode == mode
     finally:
         h.close()

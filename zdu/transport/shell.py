@@ -271,6 +271,25 @@ def pgid_report(nonce: str) -> str:
 DRIVER = DRIVER.replace("@PGID_REPORT@", pgid_report('"$1"'))
 
 
+def exec_launcher(nonce: str) -> str:
+    """The exec request of the exec-channel fallback: the login shell reads the command from
+    the channel's stdin and runs it, so its text is not an argument any user on the node can
+    read with ``ps``.  It runs only if the end line ``#NONCE`` arrived: a connection lost while
+    the text was on its way must not run the first half of a command.  The text goes in with
+    :func:`exec_stdin`; the command's own stdin is at its end, as the exec channel gave it."""
+    if not nonce.isalnum():
+        raise ValueError(f"bad nonce {nonce!r}")
+    return ("zdu_c=; zdu_k=; while IFS= read -r zdu_l; do "
+            f'[ "$zdu_l" = "#{nonce}" ] && {{ zdu_k=1; break; }}; zdu_c="$zdu_c$zdu_l\n"; done; '
+            "[ -n \"$zdu_k\" ] || { echo 'zdupgrade: the command did not arrive whole; nothing ran' >&2; exit 126; }; "
+            'eval "unset zdu_c zdu_k zdu_l; $zdu_c"')
+
+
+def exec_stdin(nonce: str, command: str) -> bytes:
+    """What :func:`exec_launcher` reads: the command, then its end line."""
+    return f"{command}\n#{nonce}\n".encode("utf-8")
+
+
 def parse_pgid(value: str) -> tuple[int, str] | None:
     """A ``pgid=`` record's value, ``PID`` or ``PID:START``: (pid, start time or "")."""
     pid, _, start = value.partition(":")

@@ -82,8 +82,8 @@ from zdu.model import CommandResult, Node, SshSettings
 from zdu.transport.base import STEP_TAG, BastionError, CommandHandler, InvalidCommandError
 from zdu.transport.local import IncrementalDecodeMixin, OutputCapture, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
-from zdu.transport.shell import (END_LOST_STEP, END_ORPHAN, RecordSplitter, StepState, driver_command, frame,
-                                 parse_pgid, pgid_report)
+from zdu.transport.shell import (END_LOST_STEP, END_ORPHAN, RecordSplitter, StepState, driver_command,
+                                 exec_launcher, exec_stdin, frame, parse_pgid, pgid_report)
 
 HostKeyCallback = Callable[[str, str, str], None]
 
@@ -183,12 +183,15 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         wrapped = f"{pgid_report(self._nonce)}\n{command}"
         # paramiko waits for the answer to an exec request without any timeout, and invoke's
         # command timer starts only after it: a node that freezes right then (paused, link
-        # gone silent) would hang the run for good
-        if not _bounded(self.channel, lambda: super(_Remote, self).send_start_message(wrapped),
+        # gone silent) would hang the run for good.  The request holds a small reader only;
+        # the command's text follows on stdin (not an argument other users see in `ps`)
+        launcher = exec_launcher(self._nonce)
+        if not _bounded(self.channel, lambda: super(_Remote, self).send_start_message(launcher),
                         self.start_timeout):
             self.start_expired = True
             raise SSHException(f"no answer to the exec request within {self.start_timeout:g}s")
         self.command_sent = True
+        self.channel.sendall(exec_stdin(self._nonce, wrapped))
         # we never feed stdin: give the command EOF instead of a pipe that never ends
         self.channel.shutdown_write()
 
