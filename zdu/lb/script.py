@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.model import Node
 from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
+from zdu.planning.masking import truncation_note
 
 _OPTIONS = {"path", "timeout", "env"}
 
@@ -128,7 +129,13 @@ class ScriptLoadBalancer(LoadBalancer):
             return LbResult(False, f"{self.path}: cannot run: {why}", time.monotonic() - started,
                             {"exit_code": None, "output": ""})
         duration = time.monotonic() - started
-        details: dict[str, Any] = {"exit_code": run.returncode, "output": run.output}
+        output, last = run.output, run.output
+        if run.output_bytes > OUTPUT_LIMIT:
+            # the kept tail starts at any byte, maybe inside a secret: the note in front tells the
+            # masker so (it masks a secret's end there), and that first, cut line is no message
+            output = truncation_note(run.output_bytes - OUTPUT_LIMIT, "bytes") + run.output
+            last = run.output.partition("\n")[2]
+        details: dict[str, Any] = {"exit_code": run.returncode, "output": output}
         if run.output_bytes > OUTPUT_LIMIT:
             details["output_truncated_bytes"] = run.output_bytes - OUTPUT_LIMIT
         if run.left_running:
@@ -138,7 +145,7 @@ class ScriptLoadBalancer(LoadBalancer):
                    else "stopped by SIGTERM")
             return LbResult(False, f"{label}: no answer within {self.timeout:g}s; killed its "
                                    f"process group ({how})", duration, details)
-        tail = _last_line(run.output)
+        tail = _last_line(last)
         code = run.returncode
         if code is None:
             return LbResult(False, f"{label}: did not exit", duration, details)

@@ -29,7 +29,13 @@ MASK = "******"
 #: secrets at least this long are replaced wherever they occur; shorter ones as whole tokens
 SUBSTRING_MIN = 8
 #: the note :class:`zdu.transport.local.OutputKeeper` puts where it dropped the middle of an output
-TRUNCATION_NOTE = re.compile(r"\n\[\.\.\. zdupgrade: \d+ characters of output truncated here \.\.\.\]\n")
+TRUNCATION_NOTE = re.compile(r"\n\[\.\.\. zdupgrade: \d+ (?:characters|bytes) of output truncated here \.\.\.\]\n")
+
+
+def truncation_note(dropped: int, unit: str = "characters") -> str:
+    """The note put where ``dropped`` characters (or bytes) of an output were left out; the
+    masker replaces the pieces of a secret it cuts (see :data:`TRUNCATION_NOTE`)."""
+    return f"\n[... zdupgrade: {dropped} {unit} of output truncated here ...]\n"
 #: the shortest piece of a cut secret that is replaced (one character would be replaced at every cut
 #: whose neighbour happens to be the secret's first or last character)
 CUT_PIECE_MIN = 2

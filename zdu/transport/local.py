@@ -21,6 +21,7 @@ from invoke.exceptions import CommandTimedOut
 from invoke.runners import Local
 
 from zdu.model import CommandResult, Node, SshSettings
+from zdu.planning.masking import truncation_note
 from zdu.transport.base import CommandHandler
 
 #: grace period between SIGTERM and SIGKILL when a command times out
@@ -71,7 +72,7 @@ class OutputKeeper:
             rest = rest[len(rest) - self.keep_tail:]
         out = list(self._head)
         if dropped:
-            out.append(f"\n[... zdupgrade: {dropped} characters of output truncated here ...]\n")
+            out.append(truncation_note(dropped))
         if rest:
             out.append(rest)
         return out
