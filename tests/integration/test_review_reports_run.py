@@ -37,7 +37,7 @@ PAYLOAD = ("ctl:\x01\x02\x08\x0b\x0c\x0e\x1f fffe:\ufffe cdata:]]> </script><scr
 #: the step: the secret in two writes on each stream, hostile bytes, then over 2 MiB of stdout
 #: whose truncation cuts the secret (the head ends 5 characters into it) and 2 MiB of stderr whose
 #: kept tail starts 6 characters before its end (the last line, the step's message, is another one:
-#: see the xfail test below)
+#: see test_a_secret_cut_in_a_failed_steps_message_is_masked)
 SCRIPT = r"""rep() { head -c "$1" /dev/zero | tr '\0' "$2"; }
 printf '%s' "${SECRET:0:5}"; sleep 0.3; printf '%s\n' "${SECRET:5}"
 printf 'err:%s' "${SECRET:0:4}" >&2; sleep 0.3; printf '%s\n' "${SECRET:4}" >&2
@@ -158,10 +158,6 @@ MESSAGE_CUTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="zdu/run/steps.py (_command_result) makes a failed step's message of its "
-                                       "output's last line, cut to 300 characters, before masking: the piece of "
-                                       "a secret a cut leaves is not the whole value the masker looks for (not "
-                                       "fixed here: steps.py)")
 @pytest.mark.parametrize("case", sorted(MESSAGE_CUTS))
 def test_a_secret_cut_in_a_failed_steps_message_is_masked(sshd_server: Callable[..., SshdServer],
                                                          tmp_path: Path, case: str) -> None:
@@ -188,9 +184,6 @@ def says(context):
 """
 
 
-@pytest.mark.xfail(strict=True, reason="zdu/run/rollback.py records a rollback policy's reason, and the "
-                                       "message of the exception it raised, without masking them (not fixed "
-                                       "here: rollback.py)")
 @pytest.mark.parametrize("policy", ["raises", "says"])
 def test_a_secret_in_a_rollback_policys_reason_is_masked(tmp_path: Path, policy: str) -> None:
     (tmp_path / "review_reports_policy.py").write_text(POLICY)

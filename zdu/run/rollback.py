@@ -7,6 +7,8 @@ A policy that raises or answers nonsense is replaced by the safe default for tha
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -108,14 +110,17 @@ class RollbackCoordinator:
                                               "rolling back the failed node, going on with the others")
 
     def _ask(self, context: FailureContext) -> Decision:
+        """The policy's decision; its reason (and the message of an exception it raised) is
+        masked: a policy may quote what it was told, or a token of a service it asked."""
+        mask = self.plan.mask
         try:
             decision = self.policy(context)
             if not isinstance(decision, Decision) or not isinstance(decision.action, Action):
-                raise TypeError(f"returned {decision!r:.100}, not a Decision")
-            return decision
+                raise TypeError(f"returned {mask(repr(decision))[:100]}, not a Decision")
+            return dataclasses.replace(decision, reason=mask(str(decision.reason)))
         except Exception as exc:  # noqa: BLE001 - a user's policy must not abandon the fleet
             action = Action.ABORT if context.phase.is_offline else Action.ROLLBACK_ALL
-            return Decision(action, f"the rollback policy failed ({type(exc).__name__}: {str(exc)[:200]}); "
+            return Decision(action, f"the rollback policy failed ({type(exc).__name__}: {mask(str(exc))[:200]}); "
                                     f"falling back to the safe default: {action}")
 
     # ------------------------------------------------------------------ rolling back

@@ -124,7 +124,7 @@ class StepRunner:
             assert step.command is not None
             output = self._handler(step.node).run(step.command, timeout=step.timeout or self.command_timeout,
                                                   env={STEP_TAG: self.tag(step.key)})
-            return _command_result(output)
+            return _command_result(output, self.mask)
         if step.kind is StepKind.WAIT:
             return self._wait(step, interruptible)
         if step.kind is StepKind.HTTP:
@@ -137,10 +137,10 @@ class StepRunner:
             assert request.curl is not None
             output = self._handler(name).run(request.curl, timeout=request.timeout + 10)
             if output.error:
-                return _command_result(output)
+                return _command_result(output, self.mask)
             body, _, code = output.stdout.rpartition("\n")
             if output.exit_code != 0 or not code.strip().isdigit():
-                detail = (output.stderr.strip().splitlines() or ["no answer"])[-1][:300]
+                detail = (self.mask(output.stderr).strip().splitlines() or ["no answer"])[-1][:300]
                 return StepResult(FailureKind.FAILED, f"{request.method} {request.url}: {detail}",
                                   output.exit_code, output.stdout, output.stderr)
             status, text = int(code), body
@@ -163,7 +163,10 @@ class StepRunner:
             result = handler.run(command, timeout=timeout)
             if result.error == "unreachable":  # the node is gone, not unhealthy
                 raise UnreachableError(step.node, "the connection was lost while polling the health gate")
-            return result
+            # masked before a check's message is cut from it (a cut secret is no longer the whole
+            # value the masker looks for); an http check's body is judged as it came
+            return result.replace(stderr=self.mask(result.stderr),
+                                  stdout=result.stdout if wait.kind == "http" else self.mask(result.stdout))
         outcome = run_wait(wait, run_on_node=on_node, clock=self.clock, sleep=self.sleep,
                            stop=self.stop if interruptible else (lambda: False))
         message = f"{outcome.message} ({outcome.polls} check(s), {outcome.waited:.2f}s)"
@@ -173,14 +176,16 @@ class StepRunner:
         return StepResult(kind, message, polls=outcome.polls)
 
 
-def _command_result(output: CommandResult) -> StepResult:
+def _command_result(output: CommandResult, mask: Masker) -> StepResult:
+    """The step's result; a failed one's message is the last line of its output, masked before
+    it is cut to 300 characters (a cut would leave a piece of a secret the masker cannot know)."""
     if output.error:
         kind = FailureKind.TIMEOUT if output.error == "timeout" else FailureKind.UNREACHABLE
         what = "timed out" if kind is FailureKind.TIMEOUT else output.error
         return StepResult(kind, f"{what} after {output.duration:.1f}s", output.exit_code,
                           output.stdout, output.stderr)
     if output.exit_code != 0:
-        last = (output.stderr or output.stdout).strip().splitlines()
+        last = mask(output.stderr or output.stdout).strip().splitlines()
         message = f"exit code {output.exit_code}" + (f": {last[-1][:300]}" if last else "")
         return StepResult(FailureKind.FAILED, message, output.exit_code, output.stdout, output.stderr)
     return StepResult(None, "", 0, output.stdout, output.stderr)
