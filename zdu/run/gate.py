@@ -47,6 +47,10 @@ def may_serve(node: NodeState) -> tuple[bool, str]:
     return True, ""
 
 
+#: the longest load-balancer message kept (a script hook's is its output's whole last line)
+MESSAGE_LIMIT = 1000
+
+
 class LbGate:
     """Takes nodes out of traffic and puts them back, through the run's load-balancer hook."""
 
@@ -107,6 +111,8 @@ class LbGate:
             result = LbResult(False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
         mask = self.plan.masker
         message = mask(result.message)
+        if len(message) > MESSAGE_LIMIT:        # cut once masked (see zdu.lb.script)
+            message = message[:MESSAGE_LIMIT] + " [...]"
         self.recorder.emit(ev.LbFinished(node=name, action=action, ok=result.ok, message=message,
                                          duration=result.duration, details=mask.data(ev.jsonable(result.details))))
         return LbOutcome(result.ok, message)

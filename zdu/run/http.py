@@ -13,6 +13,7 @@ import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 
 from ..planning.plan import PlannedRequest
 
@@ -62,11 +63,13 @@ def http_request(request: PlannedRequest) -> Answer:
         return Answer(error=_reason(exc))
 
 
-def judge_response(request: PlannedRequest, status: int, body: str) -> str | None:
-    """None when the answer is what the step expects, else why not."""
+def judge_response(request: PlannedRequest, status: int, body: str,
+                   mask: Callable[[str], str] = lambda text: text) -> str | None:
+    """None when the answer is what the step expects, else why not (quoting the body masked
+    before it is cut: a cut through a secret would leave a piece the masker cannot know)."""
     expected = "/".join(str(s) for s in request.status)
     if status not in request.status:
-        snippet = " ".join(body.split())[:160]
+        snippet = " ".join(mask(body).split())[:160]
         return f"{request.method} {request.url}: status {status}, expected {expected}" + \
             (f": {snippet!r}" if snippet else "")
     if request.match and not re.search(request.match, body):

@@ -149,7 +149,7 @@ class StepRunner:
             if answer.error:
                 return StepResult(FailureKind.FAILED, f"{request.method} {request.url}: {answer.error}")
             status, text = answer.status, answer.body
-        judged = judge_response(request, status, text)
+        judged = judge_response(request, status, text, self.mask)
         return StepResult(None if judged is None else FailureKind.FAILED, judged or f"status {status}",
                           status, text[:65536], "")
 
@@ -168,7 +168,7 @@ class StepRunner:
             return result.replace(stderr=self.mask(result.stderr),
                                   stdout=result.stdout if wait.kind == "http" else self.mask(result.stdout))
         outcome = run_wait(wait, run_on_node=on_node, clock=self.clock, sleep=self.sleep,
-                           stop=self.stop if interruptible else (lambda: False))
+                           stop=self.stop if interruptible else (lambda: False), mask=self.mask)
         message = f"{outcome.message} ({outcome.polls} check(s), {outcome.waited:.2f}s)"
         if outcome.ok:
             return StepResult(None, message, polls=outcome.polls)

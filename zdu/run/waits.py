@@ -29,6 +29,12 @@ from zdu.model import CommandResult
 from zdu.planning.plan import PlannedRequest, PlannedWait
 
 RunOnNode = Callable[[str, float], CommandResult]
+#: masks secrets in text (the plan's masker); a check's message quotes output masked before it is cut
+Mask = Callable[[str], str]
+
+
+def _same(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Check:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http_check(url: str, status: int | None, pattern: str | None, timeout: float) -> Check:
+def http_check(url: str, status: int | None, pattern: str | None, timeout: float, mask: Mask = _same) -> Check:
     """One HTTP GET from the control machine.  Never raises: whatever goes wrong (refused,
     timeout, a port that does not speak HTTP, a malformed URL) is a failed check saying why."""
     try:
@@ -68,7 +74,7 @@ def http_check(url: str, status: int | None, pattern: str | None, timeout: float
         return Check(False, f"GET {url}: {_reason(exc.reason)}")
     except Exception as exc:  # noqa: BLE001 - BadStatusLine, InvalidURL, reset, UnicodeError ...
         return Check(False, f"GET {url}: {_reason(exc)}")
-    return _judge_http(url, code, body, status, pattern)
+    return _judge_http(url, code, body, status, pattern, mask)
 
 
 def _reason(exc: object) -> str:
@@ -79,21 +85,22 @@ def _reason(exc: object) -> str:
     return str(exc)[:200]
 
 
-def _judge_http(url: str, code: int, body: str, status: int | None, pattern: str | None) -> Check:
+def _judge_http(url: str, code: int, body: str, status: int | None, pattern: str | None,
+                mask: Mask = _same) -> Check:
     if status is not None and code != status:
         return Check(False, f"GET {url}: status {code}, expected {status}")
     if pattern and not re.search(pattern, body):
-        return Check(False, f"GET {url}: status {code}, body does not match /{pattern}/: {body[:120]!r}")
+        return Check(False, f"GET {url}: status {code}, body does not match /{pattern}/: {mask(body)[:120]!r}")
     return Check(True, f"GET {url}: status {code}")
 
 
-def request_check(request: PlannedRequest, timeout: float) -> Check:
+def request_check(request: PlannedRequest, timeout: float, mask: Mask = _same) -> Check:
     """One poll of an http wait that has request options (method, headers, auth, TLS)."""
     from .http import http_request, judge_response
     answer = http_request(dataclasses.replace(request, timeout=min(request.timeout, timeout)))
     if answer.error:
         return Check(False, f"{request.method} {request.url}: {answer.error}")
-    problem = judge_response(request, answer.status, answer.body)
+    problem = judge_response(request, answer.status, answer.body, mask)
     return Check(problem is None, problem or f"{request.method} {request.url}: status {answer.status}")
 
 
@@ -106,7 +113,7 @@ def tcp_check(target: str, timeout: float) -> Check:
         return Check(False, f"{target}: {_reason(exc)}")
 
 
-def node_check(wait: PlannedWait, result: CommandResult) -> Check:
+def node_check(wait: PlannedWait, result: CommandResult, mask: Mask = _same) -> Check:
     """Judge one node-side poll command's result."""
     if result.error == "timeout":
         return Check(False, "the check command timed out")
@@ -114,7 +121,7 @@ def node_check(wait: PlannedWait, result: CommandResult) -> Check:
         body, _, code = result.stdout.rpartition("\n")
         if result.exit_code != 0 or not code.strip().isdigit():
             return Check(False, f"GET {wait.target}: {result.stderr.strip() or 'no answer'}")
-        return _judge_http("(from node)", int(code), body, wait.status, wait.pattern)
+        return _judge_http("(from node)", int(code), body, wait.status, wait.pattern, mask)
     if result.exit_code == 0:
         return Check(True, {"process": f"process {wait.state}", "log": "log line found",
                             "tcp": "port open", "command": "exit 0"}.get(wait.kind, "ok"))
@@ -204,7 +211,7 @@ def loop_result(result: CommandResult) -> tuple[CommandResult, int]:
 
 def run_wait(wait: PlannedWait, *, run_on_node: RunOnNode, clock: Callable[[], float] = time.monotonic,
              sleep: Callable[[float], None] = time.sleep,
-             stop: Callable[[], bool] = lambda: False) -> WaitOutcome:
+             stop: Callable[[], bool] = lambda: False, mask: Mask = _same) -> WaitOutcome:
     """Poll ``wait`` until it holds, its deadline passes, or ``stop()`` says so.
 
     Transport errors from ``run_on_node`` propagate: an unreachable node is not a
@@ -217,16 +224,16 @@ def run_wait(wait: PlannedWait, *, run_on_node: RunOnNode, clock: Callable[[], f
         per_check = max(0.5, min(5.0, remaining))
         if wait.where == "control" and wait.request is not None:
             polls += 1
-            check = request_check(wait.request, per_check)
+            check = request_check(wait.request, per_check, mask)
         elif wait.where == "control":
             polls += 1
-            check = (http_check(wait.target, wait.status, wait.pattern, per_check) if wait.kind == "http"
+            check = (http_check(wait.target, wait.status, wait.pattern, per_check, mask) if wait.kind == "http"
                      else tcp_check(wait.target, per_check))
         else:
             span = max(0.0, min(NODE_SPAN, remaining))
             result, count = loop_result(run_on_node(node_loop(wait, span), span + per_check + 5))
             polls += count
-            check = node_check(wait, result)
+            check = node_check(wait, result, mask)
         if wait.state == "down":  # wait until the check stops holding (a port closed, a URL gone)
             check = Check(not check.ok, f"no longer: {check.message}" if not check.ok else f"still: {check.message}")
         waited = clock() - start
