@@ -201,19 +201,29 @@ head -c 70000 /dev/zero | tr '\\0' w; printf %s "$GW_PW"; head -c 65530 /dev/zer
 """
 
 
-def test_a_secret_cut_by_a_script_hooks_64k_tail_is_masked(tmp_path: Path) -> None:
+def hook_run(tmp_path: Path, script: str) -> dict[str, str]:
+    """A successful run of one local node whose script hook is ``script`` (the secret in its
+    environment): every text it left, by where (the console, each file of the run folder)."""
     hook = tmp_path / "hook.sh"
-    hook.write_text(HOOK)
+    hook.write_text(script)
     hook.chmod(0o755)
     argv = fleet(tmp_path, None, "true\n", secret={"env": "GW_PW"}, hook=hook)
     done = zdupgrade(*argv, env={"GW_PW": SECRET})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "load balancer disable: ok" in done.stdout
     run_dir = next((tmp_path / "logs").iterdir())
-    texts = {"console": done.stdout + done.stderr, **{p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
+    return {"console": done.stdout + done.stderr, **{p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
+
+
+def assert_no_piece(texts: dict[str, str]) -> None:
     for where, text in texts.items():
         for piece in pieces(SECRET):
             assert piece not in text, f"{piece!r} of the secret is in {where}"
+
+
+def test_a_secret_cut_by_a_script_hooks_64k_tail_is_masked(tmp_path: Path) -> None:
+    texts = hook_run(tmp_path, HOOK)
+    assert "load balancer disable: ok" in texts["console"]
+    assert_no_piece(texts)
 
 
 #: a script hook whose last line holds the secret where the message used to be cut (300 characters)
@@ -223,15 +233,6 @@ printf 'ok %0290d%s end\\n' 0 "$GW_PW"
 
 
 def test_a_secret_where_a_script_hooks_message_is_cut_is_masked(tmp_path: Path) -> None:
-    hook = tmp_path / "hook.sh"
-    hook.write_text(HOOK_LINE)
-    hook.chmod(0o755)
-    argv = fleet(tmp_path, None, "true\n", secret={"env": "GW_PW"}, hook=hook)
-    done = zdupgrade(*argv, env={"GW_PW": SECRET})
-    assert done.returncode == 0, done.stdout + done.stderr
-    run_dir = next((tmp_path / "logs").iterdir())
-    texts = {"console": done.stdout + done.stderr, **{p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
+    texts = hook_run(tmp_path, HOOK_LINE)
     assert "0****** end" in texts["run.log"]
-    for where, text in texts.items():
-        for piece in pieces(SECRET):
-            assert piece not in text, f"{piece!r} of the secret is in {where}"
+    assert_no_piece(texts)
