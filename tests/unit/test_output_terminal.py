@@ -110,3 +110,13 @@ def test_the_events_stream_is_ascii_json_with_the_same_values() -> None:
     EventStream(lines.append)(ev.Warned(message=HOSTILE), None)  # type: ignore[arg-type]
     assert lines[0].isascii() and lines[0].endswith("\n") and lines[0].count("\n") == 1
     assert json.loads(lines[0])["message"] == HOSTILE
+
+
+def test_bidi_marks_and_zero_width_characters_are_shown_as_escapes() -> None:
+    """U+200E/U+200F/U+061C reorder what follows as U+202E does, and zero-width characters hide
+    text (a node name that looks like another); letters of any script stay as they are."""
+    from zdu.report.text import one_line_text, printable
+    hidden = "gw\u200b1 \u200eok\u200f \u061cx \u2060y \ufeffz \u200cj\u200dk"
+    shown = printable(hidden)
+    assert shown == "gw\\u200b1 \\u200eok\\u200f \\u061cx \\u2060y \\ufeffz \\u200cj\\u200dk"
+    assert one_line_text("ünï € 日本 ok\u200e") == "ünï € 日本 ok\\u200e"
