@@ -100,14 +100,21 @@ def test_kubernetes_follows_the_runbook() -> None:
     assert_in_order(export, ["-n apinizer-manager get deployment apimanager -o jsonpath="
                              "'{.metadata.annotations.deployment\\.kubernetes\\.io/revision}'",
                              "-n integration get deployment integration"])
-    # rollback: every changed deployment back to its recorded revision, the Manager last
-    undo = " ; ".join(commands(plan, "control-plane", rollback=Phase.APPLY))
+    # rollback 3.2 then 3.3: every changed deployment back to its recorded revision, the Manager
+    # first and Ready (its own step: a failed wait stops the rollback), then the others together
+    undo_steps = commands(plan, "control-plane", rollback=Phase.APPLY)
+    assert len(undo_steps) == 2 and "deployment/worker" not in undo_steps[0]
+    assert "deployment/apimanager" not in undo_steps[1]
+    undo = " ; ".join(undo_steps)
     assert_in_order(undo, [
-        "kubectl -n integration rollout undo deployment/integration --to-revision=\"$(cat integration.revision)\"",
+        "kubectl -n apinizer-manager rollout undo deployment/apimanager --to-revision=\"$(cat apimanager.revision)\"",
+        "kubectl -n apinizer-manager rollout status deployment/apimanager --timeout=900s",
+        "kubectl -n prod rollout undo deployment/worker", "kubectl -n prod rollout undo deployment/cache",
         "kubectl -n portal rollout undo deployment/apiportal",
-        "kubectl -n prod rollout undo deployment/cache", "kubectl -n prod rollout undo deployment/worker",
-        "kubectl -n apinizer-manager rollout undo deployment/apimanager",
-        "kubectl -n apinizer-manager rollout status deployment/apimanager",
+        "kubectl -n integration rollout undo deployment/integration --to-revision=\"$(cat integration.revision)\"",
+        "kubectl -n prod rollout status deployment/worker", "kubectl -n prod rollout status deployment/cache",
+        "kubectl -n portal rollout status deployment/apiportal",
+        "kubectl -n integration rollout status deployment/integration",
     ])
     assert commands(plan, "control-plane", rollback=Phase.POST_APPLY) == commands(
         plan, "control-plane", rollback=Phase.APPLY)
@@ -149,13 +156,20 @@ def test_helm_follows_the_runbook() -> None:
     assert "helm history apimanager -n apinizer-manager --max 1" in " ".join(commands(plan, "control-plane",
                                                                                      Phase.EXPORT))
     assert "helm list -n prod --filter '^worker$'" in " ".join(commands(plan, "control-plane", Phase.POST_APPLY))
-    undo = " ; ".join(commands(plan, "control-plane", rollback=Phase.POST_APPLY))
+    # rollback 3.2 then 3.3: the Manager first and Ready (its own step), then the others together
+    undo_steps = commands(plan, "control-plane", rollback=Phase.POST_APPLY)
+    assert len(undo_steps) == 2 and "helm rollback worker" not in undo_steps[0]
+    assert "apimanager" not in undo_steps[1]
+    undo = " ; ".join(undo_steps)
     assert_in_order(undo, [
-        "helm rollback portal \"$(cat portal.revision)\" -n portal",
-        "helm rollback integration", "helm rollback cache", "helm rollback worker",
         "helm rollback apimanager \"$(cat apimanager.revision)\" -n apinizer-manager",
-        "kubectl -n apinizer-manager rollout status deploy/apimanager",
+        "kubectl -n apinizer-manager rollout status deploy/apimanager --timeout=900s",
+        "helm rollback worker \"$(cat worker.revision)\" -n prod", "helm rollback cache",
+        "helm rollback integration", "helm rollback portal \"$(cat portal.revision)\" -n portal",
+        "kubectl -n prod rollout status deploy/worker", "kubectl -n prod rollout status deploy/cache",
+        "kubectl -n integration rollout status deploy/integration", "kubectl -n portal rollout status deploy/portal",
     ])
+    assert undo_steps == commands(plan, "control-plane", rollback=Phase.APPLY)
 
 
 # ---------------------------------------------------------------------------- Axway
