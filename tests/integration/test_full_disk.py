@@ -71,3 +71,18 @@ def test_the_events_file_is_written_as_the_run_goes(tmp_path: Path) -> None:
         fleet.release()
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-2000:]
+
+
+def test_a_run_stopped_in_preflight_says_its_events_could_not_be_written(tmp_path: Path) -> None:
+    """No summary is printed when preflight stops the run: the failed --events stream is said on
+    stderr instead of not at all."""
+    topology = tmp_path / "topology.yaml"
+    topology.write_text("profile: lab-gateway\nload_balancer: {type: none}\nssh: {config_file: none}\n"
+                        "nodes:\n  - {name: gw1, host: 127.0.9.1, port: 9}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), "--old_install_dir", "/opt/gateway-1.0",
+                           "--new_install_dir", "/opt/gateway-2.0", "--config", str(topology), "--log_dir",
+                           str(tmp_path / "logs"), "--plain", "--events", "/dev/full"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == Status.NODE_UNREACHABLE, done.stdout + done.stderr
+    assert "the run record is incomplete: events failed: OSError: [Errno 28]" in done.stderr
+    assert "Traceback" not in done.stderr

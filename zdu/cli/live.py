@@ -369,24 +369,24 @@ class Outputs:
         out: list[Listener] = [x for x in (self.events, self.junit) if x is not None]
         return out + [self.progress]
 
-    def finish(self, state: RunState) -> str:
+    def finish(self, state: RunState) -> dict[str, str]:
         """The run is over: stop the live view, write the JUnit report (once), close the events
-        file.  Returns why the JUnit report could not be written ("" when it was, or is not wanted)."""
+        file.  Returns what could not be written, by output ("junit", "events"); empty when all was."""
         if self.live is not None:
             self.live.stop()
         if self._done:
-            return ""
+            return {}
         self._done = True
-        problem = ""
+        problems: dict[str, str] = {}
         if self.junit is not None:
             try:
                 self.junit.write(state)
             except Exception as exc:  # noqa: BLE001 - the run's own outcome must still be reported
-                problem = f"{type(exc).__name__}: {exc}"[:500]
+                problems["junit"] = f"{type(exc).__name__}: {exc}"[:500]
         if self._events_file is not None:
             try:
                 self._events_file.close()
-            except OSError:
-                pass
-        return problem
+            except OSError as exc:
+                problems["events"] = f"{type(exc).__name__}: {exc}"[:500]
+        return problems
 

@@ -316,6 +316,7 @@ class Upgrade:
         lock = FleetLock([p.node for p in plan.nodes], connections,
                          LockOwner.current(plan.run_id, args.lock_message), break_lock=args.break_lock,
                          lock_dir=topology.lock_dir, parallel=topology.ssh.parallel)
+        summarized = False
         try:
             status = self._preflight(plan, topology, connections, lb, recorder, resuming, lock,
                                      keep_lock=previous is not None and previous.holds_lock)
@@ -340,14 +341,16 @@ class Upgrade:
                 status = Status.RECORD_FAILED
             final = recorder.snapshot()
             final.status = status
-            problem = outputs.finish(final)    # the live view stops before the summary; --junit is written
-            if problem:
-                final.listener_failures["junit"] = problem
+            written = outputs.finish(final)    # the live view stops before the summary; --junit is written
+            if written:
+                for name, problem in written.items():
+                    final.listener_failures.setdefault(name, problem)
                 if status is Status.SUCCESS:
                     status = final.status = Status.RECORD_FAILED
             summary = render_summary(final)
             self.console.line("")
             self.console.line(summary)
+            summarized = True
             try:
                 folder.log(summary)
                 if self.console.lost:
@@ -364,7 +367,10 @@ class Upgrade:
             return status
         finally:
             self._release(lock)                   # what an early return or an error left held
-            outputs.finish(recorder.snapshot())   # a run that stopped early: its --junit too
+            problems = outputs.finish(recorder.snapshot())   # a run that stopped early: its --junit too
+            if not summarized:                    # (the summary names them when there is one)
+                for name, problem in {**recorder.listener_failures, **problems}.items():
+                    self.console.error(f"the run record is incomplete: {name} failed: {problem}")
             folder.close()
 
     def _preflight(self, plan: Plan, topology: Topology, connections: Connections, lb: LoadBalancer,
