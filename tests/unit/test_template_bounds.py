@@ -266,3 +266,11 @@ def test_hostile_templates_stay_within_memory() -> None:
     assert failures == 0
     assert max_rss_kb < 300_000, max_rss_kb
     assert resource.RLIM_INFINITY  # (the limit above is the child's, not this process's)
+
+
+@pytest.mark.parametrize("template", ["{% include '/etc/passwd' %}", "{% import 'x' as y %}ok",
+                                      "{% extends 'base' %}", "{% from 'x' import y %}ok"])
+def test_a_template_cannot_read_other_files_and_says_so(template: str) -> None:
+    with pytest.raises(TemplateError, match=r"^T: \{% include %\}, \{% import %\} and \{% extends %\} are not "
+                                            r"available: a template cannot read other files$"):
+        render(template, {}, where="T")

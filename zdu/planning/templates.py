@@ -109,6 +109,9 @@ def render(template: str, context: Mapping[str, Any], *, where: str, shell: bool
     except RecursionError:
         raise TemplateError(f"{where}: the template recurses without end") from None
     except Exception as exc:  # {{ 1/0 }}, {{ '%d' % 'x' }}: the profile's error, not ours
+        if isinstance(exc, TypeError) and "no loader" in str(exc):
+            raise TemplateError(f"{where}: {{% include %}}, {{% import %}} and {{% extends %}} are not available: "
+                                "a template cannot read other files") from None
         raise TemplateError(f"{where}: {type(exc).__name__} while rendering: {shorten(str(exc))}") from None
 
 
