@@ -219,7 +219,10 @@ def test_logs_filters_and_failed_first_and_escapes(logs: Path) -> None:
 
 
 def test_views_on_missing_runs_and_bad_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli("runs", "--log_dir", str(tmp_path / "none"))
+    code, out, err = cli("runs", "--log_dir", str(tmp_path / "none"))     # a typo'd --log_dir: said
+    assert code == 78 and f"--log_dir {tmp_path / 'none'}: no such directory" in err
+    (tmp_path / "empty").mkdir()
+    code, out, err = cli("runs", "--log_dir", str(tmp_path / "empty"))
     assert code == 0 and out.strip() == "no runs"
     code, out, err = cli("show", "--log_dir", str(tmp_path / "none"))
     assert code == 78 and "no run under" in err
@@ -227,6 +230,19 @@ def test_views_on_missing_runs_and_bad_ids(tmp_path: Path, capsys: pytest.Captur
     assert code == 78 and "invalid run id" in err
     code, out, err = cli("report", "--log_dir", str(tmp_path))
     assert code == 2 and "the following arguments are required: -o/--output" in capsys.readouterr().err
+
+
+def test_the_latest_run_is_a_run_not_the_last_folder_by_name(logs: Path, tmp_path: Path) -> None:
+    """`show` without a run id: the newest run that can be read, not a folder sorting after it
+    (zzz-notes, a backup copy); a --log_dir holding no run at all (/etc, say) is said so."""
+    (logs / "zzz-notes").mkdir(mode=0o700)
+    code, out, err = cli("show", "--log_dir", str(logs))
+    assert code == 0 and "zzz-notes" not in out + err, err
+    other = tmp_path / "etc"
+    for name in ("ssh", "zsh"):
+        (other / name).mkdir(parents=True)
+    code, out, err = cli("show", "--log_dir", str(other))
+    assert code == 78 and "no run under" in err and "2 other folder(s) there, none a run of zdupgrade" in err
 
 
 def test_junit_validates_and_carries_failures(logs: Path) -> None:

@@ -108,7 +108,13 @@ def run_command(argv: Sequence[str], console: Console, env: Mapping[str, str]) -
 def _runs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) -> Status:
     from ..report.review import LoadedRun, list_runs, unreadable
     from ..report.views import render_runs, runs_rows
-    runs = list_runs(Path(args.log_dir))
+    log_dir = Path(args.log_dir)
+    if not log_dir.exists() and not log_dir.is_symlink():
+        if args.log_dir != "logs":            # named on the command line: a typo, most likely
+            raise ConfigError(f"--log_dir {args.log_dir}: no such directory")
+        console.line(f"no runs (there is no {args.log_dir}/ folder here)")
+        return Status.SUCCESS
+    runs = list_runs(log_dir)
     for i, run in enumerate(runs):
         try:
             runs_rows([run])

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,12 +102,23 @@ def list_runs(log_dir: Path) -> list[LoadedRun]:
     return sorted(runs, key=lambda r: (r.state.started if r.state else 0.0, r.run_id), reverse=True)
 
 
+#: how zdupgrade names a run folder (``--run-id`` aside): 20261203-072002-019923
+_RUN_ID_SHAPE = re.compile(r"\d{8}-\d{6}-\d{6}")
+
+
 def latest_run_id(log_dir: Path, option: str) -> str:
-    """The newest run id under ``log_dir``; ConfigError if there is none."""
+    """The newest run id under ``log_dir``: the newest run that can be read, else the newest
+    damaged folder named like a run; ConfigError if there is none (a --log_dir that holds
+    other folders, /etc say, has no latest run)."""
     runs = list_runs(log_dir)
-    if not runs:
-        raise ConfigError(f"{option}: no run under {log_dir}/")
-    return runs[0].run_id
+    readable = [r for r in runs if r.state is not None]
+    if readable:
+        return readable[0].run_id
+    shaped = [r for r in runs if _RUN_ID_SHAPE.fullmatch(r.run_id)]
+    if shaped:
+        return shaped[0].run_id
+    others = f" ({len(runs)} other folder(s) there, none a run of zdupgrade)" if runs else ""
+    raise ConfigError(f"{option}: no run under {log_dir}/{others}")
 
 
 def load_run(log_dir: Path, run_id: str) -> LoadedRun:
