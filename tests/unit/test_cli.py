@@ -209,6 +209,23 @@ def test_bad_traffic_option_fails_before_any_node_is_contacted(tmp_path: Path, t
     assert not (tmp_path / "logs").exists() and "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("option,needle", [
+    (("--limit", ""), "--limit: empty (name nodes, groups or patterns"),
+    (("--limit", " , "), "--limit: empty"),
+    (("--traffic-rate", "nan"), "--traffic-rate nan: not a number of requests per second"),
+    (("--traffic-rate", "inf"), "--traffic-rate inf: not a number"),
+    (("--pause-after-wave", "1"), "the plan has 1 wave(s); there is no wave after the first to pause before"),
+])
+def test_option_values_that_would_mean_nothing_are_refused(tmp_path: Path, option: tuple[str, str],
+                                                           needle: str) -> None:
+    """An empty --limit does not mean every node, a nan rate does not reach run.json, and a pause
+    in a one-wave plan is said plainly; each before any node is contacted."""
+    config = topology(tmp_path, "profile: lab-gateway\nnodes:\n  - {name: gw1, host: 127.0.0.1, port: 9}\n")
+    status, out, err = call(*DIRS, "--config", config, *option, "--log_dir", str(tmp_path / "logs"))
+    assert status is Status.CONFIG_ERROR and needle in err, err
+    assert not (tmp_path / "logs").exists() and "Traceback" not in out + err
+
+
 def test_the_console_script_exits_with_the_status_and_freezes_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
     """``entry_point`` exits with the status ``main`` returned, and the objects alive at that point
     are frozen: the interpreter's collector does not walk them all once more at exit (0.1 s of a

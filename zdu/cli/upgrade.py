@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import getpass
 import hashlib
+import math
 import os
 import socket
 import threading
@@ -72,6 +73,8 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
     profile = load_profile(profile_ref, base_dir)
     whole = topology
     skipped: tuple[str, ...] = ()
+    if args.limit is not None and not args.limit.strip(" ,"):
+        raise ConfigError("--limit: empty (name nodes, groups or patterns; leave the option out for every node)")
     if args.limit:
         selected, skipped = select(args.limit, topology.nodes, limit_groups(topology))
         topology = limited(topology, selected)
@@ -193,6 +196,9 @@ class Upgrade:
             run_id = new_run_id()
         topology, plan = prepare(args, run_id, self.env)
         self.masker = plan.masker
+        if not args.traffic and not math.isfinite(args.traffic_rate):
+            # unused without --traffic, but kept in run.json, where nan/inf are not JSON
+            raise ConfigError(f"--traffic-rate {args.traffic_rate:g}: not a number of requests per second")
         if args.traffic:  # a bad URL or rate is a usage error now, not a failure after nodes were locked
             from ..run.traffic import TrafficProbe
             try:

@@ -397,8 +397,10 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
         offset += len(tier.waves)
     for number in pause_after:
         if not 1 <= number < len(waves):
-            raise ConfigError(f"--pause-after-wave {number}: the plan has {len(waves)} wave(s); "
-                              f"a pause goes after wave 1 to {len(waves) - 1}")
+            where = (f"a pause goes after wave 1 to {len(waves) - 1}" if len(waves) > 2 else
+                     "a pause goes after wave 1" if len(waves) == 2 else
+                     "there is no wave after the first to pause before")
+            raise ConfigError(f"--pause-after-wave {number}: the plan has {len(waves)} wave(s); {where}")
         pauses.add(number - 1)
     return Plan(run_id=run_id, old_install_dir=old_install_dir, new_install_dir=new_install_dir,
                 profile=profile.name, topology=topology.source, nodes=tuple(node_plans),
