@@ -384,7 +384,7 @@ class Upgrade:
         """Preflight and the fleet lock (one round trip per node): None when the run may go on,
         holding the lock; else the status, the lock given back."""
         from ..run import events as ev
-        from ..run.preflight import capacity_problems, preflight
+        from ..run.preflight import capacity_problems, out_of_rotation, preflight
         with self._interrupt_cuts_connects(connections):
             found = preflight(plan, connections, lb, parallel=topology.ssh.parallel,
                               min_free_mb=self.args.min_free_mb,
@@ -395,6 +395,9 @@ class Upgrade:
             problems.extend(capacity_problems(plan, lb))
         stopped = self.stop.is_set()
         if not stopped and not problems and not locked:
+            for name in [] if resuming else out_of_rotation(plan, lb):
+                self._warning(f"{name} is not serving before the run (the load balancer shows it out of rotation "
+                              "or down); once upgraded and healthy it is put in rotation (--limit leaves it out)")
             return None
         if keep_lock:
             # the run stays resumable, and the fleet it left half-done stays its own: the lock

@@ -228,3 +228,16 @@ def capacity_problems(plan: Plan, lb: LoadBalancer) -> list[Problem]:
                 f"node(s) in service, at least {want} must (per {source}"
                 + (f"; not serving now: {', '.join(down)}" if down else "") + ")")))
     return problems
+
+
+def out_of_rotation(plan: Plan, lb: LoadBalancer) -> list[str]:
+    """Nodes of this run the load balancer shows not serving before anything changed (an
+    operator's MAINT, a node DOWN); [] when the hook cannot tell or cannot be read (the
+    checks above said so)."""
+    try:
+        serving = lb.serving(list(plan.backend_nodes))
+    except ZduError:
+        return []
+    if serving is None:
+        return []
+    return [p.node.name for p in plan.nodes if p.node.name in serving and not serving[p.node.name]]
