@@ -161,3 +161,21 @@ def test_junit_of_hostile_output_is_well_formed_and_keeps_the_text(tmp_path: Pat
     from lxml import etree                                  # a second, stricter parser
     parsed = etree.fromstring(data, etree.XMLParser(huge_tree=True))
     assert long in "".join(parsed.itertext())
+
+
+def test_the_junit_writer_keeps_a_bounded_part_of_each_failed_steps_output() -> None:
+    """A fleet whose every node fails with megabytes of output: the writer holds the start and
+    the end of each stream (64 KiB), not all of it until the run ends."""
+    from zdu.report.junit import JUNIT_OUTPUT, JunitWriter
+    from zdu.run import events as ev
+    from zdu.status import FailureKind, Phase, StepKind
+    writer = JunitWriter("/dev/null")
+    big = "S" + "x" * 3_000_000 + "E"
+    writer(ev.StepFinished(node="A", phase=Phase.APPLY, key="k", name="n", kind=StepKind.RUN, command="c",
+                           exit_code=1, failure=FailureKind.FAILED, message="m", stdout=big, stderr="short"),
+           None)  # type: ignore[arg-type]
+    kept = writer.steps[0]
+    assert kept.stderr == "short"
+    assert kept.stdout.startswith("Sxxx") and kept.stdout.endswith("xxE")
+    assert len(kept.stdout) < JUNIT_OUTPUT + 200
+    assert f"{len(big) - JUNIT_OUTPUT} characters of output truncated here" in kept.stdout

@@ -19,6 +19,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Callable, Sequence
 
+from ..planning.masking import truncation_note
 from ..run import events as ev
 from ..run.state import PhaseResult, RunState, RunView
 from ..status import UPGRADE_PHASES, Outcome, Phase
@@ -160,6 +161,20 @@ def _phase_case(cases: _Suite, classname: str, name: str, result: PhaseResult, s
         cases.case(classname, name, time, out=commands)
 
 
+#: the most of each stream of a failed step the JUnit report keeps (its start and its end)
+JUNIT_OUTPUT = 64 * 1024
+
+
+def _tail(text: str) -> str:
+    """The start (a quarter) and the end of ``text`` with the truncation note between (the text
+    is masked already: the cut cannot leave a piece of a secret)."""
+    if len(text) <= JUNIT_OUTPUT:
+        return text
+    head = JUNIT_OUTPUT // 4
+    tail = JUNIT_OUTPUT - head
+    return text[:head] + truncation_note(len(text) - JUNIT_OUTPUT) + text[-tail:]
+
+
 class JunitWriter:
     """Listener that keeps the run's finished steps; ``write`` puts the report in ``path``.
 
@@ -177,6 +192,10 @@ class JunitWriter:
         if isinstance(event, ev.StepFinished):
             if event.failure is None and (event.stdout or event.stderr):
                 event = dataclasses.replace(event, stdout="", stderr="")
+            elif len(event.stdout) > JUNIT_OUTPUT or len(event.stderr) > JUNIT_OUTPUT:
+                # a failed step keeps the start and the end of each stream (errors come last): a
+                # fleet failing with megabytes each must not hold them all (the node logs have all)
+                event = dataclasses.replace(event, stdout=_tail(event.stdout), stderr=_tail(event.stderr))
             self.steps.append(event)
 
     def write(self, state: RunState) -> None:
