@@ -35,7 +35,7 @@ from . import events as ev
 from .gate import LbGate
 from .policy import Action, Policy, default_policy
 from .rollback import Failure, RollbackCoordinator, Verdict, first_failure
-from .state import DecisionRecord, Recorder
+from .state import DecisionRecord, Recorder, RunState
 from .steps import Handlers, StepRunner
 from .walk import Gate, Pause, Walker, Wave, capacity
 
@@ -470,6 +470,7 @@ class Conductor:
 
     def _resume_decided(self) -> Status | None:
         """A run killed after it decided to stop: finish the rollbacks, report the status."""
+        self._plan_unplanned()
         stopping, queue, decisions, pauses = self.recorder.query(
             lambda s: (s.stopping, list(s.rollback_queue), list(s.decisions), list(s.pauses)))
         if not stopping and not queue:
@@ -486,6 +487,27 @@ class Conductor:
             return Status.INTERRUPTED if aborted["answer"] == "interrupted" else Status.ABORTED
         first = next((d for d in decisions if d.action != Action.CONTINUE.value), decisions[0])
         return self._decided_status(_failure_of(first), rolled_back)
+
+    def _plan_unplanned(self) -> None:
+        """A run killed between a decision (``Decided``, fsynced) and its ``RollbacksPlanned``:
+        the decision is in the record, its rollbacks and its stop are not.  Plan them now, as the
+        dead run would have (the failed nodes first, then the other targets in the decision's
+        order), so the resume carries the decision out instead of walking on past it."""
+        def unplanned(s: RunState) -> list[DecisionRecord]:
+            return [d for d in s.decisions if
+                    (d.action != Action.CONTINUE.value and not d.within_budget and not s.stopping) or
+                    any(s.nodes[t].rollback is None and t not in s.rollback_queue for t in d.targets)]
+        left = self.recorder.query(unplanned)
+        if not left:
+            return
+        failed = [d.node for d in left]
+        wanted = {t for d in left for t in d.targets}
+        order = [n for n in failed if n in wanted]
+        order += [t for d in left for t in d.targets if t not in order]
+        stop = any(d.action != Action.CONTINUE.value and not d.within_budget for d in left)
+        self.recorder.emit(ev.Noted(message=f"the run died after its decision about {', '.join(failed)}, before "
+                                            "carrying it out: carrying it out now"))
+        self.recorder.emit(ev.RollbacksPlanned(order=tuple(order), stop=stop))
 
     def _repair(self) -> Status:
         """A finished run that left nodes behind (a lost node that answers again): run their
