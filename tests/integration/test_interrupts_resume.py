@@ -331,3 +331,22 @@ def test_an_interrupt_after_the_last_node_leaves_the_after_steps_to_the_resume(t
     assert all(fleet.lb_log(n) == ["disable", "enable"] for n in "ABC")      # no node walked again
     again = fleet.resume()
     assert again.returncode == int(Status.CONFIG_ERROR) and "already finished with SUCCESS" in again.stderr
+
+
+def test_a_failed_after_step_is_run_again_by_the_resume_once_fixed(tmp_path: Path) -> None:
+    """AFTER_FAILED (81): every node upgraded and in, a clean-up failed. Once its cause is fixed,
+    --resume runs the failed step and those after it, not those that passed, and no node again."""
+    node = "{{ fleet_root }}/{{ node.name }}"
+    fleet = LocalFleet(tmp_path, profile_overrides={"after": [
+        {"name": "clean up", "on": "all", "run": f"{{ test {{{{ node.name }}}} != B || test -e {{{{ fleet_root }}}}/fixed; }} "
+                                                 f"&& echo done >> {node}/after"}]})
+    proc = fleet.start("--plain")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == int(Status.AFTER_FAILED), out
+    assert (tmp_path / "A" / "after").read_text() == "done\n" and not (tmp_path / "B" / "after").exists()
+    (tmp_path / "fixed").touch()
+    resumed = fleet.resume()
+    assert resumed.returncode == int(Status.SUCCESS), resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert all((tmp_path / n / "after").read_text() == "done\n" for n in "ABC")     # A not twice
+    assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
+    assert all(fleet.lb_log(n) == ["disable", "enable"] for n in "ABC")

@@ -145,10 +145,14 @@ def load_previous(run_dir: RunDir) -> Previous:
 
 
 def after_left(state: RunState) -> bool:
-    """The run was interrupted after every node made it, before its after: steps began."""
+    """Every node made it and the after: steps are still to do: the run was interrupted before
+    they began, or one of them failed (AFTER_FAILED: a resume runs the failed one and the rest,
+    once its cause is fixed; those that passed are not run again)."""
     done = state.run_phases.get("after")
-    return (state.status is Status.INTERRUPTED and done is not None and done.outcome is Outcome.FAILED
-            and done.classification is FailureKind.INTERRUPTED)
+    if done is None or done.outcome is not Outcome.FAILED:
+        return False
+    return (state.status is Status.AFTER_FAILED or
+            (state.status is Status.INTERRUPTED and done.classification is FailureKind.INTERRUPTED))
 
 
 def _recorded_events(run_dir: RunDir, run_id: str) -> int:
