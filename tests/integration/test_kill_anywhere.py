@@ -17,7 +17,8 @@ takes half a second.  After each kill ``--resume`` runs (twice at most), then:
 
 Scenarios: every node upgraded (serial 1 and 2); B failing POST-APPLY (the default policy rolls
 back B and A, C is never touched); B failing within the failure budget (serial 2: B rolled back,
-the run goes on, PARTIAL).
+the run goes on, PARTIAL); a canary pause (serial 1, pause, 2) whose timeout answers continue, or
+abort (the canary rolled back, 83) -- a kill at the pause comes back to it on resume.
 
 Kill points: by default the events where something changes or is decided (the lock, each LB
 action's start and end, the end of "stop old" -- the node runs nothing --, of APPLY and of
@@ -60,12 +61,15 @@ launch()
 
 #: events after which a kill leaves the most to repair (the default kill points)
 CHANGES = {"LockTaken", "LbStarted", "LbFinished", "Decided", "RollbacksPlanned", "RollbackStarted",
-           "RollbackFinished", "RunFinished", "LockReleased"}
+           "RollbackFinished", "RunFinished", "LockReleased", "Paused", "PauseEnded"}
 FULL = os.environ.get("ZDU_KILL_SWEEP") == "full"
 WORKERS = 3
 
 
 def _fleet(root: Path, scenario: str, serial: int) -> LocalFleet:
+    if scenario.startswith("pause-"):            # a canary pause whose 1 s timeout answers for nobody
+        return LocalFleet(root, serial=[1, "pause", 2],
+                          extra={"pause_timeout": 1, "pause_timeout_action": scenario[len("pause-"):]})
     budget = {"max_fail_percentage": 50} if scenario == "B-fails-within-budget" else {}
     fleet = LocalFleet(root, serial=serial, extra=budget)
     if scenario in ("post-apply-fails-on-B", "B-fails-within-budget"):
@@ -163,15 +167,17 @@ def _check_one(root: Path, scenario: str, serial: int, kill_at: int, reference: 
 
 
 @pytest.mark.parametrize("scenario,serial", [("success", 1), ("success", 2), ("post-apply-fails-on-B", 1),
-                                             ("B-fails-within-budget", 2)])
+                                             ("B-fails-within-budget", 2), ("pause-continue", 0),
+                                             ("pause-abort", 0)])
 def test_a_kill_anywhere_then_resume_finishes_the_job(tmp_path: Path, scenario: str, serial: int) -> None:
     reference = _reference(tmp_path / "reference", scenario, serial)
     status, nodes, journal, _ = reference
     assert status == {"success": 0, "post-apply-fails-on-B": int(Status.POST_APPLY_FAILED),
-                      "B-fails-within-budget": int(Status.PARTIAL)}[scenario], status
+                      "B-fails-within-budget": int(Status.PARTIAL), "pause-continue": 0,
+                      "pause-abort": int(Status.ABORTED)}[scenario], status
     assert all(running in ("1.0", "2.0") and lb == "in" for running, lb in nodes.values()), nodes
     points = _kill_points(journal)
-    assert len(points) >= 25, points
+    assert len(points) >= 20, points
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:     # each kill point has a fleet of its own
         found = pool.map(lambda n: _check_one(tmp_path / f"kill-{n}", scenario, serial, n, reference), points)
         broken = [problem for problem in found if problem]
