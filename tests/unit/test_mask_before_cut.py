@@ -33,3 +33,31 @@ def test_a_node_side_http_checks_body_is_masked_before_it_is_cut() -> None:
     check = node_check(wait, CommandResult("poll", 0, f"{body}\n200", ""), MASK)
     assert not check.ok and "body does not match /ready/" in check.message
     assert not pieces_in(check.message)
+
+
+def test_a_node_side_command_checks_message_is_masked_before_it_is_cut() -> None:
+    wait = PlannedWait("command", "node", "check", None, None, "up", 5, 1)
+    line = "z" * 195 + SECRET + " end"                  # the 200-character cut goes through it
+    check = node_check(wait, CommandResult("poll", 1, "", line + "\n"), MASK)
+    assert not check.ok and check.message.startswith("exit 1: zzz") and not pieces_in(check.message)
+
+
+def test_a_plugin_hook_whose_serving_raises_only_loses_the_warning() -> None:
+    """out_of_rotation is for a warning: a hook's bug there must not stop the run at preflight."""
+    from zdu.lb.base import LoadBalancer
+    from zdu.run.preflight import out_of_rotation
+    from tests.support.fakes import make_plan
+
+    class Broken(LoadBalancer):
+        name = "broken"
+
+        def serving(self, nodes):  # type: ignore[no-untyped-def]
+            raise RuntimeError("bug in the plugin")
+
+        def disable(self, node):  # type: ignore[no-untyped-def]
+            raise AssertionError
+
+        def enable(self, node):  # type: ignore[no-untyped-def]
+            raise AssertionError
+
+    assert out_of_rotation(make_plan(), Broken()) == []

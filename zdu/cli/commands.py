@@ -22,12 +22,15 @@ from .pause import write_answer
 
 T = TypeVar("T")
 
+#: where run folders go when --log_dir is not given (also the upgrade's default)
+LOG_DIR = "logs"
+
 
 def _parser(name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"zdupgrade {name}", allow_abbrev=False)
     parser.add_argument("run_id", nargs="?", default="", metavar="RUN_ID",
                         help="the run (default: the latest under --log_dir)")
-    parser.add_argument("--log_dir", "--log-dir", dest="log_dir", default="logs", metavar="DIR",
+    parser.add_argument("--log_dir", "--log-dir", dest="log_dir", default=LOG_DIR, metavar="DIR",
                         help="where run folders are (default: logs/)")
     return parser
 
@@ -55,7 +58,7 @@ def _review_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--host-key-policy", "--host_key_policy", dest="host_key_policy",
                             choices=("strict", "accept-new"), help="override the topology's ssh.host_key_policy")
     else:
-        parser.add_argument("--log_dir", "--log-dir", dest="log_dir", default="logs", metavar="DIR",
+        parser.add_argument("--log_dir", "--log-dir", dest="log_dir", default=LOG_DIR, metavar="DIR",
                             help="where run folders are (default: logs/)")
     return parser
 
@@ -110,7 +113,7 @@ def _runs(args: argparse.Namespace, console: Console, env: Mapping[str, str]) ->
     from ..report.views import render_runs, runs_rows
     log_dir = Path(args.log_dir)
     if not log_dir.exists() and not log_dir.is_symlink():
-        if args.log_dir != "logs":            # named on the command line: a typo, most likely
+        if args.log_dir != LOG_DIR:           # named on the command line: a typo, most likely
             raise ConfigError(f"--log_dir {args.log_dir}: no such directory")
         console.line(f"no runs (there is no {args.log_dir}/ folder here)")
         return Status.SUCCESS

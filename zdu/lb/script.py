@@ -129,15 +129,14 @@ class ScriptLoadBalancer(LoadBalancer):
             return LbResult(False, f"{self.path}: cannot run: {why}", time.monotonic() - started,
                             {"exit_code": None, "output": ""})
         duration = time.monotonic() - started
-        output, last = run.output, run.output
+        details: dict[str, Any] = {"exit_code": run.returncode, "output": run.output}
+        last = run.output
         if run.output_bytes > OUTPUT_LIMIT:
             # the kept tail starts at any byte, maybe inside a secret: the note in front tells the
             # masker so (it masks a secret's end there), and that first, cut line is no message
-            output = truncation_note(run.output_bytes - OUTPUT_LIMIT, "bytes") + run.output
+            dropped = run.output_bytes - OUTPUT_LIMIT
+            details.update(output=truncation_note(dropped, "bytes") + run.output, output_truncated_bytes=dropped)
             last = run.output.partition("\n")[2]
-        details: dict[str, Any] = {"exit_code": run.returncode, "output": output}
-        if run.output_bytes > OUTPUT_LIMIT:
-            details["output_truncated_bytes"] = run.output_bytes - OUTPUT_LIMIT
         if run.left_running:
             details["left_running"] = True
         if run.timed_out:

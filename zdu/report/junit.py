@@ -165,7 +165,7 @@ def _phase_case(cases: _Suite, classname: str, name: str, result: PhaseResult, s
 JUNIT_OUTPUT = 64 * 1024
 
 
-def _tail(text: str) -> str:
+def _bounded(text: str) -> str:
     """The start (a quarter) and the end of ``text`` with the truncation note between (the text
     is masked already: the cut cannot leave a piece of a secret)."""
     if len(text) <= JUNIT_OUTPUT:
@@ -195,7 +195,7 @@ class JunitWriter:
             elif len(event.stdout) > JUNIT_OUTPUT or len(event.stderr) > JUNIT_OUTPUT:
                 # a failed step keeps the start and the end of each stream (errors come last): a
                 # fleet failing with megabytes each must not hold them all (the node logs have all)
-                event = dataclasses.replace(event, stdout=_tail(event.stdout), stderr=_tail(event.stderr))
+                event = dataclasses.replace(event, stdout=_bounded(event.stdout), stderr=_bounded(event.stderr))
             self.steps.append(event)
 
     def write(self, state: RunState) -> None:

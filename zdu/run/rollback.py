@@ -8,7 +8,6 @@ A policy that raises or answers nonsense is replaced by the safe default for tha
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -163,10 +163,7 @@ class StepRunner:
             result = handler.run(command, timeout=timeout)
             if result.error == "unreachable":  # the node is gone, not unhealthy
                 raise UnreachableError(step.node, "the connection was lost while polling the health gate")
-            # masked before a check's message is cut from it (a cut secret is no longer the whole
-            # value the masker looks for); an http check's body is judged as it came
-            return result.replace(stderr=self.mask(result.stderr),
-                                  stdout=result.stdout if wait.kind == "http" else self.mask(result.stdout))
+            return result
         outcome = run_wait(wait, run_on_node=on_node, clock=self.clock, sleep=self.sleep,
                            stop=self.stop if interruptible else (lambda: False), mask=self.mask)
         message = f"{outcome.message} ({outcome.polls} check(s), {outcome.waited:.2f}s)"

@@ -125,7 +125,7 @@ def node_check(wait: PlannedWait, result: CommandResult, mask: Mask = _same) -> 
     if result.exit_code == 0:
         return Check(True, {"process": f"process {wait.state}", "log": "log line found",
                             "tcp": "port open", "command": "exit 0"}.get(wait.kind, "ok"))
-    detail = (result.stderr or result.stdout).strip().splitlines()
+    detail = mask(result.stderr or result.stdout).strip().splitlines()   # masked, then cut
     return Check(False, f"exit {result.exit_code}" + (f": {detail[-1][:200]}" if detail else ""))
 
 

@@ -50,7 +50,7 @@ MARK = b"\x1e"
 
 #: The node side.  $1 names the FIFO directory (random per connection).  Every line it reads is
 #: ``NONCE ESCAPED-COMMAND``.  Records: ``zdu-driver:ready=ID`` once on both streams (ID: $1), or
-#: on stdout ``zdu-driver:missing=WHAT``; then then per command ``NONCE:end``; on stderr ``NONCE:fwd=PID PID``, ``NONCE:pgid=PID``,
+#: on stdout ``zdu-driver:missing=WHAT``; then per command ``NONCE:end``; on stderr ``NONCE:fwd=PID PID``, ``NONCE:pgid=PID``,
 #: ``NONCE:exit=CODE``, ``NONCE:end``.
 DRIVER = r"""
 for t in setsid mkfifo cat; do
