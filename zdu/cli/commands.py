@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.values import check_text
 from ..errors import ConfigError, ZduError
+from ..report.rundir import LOG_DIR
 from ..report.runfolder import JOURNAL, read_journal
 from ..run.resume import find_run
 from ..run.state import replay
@@ -21,9 +22,6 @@ from .console import Console
 from .pause import write_answer
 
 T = TypeVar("T")
-
-#: where run folders go when --log_dir is not given (also the upgrade's default)
-LOG_DIR = "logs"
 
 
 def _parser(name: str) -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence, TextIO
 from zdu import __version__
 from zdu.config.profile import builtin_profiles
 from zdu.errors import LockError, ZduError
+from zdu.report.rundir import LOG_DIR
 from zdu.status import Status
 
 from .console import Console
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="print the whole plan (every command, load-balancer action and rollback path) "
                              "and exit; connects to nothing")
-    parser.add_argument("--log_dir", "--log-dir", dest="log_dir", metavar="DIR", default="logs",
+    parser.add_argument("--log_dir", "--log-dir", dest="log_dir", metavar="DIR", default=LOG_DIR,
                         help="where run folders go (default: logs/)")
     parser.add_argument("--serial", metavar="N|N%|LIST",
                         help="nodes per wave in the online phases: a count, a percentage, or a comma "

@@ -35,6 +35,9 @@ from typing import TextIO
 from zdu.config.values import check_text, describe_value
 from zdu.errors import ConfigError
 
+#: where runs are kept when --log_dir is not given (relative to the working directory)
+LOG_DIR = "logs"
+
 RUN_DIR_MODE = 0o700
 FILE_MODE = 0o600
 #: largest file ``read_text`` reads (run.json of a large fleet is a few MB)
