@@ -1,6 +1,8 @@
 """The per-node x per-phase summary table (pure: RunState in, text out)."""
 from __future__ import annotations
 
+import shlex
+
 from tabulate import tabulate
 
 from zdu.run.state import RunState
@@ -70,6 +72,9 @@ def render_summary(state: RunState) -> str:
     windows = [(n, w["seconds"]) for n in state.node_names for w in state.nodes[n].out_windows]
     if windows:
         lines.append("Out of rotation: " + ", ".join(f"{n} {s:.2f}s" for n, s in windows))
+    hint = rerun_hint(state)
+    if hint:
+        lines.append(hint)
     if state.traffic:
         lines.append(str(state.traffic.get("summary_line") or state.traffic))
         for window in state.traffic.get("windows") or []:
@@ -92,6 +97,25 @@ def render_summary(state: RunState) -> str:
     # messages, reasons and warnings quote nodes, hooks and exceptions: each stays one line, and
     # no control sequence in them reaches a terminal (`cat run.log` included)
     return "\n".join(head + [one_line_text(line) for line in lines])
+
+
+def rerun_hint(state: RunState) -> str | None:
+    """For a run that ended with its nodes on two versions (interrupted, or stopped, or nodes
+    rolled back within the failure budget, after others were upgraded): which are still on the
+    old one and the ``--limit`` that takes a new run to them alone.  None when the fleet is on
+    one version, or the run has not ended (``--resume`` goes on with it).  Nodes on an unknown
+    version are left out: the summary reports them, and they need a look, not a rerun."""
+    if not state.ended or state.status is None or state.status is Status.SUCCESS:
+        return None
+    nodes = [state.nodes[n] for n in state.active_nodes]
+    old = [n for n in nodes if n.version is Version.OLD]
+    if not old or not any(n.version is Version.NEW for n in nodes):
+        return None
+    which = ", ".join(f"{n.name} ({'rolled back' if n.rollback else 'not upgraded'})" for n in old)
+    limit = state.invocation.get("limit")
+    instead = f" (in place of its --limit {shlex.quote(str(limit))})" if limit else ""
+    return (f"Still on the old version: {which}. To upgrade them, run the same command again with "
+            f"--limit {shlex.quote(','.join(n.name for n in old))}{instead}")
 
 
 def _node_line(state: RunState, name: str) -> str:
