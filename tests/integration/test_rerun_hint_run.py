@@ -30,6 +30,9 @@ def test_an_interrupted_run_names_the_nodes_left_and_the_limit_that_finishes_the
     show = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), "show", "--log_dir", str(fleet.log_dir)],
                           capture_output=True, text=True, timeout=60)
     assert show.returncode == 0 and HINT in show.stdout, show.stdout + show.stderr
+    resumed = fleet.resume()        # an operator's first try: refused, and pointed at the same way on
+    assert resumed.returncode == int(Status.CONFIG_ERROR)
+    assert "nothing to resume. " + HINT in resumed.stderr, resumed.stderr
     # the hint, followed: the rest of the fleet is upgraded, A is left alone
     again = fleet.start("--limit", "B,C")
     out2, _ = again.communicate(timeout=60)

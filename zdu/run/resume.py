@@ -136,8 +136,10 @@ def load_previous(run_dir: RunDir) -> Previous:
             return Previous(run_dir, state, invocation, lock_only=True)
         if after_left(state):
             return Previous(run_dir, state, invocation)      # the resume runs the after: steps
+        from ..report.summary import rerun_hint
+        hint = rerun_hint(state)
         raise ConfigError(f"run {state.run_id} already finished with {state.status.name} "
-                          f"({int(state.status)}); nothing to resume")
+                          f"({int(state.status)}); nothing to resume" + (f". {hint}" if hint else ""))
     if not any(n.phases or n.rollback for n in state.nodes.values()) and state.lock is None:
         raise ConfigError(f"{run_dir.dir}: run {state.run_id} never started changing nodes "
                           "(it stopped in preflight); start a new run instead")
