@@ -271,23 +271,77 @@ def pgid_report(nonce: str) -> str:
 DRIVER = DRIVER.replace("@PGID_REPORT@", pgid_report('"$1"'))
 
 
+#: what :func:`exec_launcher`'s fresh shell runs: read the command up to its end line (``@END@``),
+#: then run it
+_EXEC_READER = ('zdu_c=; zdu_k=; while IFS= read -r zdu_l; do '
+                '[ "$zdu_l" = "@END@" ] && { zdu_k=1; break; }; zdu_c="$zdu_c$zdu_l\n"; done; '
+                "[ -n \"$zdu_k\" ] || { echo 'zdupgrade: the command did not arrive whole; nothing ran' >&2; exit 126; }; "
+                'eval "unset zdu_c zdu_k zdu_l; $zdu_c"')
+
+
 def exec_launcher(nonce: str) -> str:
-    """The exec request of the exec-channel fallback: the login shell reads the command from
-    the channel's stdin and runs it, so its text is not an argument any user on the node can
-    read with ``ps``.  It runs only if the end line ``#NONCE`` arrived: a connection lost while
-    the text was on its way must not run the first half of a command.  The text goes in with
-    :func:`exec_stdin`; the command's own stdin is at its end, as the exec channel gave it."""
+    """The exec request of the exec-channel fallback.  The login shell that sshd starts for it
+    has read its rc files (for bash run by sshd: ``~/.bashrc``); it ``exec``\\ s a fresh
+    ``$SHELL`` (at ``SHLVL=2``, so bash does not read ``~/.bashrc`` again) which reads the
+    command from the channel's stdin and runs it: what the rc files set (``set -e``, ``set -u``,
+    ``set -x``, a ``trap``, a function) does not reach the command, what they export does, as
+    under the shell session's driver.  The command's text is not an argument any user on the
+    node can read with ``ps``, nor in its environment (which would limit its size).  It runs only
+    if the end line ``#NONCE`` arrived: a connection lost while the text was on its way must not
+    run the first half of a command.  The text goes in with :func:`exec_stdin` (the caller starts
+    it with :func:`begin_mark`: what the rc files print comes before that mark and is not the
+    command's output, :class:`OutputGate`); the command's own stdin is at its end, as the exec
+    channel gave it.  The same process all along (``exec``): still the session leader sshd
+    made it."""
     if not nonce.isalnum():
         raise ValueError(f"bad nonce {nonce!r}")
-    return ("zdu_c=; zdu_k=; while IFS= read -r zdu_l; do "
-            f'[ "$zdu_l" = "#{nonce}" ] && {{ zdu_k=1; break; }}; zdu_c="$zdu_c$zdu_l\n"; done; '
-            "[ -n \"$zdu_k\" ] || { echo 'zdupgrade: the command did not arrive whole; nothing ran' >&2; exit 126; }; "
-            'eval "unset zdu_c zdu_k zdu_l; $zdu_c"')
+    reader = _EXEC_READER.replace("@END@", f"#{nonce}")
+    return f'SHLVL=2 exec "${{SHELL:-/bin/sh}}" -c {shlex.quote(reader)}'
 
 
 def exec_stdin(nonce: str, command: str) -> bytes:
     """What :func:`exec_launcher` reads: the command, then its end line."""
     return f"{command}\n#{nonce}\n".encode("utf-8")
+
+
+def begin_mark(token: str) -> str:
+    """Shell text that writes ``\\x1eTOKEN:begin`` on stdout and on stderr: where a command's own
+    output begins (``token``: letters and digits, random per command and sent on the channel's
+    stdin only, so that nothing before it -- the login shell's rc files -- can print it)."""
+    if not token.isalnum():
+        raise ValueError(f"bad token {token!r}")
+    return f"printf '\\036%s:begin\\n' {token}; printf '\\036%s:begin\\n' {token} >&2"
+
+
+class OutputGate:
+    """One stream of an exec channel: drops everything up to and including the first
+    ``\\x1eTOKEN:begin`` line (:func:`begin_mark`), wherever reads cut it; passes the rest
+    through unchanged.  Until then it holds the last :attr:`KEEP` bytes dropped (bounded
+    memory), :attr:`dropped`: what the node said when the command never started."""
+
+    KEEP = 4096
+
+    def __init__(self, token: str) -> None:
+        self.mark = MARK + f"{token}:begin\n".encode("ascii")
+        self.opened = False
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The command's own output in ``data`` (nothing before the mark)."""
+        if self.opened:
+            return data
+        buf = self._held + data
+        i = buf.find(self.mark)
+        if i < 0:
+            self._held = buf[-self.KEEP:]     # KEEP > len(mark): a mark cut by a read stays whole
+            return b""
+        self.opened, self._held = True, b""
+        return buf[i + len(self.mark):]
+
+    @property
+    def dropped(self) -> bytes:
+        """The last bytes dropped while the mark had not come (b"" once it came)."""
+        return self._held
 
 
 def parse_pgid(value: str) -> tuple[int, str] | None:

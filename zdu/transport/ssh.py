@@ -82,8 +82,9 @@ from zdu.model import CommandResult, Node, SshSettings
 from zdu.transport.base import STEP_TAG, BastionError, CommandHandler, InvalidCommandError
 from zdu.transport.local import IncrementalDecodeMixin, OutputCapture, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
-from zdu.transport.shell import (END_LOST_STEP, END_ORPHAN, RecordSplitter, StepState, driver_command,
-                                 exec_launcher, exec_stdin, frame, parse_pgid, pgid_report)
+from zdu.transport.shell import (END_LOST_STEP, END_ORPHAN, OutputGate, RecordSplitter, StepState,
+                                 begin_mark, driver_command, exec_launcher, exec_stdin, frame,
+                                 parse_pgid, pgid_report)
 
 HostKeyCallback = Callable[[str, str, str], None]
 
@@ -158,10 +159,13 @@ def _end_failed(code: int | None) -> str:
 class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     """Fabric's Remote runner with a real kill, stdin closed, and "did it start" tracking.
 
-    To know the command's process group, the command is preceded by one ``printf`` that writes
-    the shell's ``$$`` to stderr (sshd makes each session command a session leader, so that is
-    its process group), framed by a random nonce: the record is taken out of stderr wherever it
-    lands (rc files of the login shell may write before it)."""
+    The command's text goes on the channel's stdin (:func:`~zdu.transport.shell.exec_launcher`),
+    preceded by a mark on both streams where its own output begins, random per command
+    (:func:`~zdu.transport.shell.begin_mark`): what the login shell's rc files print before it (a
+    banner, a motd on stderr) is dropped, not given to the step (:class:`OutputGate`).  To know
+    the command's process group, then one ``printf`` writes the shell's ``$$`` to stderr (sshd
+    makes each session command a session leader, so that is its process group), framed by a
+    random nonce: the record is taken out of stderr wherever it lands."""
 
     command_sent = False
     pgid: int | None = None
@@ -173,6 +177,9 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         super().__init__(*args, **kwargs)
         self._nonce = secrets.token_hex(8)
         self._marks = RecordSplitter(f"{self._nonce}:".encode())
+        begin = secrets.token_hex(8)
+        self._begin = begin_mark(begin)
+        self._out_gate, self._err_gate = OutputGate(begin), OutputGate(begin)
 
     #: seconds to wait for the node to answer the exec request (None: forever)
     start_timeout: float | None = None
@@ -180,7 +187,7 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     start_expired = False
 
     def send_start_message(self, command: str) -> None:
-        wrapped = f"{pgid_report(self._nonce)}\n{command}"
+        wrapped = f"{self._begin}\n{pgid_report(self._nonce)}\n{command}"
         # paramiko waits for the answer to an exec request without any timeout, and invoke's
         # command timer starts only after it: a node that freezes right then (paused, link
         # gone silent) would hang the run for good.  The request holds a small reader only;
@@ -195,13 +202,33 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
         # we never feed stdin: give the command EOF instead of a pipe that never ends
         self.channel.shutdown_write()
 
+    @property
+    def began(self) -> bool:
+        """The command's begin mark came on stderr: it started (what came before was the login
+        shell's)."""
+        return self._err_gate.opened
+
+    def read_proc_stdout(self, num_bytes: int) -> bytes:
+        # what precedes the begin mark is the rc files'; never return b"" before the real end
+        while True:
+            data = self.channel.recv(num_bytes)
+            if not data:
+                return b""
+            rest = self._out_gate.feed(data)
+            if rest:
+                return rest
+
     def read_proc_stderr(self, num_bytes: int) -> bytes:
-        # take the pgid record out; never return b"" before the real end (invoke stops there)
+        # take the begin mark and the pgid record out; never return b"" before the real end
+        # (invoke stops there)
         while True:
             data = self.channel.recv_stderr(num_bytes)
             if not data:
-                return self._marks.flush()
-            rest = self._marks.feed(data)
+                return self._stderr_end()
+            rest = self._err_gate.feed(data)
+            if not rest:
+                continue
+            rest = self._marks.feed(rest)
             for record in self._marks.records:
                 key, _, value = record.partition("=")
                 found = parse_pgid(value) if key == "pgid" else None
@@ -210,6 +237,17 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
             self._marks.records.clear()
             if rest:
                 return rest
+
+    def _stderr_end(self) -> bytes:
+        """stderr ended: the held-back part of a record (nothing, when the command never began)."""
+        return self._marks.flush() if self._err_gate.opened else b""
+
+    def not_started(self) -> str:
+        """Why a command whose channel ended before its begin mark has no output: the last of
+        what the node said on stderr instead (its login shell, the launcher)."""
+        said = self._err_gate.dropped.decode("utf-8", "replace")
+        return "[zdupgrade: the command did not start on the node" + \
+            ("; the last it said on stderr:]\n" + said if said else "]\n")
 
     def _terminate(self) -> None:
         chan = self.channel
@@ -1172,7 +1210,8 @@ class SshHandler(CommandHandler):
                 # the channel closed without an exit status: the connection died
                 return self._lost(command, runner, started, t0,
                                   result.stdout, result.stderr)
-            return CommandResult(command, result.exited, result.stdout, result.stderr,
+            stderr = result.stderr if runner.began else runner.not_started()
+            return CommandResult(command, result.exited, result.stdout, stderr,
                                  started, time.monotonic() - t0)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -1,0 +1,110 @@
+"""The exec-channel fallback (one exec channel per command) against a node whose login rc files
+are noisy and strict: root's ~/.bashrc -- which bash reads for every command sshd starts --
+prints a banner on stdout and a motd on stderr (with lines that look like our records, and
+text without a newline), then `set -u`, `set -e`, traps EXIT, changes directory, exports a
+variable, defines an `echo` function and turns on `set -x`.  Every step still gets exactly its own output, its own exit code and a clean shell
+(what the shell session's driver gives, test_shell_rc_files.py); real sshd, real bash."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.integration import test_shell_rc_files as rc_files
+from tests.integration.test_shell_rc_files import noisy_rc  # noqa: F401 (fixture)
+from tests.support.sshd import SshdServer, sshd_server  # noqa: F401 (fixture)
+from tests.integration.test_ssh_shell import make
+from zdu.transport.ssh import SshHandler
+
+HOSTILE_RC = r"""
+[ ! -e "@FLAG@" ] || { echo "rc: refusing to go on" >&2; exit 5; }
+echo "Welcome to $(hostname): authorised use only"
+echo "motd on stderr" >&2
+printf '\036zdu-driver:ready\n'
+printf '\036zdu-driver:ready=%s\n' 0123456789abcdef >&2
+printf '\0360123456789abcdef:begin\n'
+printf '\0360123456789abcdef:begin\n' >&2
+printf '\0360123456789abcdef:pgid=1:1\n' >&2
+printf 'no newline on stdout'
+printf 'no newline on stderr' >&2
+set -u
+set -e
+trap 'echo bye from the rc trap; echo bye on stderr >&2' EXIT
+cd /
+export ZDU_RC_VAR=exported-by-rc
+echo() { builtin echo "rc's echo: $*"; }
+set -x
+"""
+
+
+@pytest.fixture
+def hostile_rc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """root's ~/.bashrc, as the node's sshd and its shells see it, is HOSTILE_RC (through
+    test_shell_rc_files' bind mount); it exits at once while the file it returns exists."""
+    flag = tmp_path / "rc-exits"
+    monkeypatch.setattr(rc_files, "NOISY_RC", HOSTILE_RC.replace("@FLAG@", str(flag)))
+    request.getfixturevalue("noisy_rc")
+    return flag
+
+
+@pytest.fixture(params=["disabled", "fallback"])
+def handler(request: pytest.FixtureRequest, hostile_rc: Path, sshd_server: Callable[..., SshdServer],
+            tmp_path: Path) -> Iterator[SshHandler]:
+    """An exec-channel handler: asked for (shell_session=False), or fallen back to because the
+    driver cannot start on the node."""
+    server = sshd_server("127.0.3.40")
+    h = make(server, tmp_path, shell_session=request.param != "disabled")
+    if request.param == "fallback":
+        h.driver_shell = "/nonexistent/sh"
+    yield h
+    h.close()
+
+
+def run(h: SshHandler, command: str) -> tuple[int | None, str, str]:
+    result = h.run(command, timeout=10)
+    assert h.mode == "exec", h.exec_reason
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_rc_files_output_is_not_a_steps_output(handler: SshHandler) -> None:
+    for _ in range(2):                          # every command, not only the first
+        assert run(handler, "echo one") == (0, "one\n", "")
+    assert run(handler, "echo out; echo err >&2; exit 3") == (3, "out\n", "err\n")
+    assert run(handler, "true") == (0, "", "")
+    assert run(handler, "printf x; printf y >&2") == (0, "x", "y")
+
+
+def test_the_rc_files_settings_do_not_reach_a_step(handler: SshHandler) -> None:
+    assert run(handler, "false; echo still-here; exit 4") == (4, "still-here\n", "")
+    assert run(handler, 'echo "[${UNSET_THING:-}]"; echo "$NOT_SET_AT_ALL"; echo after') == \
+        (0, "[]\n\nafter\n", "")
+    assert run(handler, "trap") == (0, "", "")
+    assert run(handler, 'echo "$ZDU_RC_VAR"') == (0, "exported-by-rc\n", ""), "exports do reach it"
+
+
+def test_a_steps_own_record_like_output_is_kept(handler: SshHandler) -> None:
+    command = ("printf '\\036zdu-driver:ready\\n'; printf '\\0360123456789abcdef:begin\\n' >&2; "
+               "printf 'a\\036b\\n'")
+    assert run(handler, command) == (0, "\x1ezdu-driver:ready\na\x1eb\n", "\x1e0123456789abcdef:begin\n")
+
+
+def test_a_login_shell_that_exits_before_the_command_says_so(handler: SshHandler, hostile_rc: Path) -> None:
+    hostile_rc.touch()
+    code, out, err = run(handler, "echo never")
+    assert (code, out) == (5, "") and err.startswith("[zdupgrade: the command did not start on the node"), err
+    assert err.endswith("rc: refusing to go on\n") and "Welcome" not in err, err
+    hostile_rc.unlink()
+    assert run(handler, "echo again") == (0, "again\n", "")
+
+
+def test_the_gate_finds_the_mark_wherever_reads_cut_it() -> None:
+    from zdu.transport.shell import OutputGate
+    data = b"banner\x1etok:begin no\n\x1etok:begi" + b"x" * 5000 + b"\x1etok:begin\nown\x1etok:begin\n"
+    for size in range(1, 60):
+        gate = OutputGate("tok")
+        out = b"".join(gate.feed(data[i:i + size]) for i in range(0, len(data), size))
+        assert out == b"own\x1etok:begin\n" and gate.opened, size
+    quiet = OutputGate("tok")
+    assert quiet.feed(b"y" * 10000 + b"last words") == b"" and not quiet.opened
+    assert len(quiet.dropped) == OutputGate.KEEP and quiet.dropped.endswith(b"last words")
