@@ -17,6 +17,9 @@ Rules followed:
 * Host ranges: ``web[01:10].example.com`` (zero-padded), ``db[1:10:3]`` (step),
   ``edge-[a:c]`` (letters), several ranges in one name.
 * Every group is under ``all``; a host in no other group is in ``ungrouped``.
+* ``group_vars/`` and ``host_vars/`` next to the inventory file (:class:`_VarsFiles`): the
+  inventory's group vars < ``group_vars/all`` < ``group_vars/GROUP`` < the inventory's host
+  vars < ``host_vars/HOST``, as ``ansible-inventory --list`` merges them.
 * Variables: ``all`` < parent group < child group < host.  A group's depth is its
   longest path from ``all``; groups are merged by (depth, ``ansible_group_priority``,
   name), so groups at the same depth merge alphabetically and the last one wins.
@@ -39,6 +42,7 @@ local) are one :class:`~zdu.errors.ConfigError` naming the file and the line, gr
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shlex
 import string
@@ -60,6 +64,7 @@ _SECTION = re.compile(r"\[([^:\]\s]+)(?::(\w+))?\]\s*(?:[#;].*)?")
 _GROUP_NAME = re.compile(r"([^:\]\s]+)\s*(?:[#;].*)?")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # fullmatch: "$" also matches before a final newline
 _RANGE = re.compile(r"\[([^\]]*)\]")
+_IPV6_PORT = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%\w]*\]:.*")   # "[2001:db8::1]:2222 ...": a host line
 _CONNECTION_VARS = ("ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port",
                     "ansible_user", "ansible_ssh_user", "ansible_ssh_private_key_file",
                     "ansible_private_key_file", "ansible_ssh_common_args",
@@ -99,8 +104,9 @@ class _Group:
 class _Builder:
     """Hosts and groups as the parsers add them (insertion order kept everywhere)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, vars_dir: Path | None = None) -> None:
         self.source = source
+        self.vars_dir = vars_dir                             # where group_vars/ and host_vars/ are
         self.groups: dict[str, _Group] = {}
         self.hosts: dict[str, dict[str, Any]] = {}
         self.notes: list[str] = []
@@ -180,6 +186,9 @@ class _Builder:
             [h for h in self.hosts if h not in grouped and h not in ungrouped.known]
         ungrouped.known = set(ungrouped.hosts)
         depth = self._depths()
+        if not self.hosts:
+            # not the topology's "nodes: expected a non-empty list", which names no inventory line
+            raise ConfigError(f"{self.source}: the inventory defines no hosts")
         members = {name: tuple(self._members(name)) for name in groups}
         groups_of: dict[str, list[_Group]] = {host: [] for host in self.hosts}
         for name, hosts in members.items():
@@ -187,12 +196,20 @@ class _Builder:
                 groups_of[host].append(groups[name])
         host_vars: dict[str, Mapping[str, Any]] = {}
         nodes: list[Mapping[str, Any]] = []
+        group_files = _VarsFiles(self.vars_dir, "group_vars")
+        host_files = _VarsFiles(self.vars_dir, "host_vars")
+        file_vars = {name: group_files.variables(name) for name in groups}
         for host, own in self.hosts.items():
             mine = sorted(groups_of[host], key=lambda g: (depth[g.name], g.priority, g.name))
             merged: dict[str, Any] = {}
+            # Ansible's order: the inventory's group vars, group_vars/all, group_vars/<group>
+            # (groups in the same order), the inventory's host vars, host_vars/<host>
             for group in mine:
                 merged.update(group.vars)
+            for group in mine:
+                merged.update(file_vars[group.name])
             merged.update(own)
+            merged.update(host_files.variables(host))
             host_vars[host] = frozen_map(merged)
             named = [g.name for g in mine if g.name not in ("all", "ungrouped")]
             nodes.append(self._node(host, merged, named))
@@ -294,6 +311,94 @@ class _Builder:
         return value
 
 
+# --------------------------------------------------------------------------- group_vars/, host_vars/
+
+#: bounds on a group_vars/NAME/ directory: files read for one group or host, and how deep
+MAX_VARS_FILES = 1000
+MAX_VARS_DEPTH = 8
+_VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")
+
+
+class _VarsFiles:
+    """The variables Ansible's ``host_group_vars`` plugin reads from ``group_vars/`` or
+    ``host_vars/`` next to the inventory file: for a name, the first of ``NAME``, ``NAME.yml``,
+    ``NAME.yaml``, ``NAME.json`` that exists; a directory gives its files (sorted, recursively,
+    hidden ones and ``~`` backups skipped, only those without an extension or ending in
+    ``.yml``/``.yaml``/``.json``), later files replacing earlier ones' keys.  Values are plain
+    data: a Jinja template in one is text, never evaluated.  A mapping (or a list holding one)
+    is playbook data that cannot be a template variable: it is left out, unless it is an
+    ``ansible_*`` variable (then the node's checks refuse it)."""
+
+    def __init__(self, base: Path | None, kind: str) -> None:
+        self.kind = kind
+        self.base = base / kind if base is not None else None
+        try:
+            self.names = set(os.listdir(self.base)) if self.base is not None and self.base.is_dir() else set()
+        except OSError as exc:
+            raise ConfigError(f"{self.base}: cannot read the directory: {exc.strerror}") from None
+
+    def variables(self, name: str) -> dict[str, Any]:
+        if not self.names or not name or name.startswith(".") or "/" in name:
+            return {}
+        assert self.base is not None
+        for suffix in _VARS_SUFFIXES:
+            if name + suffix in self.names:
+                path = self.base / (name + suffix)
+                files = self._directory(path, 0, []) if path.is_dir() else [path]
+                out: dict[str, Any] = {}
+                for file in files:
+                    out.update(self._read(file))
+                return out
+        return {}
+
+    def _directory(self, path: Path, depth: int, found: list[Path]) -> list[Path]:
+        if depth > MAX_VARS_DEPTH:
+            raise ConfigError(f"{path}: {self.kind} directories are nested more than {MAX_VARS_DEPTH} deep")
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the directory: {exc.strerror}") from None
+        for entry in entries:
+            if entry.startswith(".") or entry.endswith("~"):
+                continue
+            full, ext = path / entry, os.path.splitext(entry)[1]
+            if full.is_dir() and not ext:
+                self._directory(full, depth + 1, found)
+            elif full.is_file() and ext in _VARS_SUFFIXES:
+                found.append(full)
+                if len(found) > MAX_VARS_FILES:
+                    raise ConfigError(f"{path}: more than {MAX_VARS_FILES} {self.kind} files")
+        return found
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        from zdu.config.documents import read_document
+        try:
+            data = read_document(path, what=self.kind)
+        except ConfigError as exc:
+            if "tag '!vault'" not in str(exc):
+                raise
+            line = re.search(r" at (line [0-9]+)", str(exc))
+            raise ConfigError(f"{path}: {line.group(1) + ': ' if line else ''}a !vault value: zdupgrade "
+                              "cannot read vault-encrypted values") from None
+        if data is None:                                     # an empty file, as Ansible
+            return {}
+        if isinstance(data, str) and data.startswith("$ANSIBLE_VAULT"):
+            raise ConfigError(f"{path}: the file is encrypted with ansible-vault, which zdupgrade "
+                              "cannot read")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of variables, got {describe_value(data, 40)}")
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
+                raise ConfigError(f"{path}: invalid variable name {describe_value(key, 60)}: names "
+                                  "are identifiers (letters, digits, _)")
+            items = value if isinstance(value, list) else [value]
+            if key.startswith("ansible_") or all(i is None or isinstance(i, (str, int, float, bool))
+                                                 for i in items):
+                out[key] = value
+        return out
+
+
 def _first(data: Mapping[str, Any], *names: str) -> Any:
     for name in names:
         if data.get(name) is not None:
@@ -327,6 +432,8 @@ def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | No
                 option, i = "ProxyJump=" + word[2:], i + 1
             elif word.startswith("-o") and len(word) > 2:
                 option, i = word[2:], i + 1
+            elif word[:2] in _DESTINATION_FLAGS:
+                raise b.fail(f"{where}: {var}", _destination(word[:2], _DESTINATION_FLAGS[word[:2]]))
             else:
                 b.notes.append(f"{where}: {var}: {word!r} is not used by zdupgrade")
                 i += 1
@@ -338,6 +445,8 @@ def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | No
                               [h.strip() for h in arg.split(",") if h.strip()]))
             elif name.lower() == "proxycommand":
                 found.append((var, [_proxy_command(arg, b, f"{where}: {var}")]))
+            elif name.lower() in _DESTINATION_OPTIONS:
+                raise b.fail(f"{where}: {var}", _destination(f"-o {name}", _DESTINATION_OPTIONS[name.lower()]))
             else:
                 b.notes.append(f"{where}: {var}: ssh option {name!r} is not used by zdupgrade")
     if not found:
@@ -346,6 +455,21 @@ def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | No
         raise b.fail(where, f"jump hosts are given twice ({', '.join(v for v, _ in found)}); "
                             "ssh itself refuses that")
     return found[0][1]
+
+
+#: ssh options in ``ansible_ssh_*_args`` that say where or as whom to connect: zdupgrade does not
+#: pass these args to ssh, so taking them silently would reach another port, user or key than
+#: Ansible does -- they are refused, naming the variable to use
+_DESTINATION_FLAGS = {"-p": "ansible_port", "-l": "ansible_user", "-i": "ansible_ssh_private_key_file",
+                      "-F": "ssh.config_file in a topology (--config)"}
+_DESTINATION_OPTIONS = {"port": "ansible_port", "user": "ansible_user", "hostname": "ansible_host",
+                        "identityfile": "ansible_ssh_private_key_file",
+                        "certificatefile": "ssh_config (ssh.config_file in a topology)"}
+
+
+def _destination(option: str, instead: str) -> str:
+    return (f"{option} is not supported here (zdupgrade does not pass these ssh args on, so the "
+            f"node would be reached differently than with Ansible): use {instead}")
 
 
 def _proxy_command(command: str, b: _Builder, where: str) -> str:
@@ -489,9 +613,10 @@ def _ini_value(text: str) -> Any:
     return value
 
 
-def parse_ini(text: str, source: str) -> Inventory:
-    """Parse INI inventory ``text`` (``source`` names it in errors)."""
-    b = _Builder(source)
+def parse_ini(text: str, source: str, vars_dir: Path | None = None) -> Inventory:
+    """Parse INI inventory ``text`` (``source`` names it in errors; ``vars_dir`` holds its
+    ``group_vars/`` and ``host_vars/``, if any)."""
+    b = _Builder(source, vars_dir)
     group, state = "ungrouped", "hosts"
     pending: dict[str, tuple[int, str, list[str]]] = {}       # group -> (line, state, parents)
     declared = {"all", "ungrouped"}
@@ -514,7 +639,7 @@ def parse_ini(text: str, source: str) -> Inventory:
                 pending.setdefault(group, (lineno, "vars", []))
             state = kind
             continue
-        if line.startswith("["):
+        if line.startswith("[") and not _IPV6_PORT.fullmatch(line.split()[0]):
             raise b.fail(where, f"invalid section {line!r} (no spaces; [group], [group:vars] "
                                 "or [group:children])")
         if state == "hosts":
@@ -563,9 +688,10 @@ def parse_ini(text: str, source: str) -> Inventory:
 
 # --------------------------------------------------------------------------- YAML
 
-def parse_yaml(data: Any, source: str) -> Inventory:
-    """Build an inventory from a parsed YAML (or JSON) inventory document."""
-    b = _Builder(source)
+def parse_yaml(data: Any, source: str, vars_dir: Path | None = None) -> Inventory:
+    """Build an inventory from a parsed YAML (or JSON) inventory document (``vars_dir``: as
+    :func:`parse_ini`)."""
+    b = _Builder(source, vars_dir)
     if not data:
         raise b.fail("top level", "the inventory is empty")
     if not isinstance(data, Mapping):
@@ -623,21 +749,26 @@ def load_inventory(path: str | Path) -> Inventory:
     """Read an inventory file: ``.yml``/``.yaml``/``.json`` as YAML, anything else as INI."""
     p = Path(path)
     source = str(path)
+    if p.is_dir():
+        raise ConfigError(f"{source}: is a directory: give one inventory file (zdupgrade does not "
+                          "read a directory of inventory sources as Ansible does)")
     if p.suffix.lower() in (".yml", ".yaml", ".json"):
         from zdu.config.topology import read_document
-        return parse_yaml(read_document(p, what="inventory"), source)
+        return parse_yaml(read_document(p, what="inventory"), source, p.parent)
     if not p.is_file():
         raise ConfigError(f"{source}: inventory file not found")
     try:
         if p.stat().st_size > MAX_FILE_BYTES:
             raise ConfigError(f"{source}: inventory file is larger than "
                               f"{MAX_FILE_BYTES // (1024 * 1024)} MB")
-        text = p.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of "[group]";
+        # Ansible reads "\ufeff[web]" as a host range and fails with a puzzling message
+        text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: inventory file is not valid UTF-8 (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read inventory file: {exc.strerror}") from None
-    return parse_ini(text, source)
+    return parse_ini(text, source, p.parent)
 
 
 def group_map(inventory: Inventory) -> Mapping[str, tuple[str, ...]]:

@@ -1,0 +1,181 @@
+"""An Ansible user's inventories, probed (December): what was wrong, each through the CLI.
+
+* ``group_vars/`` and ``host_vars/`` next to the inventory file were ignored: a host whose
+  ``ansible_user`` / ``ansible_port`` is in ``host_vars/web1.yml`` (Ansible's usual layout) was
+  reached as another user on another port.  They are read now, with Ansible's precedence, and
+  ``ansible-inventory --list`` is the oracle.
+* ``-p 2222`` / ``-o User=root`` / ``-i key`` in ``ansible_ssh_common_args`` were dropped
+  without a word (zdupgrade does not pass those args to ssh): refused, naming what to use.
+* A UTF-8 byte-order mark made ``[web]`` a "host range [web]" error; an empty inventory was
+  "nodes: expected a non-empty list of nodes, got a list"; a directory was "inventory file not
+  found"; an INI host line ``[2001:db8::1]:2222`` was "invalid section".
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.badinput import PROFILE, config_error, dry_run, refused, write
+from zdu.config.inventory import load_inventory
+from zdu.status import Status
+
+HOSTS = """\
+w1 ansible_host=10.0.0.1 inline=from_inventory
+[web]
+w1
+w2
+[web:children]
+api
+[api]
+a1
+[all:vars]
+k_all=inv_all
+k_gv_all=inv_all
+k_web=inv_all
+[web:vars]
+k_web=inv_web
+k_web_vs_gv_all=inv_web
+k_web_vs_gv_web=inv_web
+[api:vars]
+k_api=inv_api
+"""
+
+
+def _layout(root: Path) -> Path:
+    """An inventory with group_vars/ (a file, a directory of two, an extension-less file) and
+    host_vars/, each overriding something the inventory file says."""
+    (root / "group_vars" / "web").mkdir(parents=True)
+    (root / "host_vars").mkdir()
+    write(root / "group_vars" / "all.yml", "k_gv_all: gv_all\nk_web_vs_gv_all: gv_all\n"
+                                           "templated: \"{{ lookup('pipe', 'touch PWNED') }}\"\n")
+    write(root / "group_vars" / "web" / "a.yml", "k_web_vs_gv_web: gv_web_a\nansible_user: deploy\n")
+    write(root / "group_vars" / "web" / "b.yaml", "k_web_vs_gv_web: gv_web_b\n")
+    write(root / "group_vars" / "web" / ".hidden.yml", "k_web_vs_gv_web: hidden\n")
+    write(root / "group_vars" / "web" / "c.yml~", "k_web_vs_gv_web: backup\n")
+    write(root / "group_vars" / "api", "k_api: gv_api\nk_web: gv_api\n")
+    write(root / "host_vars" / "w1.yml", "inline: from_host_vars\nansible_port: 2200\n")
+    return write(root / "hosts.ini", HOSTS)
+
+
+def _ansible_hostvars(inventory: Path) -> dict[str, dict[str, object]]:
+    exe = shutil.which("ansible-inventory")
+    if exe is None:
+        pytest.fail("ansible-inventory not found: pip install -e '.[test]' (ansible-core)")
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": "/tmp", "ANSIBLE_DEPRECATION_WARNINGS": "0"}
+    out = subprocess.run([exe, "-i", str(inventory), "--list"], capture_output=True, text=True, env=env,
+                         check=True, stdin=subprocess.DEVNULL, cwd=inventory.parent)
+    hostvars: dict[str, dict[str, object]] = json.loads(out.stdout)["_meta"]["hostvars"]
+    return hostvars
+
+
+def test_group_vars_and_host_vars_are_read_as_ansible_reads_them(tmp_path: Path) -> None:
+    inv = load_inventory(_layout(tmp_path))
+    expected = _ansible_hostvars(tmp_path / "hosts.ini")
+    for host in inv.hosts:
+        assert dict(inv.host_vars[host]) == expected[host], host
+    nodes = {n["name"]: n for n in inv.nodes}
+    assert (nodes["w1"]["host"], nodes["w1"]["port"], nodes["w1"]["user"]) == ("10.0.0.1", 2200, "deploy")
+    assert nodes["a1"]["vars"]["k_web"] == "gv_api" and nodes["w2"]["vars"]["k_web"] == "inv_web"
+    # a template is text: it reaches commands quoted, never evaluated
+    assert nodes["w2"]["vars"]["templated"] == "{{ lookup('pipe', 'touch PWNED') }}"
+
+
+def test_the_cli_connects_as_host_vars_says(tmp_path: Path) -> None:
+    _layout(tmp_path)
+    status, out, err = dry_run(tmp_path, "--inventory", str(tmp_path / "hosts.ini"), "--profile",
+                               str(write(tmp_path / "p.yaml", PROFILE)), "--limit", "web:!api")
+    assert status is Status.SUCCESS, (status, err)
+    assert "w1 (deploy@10.0.0.1:2200)" in out and "w2 (deploy@w2:22)" in out, out
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_mappings_in_group_vars_are_left_out_not_refused(tmp_path: Path) -> None:
+    (tmp_path / "group_vars").mkdir()
+    write(tmp_path / "group_vars" / "all.yml", "nginx: {port: 80}\nmaps: [{a: 1}]\nplain: 1\n")
+    inv = load_inventory(write(tmp_path / "hosts", "[web]\nw1\n"))
+    assert inv.nodes[0]["vars"] == {"plain": 1}
+
+
+@pytest.mark.parametrize("path, text, needle", [
+    ("group_vars/all/vault.yml", "$ANSIBLE_VAULT;1.1;AES256\n6231336539666234\n",
+     "group_vars/all/vault.yml: the file is encrypted with ansible-vault, which zdupgrade cannot read"),
+    ("group_vars/all.yml", "a: 1\npw: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6231\n",
+     "group_vars/all.yml: line 2: a !vault value: zdupgrade cannot read vault-encrypted values"),
+    ("group_vars/web.yml", "- a\n- b\n", "group_vars/web.yml: expected a mapping of variables, got a list"),
+    ("host_vars/w1.yaml", "a: [\n", "host_vars/w1.yaml: YAML syntax error"),
+    ("host_vars/w1", "\udcff\udcfe", "host_vars/w1: host_vars file is not valid UTF-8"),
+    ("host_vars/w1.yml", '"bad key": 1\n', "host_vars/w1.yml: invalid variable name 'bad key'"),
+    ("host_vars/w1.yml", "ansible_host: \"{{ lookup('pipe','id') }}\"\n",
+     "host w1: ansible_host: templated values are not supported here"),
+    ("host_vars/w1.yml", "ansible_user: {a: 1}\n", "host w1: ansible_user: expected a non-empty string"),
+])
+def test_bad_vars_files_are_one_error_naming_the_file(tmp_path: Path, path: str, text: str, needle: str) -> None:
+    target = tmp_path / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8", errors="surrogateescape")
+    inv = write(tmp_path / "hosts.ini", "[web]\nw1\n")
+    refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
+            needle)
+
+
+def test_a_group_vars_symlink_loop_is_bounded(tmp_path: Path) -> None:
+    (tmp_path / "group_vars" / "all").mkdir(parents=True)
+    (tmp_path / "group_vars" / "all" / "loop").symlink_to("..")
+    message = config_error(load_inventory, write(tmp_path / "hosts.ini", "[web]\nw1\n"))
+    assert "group_vars directories are nested more than 8 deep" in message
+
+
+@pytest.mark.parametrize("args, needle", [
+    ("-p 2222", "ansible_ssh_common_args: -p is not supported here"),
+    ("-o User=root", "-o User is not supported here"),
+    ("-oPort=2200", "-o Port is not supported here"),
+    ("-o 'HostName 10.9.9.9'", "-o HostName is not supported here"),
+    ("-i ~/.ssh/other", "-i is not supported here"),
+    ("-l root", "use ansible_user"),
+])
+def test_ssh_args_that_say_where_to_connect_are_refused(tmp_path: Path, args: str, needle: str) -> None:
+    inv = write(tmp_path / "inv.ini", f"[web]\nw1 ansible_ssh_common_args=\"{args}\"\n")
+    refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
+            f"{inv}: host w1: ", needle)
+
+
+def test_harmless_ssh_args_still_load(tmp_path: Path) -> None:
+    inv = write(tmp_path / "inv.ini", "[web]\nw1 ansible_ssh_common_args='-C -o StrictHostKeyChecking=no "
+                                      "-o ControlMaster=auto -o ControlPersist=60s'\n")
+    assert load_inventory(inv).nodes[0]["name"] == "w1"
+
+
+def test_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    inv = tmp_path / "inv.ini"
+    inv.write_bytes(b"\xef\xbb\xbf[web]\r\nweb1 ansible_host=10.0.0.1\r\n[web:vars]\r\nx=1\r\n")
+    loaded = load_inventory(inv)
+    assert loaded.nodes[0]["host"] == "10.0.0.1" and loaded.nodes[0]["group"] == "web"
+    status, out, err = dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE)))
+    assert status is Status.SUCCESS, err
+
+
+@pytest.mark.parametrize("name, text", [("inv.ini", ""), ("inv.ini", "# nothing\n[web]\n[web:children]\n"),
+                                        ("inv.yml", "all:\n  children:\n    web:\n")])
+def test_an_inventory_without_hosts(tmp_path: Path, name: str, text: str) -> None:
+    inv = write(tmp_path / name, text)
+    refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
+            f"{inv}: the inventory defines no hosts")
+
+
+@pytest.mark.parametrize("name", ["inventory", "inventory.yml"])
+def test_a_directory_as_inventory(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).mkdir()
+    refused(dry_run(tmp_path, "--inventory", str(tmp_path / name), "--profile",
+                    str(write(tmp_path / "p.yaml", PROFILE))),
+            f"{tmp_path / name}: is a directory: give one inventory file")
+
+
+def test_an_ipv6_host_with_a_port_is_a_host_line_as_in_ansible(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path / "inv.ini", "[web]\n[2001:db8::1]:2222 x=1\n2001:db8::2\n"))
+    assert [(n["host"], n.get("port")) for n in inv.nodes] == [("2001:db8::1", 2222), ("2001:db8::2", None)]
+    assert inv.groups["web"] == ("2001:db8::1", "2001:db8::2")
