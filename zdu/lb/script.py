@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
@@ -61,7 +62,8 @@ class ScriptLoadBalancer(LoadBalancer):
     name = "script"
 
     def __init__(self, path: str, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
-        self.path = str(Path(path).expanduser())
+        # absolute: checked where it is run (a bare ``hook.sh`` would be looked up on PATH by exec)
+        self.path = os.path.abspath(Path(path).expanduser())
         self.timeout = timeout
         self.env = dict(env or {})
 
@@ -95,11 +97,18 @@ class ScriptLoadBalancer(LoadBalancer):
             _refuse_in_node(node)
 
     def check(self, nodes: Sequence[Node]) -> None:
+        """Refuse, before any node is touched, a hook that exec could not start: missing, a
+        directory, not executable, a text file without ``#!``, an interpreter that is not there."""
         self.validate(nodes)
+        if os.path.isdir(self.path):
+            raise LoadBalancerError(f"load-balancer hook script is a directory: {self.path}")
         if not os.path.isfile(self.path):
             raise LoadBalancerError(f"load-balancer hook script not found: {self.path}")
         if not os.access(self.path, os.X_OK):
             raise LoadBalancerError(f"load-balancer hook script is not executable: {self.path} (chmod +x)")
+        why = _unrunnable(self.path, self.env.get("PATH", os.environ.get("PATH", os.defpath)))
+        if why:
+            raise LoadBalancerError(f"load-balancer hook script cannot be run: {self.path}: {why}")
 
     def disable(self, node: Node) -> LbResult:
         return self._call("disable", node)
@@ -126,6 +135,8 @@ class ScriptLoadBalancer(LoadBalancer):
             run = _run_hook([self.path, action, node.name], env, self.timeout)
         except (OSError, ValueError) as exc:  # missing, not executable, NUL in an argument
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if os.path.isfile(self.path):   # "No such file or directory" for a file that is there
+                why = _unrunnable(self.path, env.get("PATH", os.defpath)) or why
             return LbResult(False, f"{self.path}: cannot run: {why}", time.monotonic() - started,
                             {"exit_code": None, "output": ""})
         duration = time.monotonic() - started
@@ -142,13 +153,18 @@ class ScriptLoadBalancer(LoadBalancer):
         if run.timed_out:
             how = (f"SIGTERM ignored, SIGKILL after {KILL_GRACE:g}s" if run.needed_kill
                    else "stopped by SIGTERM")
+            tail = _last_line(last)
             return LbResult(False, f"{label}: no answer within {self.timeout:g}s; killed its "
-                                   f"process group ({how})", duration, details)
+                                   f"process group ({how})" + (f"; its last output: {tail}" if tail else ""),
+                            duration, details)
         tail = _last_line(last)
         code = run.returncode
         if code is None:
             return LbResult(False, f"{label}: did not exit", duration, details)
-        status = f"exit {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        status = f"exit {code}{_exit_meaning(code)}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        if run.left_running:
+            tail += ("; " if tail else "") + ("it left a process running that holds its output open "
+                                              f"(not waited for past {_DRAIN_GRACE:g}s)")
         return LbResult(code == 0, status + (f": {tail}" if tail else ""), duration, details)
 
 
@@ -251,6 +267,52 @@ def _last_line(output: str) -> str:
     # whole: the gate masks the message before it cuts it (a cut through a secret would leave
     # a piece the masker cannot know)
     return lines[-1].strip() if lines else ""
+
+
+def _unrunnable(path: str, search_path: str) -> str | None:
+    """Why exec would refuse ``path`` (an existing, executable file), or None: a text file without
+    ``#!`` (ENOEXEC), a ``#!`` interpreter -- or ``/usr/bin/env``'s program -- that is missing,
+    a ``#!`` line ending in a carriage return.  A file it cannot read is left to exec."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return None
+    if head.startswith(b"\x7fELF"):
+        return None
+    if not head.startswith(b"#!"):
+        if b"\0" in head:
+            return None           # some other binary format (binfmt_misc): exec decides
+        return "its first line is not #! and an interpreter (e.g. #!/bin/sh), so exec cannot start it"
+    line = head[2:].split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        return "its #! line ends in a carriage return (Windows line endings): the interpreter would be missing"
+    words = line.replace(b"\t", b" ").split(b" ")
+    words = [w for w in words if w]
+    if not words:
+        return "its #! line names no interpreter"
+    interpreter = os.fsdecode(words[0])
+    if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
+        return f"its #! interpreter {interpreter} is not an executable file"
+    if os.path.basename(interpreter) == "env" and len(words) > 1:
+        args = words[1:]
+        if args[0] in (b"-S", b"--split-string") and len(args) > 1:
+            args = args[1:]
+        program = os.fsdecode(args[0])
+        if not program.startswith("-") and "=" not in program and shutil.which(program, path=search_path) is None:
+            return f"its #! line runs {interpreter} {program}, and {program} is not on PATH"
+    return None
+
+
+def _exit_meaning(code: int) -> str:
+    """What a shell's exit status above 125 says, as a note (a hook is most often a shell script)."""
+    if code == 126:
+        return " (a command it ran could not be executed)"
+    if code == 127:
+        return " (a command it ran was not found)"
+    if 128 < code < 128 + signal.NSIG:
+        return f" (128+{code - 128}: a command it ran was killed by {_signal_name(code - 128)})"
+    return ""
 
 
 def _signal_name(number: int) -> str:
