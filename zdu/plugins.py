@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import importlib
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 from zdu.errors import ConfigError
 
-__all__ = ["PluginRef", "parse_ref", "describe_ref", "load_callable"]
+__all__ = ["PluginRef", "parse_ref", "describe_ref", "load_callable", "raise_if_interrupt"]
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENT}(?:\.{_IDENT})*"
@@ -50,6 +52,21 @@ class PluginRef:
         if self.entry_point is not None:
             return f"{self.ref} (entry point {self.entry_point.group}: {self.target})"
         return self.target if self.ref == self.target else f"{self.ref} ({self.target})"
+
+
+def raise_if_interrupt(exc: BaseException) -> None:
+    """Re-raise ``exc`` if it may be the operator's Ctrl-C; return if it can only be the plugin's.
+
+    Plugin code may raise anything, BaseException subclasses included (``SystemExit``,
+    ``GeneratorExit``, its own): each is the plugin's failure, reported as such, never a traceback
+    or a silent exit.  A ``KeyboardInterrupt`` is the exception: while Python's own SIGINT handler
+    is in place, in the main thread, it may be a real Ctrl-C, and stays one.  During a run,
+    zdupgrade's handlers take SIGINT (``zdu.cli.signals``), and a worker thread never gets one,
+    so a KeyboardInterrupt there is the plugin's.
+    """
+    if (isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        raise exc
 
 
 def _find_entry_point(name: str, group: str | None) -> EntryPoint | None:
@@ -105,7 +122,8 @@ def load_callable(ref: str, *, setting: str, group: str | None = None) -> Callab
         if exc.name and not (parsed.module + ".").startswith(exc.name + "."):
             missing += f" (imported by {parsed.module})"
         raise ConfigError(f"{what}: {missing}") from None
-    except (Exception, SystemExit) as exc:  # a plugin whose import fails is a config problem
+    except BaseException as exc:  # a plugin whose import fails is a config problem
+        raise_if_interrupt(exc)
         raise ConfigError(f"{what}: importing {parsed.module!r} raised "
                           f"{type(exc).__name__}: {exc}") from None
     walked = parsed.module
@@ -114,7 +132,8 @@ def load_callable(ref: str, *, setting: str, group: str | None = None) -> Callab
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigError(f"{what}: {walked} has no attribute {part!r}") from None
-        except Exception as exc:  # a module __getattr__ that raises
+        except BaseException as exc:  # a module __getattr__ that raises
+            raise_if_interrupt(exc)
             raise ConfigError(f"{what}: reading {walked}.{part} raised "
                               f"{type(exc).__name__}: {exc}") from None
         walked = f"{walked}.{part}"

@@ -4,19 +4,22 @@ A custom hook is named in the topology by the name of an installed entry point
 (group ``zdupgrade.load_balancers``) or by dotted path (``type: mypkg.lb:make``):
 the callable gets the ``load_balancer`` options mapping and returns a
 :class:`zdu.lb.base.LoadBalancer`.  It is loaded by :func:`zdu.plugins.load_callable`,
-and not at all when ``load_code`` is false (``--dry-run``).
+and not at all when ``load_code`` is false (``--dry-run``).  What it returns is
+wrapped in a :class:`GuardedHook`: whatever its methods raise becomes the interface's own
+answer (a refused check, a failed action, an unreadable balancer), never a traceback.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
 from zdu.errors import ConfigError, LoadBalancerError, ZduError
 from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
 from zdu.model import LbSettings, Node
-from zdu.plugins import describe_ref, load_callable
+from zdu.plugins import describe_ref, load_callable, raise_if_interrupt
 from zdu.transport.base import CommandHandler
 
-__all__ = ["LbResult", "LoadBalancer", "UnloadedHook", "make_load_balancer", "ENTRY_POINT_GROUP"]
+__all__ = ["LbResult", "LoadBalancer", "GuardedHook", "UnloadedHook", "make_load_balancer", "ENTRY_POINT_GROUP"]
 
 #: packages register hooks here: ``[options.entry_points] zdupgrade.load_balancers = f5 = mypkg.f5:make``
 ENTRY_POINT_GROUP = "zdupgrade.load_balancers"
@@ -53,6 +56,117 @@ class UnloadedHook(LoadBalancer):
         return f"custom hook {self.description} (not loaded by --dry-run): {action} {node.lb_name}"
 
 
+def _raised(exc: BaseException) -> str:
+    raise_if_interrupt(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class GuardedHook(LoadBalancer):
+    """A custom hook as the run sees it: each method keeps the interface's contract whatever the
+    plugin's code raises (``SystemExit``, ``GeneratorExit``, its own BaseException subclasses too;
+    a KeyboardInterrupt only when it cannot be the operator's, see
+    :func:`zdu.plugins.raise_if_interrupt`):
+
+    * ``validate`` raises ConfigError, ``check`` and ``serving`` LoadBalancerError (a ZduError
+      of the plugin's own passes as it is);
+    * ``disable`` / ``enable`` return a failed LbResult -- the gate records the node's place in
+      the balancer as unknown, since the hook may have acted before it raised;
+    * ``serving`` answers None or a mapping with a true/false for every node asked about; any other
+      answer (a list, ``"no"``, which is truthy, a node left out) is LoadBalancerError, so the
+      capacity guard never counts a node from an answer it cannot read;
+    * ``describe`` falls back to the generic line; ``close`` ignores what it raises (one line on
+      stderr naming the exception's type: its message, which may hold a secret, is not printed).
+    """
+
+    def __init__(self, hook: LoadBalancer, ref: str) -> None:
+        self.hook = hook
+        self.ref = ref
+        try:
+            name = hook.name
+        except BaseException as exc:  # noqa: BLE001 - a property of the plugin's that raises
+            raise_if_interrupt(exc)
+            name = "custom"
+        self.name = name if isinstance(name, str) and name else "custom"
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "hook":                  # not set yet (copy, pickle): no recursion
+            raise AttributeError(attr)
+        return getattr(self.hook, attr)     # the plugin's own attributes, for its own callers
+
+    def _what(self, method: str) -> str:
+        return f"hook {self.ref!r}: {method}() raised"
+
+    def validate(self, nodes: Sequence[Node]) -> None:
+        try:
+            self.hook.validate(nodes)
+        except ZduError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - see the class docstring
+            raise ConfigError(f"{_SETTING}: {self._what('validate')} {_raised(exc)}") from None
+
+    def check(self, nodes: Sequence[Node]) -> None:
+        try:
+            self.hook.check(nodes)
+        except ZduError:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            raise LoadBalancerError(f"{self._what('check')} {_raised(exc)}") from None
+
+    def disable(self, node: Node) -> LbResult:
+        return self._act("disable", node)
+
+    def enable(self, node: Node) -> LbResult:
+        return self._act("enable", node)
+
+    def _act(self, action: str, node: Node) -> LbResult:
+        try:
+            return self.hook.disable(node) if action == "disable" else self.hook.enable(node)
+        except BaseException as exc:  # noqa: BLE001 - a failed action, never a crashed run
+            return LbResult(False, _raised(exc))
+
+    def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool] | None:
+        try:
+            return _read_serving(self.hook.serving(nodes), nodes, f"hook {self.ref!r}: serving() answered")
+        except ZduError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - in the hook, or in the mapping it returned
+            raise LoadBalancerError(f"{self._what('serving')} {_raised(exc)}") from None
+
+    def describe(self, action: str, node: Node) -> str:
+        try:
+            line = self.hook.describe(action, node)
+            if isinstance(line, str):
+                return line
+        except BaseException as exc:  # noqa: BLE001
+            raise_if_interrupt(exc)
+        return super().describe(action, node)
+
+    def close(self) -> None:
+        try:
+            self.hook.close()
+        except BaseException as exc:  # noqa: BLE001 - the run is over; its status stands
+            raise_if_interrupt(exc)
+            sys.stderr.write(f"zdupgrade: warning: load-balancer {self._what('close')} "
+                             f"{type(exc).__name__} (ignored)\n")
+
+
+def _read_serving(answer: Any, nodes: Sequence[Node], what: str) -> dict[str, bool] | None:
+    """``answer`` as a plain dict with a bool for every one of ``nodes``; LoadBalancerError if not."""
+    if answer is None:
+        return None
+    if not isinstance(answer, Mapping):
+        raise LoadBalancerError(f"{what} a {type(answer).__name__}, not a mapping of node name to true/false")
+    result: dict[str, bool] = {}
+    for node in nodes:
+        if node.name not in answer:
+            raise LoadBalancerError(f"{what} nothing for node {node.name!r}")
+        value = answer[node.name]
+        if not isinstance(value, bool):
+            raise LoadBalancerError(f"{what} a {type(value).__name__} for node {node.name!r}, not true/false")
+        result[node.name] = value
+    return result
+
+
 def make_load_balancer(settings: LbSettings, *,
                        handler_factory: Callable[[str], CommandHandler] | None = None,
                        load_code: bool = True) -> LoadBalancer:
@@ -82,10 +196,9 @@ def make_load_balancer(settings: LbSettings, *,
         hook = factory(dict(settings.options))
     except ZduError as exc:  # the factory's own clear refusal of its options
         raise ConfigError(f"{_SETTING}: hook {settings.type!r}: {exc}") from None
-    except (Exception, SystemExit) as exc:  # a bug in the factory
-        raise ConfigError(f"{_SETTING}: hook {settings.type!r} failed to build: "
-                          f"{type(exc).__name__}: {exc}") from None
+    except BaseException as exc:  # a bug in the factory
+        raise ConfigError(f"{_SETTING}: hook {settings.type!r} failed to build: {_raised(exc)}") from None
     if not isinstance(hook, LoadBalancer):
         raise ConfigError(f"{_SETTING}: hook {settings.type!r} returned {type(hook).__name__}, "
                           "not a zdu.lb.base.LoadBalancer")
-    return hook
+    return GuardedHook(hook, settings.type)

@@ -1,0 +1,190 @@
+"""A custom (plugin) hook whose code raises anything, BaseException subclasses included, or
+answers garbage: every method keeps the interface's contract (a clear error, a failed action, a
+balancer that cannot be read), and a KeyboardInterrupt is taken for the operator's Ctrl-C only
+where it can be one.  The plugin is a real module installed as a distribution with an entry point.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.support.plugins import install_plugin
+from zdu.errors import ConfigError, LoadBalancerError
+from zdu.lb import ENTRY_POINT_GROUP, GuardedHook, make_load_balancer
+from zdu.lb.base import LoadBalancer
+from zdu.model import LbSettings, Node, frozen_map
+from zdu.plugins import load_callable
+
+NODES = [Node(name="A", host="127.0.0.11"), Node(name="B", host="127.0.0.12")]
+
+PLUGIN = """
+    from zdu.lb.base import LbResult, LoadBalancer
+
+    class Boom(BaseException):
+        pass
+
+    RAISES = {"RuntimeError": lambda: RuntimeError("the F5 said 503"),
+              "KeyboardInterrupt": lambda: KeyboardInterrupt("from the plugin"),
+              "SystemExit": lambda: SystemExit(3),
+              "GeneratorExit": lambda: GeneratorExit("closed"),
+              "Boom": lambda: Boom("its own")}
+
+    ANSWERS = {"none": None, "a list": ["A", "B"], "strings": {"A": "yes", "B": "no"},
+               "ints": {"A": 1, "B": 0}, "one left out": {"A": True}, "bools": {"A": True, "B": False, "Z": True}}
+
+    class Hook(LoadBalancer):
+        name = "flaky"
+        pool = "p1"
+
+        def __init__(self, options):
+            self.where, self.what = options["where"], options["what"]
+
+        def _do(self, method):
+            if method == self.where:
+                if self.what in RAISES:
+                    raise RAISES[self.what]()
+                return ANSWERS[self.what]
+            return LbResult(True, method)
+
+        def validate(self, nodes): self._do("validate")
+        def check(self, nodes): self._do("check")
+        def disable(self, node): return self._do("disable")
+        def enable(self, node): return self._do("enable")
+        def serving(self, nodes):
+            return self._do("serving") if self.where == "serving" else {n.name: True for n in nodes}
+        def describe(self, action, node):
+            self._do("describe")
+            return f"flaky {action} {node.name}"
+        def close(self): self._do("close")
+
+    def make(options):
+        if options["where"] == "factory":
+            raise RAISES[options["what"]]()
+        return Hook(options)
+"""
+
+KINDS = ["RuntimeError", "KeyboardInterrupt", "SystemExit", "GeneratorExit", "Boom"]
+SAID = {"RuntimeError": "RuntimeError: the F5 said 503", "KeyboardInterrupt": "KeyboardInterrupt: from the plugin",
+        "SystemExit": "SystemExit: 3", "GeneratorExit": "GeneratorExit: closed", "Boom": "Boom: its own"}
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_plugin(tmp_path, monkeypatch, "zdu_test_flaky_lb", PLUGIN,
+                          {ENTRY_POINT_GROUP: {"flaky": "zdu_test_flaky_lb:make"}})
+
+
+@pytest.fixture
+def run_handlers() -> Iterator[None]:
+    """SIGINT taken by a handler, as during a run (zdu.cli.signals): a KeyboardInterrupt can then
+    only be raised by code."""
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def build(where: str, what: str) -> LoadBalancer:
+    return make_load_balancer(LbSettings("flaky", frozen_map({"where": where, "what": what})))
+
+
+@pytest.mark.usefixtures("plugin", "run_handlers")
+@pytest.mark.parametrize("kind", KINDS)
+def test_whatever_a_plugins_method_raises_keeps_the_interface(kind: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build("factory", kind)
+    assert str(refused.value) == f"load_balancer.type: hook 'flaky' failed to build: {SAID[kind]}"
+
+    with pytest.raises(ConfigError) as refused:
+        build("validate", kind).validate(NODES)
+    assert str(refused.value) == f"load_balancer.type: hook 'flaky': validate() raised {SAID[kind]}"
+
+    with pytest.raises(LoadBalancerError) as refused:
+        build("check", kind).check(NODES)
+    assert str(refused.value) == f"hook 'flaky': check() raised {SAID[kind]}"
+
+    for action in ("disable", "enable"):
+        result = getattr(build(action, kind), action)(NODES[0])
+        assert not result.ok and result.message == SAID[kind]
+
+    with pytest.raises(LoadBalancerError) as refused:
+        build("serving", kind).serving(NODES)
+    assert str(refused.value) == f"hook 'flaky': serving() raised {SAID[kind]}"
+
+    assert build("describe", kind).describe("disable", NODES[0]) == "flaky disable A"   # the generic line
+
+
+@pytest.mark.usefixtures("plugin", "run_handlers")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_plugins_close_that_raises_is_one_line_without_its_message(kind: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    build("close", kind).close()
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"zdupgrade: warning: load-balancer hook 'flaky': close() raised {kind} (ignored)\n"
+
+
+@pytest.mark.usefixtures("plugin")
+def test_a_keyboard_interrupt_is_the_operators_while_python_takes_sigint_in_the_main_thread() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):          # may be a real Ctrl-C: it stays one (130)
+        build("factory", "KeyboardInterrupt")
+    hook = build("disable", "KeyboardInterrupt")
+    with pytest.raises(KeyboardInterrupt):
+        hook.disable(NODES[0])
+    results: list[Any] = []                        # a worker thread never gets a signal
+    worker = threading.Thread(target=lambda: results.append(hook.disable(NODES[0])))
+    worker.start()
+    worker.join()
+    assert not results[0].ok and results[0].message == "KeyboardInterrupt: from the plugin"
+
+
+@pytest.mark.usefixtures("plugin")
+@pytest.mark.parametrize("answer, said", [
+    ("a list", "hook 'flaky': serving() answered a list, not a mapping of node name to true/false"),
+    ("strings", "hook 'flaky': serving() answered a str for node 'A', not true/false"),
+    ("ints", "hook 'flaky': serving() answered a int for node 'A', not true/false"),
+    ("one left out", "hook 'flaky': serving() answered nothing for node 'B'"),
+])
+def test_a_serving_answer_that_cannot_be_read_is_an_unreadable_balancer(answer: str, said: str) -> None:
+    """``{"B": "no"}`` is truthy: read as it was, the capacity guard counted B as serving."""
+    with pytest.raises(LoadBalancerError) as refused:
+        build("serving", answer).serving(NODES)
+    assert str(refused.value) == said
+
+
+@pytest.mark.usefixtures("plugin")
+def test_a_serving_answer_that_can_be_read_is_passed_on() -> None:
+    assert build("serving", "none").serving(NODES) is None
+    assert build("serving", "bools").serving(NODES) == {"A": True, "B": False}
+
+
+@pytest.mark.usefixtures("plugin")
+def test_the_guarded_hook_is_the_plugins_hook_for_its_own_attributes() -> None:
+    hook = build("nowhere", "RuntimeError")
+    assert isinstance(hook, GuardedHook) and hook.name == "flaky" and hook.pool == "p1"
+    assert hook.disable(NODES[0]).message == "disable"
+
+
+MODULES = {
+    "SystemExit": "raise SystemExit(2)\n",
+    "Boom": "class Boom(BaseException):\n    pass\nraise Boom('at import')\n",
+    "GeneratorExit": "raise GeneratorExit('at import')\n",
+    "getattr": "def __getattr__(name):\n    raise SystemExit('no ' + name)\n",
+}
+
+
+@pytest.mark.usefixtures("run_handlers")
+@pytest.mark.parametrize("case", sorted(MODULES))
+def test_a_plugin_module_raising_a_base_exception_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   case: str) -> None:
+    module = f"zdu_test_base_raise_{case.lower()}"
+    install_plugin(tmp_path, monkeypatch, module, MODULES[case])
+    monkeypatch.delitem(__import__("sys").modules, module, raising=False)
+    load: Callable[..., Any] = load_callable
+    with pytest.raises(ConfigError, match=rf"^load_balancer\.type: cannot load '{module}:make': "):
+        load(f"{module}:make", setting="load_balancer.type")
