@@ -111,9 +111,13 @@ _known_hosts_lock = threading.Lock()
 # --------------------------------------------------------------------------- paramiko glue
 
 def _handle_channel_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
-    """paramiko ignores ``exit-signal``; record it as ``128 + signum`` like a shell does."""
+    """paramiko ignores ``exit-signal``; record it as ``128 + signum`` like a shell does.  Either
+    exit request also notes when it came (``chan.zdu_exited_at``, monotonic): a channel can stay
+    open after it, while a process the command started holds its output."""
     start = m.packet.tell()
     key = m.get_text()
+    if key in ("exit-status", "exit-signal"):
+        chan.zdu_exited_at = time.monotonic()  # type: ignore[attr-defined]
     if key == "exit-signal":
         m.get_boolean()                        # want_reply: always false for exit-signal
         name = m.get_text()
@@ -149,6 +153,14 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
 _NO_SHELL = -1
 
 
+def _held_open_note(code: int | None, after: float) -> str:
+    """What a timed-out result adds when the command itself had exited (with ``code``, ``after``
+    seconds) and a process it started kept its output open."""
+    return (f"\n[zdupgrade: the command itself exited (code {code}) after {after:.1f}s, but a "
+            "process it started kept its output open until the timeout; start daemons with their "
+            "output redirected (>/dev/null 2>&1)]\n")
+
+
 def _end_failed(code: int | None) -> str:
     """Why an end-a-group script did not end its group, from its exit code."""
     if code is None:
@@ -170,7 +182,10 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     command_sent = False
     pgid: int | None = None
     leader_start = ""           #: the group leader's start time (/proc), "" if unknown
-    exit_seen = False           #: the node closed the channel or sent the exit status itself
+    exit_seen = False           #: the node sent the exit status and the output's end itself
+    #: the kill found the command itself exited already (its exit code, when, monotonic): a
+    #: process it started held its output until the timeout
+    held_open: tuple[int, float] | None = None
     _kill_wait = KILL_GRACE * 2 + 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -251,14 +266,21 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
 
     def _terminate(self) -> None:
         chan = self.channel
+        exited_at = getattr(chan, "zdu_exited_at", None)
+        if exited_at is not None and not self._wait_ended(0.1):     # (its end may be on its way)
+            # the command's shell is gone, but its channel is open: what holds the output is a
+            # process it started (a daemon, in its process group unless it left it); end it too
+            self.held_open = (chan.exit_status, exited_at)
         for name in ("TERM", "KILL"):
-            if chan.closed or chan.status_event.is_set():
+            if chan.closed or self._ended():
                 break
             if self.pgid:
                 # root sessions are not privilege-separated and OpenSSH refuses the
                 # "signal" request for them, so signal the group from a second session
                 if not self._side_command(f"kill -{name} -{self.pgid} 2>/dev/null"):
                     break        # the node does not answer: a KILL would not get through either
+            elif chan.status_event.is_set():
+                break            # exited; no group to signal
             else:
                 # fallback: a "signal" request races with the channel closing, and
                 # sshd drops the whole connection on a request for a closed channel;
@@ -267,10 +289,22 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
                     _send_signal(chan, name)
                 except Exception:  # noqa: BLE001 - the connection may be gone already
                     break
-            chan.status_event.wait(KILL_GRACE)
-        # before our own close sets it: only the node's exit status or close sets it now
-        self.exit_seen = chan.status_event.is_set()
+            self._wait_ended(KILL_GRACE)
+        # before our own close: only the node's exit status and end of output count
+        self.exit_seen = self._ended()
         chan.close()
+
+    def _ended(self) -> bool:
+        """The node sent the command's exit status and the end of its output (no process holds
+        it any more)."""
+        return self.channel.exit_status != -1 and self.channel.eof_received
+
+    def _wait_ended(self, seconds: float) -> bool:
+        """:meth:`_ended`, waiting up to ``seconds`` for it (or for the channel to close)."""
+        deadline = time.monotonic() + seconds
+        while not (self.channel.closed or self._ended()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self._ended()
 
     def _side_command(self, command: str) -> bool:
         return _side_command(self.channel.transport, command)
@@ -1187,7 +1221,10 @@ class SshHandler(CommandHandler):
             except CommandTimedOut as exc:
                 if runner.pgid and not runner.exit_seen:
                     self.orphan = (runner.pgid, runner.leader_start)   # the kill did not get through
-                return CommandResult(command, None, exc.result.stdout, exc.result.stderr,
+                stderr = exc.result.stderr
+                if runner.held_open is not None:
+                    stderr += _held_open_note(runner.held_open[0], runner.held_open[1] - t0)
+                return CommandResult(command, None, exc.result.stdout, stderr,
                                      started, time.monotonic() - t0, error="timeout")
             except (SSHException, EOFError, OSError, ThreadException) as exc:
                 if runner.start_expired:
@@ -1321,10 +1358,7 @@ class SshHandler(CommandHandler):
             self._kill(shell, reader, state)
             stderr = err.text()
             if state.exited_at is not None and state.exited_at < deadline:
-                stderr += (f"\n[zdupgrade: the command itself exited (code {state.exit_code}) after "
-                           f"{state.exited_at - t0:.1f}s, but a process it started kept its output "
-                           "open until the timeout; start daemons with their output redirected "
-                           "(>/dev/null 2>&1)]\n")
+                stderr += _held_open_note(state.exit_code, state.exited_at - t0)
             return CommandResult(command, None, out.text(), stderr, started,
                                  time.monotonic() - t0, error="timeout")
         return CommandResult(command, state.exit_code, out.text(), err.text(), started,
