@@ -84,7 +84,7 @@ def test_topology_nodes_without_inventory() -> None:
     ("a,&b", "'a,&b' selects no node"),
     ("~(", "'~(' is not a valid regex"),
     ("g[5]", "'g[5]': the subscript is out of range (2 nodes match 'g')"),
-    ("@hosts.txt", "limit files (@file) are not supported"),
+    ("@/nonexistent/hosts.txt", "@/nonexistent/hosts.txt: limit file not found"),
     ("", "expected a pattern"),
     (" , ", "holds no pattern"),
     ("!", "an empty term"),

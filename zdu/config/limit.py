@@ -10,9 +10,12 @@ written: first the plain terms (union), then the ``&term`` ones (intersection), 
 matches a group name selects that group's nodes; a term that matches no group, or that is
 a glob or regex, also selects the nodes whose names match it.
 
+``@FILE`` (a retry file, say) reads FILE's lines as more terms, as Ansible does: each line is
+one term (not split on commas or colons), blank lines skipped; errors name the file and line.
+
 Stricter than Ansible on purpose: a term that matches nothing (a typo in a comma list) is
 a :class:`~zdu.errors.ConfigError`, and so is a pattern that selects no node, naming the
-term; Ansible only warns.  ``@file`` limits are not supported.
+term; Ansible only warns.
 
 A node's groups are its ``group`` and its ``roles``, plus ``all`` (and ``ungrouped`` when
 it has neither); an inventory can pass its exact group map instead
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
@@ -34,6 +38,8 @@ _HOST_PORT = re.compile(r"[\w.-]+:[0-9]+")
 #: the largest subscript taken (no group has more hosts than an inventory can hold)
 MAX_SUBSCRIPT = 10**9
 _RANGE = re.compile(r"\[[^\]]*:[^\]]*\]")
+#: the largest ``@FILE`` read (a retry file of 100,000 host names is ~2 MB)
+MAX_LIMIT_FILE_BYTES = 4 * 1024 * 1024
 
 
 class NodeLike(Protocol):
@@ -97,20 +103,22 @@ def select(pattern: str, nodes: Sequence[NodeLike],
     group_map = {g: [h for h in members if h in known]
                  for g, members in (groups if groups is not None else groups_of(nodes)).items()}
     group_map.setdefault("all", list(names))
-    terms = split_pattern(pattern)
+    terms: list[tuple[str, str]] = []                       # (term, where it was written)
+    for term in split_pattern(pattern):
+        terms += _limit_file(term[1:], where) if term[0] == "@" else [(term, where)]
     if not terms:
         raise ConfigError(f"{where}: {pattern!r} holds no pattern")
-    ordered = ([t for t in terms if t[0] not in "!&"] or ["all"]) + \
-        [t for t in terms if t[0] == "&"] + [t for t in terms if t[0] == "!"]
+    ordered = ([t for t in terms if t[0][0] not in "!&"] or [("all", where)]) + \
+        [t for t in terms if t[0][0] == "&"] + [t for t in terms if t[0][0] == "!"]
     chosen: list[str] = []
-    for term in ordered:
+    for term, at in ordered:
         if term in known:
             matched = [term]
         else:
             matched = _match(term.lstrip("!&") if term[0] in "!&" else term, names,
-                             group_map, where)
+                             group_map, at)
         if not matched:
-            raise ConfigError(f"{where}: {term!r} matches no node or group "
+            raise ConfigError(f"{at}: {term!r} matches no node or group "
                               f"({_known(names, group_map)})")
         if term[0] == "!":
             drop = set(matched)
@@ -131,7 +139,8 @@ def _match(term: str, names: list[str], groups: Mapping[str, Sequence[str]], whe
     if not term:
         raise ConfigError(f"{where}: an empty term after '!' or '&'")
     if term.startswith("@"):
-        raise ConfigError(f"{where}: {term!r}: limit files (@file) are not supported")
+        raise ConfigError(f"{where}: {term!r}: a limit file (@FILE) cannot be negated or "
+                          "intersected (put the '!' or '&' on the lines in it)")
     expr, subscript = (term, None) if term.startswith("~") else _split_subscript(term, where)
     try:
         regex = re.compile(expr[1:]) if expr.startswith("~") else \
@@ -157,6 +166,41 @@ def _match(term: str, names: list[str], groups: Mapping[str, Sequence[str]], whe
     except IndexError:
         raise ConfigError(f"{where}: {term!r}: the subscript is out of range "
                           f"({len(results)} nodes match {expr!r})") from None
+
+
+def _limit_file(name: str, where: str) -> list[tuple[str, str]]:
+    """The terms of ``--limit @FILE``: its lines, stripped, blank ones skipped."""
+    if not name:
+        raise ConfigError(f"{where}: '@' without a file name")
+    shown = describe_value(name, 200)[1:-1] if len(name) > 200 else name
+    if os.path.exists(name) and not os.path.isfile(name):   # before open(): a FIFO would block it
+        raise ConfigError(f"{where}: @{shown}: not a file")
+    try:
+        with open(name, "rb") as handle:
+            data = handle.read(MAX_LIMIT_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: @{shown}: limit file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: @{shown}: not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: @{shown}: cannot read the limit file: {exc.strerror}") from None
+    if len(data) > MAX_LIMIT_FILE_BYTES:
+        raise ConfigError(f"{where}: @{shown}: the limit file is larger than "
+                          f"{MAX_LIMIT_FILE_BYTES // (1024 * 1024)} MB")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: @{shown}: the limit file is not valid UTF-8 (byte {exc.start})") from None
+    out: list[tuple[str, str]] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        term = line.strip()
+        if not term:
+            continue
+        if term[0] == "@" or any(c in term for c in "\x00\r"):
+            raise ConfigError(f"{where}: @{shown} line {number}: {describe_value(term, 60)} is not a host "
+                              "pattern")
+        out.append((term, f"{where}: @{shown} line {number}"))
+    return out
 
 
 def _split_subscript(term: str, where: str) -> tuple[str, tuple[int, int | None] | None]:
