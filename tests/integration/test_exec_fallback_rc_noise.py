@@ -23,6 +23,7 @@ from zdu.transport.ssh import SshHandler
 
 HOSTILE_RC = r"""
 [ ! -e "@FLAG@" ] || { echo "rc: refusing to go on" >&2; exit 5; }
+[ ! -e "@FLAG@.quiet" ] || exec 2>/dev/null
 echo "Welcome to $(hostname): authorised use only"
 echo "motd on stderr" >&2
 printf '\036zdu-driver:ready\n'
@@ -45,7 +46,8 @@ set -x
 @pytest.fixture
 def hostile_rc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
     """root's ~/.bashrc, as the node's sshd and its shells see it, is HOSTILE_RC (through
-    test_shell_rc_files' bind mount); it exits at once while the file it returns exists."""
+    test_shell_rc_files' bind mount); it exits at once while the file it returns exists, and
+    sends its stderr to /dev/null for good while that file's name + ".quiet" does."""
     flag = tmp_path / "rc-exits"
     monkeypatch.setattr(rc_files, "NOISY_RC", HOSTILE_RC.replace("@FLAG@", str(flag)))
     request.getfixturevalue("noisy_rc")
@@ -105,8 +107,16 @@ def test_a_login_shell_that_exits_before_the_command_says_so(handler: SshHandler
     assert run(handler, "echo again") == (0, "again\n", "")
 
 
+def test_an_rc_file_that_silences_stderr_for_good_leaves_the_step_its_stdout(handler: SshHandler,
+                                                                          hostile_rc: Path) -> None:
+    Path(f"{hostile_rc}.quiet").touch()
+    assert run(handler, "echo out; echo err >&2; exit 6") == (6, "out\n", ""), "not 'did not start'"
+
+
 def test_the_gate_finds_the_mark_wherever_reads_cut_it() -> None:
-    from zdu.transport.shell import OutputGate
+    from zdu.transport.shell import OutputGate, begin_mark
+    with pytest.raises(ValueError):
+        begin_mark("tok; rm -rf /")
     data = b"banner\x1etok:begin no\n\x1etok:begi" + b"x" * 5000 + b"\x1etok:begin\nown\x1etok:begin\n"
     for size in range(1, 60):
         gate = OutputGate("tok")

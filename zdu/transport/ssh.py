@@ -219,9 +219,9 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
 
     @property
     def began(self) -> bool:
-        """The command's begin mark came on stderr: it started (what came before was the login
-        shell's)."""
-        return self._err_gate.opened
+        """The command's begin mark came (on either stream: rc files may have sent the login
+        shell's other stream elsewhere for good): it started."""
+        return self._out_gate.opened or self._err_gate.opened
 
     def read_proc_stdout(self, num_bytes: int) -> bytes:
         # what precedes the begin mark is the rc files'; never return b"" before the real end
