@@ -35,9 +35,11 @@ class Hook(LoadBalancer):
 
     def _act(self, action, node, state):
         what = self.fail.get(f"{action}-{node.name}")
-        if what:
+        if what in RAISES:
             raise RAISES[what]()
         (self.root / node.name / "lb").write_text(state + "\\n")
+        if what == "nan":
+            return LbResult(True, f"{node.name} {state}", float("nan"), {"took": float("inf")})
         return LbResult(True, f"{node.name} {state}")
 
     def disable(self, node):
@@ -131,6 +133,16 @@ def test_a_plugin_serving_answer_that_cannot_be_read_stops_preflight(tmp_path: P
     assert ("capacity guard: cannot read the load balancer: hook 'zdu_test_flaky_run_lb:make': serving() "
             "answered a str for node 'A', not true/false") in out
     assert untouched(fleet)
+
+
+def test_a_plugin_answering_a_nan_duration_leaves_a_run_folder_the_review_commands_read(tmp_path: Path) -> None:
+    fleet, env = plugin_fleet(tmp_path, {"disable-B": "nan"})
+    done = run(fleet, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), "show", "--log_dir", str(fleet.log_dir)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert shown.returncode == 0 and "damaged" not in shown.stdout + shown.stderr, shown.stdout + shown.stderr
+    assert "NaN" not in (fleet.run_dir() / "run.json").read_text()     # it was "damaged: ... nan"
 
 
 def test_a_plugin_close_raising_does_not_turn_a_success_into_an_internal_error(tmp_path: Path) -> None:

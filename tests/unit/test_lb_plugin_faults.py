@@ -33,7 +33,15 @@ PLUGIN = """
               "GeneratorExit": lambda: GeneratorExit("closed"),
               "Boom": lambda: Boom("its own")}
 
-    ANSWERS = {"none": None, "a list": ["A", "B"], "strings": {"A": "yes", "B": "no"},
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    ANSWERS = {"ok as text": LbResult("no", "said no"), "nan duration": LbResult(True, "ok", float("nan")),
+               "bytes message": LbResult(False, b"\\xff bytes"), "no message": LbResult(True, None),
+               "odd details": LbResult(True, "ok", 0.0, {"x": Unprintable(), 1: float("inf"), "l": (1, [2])}),
+               "a list of details": LbResult(True, "ok", 0.0, [1]), "not a result": True,
+               "none": None, "a list": ["A", "B"], "strings": {"A": "yes", "B": "no"},
                "ints": {"A": 1, "B": 0}, "one left out": {"A": True}, "bools": {"A": True, "B": False, "Z": True}}
 
     class Hook(LoadBalancer):
@@ -155,6 +163,30 @@ def test_a_serving_answer_that_cannot_be_read_is_an_unreadable_balancer(answer: 
     with pytest.raises(LoadBalancerError) as refused:
         build("serving", answer).serving(NODES)
     assert str(refused.value) == said
+
+
+@pytest.mark.usefixtures("plugin")
+@pytest.mark.parametrize("answer, ok, message", [
+    ("ok as text", False, "the hook answered ok=str, not true/false: said no"),   # "no" is truthy
+    ("bytes message", False, "\ufffd bytes"),
+    ("no message", True, ""),
+    ("not a result", False, "the hook returned bool, not an LbResult"),
+])
+def test_an_action_answer_is_made_one_the_record_can_hold(answer: str, ok: bool, message: str) -> None:
+    result = build("disable", answer).disable(NODES[0])
+    assert (result.ok, result.message) == (ok, message)
+    assert isinstance(result.duration, float) and result.duration < 5
+
+
+@pytest.mark.usefixtures("plugin")
+def test_a_duration_or_details_json_cannot_hold_are_replaced() -> None:
+    """A NaN duration went into run.json and the journal, and the review commands then called the
+    run folder damaged."""
+    result = build("disable", "nan duration").disable(NODES[0])
+    assert result.ok and 0 <= result.duration < 5
+    odd = build("disable", "odd details").disable(NODES[0])
+    assert odd.ok and odd.details == {"x": "<Unprintable>", "1": "inf", "l": [1, [2]]}
+    assert build("disable", "a list of details").disable(NODES[0]).details == {"details": [1]}
 
 
 @pytest.mark.usefixtures("plugin")

@@ -10,7 +10,9 @@ answer (a refused check, a failed action, an unreadable balancer), never a trace
 """
 from __future__ import annotations
 
+import math
 import sys
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 from zdu.errors import ConfigError, LoadBalancerError, ZduError
@@ -70,7 +72,11 @@ class GuardedHook(LoadBalancer):
     * ``validate`` raises ConfigError, ``check`` and ``serving`` LoadBalancerError (a ZduError
       of the plugin's own passes as it is);
     * ``disable`` / ``enable`` return a failed LbResult -- the gate records the node's place in
-      the balancer as unknown, since the hook may have acted before it raised;
+      the balancer as unknown, since the hook may have acted before it raised -- and what they
+      return is made an LbResult the record can hold (:func:`_sane_result`): ``ok`` not a bool
+      (``"no"`` is truthy) is a failure, a message that is not text is made text, a duration that
+      is not a finite number of seconds is measured (a NaN in run.json made the run folder
+      "damaged"), details that are not JSON are reduced to what is;
     * ``serving`` answers None or a mapping with a true/false for every node asked about; any other
       answer (a list, ``"no"``, which is truthy, a node left out) is LoadBalancerError, so the
       capacity guard never counts a node from an answer it cannot read;
@@ -119,10 +125,12 @@ class GuardedHook(LoadBalancer):
         return self._act("enable", node)
 
     def _act(self, action: str, node: Node) -> LbResult:
+        started = time.monotonic()
         try:
-            return self.hook.disable(node) if action == "disable" else self.hook.enable(node)
+            result = self.hook.disable(node) if action == "disable" else self.hook.enable(node)
+            return _sane_result(result, time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 - a failed action, never a crashed run
-            return LbResult(False, _raised(exc))
+            return LbResult(False, _raised(exc), time.monotonic() - started)
 
     def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool] | None:
         try:
@@ -148,6 +156,59 @@ class GuardedHook(LoadBalancer):
             raise_if_interrupt(exc)
             sys.stderr.write(f"zdupgrade: warning: load-balancer {self._what('close')} "
                              f"{type(exc).__name__} (ignored)\n")
+
+
+def _sane_result(result: Any, measured: float) -> LbResult:
+    """A plugin's answer as an LbResult the gate and the record can hold (see GuardedHook)."""
+    if not isinstance(result, LbResult):
+        return LbResult(False, f"the hook returned {type(result).__name__}, not an LbResult", measured)
+    message = result.message
+    if message is None:
+        message = ""
+    elif isinstance(message, (bytes, bytearray)):
+        message = bytes(message).decode(errors="replace")
+    elif not isinstance(message, str):
+        message = _text(message)
+    duration = result.duration
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) \
+            or not 0 <= duration < 86400 * 366:
+        duration = measured
+    details = _json_data(result.details, 0)
+    if not isinstance(details, dict):
+        details = {"details": details}
+    if not isinstance(result.ok, bool):
+        return LbResult(False, f"the hook answered ok={type(result.ok).__name__}, not true/false"
+                               + (f": {message}" if message else ""), float(duration), details)
+    return LbResult(result.ok, message, float(duration), details)
+
+
+def _text(value: Any) -> str:
+    try:
+        text = str(value)
+        return text if isinstance(text, str) else type(value).__name__
+    except BaseException as exc:  # noqa: BLE001 - a __str__ of the plugin's that raises
+        raise_if_interrupt(exc)
+        return f"<{type(value).__name__}>"
+
+
+def _json_data(value: Any, depth: int) -> Any:
+    """``value`` reduced to what JSON holds (finite numbers; str keys); anything else as text."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= 20:
+        return "<nested too deep>"
+    if isinstance(value, Mapping):
+        try:
+            return {(key if isinstance(key, str) else _text(key)): _json_data(item, depth + 1)
+                    for key, item in value.items()}
+        except BaseException as exc:  # noqa: BLE001 - a mapping of the plugin's that raises
+            raise_if_interrupt(exc)
+            return f"<{type(value).__name__}>"
+    if isinstance(value, (list, tuple)):
+        return [_json_data(item, depth + 1) for item in value]
+    return _text(value)
 
 
 def _read_serving(answer: Any, nodes: Sequence[Node], what: str) -> dict[str, bool] | None:
