@@ -174,8 +174,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     The command's text goes on the channel's stdin (:func:`~zdu.transport.shell.exec_launcher`),
     preceded by a mark on both streams where its own output begins, random per command
     (:func:`~zdu.transport.shell.begin_mark`): what the login shell's rc files print before it (a
-    banner, a motd on stderr) is dropped, not given to the step (:class:`OutputGate`).  To know
-    the command's process group, then one ``printf`` writes the shell's ``$$`` to stderr (sshd
+    banner, a motd on stderr) is dropped, not given to the step (:class:`OutputGate`).  Then,
+    to know the command's process group, one ``printf`` writes the shell's ``$$`` to stderr (sshd
     makes each session command a session leader, so that is its process group), framed by a
     random nonce: the record is taken out of stderr wherever it lands."""
 
