@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,16 @@ def test_a_limit_file_that_is_not_one(tmp_path: Path, what: str) -> None:
               "empty": "holds no pattern"}[what]
     refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE)),
                     "--limit", f"@{target}"), needle)
+
+
+@pytest.mark.parametrize("pattern, count", [("w*", 20000), ("web,w1*", 20000), ("all:!w1*", 8889)])
+def test_a_glob_over_20000_hosts_is_linear(pattern: str, count: int) -> None:
+    """'w*' matched the group web and then every host, each checked with ``in list``: over
+    100,000 hosts that was 98 s; over 20,000 about 4 s of CPU, now a few hundredths."""
+    from zdu.config.inventory import parse_ini
+    inv = parse_ini("[web]\nw[0:19999]\n", "inv.ini")
+    nodes = [Node(n["name"], n["host"], group=n["group"], roles=tuple(n["roles"])) for n in inv.nodes]
+    started = time.process_time()
+    selected, skipped = select(pattern, nodes, inv.groups)
+    assert time.process_time() - started < 1.0
+    assert len(selected) == count and len(selected) + len(skipped) == 20000

@@ -98,6 +98,7 @@ class _Group:
     known: set[str] = field(default_factory=set)           # ``hosts`` as a set: membership in O(1)
     children: list[str] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)
+    linked: set[tuple[str, str]] = field(default_factory=set)   # ("child"|"parent", name): O(1) checks
     priority: int = 1
 
 
@@ -149,9 +150,12 @@ class _Builder:
         if parent == child:
             raise self.fail(where, f"group {child!r} cannot be its own child")
         p, c = self.group(parent), self.group(child)
-        if child not in p.children:
+        # sets, not "in list": a [top:children] of 20,000 groups took 7 s here
+        if ("child", child) not in p.linked:
+            p.linked.add(("child", child))
             p.children.append(child)
-        if parent not in c.parents:
+        if ("parent", parent) not in c.linked:
+            c.linked.add(("parent", parent))
             c.parents.append(parent)
 
     def var_name(self, key: Any, where: str) -> str:

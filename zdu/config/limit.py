@@ -110,7 +110,7 @@ def select(pattern: str, nodes: Sequence[NodeLike],
         raise ConfigError(f"{where}: {pattern!r} holds no pattern")
     ordered = ([t for t in terms if t[0][0] not in "!&"] or [("all", where)]) + \
         [t for t in terms if t[0][0] == "&"] + [t for t in terms if t[0][0] == "!"]
-    chosen: list[str] = []
+    chosen: dict[str, None] = {}                            # ordered, O(1) membership
     for term, at in ordered:
         if term in known:
             matched = [term]
@@ -122,12 +122,12 @@ def select(pattern: str, nodes: Sequence[NodeLike],
                               f"({_known(names, group_map)})")
         if term[0] == "!":
             drop = set(matched)
-            chosen = [n for n in chosen if n not in drop]
+            chosen = {n: None for n in chosen if n not in drop}
         elif term[0] == "&":
             keep = set(matched)
-            chosen = [n for n in chosen if n in keep]
+            chosen = {n: None for n in chosen if n in keep}
         else:
-            chosen += [n for n in matched if n not in chosen]
+            chosen.update(dict.fromkeys(matched))
     if not chosen:
         raise ConfigError(f"{where}: {pattern!r} selects no node")
     picked = set(chosen)
@@ -147,12 +147,14 @@ def _match(term: str, names: list[str], groups: Mapping[str, Sequence[str]], whe
             re.compile(fnmatch.translate(expr))
     except re.error as exc:
         raise ConfigError(f"{where}: {term!r} is not a valid regex: {exc}") from None
-    results: list[str] = []
+    # a dict: ordered and O(1) membership ("h not in a list" made 'w*' over 100,000 hosts 98 s)
+    found: dict[str, None] = {}
     matching_groups = [g for g in groups if regex.match(g)]
     for g in matching_groups:
-        results += [h for h in groups[g] if h not in results]
+        found.update(dict.fromkeys(groups[g]))
     if not matching_groups or expr.startswith("~") or any(c in expr for c in ".?*["):
-        results += [h for h in names if regex.match(h) and h not in results]
+        found.update((h, None) for h in names if h not in found and regex.match(h))
+    results = list(found)
     if subscript is None or not results:
         return results
     start, end = subscript
