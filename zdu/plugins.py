@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from zdu.errors import ConfigError
 
-__all__ = ["PluginRef", "parse_ref", "describe_ref", "load_callable", "raise_if_interrupt"]
+__all__ = ["PluginRef", "parse_ref", "describe_ref", "load_callable", "raise_if_interrupt", "exception_line",
+           "safe_text"]
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENT}(?:\.{_IDENT})*"
@@ -67,6 +68,23 @@ def raise_if_interrupt(exc: BaseException) -> None:
     if (isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
         raise exc
+
+
+def safe_text(value: Any) -> str:
+    """``str(value)``, or ``<Type>`` when a plugin's ``__str__`` raises or returns no text."""
+    try:
+        text = str(value)
+    except BaseException as exc:  # noqa: BLE001 - plugin code
+        raise_if_interrupt(exc)
+        return f"<{type(value).__name__}>"
+    return text if isinstance(text, str) else f"<{type(value).__name__}>"
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message`` on one line: a line break in a plugin's message could forge a line of
+    the error output (``zdupgrade: error: ...`` escapes other control characters, not those)."""
+    text = safe_text(exc).replace("\r", "\\r").replace("\n", "\\n")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _find_entry_point(name: str, group: str | None) -> EntryPoint | None:
@@ -124,8 +142,7 @@ def load_callable(ref: str, *, setting: str, group: str | None = None) -> Callab
         raise ConfigError(f"{what}: {missing}") from None
     except BaseException as exc:  # a plugin whose import fails is a config problem
         raise_if_interrupt(exc)
-        raise ConfigError(f"{what}: importing {parsed.module!r} raised "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{what}: importing {parsed.module!r} raised {exception_line(exc)}") from None
     walked = parsed.module
     for part in parsed.attr.split("."):
         try:
@@ -134,8 +151,7 @@ def load_callable(ref: str, *, setting: str, group: str | None = None) -> Callab
             raise ConfigError(f"{what}: {walked} has no attribute {part!r}") from None
         except BaseException as exc:  # a module __getattr__ that raises
             raise_if_interrupt(exc)
-            raise ConfigError(f"{what}: reading {walked}.{part} raised "
-                              f"{type(exc).__name__}: {exc}") from None
+            raise ConfigError(f"{what}: reading {walked}.{part} raised {exception_line(exc)}") from None
         walked = f"{walked}.{part}"
     if not callable(obj):
         raise ConfigError(f"{what}: {parsed.target} is a {type(obj).__name__}, not a callable")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -28,6 +28,7 @@ PLUGIN = """
         pass
 
     RAISES = {"RuntimeError": lambda: RuntimeError("the F5 said 503"),
+              "two lines": lambda: RuntimeError("bad\\nzdupgrade: all nodes upgraded\\r"),
               "KeyboardInterrupt": lambda: KeyboardInterrupt("from the plugin"),
               "SystemExit": lambda: SystemExit(3),
               "GeneratorExit": lambda: GeneratorExit("closed"),
@@ -202,7 +203,20 @@ def test_the_guarded_hook_is_the_plugins_hook_for_its_own_attributes() -> None:
     assert hook.disable(NODES[0]).message == "disable"
 
 
+@pytest.mark.usefixtures("plugin", "run_handlers")
+def test_a_line_break_in_a_plugins_message_cannot_forge_a_line_of_output() -> None:
+    said = "RuntimeError: bad\\nzdupgrade: all nodes upgraded\\r"
+    with pytest.raises(ConfigError) as refused:
+        build("factory", "two lines")
+    assert str(refused.value).endswith(said)
+    with pytest.raises(LoadBalancerError) as unread:
+        build("check", "two lines").check(NODES)
+    assert str(unread.value).endswith(said)
+    assert build("enable", "two lines").enable(NODES[0]).message == said
+
+
 MODULES = {
+    "two lines": "raise ValueError('bad\\nzdupgrade: SUCCESS')\n",
     "SystemExit": "raise SystemExit(2)\n",
     "Boom": "class Boom(BaseException):\n    pass\nraise Boom('at import')\n",
     "GeneratorExit": "raise GeneratorExit('at import')\n",
@@ -214,9 +228,8 @@ MODULES = {
 @pytest.mark.parametrize("case", sorted(MODULES))
 def test_a_plugin_module_raising_a_base_exception_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    case: str) -> None:
-    module = f"zdu_test_base_raise_{case.lower()}"
+    module = f"zdu_test_base_raise_{case.lower().replace(' ', '_')}"
     install_plugin(tmp_path, monkeypatch, module, MODULES[case])
-    monkeypatch.delitem(__import__("sys").modules, module, raising=False)
-    load: Callable[..., Any] = load_callable
-    with pytest.raises(ConfigError, match=rf"^load_balancer\.type: cannot load '{module}:make': "):
-        load(f"{module}:make", setting="load_balancer.type")
+    with pytest.raises(ConfigError, match=rf"^load_balancer\.type: cannot load '{module}:make': ") as refused:
+        load_callable(f"{module}:make", setting="load_balancer.type")
+    assert "\n" not in str(refused.value)

@@ -31,7 +31,8 @@ def make(path: Path | str, **options: object) -> ScriptLoadBalancer:
 
 #: a file exec refuses although it is there and executable, and what check says about it
 UNRUNNABLE = {
-    "missing interpreter": (b"#!/no/such/interp\necho hi\n", "its #! interpreter /no/such/interp is not an executable file"),
+    "missing interpreter": (b"#!/no/such/interp\necho hi\n",
+                            "its #! interpreter /no/such/interp is not an executable file"),
     "no shebang": (b"echo hi\n", "its first line is not #! and an interpreter"),
     "windows line endings": (b"#!/bin/sh\r\necho hi\r\n", "its #! line ends in a carriage return"),
     "env program missing": (b"#!/usr/bin/env zdu-no-such-interp\necho hi\n",

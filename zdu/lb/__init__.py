@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from zdu.errors import ConfigError, LoadBalancerError, ZduError
 from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
 from zdu.model import LbSettings, Node
-from zdu.plugins import describe_ref, load_callable, raise_if_interrupt
+from zdu.plugins import describe_ref, exception_line, load_callable, raise_if_interrupt, safe_text
 from zdu.transport.base import CommandHandler
 
 __all__ = ["LbResult", "LoadBalancer", "GuardedHook", "UnloadedHook", "make_load_balancer", "ENTRY_POINT_GROUP"]
@@ -60,7 +60,7 @@ class UnloadedHook(LoadBalancer):
 
 def _raised(exc: BaseException) -> str:
     raise_if_interrupt(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return exception_line(exc)
 
 
 class GuardedHook(LoadBalancer):
@@ -168,7 +168,7 @@ def _sane_result(result: Any, measured: float) -> LbResult:
     elif isinstance(message, (bytes, bytearray)):
         message = bytes(message).decode(errors="replace")
     elif not isinstance(message, str):
-        message = _text(message)
+        message = safe_text(message)
     duration = result.duration
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) \
             or not 0 <= duration < 86400 * 366:
@@ -182,15 +182,6 @@ def _sane_result(result: Any, measured: float) -> LbResult:
     return LbResult(result.ok, message, float(duration), details)
 
 
-def _text(value: Any) -> str:
-    try:
-        text = str(value)
-        return text if isinstance(text, str) else type(value).__name__
-    except BaseException as exc:  # noqa: BLE001 - a __str__ of the plugin's that raises
-        raise_if_interrupt(exc)
-        return f"<{type(value).__name__}>"
-
-
 def _json_data(value: Any, depth: int) -> Any:
     """``value`` reduced to what JSON holds (finite numbers; str keys); anything else as text."""
     if value is None or isinstance(value, (str, bool, int)):
@@ -201,14 +192,14 @@ def _json_data(value: Any, depth: int) -> Any:
         return "<nested too deep>"
     if isinstance(value, Mapping):
         try:
-            return {(key if isinstance(key, str) else _text(key)): _json_data(item, depth + 1)
+            return {(key if isinstance(key, str) else safe_text(key)): _json_data(item, depth + 1)
                     for key, item in value.items()}
         except BaseException as exc:  # noqa: BLE001 - a mapping of the plugin's that raises
             raise_if_interrupt(exc)
             return f"<{type(value).__name__}>"
     if isinstance(value, (list, tuple)):
         return [_json_data(item, depth + 1) for item in value]
-    return _text(value)
+    return safe_text(value)
 
 
 def _read_serving(answer: Any, nodes: Sequence[Node], what: str) -> dict[str, bool] | None:
