@@ -32,6 +32,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENT}(?:\.{_IDENT})*"
 _COLON_REF = re.compile(rf"({_DOTTED}):({_DOTTED})")
 _DOT_REF = re.compile(rf"({_DOTTED})\.({_IDENT})")
+_EXTRAS = re.compile(r"\s*\[[^\]]*\]\s*$")
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def parse_ref(ref: Any, *, setting: str, group: str | None = None) -> PluginRef:
                           f"got {ref!r}")
     ep = _find_entry_point(ref, group)
     if ep is not None:
-        match = _COLON_REF.fullmatch(ep.value.replace(" ", ""))
+        # "module:attr [extra, ...]" is the packaging spec's form too: the extras name nothing to load
+        match = _COLON_REF.fullmatch(_EXTRAS.sub("", ep.value).replace(" ", ""))
         if not match:
             raise ConfigError(f"{setting}: entry point {ref!r} of {group} has an unusable value "
                               f"{ep.value!r} (expected package.module:attr)")

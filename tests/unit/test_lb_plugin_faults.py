@@ -233,3 +233,11 @@ def test_a_plugin_module_raising_a_base_exception_is_a_config_error(tmp_path: Pa
     with pytest.raises(ConfigError, match=rf"^load_balancer\.type: cannot load '{module}:make': ") as refused:
         load_callable(f"{module}:make", setting="load_balancer.type")
     assert "\n" not in str(refused.value)
+
+
+def test_an_entry_point_with_extras_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``f5 = mypkg.f5:make [snmp]``, the packaging spec's form with extras, was 'an unusable value'."""
+    install_plugin(tmp_path, monkeypatch, "zdu_test_flaky_extras", PLUGIN,
+                   {ENTRY_POINT_GROUP: {"flaky-extras": "zdu_test_flaky_extras:make [snmp, tls]"}})
+    hook = make_load_balancer(LbSettings("flaky-extras", frozen_map({"where": "nowhere", "what": "none"})))
+    assert hook.name == "flaky" and hook.disable(NODES[0]).ok
