@@ -192,3 +192,14 @@ def test_a_group_of_30000_child_groups_loads_in_linear_time() -> None:
     inventory = parse_ini(text, "inv.ini")
     assert time.process_time() - started < 6.0
     assert len(inventory.groups["top"]) == 30000 and inventory.children["top"][-1] == "g29999"
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("inv.ini", "[web]\nw1\nw[3:1]\n", "line 3: host range '[3:1]': begin must not be after end"),
+    ("inv.yml", "web:\n  hosts:\n    w1:\n    \"w[10:2]\":\n", "group web: hosts: host range '[10:2]': begin must not"),
+])
+def test_a_reversed_range_is_an_error_not_no_hosts(tmp_path: Path, name: str, text: str, needle: str) -> None:
+    """Ansible makes no host of ``w[3:1]`` and says nothing: the hosts a typo dropped would not be upgraded."""
+    inv = write(tmp_path / name, text)
+    refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
+            f"{inv}: {needle}")

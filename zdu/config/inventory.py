@@ -587,6 +587,8 @@ def _expand(name: str) -> list[str]:
     elif first is not None and last is not None:
         if begin.startswith("0") and len(begin) > 1 and len(begin) != len(end):
             raise ValueError(f"host range {shown}: zero-padded begin and end must be as long")
+        if first > last:            # Ansible silently makes no host of it: a typo that drops hosts
+            raise ValueError(f"host range {shown}: begin must not be after end")
         width = len(begin) if begin.startswith("0") and len(begin) > 1 else 0
         count = (last - first) // step + 1
         if count > MAX_RANGE_HOSTS:
