@@ -203,3 +203,24 @@ def test_a_reversed_range_is_an_error_not_no_hosts(tmp_path: Path, name: str, te
     inv = write(tmp_path / name, text)
     refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
             f"{inv}: {needle}")
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("hosts", "all:\n  hosts:\n    a:\n", "line 1: host 'all:' ends in ':' (reserved for a port) -- this looks like YAML"),
+    ("hosts.ini", "---\nweb:\n  hosts:\n", "line 1: invalid host '---' -- this looks like YAML"),
+    ("hosts.yml", "[web]\nw1\nw2\n", "YAML syntax error at line 2, column 1: expected '<document start>', "
+                                     "but found '<scalar>' -- this looks like an INI inventory"),
+    ("hosts.yaml", "# a comment\n[web]\n", "expected a mapping of groups (all: {hosts: ..., children: ...}) -- "
+                                          "this looks like an INI inventory"),
+])
+def test_an_inventory_in_the_other_format_says_so(tmp_path: Path, name: str, text: str, needle: str) -> None:
+    """The format is taken from the file name, as Ansible's plugins do; a mix-up was only a
+    puzzling parse error."""
+    inv = write(tmp_path / name, text)
+    refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
+            f"{inv}: ", needle)
+
+
+def test_a_port_colon_in_a_section_gets_no_yaml_hint(tmp_path: Path) -> None:
+    message = config_error(load_inventory, write(tmp_path / "inv.ini", "[web]\nw1:\n"))
+    assert message.endswith("line 2: host 'w1:' ends in ':' (reserved for a port)"), message

@@ -658,7 +658,11 @@ def parse_ini(text: str, source: str, vars_dir: Path | None = None) -> Inventory
             try:
                 hosts, port = expand_hosts(words[0])
             except ValueError as exc:
-                raise b.fail(where, str(exc)) from None
+                hint = ""
+                first = not b.hosts and len(b.groups) == 2          # no host or [section] before it
+                if first and (words[0] == "---" or (words[0].endswith(":") and len(words) == 1)):
+                    hint = " -- this looks like YAML: a YAML inventory is read by its name, .yml, .yaml or .json"
+                raise b.fail(where, f"{exc}{hint}") from None
             variables: dict[str, Any] = {}
             for word in words[1:]:
                 if "=" not in word:
@@ -760,7 +764,10 @@ def load_inventory(path: str | Path) -> Inventory:
                           "read a directory of inventory sources as Ansible does)")
     if p.suffix.lower() in (".yml", ".yaml", ".json"):
         from zdu.config.topology import read_document
-        return parse_yaml(read_document(p, what="inventory"), source, p.parent)
+        try:
+            return parse_yaml(read_document(p, what="inventory"), source, p.parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{_ini_hint(p)}") from None
     if not p.is_file():
         raise ConfigError(f"{source}: inventory file not found")
     try:
@@ -775,6 +782,19 @@ def load_inventory(path: str | Path) -> Inventory:
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read inventory file: {exc.strerror}") from None
     return parse_ini(text, source, p.parent)
+
+
+def _ini_hint(path: Path) -> str:
+    """A hint when a .yml/.yaml/.json inventory that failed to load starts like an INI one."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096).decode("utf-8-sig", "replace")
+    except OSError:
+        return ""
+    first = next((line.strip() for line in head.splitlines()
+                  if line.strip() and line.strip()[0] not in "#;"), "")
+    return (" -- this looks like an INI inventory: name it without .yml, .yaml or .json"
+            if _SECTION.fullmatch(first) else "")
 
 
 def group_map(inventory: Inventory) -> Mapping[str, tuple[str, ...]]:
