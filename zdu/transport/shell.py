@@ -182,22 +182,26 @@ fi
 #: Run by a resumed run on a node where the run that died had a step in flight: that step may
 #: still be running there (sshd does not signal a session command without a terminal).  Finds it
 #: by the tag its driver noted, in a directory and file of this user's only, while that driver is
-#: alive and the noted process is its child (unreaped, so its pid cannot have been reused) --
-#: checked in /proc, and without /proc nothing is ended (exit 5: cannot tell) -- then
-#: :data:`END_GROUP`.  Formatted with ``tag`` (shell-quoted) and END_GROUP's values.
+#: alive and the noted process is its child (unreaped, so its pid cannot have been reused); or
+#: by the tag an exec channel's command noted (:func:`exec_step_note`), while the noted process
+#: still has the noted start time -- checked in /proc, and without /proc nothing is ended (exit
+#: 5: cannot tell) -- then :data:`END_GROUP`.  Formatted with ``tag`` (shell-quoted) and
+#: END_GROUP's values.
 END_LOST_STEP = """[ -r /proc/self/stat ] || exit 5
 t={tag}
 g=
-for f in "${{TMPDIR:-/tmp}}"/zdu-shell.*/step; do
-  [ -s "$f" ] && [ -O "$f" ] && [ -O "${{f%/step}}" ] || continue
-  read -r pg dp tg <"$f" 2>/dev/null || continue
+for f in "${{TMPDIR:-/tmp}}"/zdu-shell.*/step "${{TMPDIR:-/tmp}}"/zdu-exec.*/step; do
+  [ -s "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && [ ! -L "${{f%/step}}" ] && [ -O "${{f%/step}}" ] || continue
+  read -r pg x tg <"$f" 2>/dev/null || continue
   [ "$tg" = "$t" ] || continue
-  case "$pg$dp" in ''|*[!0-9]*) continue ;; esac
-  kill -0 "$dp" 2>/dev/null || continue
+  case "$pg$x" in ''|*[!0-9]*) continue ;; esac
   read -r st <"/proc/$pg/stat" 2>/dev/null || continue
   st=${{st##*) }}
   set -- $st
-  [ "${{2:-}}" = "$dp" ] || continue
+  case $f in
+    */zdu-shell.*/step) kill -0 "$x" 2>/dev/null && [ "${{2:-}}" = "$x" ] || continue ;;   # x: its driver
+    *) [ "${{20:-}}" = "$x" ] || continue ;;                                             # x: its start time
+  esac
   g=$pg
 done
 [ -n "$g" ] || exit 0
@@ -311,6 +315,43 @@ def begin_mark(token: str) -> str:
     if not token.isalnum():
         raise ValueError(f"bad token {token!r}")
     return f"printf '\\036%s:begin\\n' {token}; printf '\\036%s:begin\\n' {token} >&2"
+
+
+#: see :func:`exec_step_note`; ``@TAG@``: the tag, shell-quoted
+_EXEC_STEP_NOTE = """zdu_note() {
+  [ -r /proc/self/stat ] || return 0
+  for zdu_f in "${TMPDIR:-/tmp}"/zdu-exec.*/step; do
+    zdu_d=${zdu_f%/step}
+    [ ! -L "$zdu_f" ] && [ -O "$zdu_f" ] && [ ! -L "$zdu_d" ] && [ -O "$zdu_d" ] || continue
+    zdu_p=; zdu_s=; zdu_n=
+    read -r zdu_p zdu_s zdu_t 2>/dev/null <"$zdu_f"
+    case "$zdu_p$zdu_s" in ''|*[!0-9]*) ;; *) read -r zdu_n 2>/dev/null <"/proc/$zdu_p/stat" ;; esac
+    if [ -n "$zdu_n" ]; then
+      zdu_n=${zdu_n##*) }
+      set -- $zdu_n
+      [ "${20:-}" = "$zdu_s" ] && continue
+    fi
+    rm -rf "$zdu_d" 2>/dev/null
+  done
+  read -r zdu_n 2>/dev/null </proc/$$/stat || return 0
+  zdu_n=${zdu_n##*) }
+  set -- $zdu_n
+  zdu_d=${TMPDIR:-/tmp}/zdu-exec.$$
+  (umask 077 && mkdir "$zdu_d") 2>/dev/null || { [ ! -L "$zdu_d" ] && [ -d "$zdu_d" ] && [ -O "$zdu_d" ]; } || return 0
+  printf '%s %s %s\\n' "$$" "${20:-}" @TAG@ >"$zdu_d/step" 2>/dev/null
+}
+zdu_note; unset zdu_f zdu_d zdu_p zdu_s zdu_t zdu_n; unset -f zdu_note"""
+
+
+def exec_step_note(tag: str) -> str:
+    """Shell text for an exec channel's command (its own shell, the session leader) that notes
+    ``PID START TAG`` in ``$TMPDIR/zdu-exec.PID/step`` (a directory of this user's, not a link)
+    for :data:`END_LOST_STEP`: a resumed run can then end the step of a run that died on a node
+    on the exec fallback, as through the driver.  The file is not removed when the command ends
+    (its shell is the command's, to the end); a later note removes those of this user whose
+    process is gone (or has another start time), and a stale one never matches.  Without /proc
+    it notes nothing (a resume cannot check there anyway).  Leaves no variable or function."""
+    return _EXEC_STEP_NOTE.replace("@TAG@", shlex.quote(tag))
 
 
 class OutputGate:

@@ -83,8 +83,8 @@ from zdu.transport.base import STEP_TAG, BastionError, CommandHandler, InvalidCo
 from zdu.transport.local import IncrementalDecodeMixin, OutputCapture, TimeoutKillMixin
 from zdu.transport.retry import Backoff, Sleep, retry_call
 from zdu.transport.shell import (END_LOST_STEP, END_ORPHAN, OutputGate, RecordSplitter, StepState,
-                                 begin_mark, driver_command, exec_launcher, exec_stdin, frame,
-                                 parse_pgid, pgid_report)
+                                 begin_mark, driver_command, exec_launcher, exec_stdin,
+                                 exec_step_note, frame, parse_pgid, pgid_report)
 
 HostKeyCallback = Callable[[str, str, str], None]
 
@@ -148,11 +148,6 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
     chan.transport._send_user_message(m)  # type: ignore[union-attr]
 
 
-#: what :meth:`SshHandler._end_script` gives when the node has no shell session (no driver, no
-#: step files to look at)
-_NO_SHELL = -1
-
-
 def _held_open_note(code: int | None, after: float) -> str:
     """What a timed-out result adds when the command itself had exited (with ``code``, ``after``
     seconds) and a process it started kept its output open."""
@@ -186,6 +181,7 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     #: the kill found the command itself exited already (its exit code, when, monotonic): a
     #: process it started held its output until the timeout
     held_open: tuple[int, float] | None = None
+    step_tag: str | None = None     #: a run's step: noted on the node for a resume
     _kill_wait = KILL_GRACE * 2 + 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -202,7 +198,8 @@ class _Remote(TimeoutKillMixin, IncrementalDecodeMixin, Remote):
     start_expired = False
 
     def send_start_message(self, command: str) -> None:
-        wrapped = f"{self._begin}\n{pgid_report(self._nonce)}\n{command}"
+        note = f"{exec_step_note(self.step_tag)}\n" if self.step_tag else ""
+        wrapped = f"{self._begin}\n{pgid_report(self._nonce)}\n{note}{command}"
         # paramiko waits for the answer to an exec request without any timeout, and invoke's
         # command timer starts only after it: a node that freezes right then (paused, link
         # gone silent) would hang the run for good.  The request holds a small reader only;
@@ -1204,16 +1201,20 @@ class SshHandler(CommandHandler):
                 result = self._run_in_shell(command, remote_command, limit, (env or {}).get(STEP_TAG))
                 if result is not None:
                     return result
-            return self._run_exec(command, remote_command, limit)
+            return self._run_exec(command, remote_command, limit, (env or {}).get(STEP_TAG))
 
-    def _run_exec(self, command: str, remote_command: str, limit: float) -> CommandResult:
-        """One exec channel for ``command`` (the fallback, and the way before the shell session)."""
+    def _run_exec(self, command: str, remote_command: str, limit: float,
+                  tag: str | None = None) -> CommandResult:
+        """One exec channel for ``command`` (the fallback, and the way before the shell session);
+        with ``tag`` (a run's step) the command notes it for a resume
+        (:func:`~zdu.transport.shell.exec_step_note`)."""
         for attempt in (1, 2):
             self.open()
             conn = self._conn
             assert conn is not None
             runner = _Remote(context=conn, inline_env=True)
             runner.start_timeout = limit
+            runner.step_tag = tag
             started, t0 = time.time(), time.monotonic()
             try:
                 result = runner.run(remote_command, hide=True, warn=True, in_stream=False,
@@ -1431,38 +1432,34 @@ class SshHandler(CommandHandler):
 
     def end_lost_step(self, tag: str) -> bool | None:
         """The step ``tag`` (``run-id/step-key``) of a run that died may still be running on the
-        node, under a driver that lost its connection: end it (see
+        node, under a driver or in an exec channel that lost its connection: end it (see
         :data:`~zdu.transport.shell.END_LOST_STEP`).  True when it was running and was ended,
-        False when it is not running, None when this node cannot tell (no shell session, or no
-        /proc).  When it cannot be ended, or the node does not answer, nothing more is run on
+        False when it is not running, None when this node cannot tell (no /proc).  When it cannot be ended, or the node does not answer, nothing more is run on
         this node (UnreachableError now, and for every later command)."""
         with self._lock:
             try:
                 if self.orphan is not None:
                     self._end_orphan()
-                code = self._end_script(END_LOST_STEP, tag=shlex.quote(tag), shell_only=True)
+                code = self._end_script(END_LOST_STEP, tag=shlex.quote(tag))
             except TransportError as exc:
                 code, why = None, exc.detail
             else:
                 if code in (0, 3):
                     return code == 3
-                if code in (_NO_SHELL, 5):
-                    return None                   # no shell session, or no /proc: cannot tell
+                if code == 5:
+                    return None                   # no /proc: cannot tell
                 why = _end_failed(code)
             self.blocked = (f"step {tag} of the run that died may still be running on the node and "
                             f"could not be ended ({why}); nothing more is run there")
             raise UnreachableError(self.node.name, self.blocked)
 
-    def _end_script(self, template: str, *, shell_only: bool = False, **values: Any) -> int | None:
+    def _end_script(self, template: str, **values: Any) -> int | None:
         """Run one of the end-a-group scripts: its exit code; None when its result was lost
-        (the connection died, a timeout); :data:`_NO_SHELL` when ``shell_only`` and this node
-        has no shell session.  TransportError when the node cannot be reached."""
+        (the connection died, a timeout).  TransportError when the node cannot be reached."""
         script = template.format(kill_at=int(KILL_GRACE * 10) + 1, give_up=int(KILL_GRACE * 20) + 2, **values)
         limit = KILL_GRACE * 2 + max(5.0, self.target.connect_timeout)
         result = self._run_in_shell(script, script, limit) if self.exec_reason is None else None
         if result is None:
-            if shell_only:
-                return _NO_SHELL
             result = self._run_exec(script, script, limit)
         return result.exit_code
 
