@@ -899,6 +899,14 @@ def shared_pool() -> SshPool:
 
 # --------------------------------------------------------------------------- the handler
 
+#: the longest command (characters, exports included) sent through the shell session; a longer one
+#: goes over an exec channel of its own.  The driver's ``read`` takes its stdin a byte at a time
+#: (60 KB took a second) and the command's environment variable holds at most 128 KiB on Linux
+#: (140 KB failed with "Argument list too long", 1 MB ran into its timeout); an exec channel's
+#: reader takes any size at the cost of one more session (~20 ms)
+SHELL_COMMAND_MAX = 16 * 1024
+
+
 class SshHandler(CommandHandler):
     """Runs commands on one node over one reused SSH connection.
 
@@ -1197,7 +1205,7 @@ class SshHandler(CommandHandler):
                 raise UnreachableError(self.node.name, self.blocked)
             if self.orphan is not None:
                 self._end_orphan()
-            if self.exec_reason is None:
+            if self.exec_reason is None and len(remote_command) <= SHELL_COMMAND_MAX:
                 result = self._run_in_shell(command, remote_command, limit, (env or {}).get(STEP_TAG))
                 if result is not None:
                     return result
