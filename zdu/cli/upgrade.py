@@ -120,6 +120,12 @@ def plan_fingerprint(plan: Plan) -> str:
     return hashlib.sha256(format_plan(plan).encode()).hexdigest()
 
 
+def _in_topology(exc: ConfigError, topology: Topology) -> ConfigError:
+    """``exc`` prefixed with the topology file it is about (unless it names it already)."""
+    text = str(exc)
+    return ConfigError(text if text.startswith(f"{topology.source}:") else f"{topology.source}: {text}")
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -222,10 +228,12 @@ class Upgrade:
             lb = make_load_balancer(topology.load_balancer, handler_factory=connections.by_name,
                                     load_code=not args.dry_run)
         except ConfigError as exc:   # "load_balancer.KEY: ..." -- in which file
-            text = str(exc)
-            raise ConfigError(text if text.startswith(f"{topology.source}:") else f"{topology.source}: {text}") from None
+            raise _in_topology(exc, topology) from None
         try:
-            lb.validate(topology.nodes)
+            try:
+                lb.validate(topology.nodes)
+            except ConfigError as exc:   # a node the hook refuses (a built-in's or a plugin's words)
+                raise _in_topology(exc, topology) from None
             if args.dry_run:
                 policy_text = describe_policy(args.rollback_policy)
                 self.console.write(format_plan(plan, lb.describe))
