@@ -32,6 +32,7 @@ makes sure every socket is at level admin.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -48,6 +49,14 @@ from zdu.lb.haproxy_api import (IDENTIFIER_HINT, LocalSocketApi, RemoteSocketApi
 UP_STATUSES = frozenset({"UP", "no check"})
 
 
+def state_of(status: str) -> str:
+    """HAProxy's ``status`` column without its parenthesised qualifier: a server with an
+    ``agent-check`` shows ``DRAIN (agent)`` and ``DOWN (agent)``, a tracking one
+    ``MAINT (via BACKEND/SERVER)``, one resolved by DNS ``MAINT (resolution)``; the state
+    is the same.  ``UP 1/3`` (a transition) and ``no check`` are kept as they are."""
+    return re.sub(r" \(.*\)$", "", status)
+
+
 def is_serving(row: Mapping[str, str]) -> bool:
     """True when a ``show stat`` server row is taking new traffic: status UP (also
     ``UP 1/3``, still up while its checks start failing) or ``no check``, with a
@@ -55,6 +64,15 @@ def is_serving(row: Mapping[str, str]) -> bool:
     status = row.get("status", "")
     up = status == "no check" or status.split(" ", 1)[0] == "UP"
     return up and row.get("weight", "") != "0"
+
+
+def serving_servers(rows: Mapping[str, Mapping[str, str]]) -> set[str]:
+    """The servers of one backend's ``show stat`` rows that take new traffic: a ``backup``
+    server (column ``bck`` 1) only when no active server is serving -- HAProxy sends a
+    backup nothing while an active server is up, so it adds no capacity."""
+    up = {name for name, row in rows.items() if is_serving(row)}
+    active = {name for name in up if rows[name].get("bck", "0") != "1"}
+    return active or up
 
 
 _OPTIONS = frozenset({"type", "backend", "socket", "sockets", "via", "drain_timeout",
@@ -162,9 +180,9 @@ class HaproxyLoadBalancer(LoadBalancer):
                 raise LoadBalancerError(str(exc)) from exc
             if rows is None:
                 raise LoadBalancerError(f"haproxy {api.instance}: no backend {self.backend!r}")
+            up = serving_servers(rows)
             for node in nodes:
-                row = rows.get(node.lb_name)
-                if row is None or not is_serving(row):
+                if node.lb_name not in up:
                     serving[node.name] = False
         return serving
 
@@ -244,12 +262,13 @@ class HaproxyLoadBalancer(LoadBalancer):
             return LbResult(False, f"haproxy enable: {problem}; nothing was sent", 0.0, details)
         try:
             rows = {api.instance: self._row(api, server) for api in self.apis}
-            gated = [api for api in self.apis if rows[api.instance]["status"] not in UP_STATUSES]
+            gated = [api for api in self.apis
+                     if state_of(rows[api.instance]["status"]) not in UP_STATUSES]
             for api in gated:
-                if rows[api.instance]["status"] != "DRAIN":
+                if state_of(rows[api.instance]["status"]) != "DRAIN":
                     self._set_state(api, target, "drain")
             healthy, obs = self._wait(lambda: self._statuses(server, gated),
-                                      lambda o: all(s == "DRAIN" for s, _ in o.values()),
+                                      lambda o: all(state_of(s) == "DRAIN" for s, _ in o.values()),
                                       max(0.0, deadline - self._clock()))
             if not healthy:
                 details["instances"] = _instances(obs)
@@ -260,7 +279,7 @@ class HaproxyLoadBalancer(LoadBalancer):
             for api in self.apis:
                 self._set_state(api, target, "ready")
             up, obs = self._wait(lambda: self._statuses(server, self.apis),
-                                 lambda o: all(s in UP_STATUSES for s, _ in o.values()),
+                                 lambda o: all(state_of(s) in UP_STATUSES for s, _ in o.values()),
                                  max(0.0, deadline - self._clock()))
             if not up:
                 details["instances"] = _instances(obs)
@@ -271,7 +290,7 @@ class HaproxyLoadBalancer(LoadBalancer):
         elapsed = self._clock() - start
         details["up_seconds"] = round(elapsed, 3)
         details["instances"] = _instances(obs)
-        note = ("" if all(s == "UP" for s, _ in obs.values())
+        note = ("" if all(state_of(s) == "UP" for s, _ in obs.values())
                 else " (no health check configured: HAProxy cannot confirm health)")
         return LbResult(True, f"haproxy: {target} UP in {elapsed:.1f}s on "
                               f"{len(self.apis)} instance(s){note}", elapsed, details)
@@ -308,7 +327,7 @@ class HaproxyLoadBalancer(LoadBalancer):
         """Undo a partial drain so the instances of an HA pair agree again."""
         undone = []
         for api in changed:
-            if before.get(api.instance) in UP_STATUSES:
+            if state_of(before.get(api.instance, "")) in UP_STATUSES:
                 try:
                     self._set_state(api, target, "ready")
                     undone.append(api.instance)

@@ -1,0 +1,220 @@
+"""The haproxy hook against HAProxy configurations as operators write them, each a REAL haproxy.
+
+Servers without ``check``, ``backup`` and ``weight 0`` servers, ``disabled`` ones,
+``agent-check`` servers (the agent answers over TCP), ``server-template`` slots and names
+with ``.`` ``:`` ``-`` ``_``; backends are python http.server threads on loopback
+(:class:`tests.support.haproxy.Backend`).
+"""
+from __future__ import annotations
+
+import shutil
+import socketserver
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.haproxy import Backend, free_port, get
+from zdu.lb.haproxy import HaproxyLoadBalancer, from_options
+from zdu.lb.haproxy_api import LocalSocketApi, SocketUnreachable
+from zdu.model import Node
+
+pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
+
+
+TIMEOUTS = {"connect": "1s", "client": "10s", "server": "10s"}
+
+
+class _Agent(socketserver.ThreadingTCPServer):
+    """An agent-check agent: answers every connection with ``reply``."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    reply = "up 100%\n"
+
+
+class _AgentHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(self.server.reply.encode())  # type: ignore[attr-defined]
+
+
+class Hap:
+    def __init__(self, workdir: Path, servers: str) -> None:
+        self.socket = str(workdir / "admin.sock")
+        self.frontend = free_port()
+        cfg = workdir / "haproxy.cfg"
+        timeouts = "".join(f"  timeout {k} {v}\n" for k, v in TIMEOUTS.items())
+        cfg.write_text(f"""
+global
+  stats socket {self.socket} mode 600 level admin
+defaults
+  mode http
+{timeouts}frontend fe
+  bind 127.0.0.1:{self.frontend}
+  default_backend gw
+backend gw
+  balance first
+  option httpchk GET /
+{servers}
+""")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def command(self, text: str) -> str:
+        """One runtime-API command, sent directly (test side)."""
+        return LocalSocketApi(self.socket).execute(text)
+
+    def status(self, server: str) -> str:
+        for line in self.command("show stat gw 4 -1").splitlines():
+            fields = line.split(",")
+            if len(fields) > 17 and fields[1] == server:
+                return fields[17]
+        raise AssertionError(f"no server {server}")
+
+    def wait_status(self, server: str, want: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.status(server) == want:
+                    return
+            except (SocketUnreachable, AssertionError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{server} not {want!r} in time")
+
+    def lb(self, **options: object) -> HaproxyLoadBalancer:
+        return from_options({"backend": "gw", "socket": self.socket, "poll_interval": 0.05,
+                             "drain_timeout": 3, "up_timeout": 3, **options})
+
+
+@contextmanager
+def haproxy(workdir: Path, servers: str) -> Iterator[Hap]:
+    hap = Hap(workdir, servers)
+    try:
+        yield hap
+    finally:
+        hap.proc.kill()       # a test's haproxy: nothing to drain gracefully
+        hap.proc.wait(5)
+
+
+@pytest.fixture
+def web() -> Iterator[list[Backend]]:
+    backends = [Backend(f"127.0.0.{241 + i}") for i in range(3)]
+    yield backends
+    for b in backends:
+        b.stop()
+
+
+@pytest.fixture
+def agent() -> Iterator[_Agent]:
+    server = _Agent(("127.0.0.1", 0), _AgentHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def addr(b: Backend) -> str:
+    return f"{b.server.server_address[0]}:{b.port}"
+
+
+def agent_checked(web: list[Backend], agent: _Agent) -> str:
+    """Server 'ag' with an agent-check on ``agent`` and a plain server 'other'."""
+    return (f"  server ag {addr(web[0])} check inter 100ms agent-check agent-addr 127.0.0.1 "
+            f"agent-port {agent.server_address[1]} agent-inter 100ms\n"
+            f"  server other {addr(web[1])} check inter 100ms\n")
+
+
+# ---------------------------------------------------------------------------- agent-check
+
+def test_an_agent_checked_server_is_drained_and_enabled(tmp_path: Path, web: list[Backend],
+                                                        agent: _Agent) -> None:
+    """HAProxy shows a drained server that has an agent-check as 'DRAIN (agent)', whoever
+    drained it: enable's health gate waited for 'DRAIN' exactly and failed every time
+    ("not healthy after 3s: DRAIN (agent) (L7OK)"), leaving a healthy node in MAINT."""
+    with haproxy(tmp_path, agent_checked(web, agent)) as hap:
+        hap.wait_status("ag", "UP")
+        hap.wait_status("other", "UP")
+        lb, node = hap.lb(), Node("ag", "127.0.0.241")
+        lb.check([node])
+        assert lb.disable(node).ok
+        assert hap.status("ag") == "MAINT"
+        assert get(hap.frontend, "/") == (200, '{"version": "127.0.0.242"}')
+
+        result = lb.enable(node)
+
+        assert result.ok, result.message
+        assert hap.status("ag") == "UP"
+        assert get(hap.frontend, "/") == (200, '{"version": "127.0.0.241"}')   # balance first
+
+
+def test_an_agent_that_says_drain_is_not_serving(tmp_path: Path, web: list[Backend],
+                                                 agent: _Agent) -> None:
+    agent.reply = "drain\n"
+    with haproxy(tmp_path, agent_checked(web, agent)) as hap:
+        hap.wait_status("ag", "DRAIN (agent)")
+        hap.wait_status("other", "UP")
+        assert hap.lb().serving([Node("ag", "x"), Node("other", "y")]) == {"ag": False, "other": True}
+
+
+# ---------------------------------------------------------------------------- capacity
+
+def test_a_backup_server_adds_no_capacity_while_an_active_one_serves(tmp_path: Path,
+                                                                     web: list[Backend]) -> None:
+    """A 'backup' server is UP but HAProxy sends it nothing while an active server is up:
+    serving() said True for it, so the capacity guard counted a node that took no traffic."""
+    with haproxy(tmp_path, f"  server a {addr(web[0])} check inter 100ms\n"
+                           f"  server bk {addr(web[1])} check inter 100ms backup\n") as hap:
+        hap.wait_status("a", "UP")
+        hap.wait_status("bk", "UP")
+        lb = hap.lb()
+        nodes = [Node("a", "x"), Node("bk", "y")]
+        assert lb.serving(nodes) == {"a": True, "bk": False}
+        assert get(hap.frontend, "/") == (200, '{"version": "127.0.0.241"}')
+
+        assert lb.disable(nodes[0]).ok          # now the backup takes the traffic
+        assert get(hap.frontend, "/") == (200, '{"version": "127.0.0.242"}')
+        assert lb.serving(nodes) == {"a": False, "bk": True}
+
+
+def test_weight_0_disabled_and_no_check_servers_as_configured(tmp_path: Path,
+                                                              web: list[Backend]) -> None:
+    """Found sound: weight 0 and 'disabled' are not serving; a server without 'check'
+    ('no check') is serving, and its enable does not wait for an 'UP' that never comes."""
+    with haproxy(tmp_path, f"  server nochk {addr(web[0])}\n"
+                           f"  server w0 {addr(web[1])} check inter 100ms weight 0\n"
+                           f"  server off {addr(web[2])} check inter 100ms disabled\n") as hap:
+        hap.wait_status("w0", "UP")
+        lb = hap.lb(up_timeout=20)
+        nodes = [Node("nochk", "x"), Node("w0", "y"), Node("off", "z")]
+        assert hap.status("nochk") == "no check" and hap.status("off") == "MAINT"
+        assert lb.serving(nodes) == {"nochk": True, "w0": False, "off": False}
+
+        assert lb.disable(nodes[0]).ok
+        assert hap.status("nochk") == "MAINT"
+        started = time.monotonic()
+        result = lb.enable(nodes[0])
+        assert result.ok, result.message
+        assert time.monotonic() - started < 2
+        assert "no health check configured" in result.message
+        assert hap.status("nochk") == "no check"
+
+
+def test_template_slots_and_names_with_dots_colons_dashes(tmp_path: Path, web: list[Backend]) -> None:
+    """Found sound: server-template slots (tpl1..) and 'my.srv:1-a_b' go through every call."""
+    with haproxy(tmp_path, f"  server my.srv:1-a_b {addr(web[0])} check inter 100ms\n"
+                           f"  server-template tpl 2 {addr(web[1])} check inter 100ms\n") as hap:
+        for name in ("my.srv:1-a_b", "tpl1", "tpl2"):
+            hap.wait_status(name, "UP")
+        lb = hap.lb()
+        nodes = [Node("odd", "x", lb_server="my.srv:1-a_b"), Node("tpl1", "y"), Node("tpl2", "z")]
+        lb.check(nodes)
+        for node in nodes:
+            assert lb.disable(node).ok
+            assert hap.status(node.lb_name) == "MAINT"
+            assert lb.enable(node).ok
+            assert hap.status(node.lb_name) == "UP"
