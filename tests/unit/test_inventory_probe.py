@@ -224,3 +224,18 @@ def test_an_inventory_in_the_other_format_says_so(tmp_path: Path, name: str, tex
 def test_a_port_colon_in_a_section_gets_no_yaml_hint(tmp_path: Path) -> None:
     message = config_error(load_inventory, write(tmp_path / "inv.ini", "[web]\nw1:\n"))
     assert message.endswith("line 2: host 'w1:' ends in ':' (reserved for a port)"), message
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("inv.ini", "[web]\nw1 x=" + "a" * 2_000_000 + "\n", "line 2: the host line is longer than 100,000 characters"),
+    ("inv.yml", "web:\n  hosts:\n    w1:\n      ansible_ssh_common_args: \"-o ProxyJump=" + "a" * 2_000_000 + "\"\n",
+     "host w1: ansible_ssh_common_args: longer than 10,000 characters"),
+])
+def test_a_huge_host_line_or_ssh_args_is_refused_at_once(tmp_path: Path, name: str, text: str, needle: str) -> None:
+    """shlex's cost grows with the square of a word: a 9 MB host line had not loaded after 12
+    minutes (2 MB: about a minute)."""
+    inv = write(tmp_path / name, text)
+    started = time.process_time()
+    message = config_error(load_inventory, inv)
+    assert time.process_time() - started < 3.0
+    assert needle in message, message

@@ -56,6 +56,10 @@ from zdu.model import frozen_map
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_RANGE_HOSTS = 100_000
+#: host lines and ssh args are split with shlex, whose cost grows with the square of a word's
+#: length (a 9 MB host line did not load in 12 minutes): longer ones are refused
+MAX_HOST_LINE = 100_000
+MAX_SSH_ARGS = 10_000
 #: ``ansible_group_priority`` bound (Ansible takes any int; a larger one only orders the same)
 MAX_GROUP_PRIORITY = 10**9
 
@@ -420,7 +424,9 @@ def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | No
         if text is None:
             continue
         if not isinstance(text, str):
-            raise b.fail(f"{where}: {var}", f"expected a string, got {text!r}")
+            raise b.fail(f"{where}: {var}", f"expected a string, got {describe_value(text, 60)}")
+        if len(text) > MAX_SSH_ARGS:
+            raise b.fail(f"{where}: {var}", f"longer than {MAX_SSH_ARGS:,} characters ({len(text):,})")
         try:
             words = shlex.split(text)
         except ValueError as exc:
@@ -649,6 +655,9 @@ def parse_ini(text: str, source: str, vars_dir: Path | None = None) -> Inventory
             raise b.fail(where, f"invalid section {line!r} (no spaces; [group], [group:vars] "
                                 "or [group:children])")
         if state == "hosts":
+            if len(line) > MAX_HOST_LINE:
+                raise b.fail(where, f"the host line is longer than {MAX_HOST_LINE:,} characters "
+                                    f"({len(line):,})")
             try:
                 words = shlex.split(line, comments=True)
             except ValueError as exc:
