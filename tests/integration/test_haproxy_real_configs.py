@@ -12,6 +12,7 @@ import socketserver
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -46,7 +47,7 @@ class Hap:
     def __init__(self, workdir: Path, servers: str) -> None:
         self.socket = str(workdir / "admin.sock")
         self.frontend = free_port()
-        cfg = workdir / "haproxy.cfg"
+        self.cfg = cfg = workdir / "haproxy.cfg"
         timeouts = "".join(f"  timeout {k} {v}\n" for k, v in TIMEOUTS.items())
         cfg.write_text(f"""
 global
@@ -61,8 +62,15 @@ backend gw
   option httpchk GET /
 {servers}
 """)
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Start haproxy; when one runs, as a reload does: a new process, ``-sf OLD_PID``
+        (the old one stops listening and finishes its sessions)."""
+        old = ["-sf", str(self.procs[-1].pid)] if self.procs else []
+        self.procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg), *old],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def command(self, text: str) -> str:
         """One runtime-API command, sent directly (test side)."""
@@ -97,8 +105,9 @@ def haproxy(workdir: Path, servers: str) -> Iterator[Hap]:
     try:
         yield hap
     finally:
-        hap.proc.kill()       # a test's haproxy: nothing to drain gracefully
-        hap.proc.wait(5)
+        for proc in hap.procs:
+            proc.kill()       # a test's haproxy: nothing to drain gracefully
+            proc.wait(5)
 
 
 @pytest.fixture
@@ -218,3 +227,52 @@ def test_template_slots_and_names_with_dots_colons_dashes(tmp_path: Path, web: l
             assert hap.status(node.lb_name) == "MAINT"
             assert lb.enable(node).ok
             assert hap.status(node.lb_name) == "UP"
+
+
+# ---------------------------------------------------------------------------- reloads
+
+def test_a_reload_while_the_node_is_out_is_reported_by_enable(tmp_path: Path, web: list[Backend]) -> None:
+    """A reload (new process, -sf) while the node was out started the server as configured,
+    UP and in rotation during the node's upgrade; enable said only 'UP in 0.0s'."""
+    with haproxy(tmp_path, f"  server a {addr(web[0])} check inter 100ms\n"
+                           f"  server b {addr(web[1])} check inter 100ms\n") as hap:
+        hap.wait_status("a", "UP")
+        lb, node = hap.lb(), Node("a", "x")
+        assert lb.disable(node).ok
+        first = hap.procs[0].pid
+        hap.reload()
+        hap.procs[0].wait(5)                       # the old process is gone
+        hap.wait_status("a", "UP")                 # the new one: as configured
+        second = hap.procs[1].pid
+
+        result = lb.enable(node)
+
+        assert result.ok, result.message
+        assert result.details["reloaded"] == [f"{hap.socket} (pid {first} -> {second})"]
+        assert "reloaded while the node was out of rotation" in result.message
+        assert f"showed the server UP on {hap.socket} before enable" in result.message
+        assert "reloaded" not in lb.enable(node).message         # said once, for that window
+        assert "reloaded" not in lb.disable(node).message        # no reload: nothing said
+
+
+def test_a_reload_during_the_drain_is_reported_by_disable(tmp_path: Path, web: list[Backend]) -> None:
+    """The new process answers the socket with no session on the server: the drain looked
+    complete ('drained in 0.6s') while the old process still carried a request to it."""
+    with haproxy(tmp_path, f"  server a {addr(web[0])} check inter 100ms\n"
+                           f"  server b {addr(web[1])} check inter 100ms\n") as hap:
+        hap.wait_status("a", "UP")
+        lb, node = hap.lb(drain_timeout=10), Node("a", "x")
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(get, hap.frontend, "/slow/2")      # balance first: to a
+            deadline = time.monotonic() + 5
+            while "gw,a,0,0,0," in hap.command("show stat gw 4 -1") and time.monotonic() < deadline:
+                time.sleep(0.02)                                    # until a has the session
+            pool.submit(lambda: (time.sleep(0.4), hap.reload()))
+            result = lb.disable(node)
+            assert slow.result(10) == (200, '{"version": "127.0.0.241"}')   # old process finished it
+
+        assert result.ok, result.message
+        assert len(result.details["reloaded"]) == 1
+        assert "reloaded during the drain" in result.message
+        assert "were not counted" in result.message
+        assert hap.status("a") == "MAINT"                          # in the new process

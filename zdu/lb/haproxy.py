@@ -43,10 +43,16 @@ from zdu.model import Node
 from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
 from zdu.lb.haproxy_api import (IDENTIFIER_HINT, LocalSocketApi, RemoteSocketApi, RuntimeApi,
                                 SocketUnreachable, is_identifier, is_success, parse_address,
-                                parse_stat_csv, socat_address)
+                                parse_info, parse_stat_csv, socat_address)
 
 #: statuses that mean "in rotation and healthy"; "no check" = no health check configured
 UP_STATUSES = frozenset({"UP", "no check"})
+
+#: one HAProxy process as ``show info`` tells it: (Pid, its start on the hook's clock)
+Process = tuple[str, float]
+
+#: seconds two estimates of one process's start may differ (Uptime_sec is whole seconds)
+_START_SLACK = 2.5
 
 
 def state_of(status: str) -> str:
@@ -107,6 +113,8 @@ class HaproxyLoadBalancer(LoadBalancer):
         self.cut_sessions = cut_sessions
         self._sleep = sleep
         self._clock = clock
+        #: node name -> the HAProxy process of each instance when its disable ended
+        self._processes_at_disable: dict[str, dict[str, Process | None]] = {}
 
     # ------------------------------------------------------------------ public surface
 
@@ -203,6 +211,7 @@ class HaproxyLoadBalancer(LoadBalancer):
             return LbResult(False, f"haproxy disable: {problem}; nothing was sent", 0.0, details)
         changed: list[RuntimeApi] = []
         try:
+            processes = self._processes()
             before = {api.instance: self._row(api, server)["status"] for api in self.apis}
             try:
                 for api in self.apis:
@@ -227,10 +236,19 @@ class HaproxyLoadBalancer(LoadBalancer):
                     if scur.get(api.instance):
                         self._command(api, f"shutdown sessions server {target}")
             after = {api.instance: self._row(api, server) for api in self.apis}
+            now = self._processes()
         except (_Failed, SocketUnreachable) as exc:
             details["instances"] = [a.instance for a in changed]
             return LbResult(False, f"haproxy disable {target}: {exc}",
                             self._clock() - start, details)
+        self._processes_at_disable[node.name] = now
+        reloaded = _reloads(processes, now)
+        note = ""
+        if reloaded:
+            details["reloaded"] = reloaded
+            note = (f"; HAProxy was reloaded during the drain on {', '.join(reloaded)}: the "
+                    "sessions its old process still had to this server were not counted (that "
+                    "process finishes them as it stops)")
 
         details["instances"] = [{"instance": inst, "status": row["status"],
                                  "scur_at_deadline": scur.get(inst, 0)}
@@ -238,11 +256,12 @@ class HaproxyLoadBalancer(LoadBalancer):
         states = ", ".join(sorted({row["status"] for row in after.values()}))
         if drained:
             message = (f"haproxy: {target} drained in {details['drain_seconds']:.1f}s; "
-                       f"{states} on {len(self.apis)} instance(s)")
+                       f"{states} on {len(self.apis)} instance(s){note}")
         else:
             action = "shut down" if self.cut_sessions else "left open"
             message = (f"haproxy: {target} drain timeout after {self.drain_timeout:g}s, "
-                       f"{cut} session(s) cut ({action}); {states} on {len(self.apis)} instance(s)")
+                       f"{cut} session(s) cut ({action}); {states} on {len(self.apis)} instance(s)"
+                       f"{note}")
         return LbResult(True, message, self._clock() - start, details)
 
     def enable(self, node: Node) -> LbResult:
@@ -260,8 +279,11 @@ class HaproxyLoadBalancer(LoadBalancer):
         problem = _server_problem(node)
         if problem:
             return LbResult(False, f"haproxy enable: {problem}; nothing was sent", 0.0, details)
+        reload_note = ""
         try:
+            now = self._processes()
             rows = {api.instance: self._row(api, server) for api in self.apis}
+            reload_note = self._reload_note(node, now, rows, details)
             gated = [api for api in self.apis
                      if state_of(rows[api.instance]["status"]) not in UP_STATUSES]
             for api in gated:
@@ -285,7 +307,7 @@ class HaproxyLoadBalancer(LoadBalancer):
                 details["instances"] = _instances(obs)
                 raise _Failed(f"not UP after {self.up_timeout:g}s: {_describe(obs)}")
         except (_Failed, SocketUnreachable) as exc:
-            return LbResult(False, f"haproxy enable {target}: {exc}",
+            return LbResult(False, f"haproxy enable {target}: {exc}{reload_note}",
                             self._clock() - start, details)
         elapsed = self._clock() - start
         details["up_seconds"] = round(elapsed, 3)
@@ -293,7 +315,7 @@ class HaproxyLoadBalancer(LoadBalancer):
         note = ("" if all(state_of(s) == "UP" for s, _ in obs.values())
                 else " (no health check configured: HAProxy cannot confirm health)")
         return LbResult(True, f"haproxy: {target} UP in {elapsed:.1f}s on "
-                              f"{len(self.apis)} instance(s){note}", elapsed, details)
+                              f"{len(self.apis)} instance(s){note}{reload_note}", elapsed, details)
 
     def describe(self, action: str, node: Node) -> str:
         """One dry-run line, e.g. ``haproxy: set server gateways/node-a state drain; ...``."""
@@ -334,6 +356,30 @@ class HaproxyLoadBalancer(LoadBalancer):
                 except (_Failed, SocketUnreachable):
                     pass
         return f" (set back to ready on {', '.join(undone)})" if undone else ""
+
+    def _processes(self) -> dict[str, Process | None]:
+        """Each instance's HAProxy process (``show info``: Pid, and Uptime_sec for its start),
+        None where the answer has neither (an old HAProxy, a stand-in)."""
+        out: dict[str, Process | None] = {}
+        for api in self.apis:
+            info = parse_info(api.execute("show info"))
+            pid, uptime = info.get("Pid", ""), info.get("Uptime_sec", "")
+            out[api.instance] = (pid, self._clock() - int(uptime)) if pid and uptime.isdigit() else None
+        return out
+
+    def _reload_note(self, node: Node, now: Mapping[str, Process | None],
+                     rows: Mapping[str, Mapping[str, str]], details: dict[str, Any]) -> str:
+        """What enable says when an instance's HAProxy is another process than at the node's
+        disable: a reload (``-sf``) starts with the server as its configuration has it, often
+        in rotation -- while the node was being upgraded."""
+        reloaded = _reloads(self._processes_at_disable.pop(node.name, {}), now)
+        if not reloaded:
+            return ""
+        details["reloaded"] = reloaded
+        shown = ", ".join(f"{rows[inst]['status']} on {inst}" for inst in rows)
+        return (f"; HAProxy was reloaded while the node was out of rotation ({', '.join(reloaded)}) "
+                f"and showed the server {shown} before enable: the new process may have sent it "
+                "traffic during its upgrade")
 
     def _level_problem(self, api: RuntimeApi, nodes: Sequence[Node]) -> str | None:
         """Why ``api`` is not at level admin, or None.  A socket at level operator or user
@@ -416,6 +462,21 @@ def _server_problem(node: Node) -> str | None:
                 f"use {IDENTIFIER_HINT}")
     return (f"node {node.name}: its name {name!r} is used as the HAProxy server name and is not "
             f"one; set lb_server to the server's name ({IDENTIFIER_HINT})")
+
+
+def _reloads(before: Mapping[str, Process | None], now: Mapping[str, Process | None]) -> list[str]:
+    """``INSTANCE (pid A -> B)`` for each instance whose HAProxy process in ``now`` is another
+    than in ``before``: another Pid, or the same Pid started at another time."""
+    out = []
+    for inst, old in before.items():
+        new = now.get(inst)
+        if old is None or new is None:
+            continue
+        if new[0] != old[0]:
+            out.append(f"{inst} (pid {old[0]} -> {new[0]})")
+        elif abs(new[1] - old[1]) > _START_SLACK:
+            out.append(f"{inst} (pid {old[0]}, restarted)")
+    return out
 
 
 def _instances(obs: Mapping[str, tuple[str, str]]) -> list[dict[str, str]]:

@@ -236,3 +236,13 @@ def parse_servers_state(text: str) -> dict[str, dict[str, str]]:
         if "srv_name" in row:
             states[row["srv_name"]] = row
     return states
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """Parse ``show info`` (``Name: value`` lines) into a dict; {} for anything else."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key and " " not in key.strip():
+            info[key.strip()] = value.strip()
+    return info
