@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.haproxy import Backend, free_port, get
+from zdu.errors import ConfigError, LoadBalancerError
 from zdu.lb.haproxy import HaproxyLoadBalancer, from_options
 from zdu.lb.haproxy_api import LocalSocketApi, SocketUnreachable
 from zdu.model import Node
@@ -95,7 +96,8 @@ backend gw
         raise AssertionError(f"{server} not {want!r} in time")
 
     def lb(self, **options: object) -> HaproxyLoadBalancer:
-        return from_options({"backend": "gw", "socket": self.socket, "poll_interval": 0.05,
+        where = {} if "backends" in options else {"backend": "gw"}
+        return from_options({**where, "socket": self.socket, "poll_interval": 0.05,
                              "drain_timeout": 3, "up_timeout": 3, **options})
 
 
@@ -276,3 +278,66 @@ def test_a_reload_during_the_drain_is_reported_by_disable(tmp_path: Path, web: l
         assert "reloaded during the drain" in result.message
         assert "were not counted" in result.message
         assert hap.status("a") == "MAINT"                          # in the new process
+
+
+# ---------------------------------------------------------------------------- several backends
+
+def test_a_server_in_two_backends_is_taken_out_of_both(tmp_path: Path, web: list[Backend]) -> None:
+    """One machine balanced by two backends: with 'backend: gw' only gw's server was drained
+    and backend api kept sending the node requests during its upgrade; 'backends: [gw, api]'
+    takes it out of (and back into) both."""
+    api_port = free_port()
+    servers = (f"  server a {addr(web[0])} check inter 100ms\n"
+               f"  server b {addr(web[1])} check inter 100ms\n"
+               f"frontend fe_api\n  bind 127.0.0.1:{api_port}\n  default_backend api\n"
+               f"backend api\n  balance first\n"
+               f"  server a {addr(web[0])} check inter 100ms\n"
+               f"  server b {addr(web[1])} check inter 100ms\n")
+    with haproxy(tmp_path, servers) as hap:
+        hap.wait_status("a", "UP")
+        lb = hap.lb(backends=["gw", "api"])
+        node, other = Node("a", "x"), Node("b", "y")
+        lb.check([node, other])
+        assert get(api_port, "/") == (200, '{"version": "127.0.0.241"}')
+
+        result = lb.disable(node)
+
+        assert result.ok, result.message
+        assert "gw/a drained" in result.message and "api/a drained" in result.message
+        assert lb.server_states(node) == {f"gw@{hap.socket}": "MAINT", f"api@{hap.socket}": "MAINT"}
+        assert get(hap.frontend, "/") == (200, '{"version": "127.0.0.242"}')
+        assert get(api_port, "/") == (200, '{"version": "127.0.0.242"}')    # not to the node
+        assert lb.serving([node, other]) == {"a": False, "b": True}
+
+        result = lb.enable(node)
+        assert result.ok, result.message
+        assert lb.server_states(node) == {f"gw@{hap.socket}": "UP", f"api@{hap.socket}": "UP"}
+        assert get(api_port, "/") == (200, '{"version": "127.0.0.241"}')
+
+        hap.command("set server api/a state maint")        # out of one backend: not serving
+        assert lb.serving([node, other]) == {"a": False, "b": True}
+        described = lb.describe("disable", node)
+        assert "set server gw/a state drain" in described and "set server api/a state drain" in described
+
+
+def test_every_listed_backend_must_hold_the_server(tmp_path: Path, web: list[Backend]) -> None:
+    servers = (f"  server a {addr(web[0])} check inter 100ms\n"
+               f"backend api\n  server b {addr(web[1])} check inter 100ms\n")
+    with haproxy(tmp_path, servers) as hap:
+        hap.wait_status("a", "UP")
+        with pytest.raises(LoadBalancerError, match="backend 'api' has no server 'a'") as info:
+            hap.lb(backends=["gw", "api"]).check([Node("a", "x")])
+        assert str(info.value).count("backend 'api'") == 1
+        assert hap.status("a") == "UP"                       # nothing changed
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"backend": "gw", "backends": ["gw"]}, "either backend or backends"),
+    ({"backends": []}, "non-empty list"),
+    ({"backends": "gw"}, "non-empty list"),
+    ({"backends": ["gw", "gw"]}, "listed twice"),
+    ({"backends": ["gw", "a;b"]}, "load_balancer.backends: expected a HAProxy backend name"),
+])
+def test_backends_option_is_checked(options: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        from_options({"socket": "/nonexistent.sock", **options})

@@ -12,7 +12,7 @@ any check has run, so a dead node would receive requests for ``fall x inter``.
 Topology options (``load_balancer:``)::
 
     type: haproxy
-    backend: gateways
+    backend: gateways    # or backends: [web, api]: a node's server in each (HaproxyBackends)
     sockets: [/run/haproxy/admin.sock, "tcp:127.0.0.1:9999"]   # or socket: one
     via: null            # or a node name / user@host:port: run socat on that host over SSH
     drain_timeout: 30    # s, DRAIN -> scur 0
@@ -81,7 +81,7 @@ def serving_servers(rows: Mapping[str, Mapping[str, str]]) -> set[str]:
     return active or up
 
 
-_OPTIONS = frozenset({"type", "backend", "socket", "sockets", "via", "drain_timeout",
+_OPTIONS = frozenset({"type", "backend", "backends", "socket", "sockets", "via", "drain_timeout",
                       "up_timeout", "poll_interval", "command_timeout", "cut_sessions"})
 
 
@@ -137,6 +137,12 @@ class HaproxyLoadBalancer(LoadBalancer):
         any socket is contacted.
         """
         self.validate(nodes)
+        problems = self._check_problems(nodes)
+        if problems:
+            raise LoadBalancerError("; ".join(problems))
+
+    def _check_problems(self, nodes: Sequence[Node]) -> list[str]:
+        """What :meth:`check` refuses, one line each (the names are valid)."""
         problems: list[str] = []
         for api in self.apis:
             try:
@@ -156,8 +162,7 @@ class HaproxyLoadBalancer(LoadBalancer):
                 known = ", ".join(sorted(rows)) or "none"
                 problems.append(f"haproxy {api.instance}: backend {self.backend!r} has no "
                                 f"server {names}; its servers: {known}")
-        if problems:
-            raise LoadBalancerError("; ".join(problems))
+        return problems
 
     def server_states(self, node: Node) -> dict[str, str]:
         """The ``status`` column of the node's server on each instance ("UP", "MAINT", ...).
@@ -452,6 +457,66 @@ class HaproxyLoadBalancer(LoadBalancer):
         return False, obs
 
 
+class HaproxyBackends(HaproxyLoadBalancer):
+    """The hook over several backends that hold the node's server (``backends: [web, api]``:
+    one machine in two backends, each balancing it).  Every action runs for each backend
+    in the order given, on every instance; a node is out of traffic only when it is out of
+    all of them, and serving only when it serves in all of them.  A failed disable stops at
+    that backend (the run puts the node back in all of them, as for one backend)."""
+
+    def __init__(self, parts: Sequence[HaproxyLoadBalancer]) -> None:
+        if len(parts) < 2:
+            raise ValueError("HaproxyBackends needs at least two backends")
+        first = parts[0]
+        super().__init__(first.backend, first.apis, drain_timeout=first.drain_timeout,
+                         up_timeout=first.up_timeout, poll_interval=first.poll_interval,
+                         cut_sessions=first.cut_sessions, sleep=first._sleep, clock=first._clock)
+        self.parts = tuple(parts)
+        self.backends = tuple(p.backend for p in parts)
+
+    def _check_problems(self, nodes: Sequence[Node]) -> list[str]:
+        problems: list[str] = []
+        for part in self.parts:      # a socket's own problem is said once, not per backend
+            problems += [p for p in part._check_problems(nodes) if p not in problems]
+        return problems
+
+    def server_states(self, node: Node) -> dict[str, str]:
+        """``BACKEND@INSTANCE`` -> the ``status`` column of the node's server there."""
+        return {f"{part.backend}@{inst}": status for part in self.parts
+                for inst, status in part.server_states(node).items()}
+
+    def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool]:
+        answers = [part.serving(nodes) for part in self.parts]
+        return {node.name: all(a[node.name] for a in answers) for node in nodes}
+
+    def disable(self, node: Node) -> LbResult:
+        return self._each(node, lambda part: part.disable(node), "sessions_cut")
+
+    def enable(self, node: Node) -> LbResult:
+        return self._each(node, lambda part: part.enable(node), None)
+
+    def _each(self, node: Node, action: Callable[[HaproxyLoadBalancer], LbResult],
+              total: str | None) -> LbResult:
+        start = self._clock()
+        done: list[tuple[str, LbResult]] = []
+        for part in self.parts:
+            result = action(part)
+            done.append((part.backend, result))
+            if not result.ok:
+                break
+        ok = all(r.ok for _, r in done)
+        details: dict[str, Any] = {"server": node.lb_name, "backends": {b: r.details for b, r in done}}
+        if total:
+            details[total] = sum(int(r.details.get(total) or 0) for _, r in done)
+        message = "; ".join(r.message for _, r in done)
+        if not ok and len(done) < len(self.parts):
+            message += f" (not tried: backend(s) {', '.join(self.backends[len(done):])})"
+        return LbResult(ok, message, self._clock() - start, details)
+
+    def describe(self, action: str, node: Node) -> str:
+        return " / ".join(part.describe(action, node) for part in self.parts)
+
+
 def _server_problem(node: Node) -> str | None:
     """Why ``node``'s server name cannot go into a runtime-API command, or None."""
     name = node.lb_name
@@ -520,10 +585,22 @@ def from_options(options: Mapping[str, Any], *,
     if unknown:
         raise ConfigError(f"load_balancer: unknown option(s) {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(_OPTIONS))})")
-    backend = options.get("backend")
-    if not isinstance(backend, str) or not is_identifier(backend):
-        raise ConfigError(f"load_balancer.backend: expected a HAProxy backend name "
-                          f"({IDENTIFIER_HINT}), got {backend!r}")
+    if "backend" in options and "backends" in options:
+        raise ConfigError("load_balancer.backend: give either backend or backends, not both")
+    if "backends" in options:
+        backends = options["backends"]
+        if isinstance(backends, str) or not isinstance(backends, (list, tuple)) or not backends:
+            raise ConfigError(f"load_balancer.backends: expected a non-empty list of HAProxy "
+                              f"backend names, got {backends!r}")
+        field = "backends"
+    else:
+        backends, field = [options.get("backend")], "backend"
+    for backend in backends:
+        if not isinstance(backend, str) or not is_identifier(backend):
+            raise ConfigError(f"load_balancer.{field}: expected a HAProxy backend name "
+                              f"({IDENTIFIER_HINT}), got {backend!r}")
+    if len(set(backends)) != len(backends):
+        raise ConfigError("load_balancer.backends: a backend is listed twice")
     via = options.get("via")
     if via is not None and (not isinstance(via, str) or not via or any(c.isspace() for c in via)):
         raise ConfigError(f"load_balancer.via: expected a node name or user@host:port, got {via!r}")
@@ -565,6 +642,7 @@ def from_options(options: Mapping[str, Any], *,
                               "(none was provided to the haproxy hook)")
         apis = [RemoteSocketApi(s, via, handler_factory, timeout=command_timeout)
                 for s in sockets]
-    return HaproxyLoadBalancer(backend, apis, drain_timeout=drain_timeout, up_timeout=up_timeout,
-                               poll_interval=poll_interval, cut_sessions=cut_sessions,
-                               sleep=sleep, clock=clock)
+    parts = [HaproxyLoadBalancer(backend, apis, drain_timeout=drain_timeout, up_timeout=up_timeout,
+                                 poll_interval=poll_interval, cut_sessions=cut_sessions,
+                                 sleep=sleep, clock=clock) for backend in backends]
+    return parts[0] if len(parts) == 1 else HaproxyBackends(parts)
