@@ -59,6 +59,9 @@ MAX_RANGE_HOSTS = 100_000
 #: host lines and ssh args are split with shlex, whose cost grows with the square of a word's
 #: length (a 9 MB host line did not load in 12 minutes): longer ones are refused
 MAX_HOST_LINE = 100_000
+#: a group holds its children's hosts: the memberships (and the walk that finds them) grow with
+#: the square of a chain of children (20,000 groups deep took minutes and gigabytes); bounded
+MAX_MEMBERSHIPS = 5_000_000
 MAX_SSH_ARGS = 10_000
 #: ``ansible_group_priority`` bound (Ansible takes any int; a larger one only orders the same)
 MAX_GROUP_PRIORITY = 10**9
@@ -197,7 +200,8 @@ class _Builder:
         if not self.hosts:
             # not the topology's "nodes: expected a non-empty list", which names no inventory line
             raise ConfigError(f"{self.source}: the inventory defines no hosts")
-        members = {name: tuple(self._members(name)) for name in groups}
+        budget = [MAX_MEMBERSHIPS]
+        members = {name: tuple(self._members(name, budget)) for name in groups}
         groups_of: dict[str, list[_Group]] = {host: [] for host in self.hosts}
         for name, hosts in members.items():
             for host in hosts:
@@ -228,9 +232,10 @@ class _Builder:
             host_vars=frozen_map(host_vars), nodes=tuple(nodes),
             notes=tuple(dict.fromkeys(self.notes)))
 
-    def _members(self, name: str) -> list[str]:
+    def _members(self, name: str, budget: list[int]) -> list[str]:
         """The group's hosts, then its children's level by level (breadth first), each once:
-        the order Ansible's subscripts (``group[0]``) count in."""
+        the order Ansible's subscripts (``group[0]``) count in.  ``budget`` (one counter for all
+        groups) bounds the groups walked and hosts collected."""
         groups = self.groups
         order = {name: None}           # a dict: ordered, and membership in O(1)
         level = [name]
@@ -243,10 +248,16 @@ class _Builder:
                         nxt.append(child)
             level = nxt
         out: dict[str, None] = {}
+        budget[0] -= len(order)
         for group in order:
             hosts = groups[group].hosts
             if hosts:
+                budget[0] -= len(hosts)
                 out.update(dict.fromkeys(hosts))
+        if budget[0] < 0:
+            raise ConfigError(f"{self.source}: the groups hold more than {MAX_MEMBERSHIPS:,} hosts in all "
+                              f"(a group holds its children's hosts: group {name!r} has "
+                              f"{len(order) - 1:,} groups below it)")
         return list(out)
 
     def _depths(self) -> dict[str, int]:
