@@ -250,3 +250,19 @@ def test_a_chain_of_20000_child_groups_is_bounded() -> None:
     assert time.process_time() - started < 20.0
     assert message.startswith("inv.ini: the groups hold more than 5,000,000 hosts in all (a group holds its "
                               "children's hosts: group 'g"), message
+
+
+@pytest.mark.parametrize("where, text, needle", [
+    ("inv.yml", "web:\n  hosts:\n    w1:\n      pw: !vault |\n        $ANSIBLE_VAULT;1.1;AES256\n        6231\n",
+     "inv.yml: line 4: a !vault value: zdupgrade cannot read vault-encrypted values"),
+    ("inv.yml", "web:\n  hosts:\n    w1:\n      cmd: !unsafe '{{ x }}'\n",
+     "inv.yml: line 4: a !unsafe value: Ansible's YAML tags are not read by zdupgrade"),
+    ("group_vars/all.yml", "cmd: !unsafe '{{ x }}'\n", "group_vars/all.yml: line 1: a !unsafe value"),
+])
+def test_ansibles_yaml_tags_are_named(tmp_path: Path, where: str, text: str, needle: str) -> None:
+    """Was "YAML syntax error ...: could not determine a constructor for the tag '!vault'"."""
+    (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+    write(tmp_path / where, text)
+    inv = tmp_path / "inv.yml" if where == "inv.yml" else write(tmp_path / "inv.ini", "[web]\nw1\n")
+    refused(dry_run(tmp_path, "--inventory", str(inv), "--profile", str(write(tmp_path / "p.yaml", PROFILE))),
+            f"{tmp_path / where.split('/')[0]}", needle)

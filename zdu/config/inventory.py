@@ -394,11 +394,7 @@ class _VarsFiles:
         try:
             data = read_document(path, what=self.kind)
         except ConfigError as exc:
-            if "tag '!vault'" not in str(exc):
-                raise
-            line = re.search(r" at (line [0-9]+)", str(exc))
-            raise ConfigError(f"{path}: {line.group(1) + ': ' if line else ''}a !vault value: zdupgrade "
-                              "cannot read vault-encrypted values") from None
+            raise _ansible_tag(exc, path) from None
         if data is None:                                     # an empty file, as Ansible
             return {}
         if isinstance(data, str) and data.startswith("$ANSIBLE_VAULT"):
@@ -785,7 +781,11 @@ def load_inventory(path: str | Path) -> Inventory:
     if p.suffix.lower() in (".yml", ".yaml", ".json"):
         from zdu.config.topology import read_document
         try:
-            return parse_yaml(read_document(p, what="inventory"), source, p.parent)
+            data = read_document(p, what="inventory")
+        except ConfigError as exc:
+            raise _ansible_tag(exc, source) from None
+        try:
+            return parse_yaml(data, source, p.parent)
         except ConfigError as exc:
             raise ConfigError(f"{exc}{_ini_hint(p)}") from None
     if not p.is_file():
@@ -802,6 +802,25 @@ def load_inventory(path: str | Path) -> Inventory:
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read inventory file: {exc.strerror}") from None
     return parse_ini(text, source, p.parent)
+
+
+_TAGS = {"!vault": "a !vault value: zdupgrade cannot read vault-encrypted values",
+         "!unsafe": "a !unsafe value: Ansible's YAML tags are not read by zdupgrade (it never "
+                    "evaluates Jinja: a plain string is never templated here)"}
+
+
+def _ansible_tag(exc: ConfigError, path: str | Path) -> ConfigError:
+    """``exc`` said plainer when a YAML file uses one of Ansible's own tags, which the loader
+    does not know ("could not determine a constructor for the tag '!vault'"); ``exc`` itself
+    else (or, for any other YAML error, with the INI hint)."""
+    text = str(exc)
+    for tag, meaning in _TAGS.items():
+        if f"tag '{tag}'" in text:
+            line = re.search(r" at (line [0-9]+)", text)
+            return ConfigError(f"{path}: {line.group(1) + ': ' if line else ''}{meaning}")
+    if "YAML" in text and Path(path).suffix.lower() in (".yml", ".yaml", ".json"):
+        return ConfigError(f"{text}{_ini_hint(Path(path))}")
+    return exc
 
 
 def _ini_hint(path: Path) -> str:
