@@ -341,3 +341,34 @@ def test_every_listed_backend_must_hold_the_server(tmp_path: Path, web: list[Bac
 def test_backends_option_is_checked(options: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         from_options({"socket": "/nonexistent.sock", **options})
+
+
+def test_an_agent_that_answers_ready_cannot_undo_the_drain(tmp_path: Path, web: list[Backend],
+                                                           agent: _Agent) -> None:
+    """An agent answering 'up ready' sets the server READY at every agent check: disable said
+    'MAINT' while, 200 ms later, the server was UP again and took requests during the upgrade.
+    The agent-check is now paused from disable until the server is UP again."""
+    agent.reply = "up ready\n"
+    with haproxy(tmp_path, agent_checked(web, agent)) as hap:
+        hap.wait_status("ag", "UP")
+        hap.wait_status("other", "UP")
+        lb, node = hap.lb(), Node("ag", "127.0.0.241")
+
+        result = lb.disable(node)
+
+        assert result.ok, result.message
+        assert result.details["agent_paused"] == [hap.socket]
+        assert "agent-check is paused" in result.message
+        time.sleep(0.6)                                        # 6 agent intervals
+        assert hap.status("ag") == "MAINT"
+        assert get(hap.frontend, "/") == (200, '{"version": "127.0.0.242"}')
+
+        result = lb.enable(node)
+
+        assert result.ok, result.message
+        assert result.details["agent_resumed"] == [hap.socket]
+        assert hap.status("ag") == "UP"
+        state = hap.command("show servers state gw")
+        agent_state = next(line.split()[14] for line in state.splitlines() if line.split()[3:4] == ["ag"])
+        assert int(agent_state) & 0x04                         # the agent runs again
+        assert "agent" not in lb.disable(Node("other", "y")).message    # no agent: nothing paused

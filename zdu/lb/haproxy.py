@@ -8,6 +8,8 @@ traffic -- and waits until the check passes (status ``DRAIN``), then sets
 READY and waits for ``UP``.  The detour through DRAIN matters: HAProxy 2.6
 puts a server leaving MAINT straight back into rotation as ``UP 1/2`` before
 any check has run, so a dead node would receive requests for ``fall x inter``.
+A server's ``agent-check`` is paused (``disable agent``) from disable until enable has
+the server UP again: an agent answering ``ready`` would otherwise undo DRAIN and MAINT.
 
 Topology options (``load_balancer:``)::
 
@@ -43,13 +45,17 @@ from zdu.model import Node
 from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
 from zdu.lb.haproxy_api import (IDENTIFIER_HINT, LocalSocketApi, RemoteSocketApi, RuntimeApi,
                                 SocketUnreachable, is_identifier, is_success, parse_address,
-                                parse_info, parse_stat_csv, socat_address)
+                                parse_info, parse_servers_state, parse_stat_csv, socat_address)
 
 #: statuses that mean "in rotation and healthy"; "no check" = no health check configured
 UP_STATUSES = frozenset({"UP", "no check"})
 
 #: one HAProxy process as ``show info`` tells it: (Pid, its start on the hook's clock)
 Process = tuple[str, float]
+
+#: bits of ``srv_agent_state`` in ``show servers state`` (HAProxy's CHK_ST_CONFIGURED and
+#: CHK_ST_ENABLED): the server has an agent-check, and it runs
+_AGENT_CONFIGURED, _AGENT_ENABLED = 0x02, 0x04
 
 #: seconds two estimates of one process's start may differ (Uptime_sec is whole seconds)
 _START_SLACK = 2.5
@@ -218,13 +224,27 @@ class HaproxyLoadBalancer(LoadBalancer):
         try:
             processes = self._processes()
             before = {api.instance: self._row(api, server)["status"] for api in self.apis}
+            agents = self._agents(server)
+            paused: list[RuntimeApi] = []
             try:
+                # an agent that answers "ready" would undo DRAIN and MAINT at its next check
+                for api in self.apis:
+                    if agents[api.instance][1]:
+                        self._command(api, f"disable agent {target}")
+                        paused.append(api)
                 for api in self.apis:
                     self._set_state(api, target, "drain")
                     changed.append(api)
             except _Failed as exc:
                 restored = self._restore(changed, target, before)
+                for api in paused:
+                    try:
+                        self._command(api, f"enable agent {target}")
+                    except (_Failed, SocketUnreachable):
+                        restored += f" (its agent-check stays paused on {api.instance})"
                 raise _Failed(f"{exc}{restored}") from None
+            if paused:
+                details["agent_paused"] = [a.instance for a in paused]
 
             drain_start = self._clock()
             drained, scur = self._wait(lambda: self._scur(server),
@@ -248,10 +268,11 @@ class HaproxyLoadBalancer(LoadBalancer):
                             self._clock() - start, details)
         self._processes_at_disable[node.name] = now
         reloaded = _reloads(processes, now)
-        note = ""
+        note = ("; its agent-check is paused until enable (an agent answering 'ready' would "
+                "undo MAINT)" if paused else "")
         if reloaded:
             details["reloaded"] = reloaded
-            note = (f"; HAProxy was reloaded during the drain on {', '.join(reloaded)}: the "
+            note += (f"; HAProxy was reloaded during the drain on {', '.join(reloaded)}: the "
                     "sessions its old process still had to this server were not counted (that "
                     "process finishes them as it stops)")
 
@@ -311,9 +332,15 @@ class HaproxyLoadBalancer(LoadBalancer):
             if not up:
                 details["instances"] = _instances(obs)
                 raise _Failed(f"not UP after {self.up_timeout:g}s: {_describe(obs)}")
+            resumed = [api for api in self.apis if self._agents(server)[api.instance] == (True, False)]
+            for api in resumed:
+                self._command(api, f"enable agent {target}")
         except (_Failed, SocketUnreachable) as exc:
             return LbResult(False, f"haproxy enable {target}: {exc}{reload_note}",
                             self._clock() - start, details)
+        if resumed:      # the agent has its say again (it may drain the server itself)
+            details["agent_resumed"] = [a.instance for a in resumed]
+            reload_note = "; its agent-check runs again" + reload_note
         elapsed = self._clock() - start
         details["up_seconds"] = round(elapsed, 3)
         details["instances"] = _instances(obs)
@@ -361,6 +388,17 @@ class HaproxyLoadBalancer(LoadBalancer):
                 except (_Failed, SocketUnreachable):
                     pass
         return f" (set back to ready on {', '.join(undone)})" if undone else ""
+
+    def _agents(self, server: str) -> dict[str, tuple[bool, bool]]:
+        """Per instance: (the server has an agent-check, it runs), from ``show servers state``
+        (``show stat`` leaves the agent's columns empty while it is paused)."""
+        out = {}
+        for api in self.apis:
+            rows = parse_servers_state(api.execute(f"show servers state {self.backend}"))
+            flags = rows.get(server, {}).get("srv_agent_state", "")
+            bits = int(flags) if flags.isdigit() else 0
+            out[api.instance] = (bool(bits & _AGENT_CONFIGURED), bool(bits & _AGENT_ENABLED))
+        return out
 
     def _processes(self) -> dict[str, Process | None]:
         """Each instance's HAProxy process (``show info``: Pid, and Uptime_sec for its start),
