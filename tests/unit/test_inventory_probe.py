@@ -261,3 +261,23 @@ def test_ansibles_yaml_tags_in_an_inventory_are_named(tmp_path: Path, tag: str, 
     (group_vars files: test_bad_vars_files_are_one_error_naming_the_file)."""
     inv = write(tmp_path / "inv.yml", f"web:\n  hosts:\n    w1:\n      v: {tag} {value}\n")
     _refused(tmp_path, inv, f"{inv}: line 4: {needle}")
+
+
+@pytest.mark.parametrize("command, jump", [
+    ("ssh -o StrictHostKeyChecking=no -W %h:%p -q bastion", ["bastion"]),
+    ("ssh -oUserKnownHostsFile=/dev/null -o Port=2200 -o User=ops -W %h:%p bastion", ["ops@bastion:2200"]),
+    ("ssh -o ServerAliveInterval=30 -o ControlMaster=no -W %h:%p ops@bastion", ["ops@bastion"]),
+])
+def test_a_proxy_command_with_harmless_ssh_options(tmp_path: Path, command: str, jump: list[str]) -> None:
+    """``ProxyCommand="ssh -o StrictHostKeyChecking=no -W %h:%p bastion"`` (a common Ansible
+    setup) was refused as unsupported; options that do not change the jump host or its user are
+    ignored (the jump host's key is checked with zdupgrade's own policy), Port and User are taken."""
+    inv = write(tmp_path / "inv.ini", f"[web]\nw1 ansible_ssh_common_args='-o ProxyCommand=\"{command}\"'\n")
+    assert load_inventory(inv).nodes[0]["proxy_jump"] == jump
+
+
+@pytest.mark.parametrize("option", ["-o ProxyCommand=evil", "-o IdentityFile=/k", "-o Hostname=other", "-F /cfg"])
+def test_a_proxy_command_with_other_options_is_still_refused(tmp_path: Path, option: str) -> None:
+    inv = write(tmp_path / "inv.ini",
+                f"[web]\nw1 ansible_ssh_common_args='-o ProxyCommand=\"ssh {option} -W %h:%p bastion\"'\n")
+    _refused(tmp_path, inv, f"{inv}: host w1: ansible_ssh_common_args: ProxyCommand ", "is not supported")

@@ -489,8 +489,16 @@ def _destination(option: str, instead: str) -> str:
             f"node would be reached differently than with Ansible): use {instead}")
 
 
+#: ``-o`` options of a ``ProxyCommand="ssh ... -W %h:%p host"`` that do not change which jump host is
+#: reached or as whom (zdupgrade's own host-key policy and timeouts apply to the jump): ignored
+_PROXY_IGNORED = {"stricthostkeychecking", "userknownhostsfile", "globalknownhostsfile", "serveraliveinterval",
+                  "serveralivecountmax", "connecttimeout", "loglevel", "batchmode", "compression",
+                  "controlmaster", "controlpath", "controlpersist", "tcpkeepalive", "forwardagent"}
+
+
 def _proxy_command(command: str, b: _Builder, where: str) -> str:
-    """``ssh -W %h:%p [-q] [-p PORT] [-l USER] [user@]host`` is ``ProxyJump [user@]host[:port]``."""
+    """``ssh -W %h:%p [-q] [-p PORT] [-l USER] [-o Port=|User=|harmless] [user@]host`` is
+    ``ProxyJump [user@]host[:port]``."""
     try:
         words = shlex.split(command)
     except ValueError as exc:            # "No closing quotation", "No escaped character"
@@ -512,6 +520,16 @@ def _proxy_command(command: str, b: _Builder, where: str) -> str:
         elif word in ("-p", "-l") and rest:
             value = rest.pop(0)
             port, user = (value, user) if word == "-p" else (port, value)
+        elif word.startswith("-o") and (len(word) > 2 or rest):
+            option = word[2:] if len(word) > 2 else rest.pop(0)
+            parts = re.match(r"^(\w+)(?:\s*=\s*|\s+)(.*)$", option, re.S)
+            name, value = (parts.group(1).lower(), parts.group(2)) if parts else (option.lower(), "")
+            if name == "port" and value:
+                port = value
+            elif name == "user" and value:
+                user = value
+            elif name not in _PROXY_IGNORED:
+                raise refuse
         elif not word.startswith("-") and dest is None:
             dest = word
         else:
