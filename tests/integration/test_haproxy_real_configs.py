@@ -45,17 +45,20 @@ class _AgentHandler(socketserver.BaseRequestHandler):
 
 
 class Hap:
-    def __init__(self, workdir: Path, servers: str) -> None:
+    def __init__(self, workdir: Path, servers: str, *, state_file: Path | None = None) -> None:
         self.socket = str(workdir / "admin.sock")
+        self.state_file = state_file
+        keep = (f"  server-state-file {state_file}\n", "  load-server-state-from-file global\n") \
+            if state_file else ("", "")
         self.frontend = free_port()
         self.cfg = cfg = workdir / "haproxy.cfg"
         timeouts = "".join(f"  timeout {k} {v}\n" for k, v in TIMEOUTS.items())
         cfg.write_text(f"""
 global
   stats socket {self.socket} mode 600 level admin
-defaults
+{keep[0]}defaults
   mode http
-{timeouts}frontend fe
+{keep[1]}{timeouts}frontend fe
   bind 127.0.0.1:{self.frontend}
   default_backend gw
 backend gw
@@ -70,6 +73,8 @@ backend gw
         """Start haproxy; when one runs, as a reload does: a new process, ``-sf OLD_PID``
         (the old one stops listening and finishes its sessions)."""
         old = ["-sf", str(self.procs[-1].pid)] if self.procs else []
+        if self.procs and self.state_file:      # what a reload script does before -sf
+            self.state_file.write_text(self.command("show servers state"))
         self.procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg), *old],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
@@ -102,8 +107,8 @@ backend gw
 
 
 @contextmanager
-def haproxy(workdir: Path, servers: str) -> Iterator[Hap]:
-    hap = Hap(workdir, servers)
+def haproxy(workdir: Path, servers: str, *, state_file: Path | None = None) -> Iterator[Hap]:
+    hap = Hap(workdir, servers, state_file=state_file)
     try:
         yield hap
     finally:
@@ -253,8 +258,30 @@ def test_a_reload_while_the_node_is_out_is_reported_by_enable(tmp_path: Path, we
         assert result.details["reloaded"] == [f"{hap.socket} (pid {first} -> {second})"]
         assert "reloaded while the node was out of rotation" in result.message
         assert f"showed the server UP on {hap.socket} before enable" in result.message
+        assert "may have sent it traffic" in result.message
         assert "reloaded" not in lb.enable(node).message         # said once, for that window
         assert "reloaded" not in lb.disable(node).message        # no reload: nothing said
+
+
+def test_a_reload_that_keeps_the_state_is_told_apart(tmp_path: Path, web: list[Backend]) -> None:
+    """With a server-state-file the new process keeps the server in MAINT: the reload is said,
+    without claiming the node may have had traffic."""
+    with haproxy(tmp_path, f"  server a {addr(web[0])} check inter 100ms\n"
+                           f"  server b {addr(web[1])} check inter 100ms\n",
+                 state_file=tmp_path / "servers.state") as hap:
+        hap.wait_status("a", "UP")
+        lb, node = hap.lb(), Node("a", "x")
+        assert lb.disable(node).ok
+        hap.reload()
+        hap.procs[0].wait(5)
+        hap.wait_status("a", "MAINT")                        # carried over by the new process
+
+        result = lb.enable(node)
+
+        assert result.ok, result.message
+        assert len(result.details["reloaded"]) == 1
+        assert "it kept the server out of rotation" in result.message
+        assert "may have sent it traffic" not in result.message
 
 
 def test_a_reload_during_the_drain_is_reported_by_disable(tmp_path: Path, web: list[Backend]) -> None:

@@ -420,9 +420,12 @@ class HaproxyLoadBalancer(LoadBalancer):
             return ""
         details["reloaded"] = reloaded
         shown = ", ".join(f"{rows[inst]['status']} on {inst}" for inst in rows)
+        if not any(is_serving(row) for row in rows.values()):   # e.g. a server-state-file
+            why = "it kept the server out of rotation"
+        else:
+            why = "the new process may have sent it traffic during its upgrade"
         return (f"; HAProxy was reloaded while the node was out of rotation ({', '.join(reloaded)}) "
-                f"and showed the server {shown} before enable: the new process may have sent it "
-                "traffic during its upgrade")
+                f"and showed the server {shown} before enable: {why}")
 
     def _level_problem(self, api: RuntimeApi, nodes: Sequence[Node]) -> str | None:
         """Why ``api`` is not at level admin, or None.  A socket at level operator or user
