@@ -281,3 +281,10 @@ def test_a_proxy_command_with_other_options_is_still_refused(tmp_path: Path, opt
     inv = write(tmp_path / "inv.ini",
                 f"[web]\nw1 ansible_ssh_common_args='-o ProxyCommand=\"ssh {option} -W %h:%p bastion\"'\n")
     _refused(tmp_path, inv, f"{inv}: host w1: ansible_ssh_common_args: ProxyCommand ", "is not supported")
+
+
+def test_a_group_vars_tree_of_too_many_directories_is_bounded(tmp_path: Path) -> None:
+    for i in range(1001):
+        (tmp_path / "group_vars" / "all" / f"d{i}").mkdir(parents=True)
+    message = config_error(load_inventory, write(tmp_path / "hosts.ini", "[web]\nw1\n"))
+    assert message.endswith(": more than 1000 group_vars directories"), message

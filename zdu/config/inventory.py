@@ -363,16 +363,19 @@ class _VarsFiles:
         for suffix in _VARS_SUFFIXES:
             if name + suffix in self.names:
                 path = self.base / (name + suffix)
-                files = self._directory(path, 0, []) if path.is_dir() else [path]
+                files = self._directory(path, 0, [], [MAX_VARS_FILES]) if path.is_dir() else [path]
                 out: dict[str, Any] = {}
                 for file in files:
                     out.update(self._read(file))
                 return out
         return {}
 
-    def _directory(self, path: Path, depth: int, found: list[Path]) -> list[Path]:
+    def _directory(self, path: Path, depth: int, found: list[Path], dirs: list[int]) -> list[Path]:
         if depth > MAX_VARS_DEPTH:
             raise ConfigError(f"{path}: {self.kind} directories are nested more than {MAX_VARS_DEPTH} deep")
+        dirs[0] -= 1                                         # symlinks can make a tree of few levels wide
+        if dirs[0] < 0:
+            raise ConfigError(f"{path}: more than {MAX_VARS_FILES} {self.kind} directories")
         try:
             entries = sorted(os.listdir(path))
         except OSError as exc:
@@ -382,7 +385,7 @@ class _VarsFiles:
                 continue
             full, ext = path / entry, os.path.splitext(entry)[1]
             if full.is_dir() and not ext:
-                self._directory(full, depth + 1, found)
+                self._directory(full, depth + 1, found, dirs)
             elif full.is_file() and ext in _VARS_SUFFIXES:
                 found.append(full)
                 if len(found) > MAX_VARS_FILES:
