@@ -7,6 +7,7 @@ with ``.`` ``:`` ``-`` ``_``; backends are python http.server threads on loopbac
 """
 from __future__ import annotations
 
+import io
 import shutil
 import socketserver
 import subprocess
@@ -15,15 +16,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
+import yaml
 
 from tests.support.haproxy import Backend, free_port, get
 from zdu.errors import ConfigError, LoadBalancerError
+from zdu.cli.main import main
 from zdu.lb.haproxy import HaproxyLoadBalancer, from_options
-from zdu.lb.haproxy_api import LocalSocketApi, SocketUnreachable
+from zdu.lb.haproxy_api import LocalSocketApi, SocketUnreachable, parse_stat_csv
 from zdu.model import Node
+from zdu.status import Status
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
 
@@ -47,6 +51,7 @@ class _AgentHandler(socketserver.BaseRequestHandler):
 class Hap:
     def __init__(self, workdir: Path, servers: str, *, state_file: Path | None = None) -> None:
         self.socket = str(workdir / "admin.sock")
+        self.operator_socket = str(workdir / "operator.sock")
         self.state_file = state_file
         keep = (f"  server-state-file {state_file}\n", "  load-server-state-from-file global\n") \
             if state_file else ("", "")
@@ -56,6 +61,7 @@ class Hap:
         cfg.write_text(f"""
 global
   stats socket {self.socket} mode 600 level admin
+  stats socket {self.operator_socket} mode 600 level operator
 {keep[0]}defaults
   mode http
 {keep[1]}{timeouts}frontend fe
@@ -108,6 +114,7 @@ backend gw
 
 @contextmanager
 def haproxy(workdir: Path, servers: str, *, state_file: Path | None = None) -> Iterator[Hap]:
+    workdir.mkdir(parents=True, exist_ok=True)
     hap = Hap(workdir, servers, state_file=state_file)
     try:
         yield hap
@@ -399,3 +406,72 @@ def test_an_agent_that_answers_ready_cannot_undo_the_drain(tmp_path: Path, web: 
         agent_state = next(line.split()[14] for line in state.splitlines() if line.split()[3:4] == ["ag"])
         assert int(agent_state) & 0x04                         # the agent runs again
         assert "agent" not in lb.disable(Node("other", "y")).message    # no agent: nothing paused
+
+
+# ---------------------------------------------------------------------------- whole runs
+
+def run_upgrade(tmp_path: Path, hap: Hap, servers: Sequence[str], **lb: Any) -> tuple[Status, str]:
+    """zdupgrade in-process on local nodes (one per server) behind ``hap``; APPLY saves
+    HAProxy's view of every server (the node must be out of rotation then)."""
+    seen = tmp_path / "seen"
+    seen.mkdir(exist_ok=True)
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    phases: dict[str, list[str]] = {phase: ["true"] for phase in ("EXPORT", "UPGRADE", "PRE-APPLY", "POST-APPLY")}
+    phases["APPLY"] = ["sleep 0.5",       # several agent intervals into the node's upgrade
+                       "printf 'show stat -1 4 -1\\n' | socat - UNIX-CONNECT:{{ sock }} "
+                       "> {{ seen }}/{{ node.name }}.csv"]
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"name": "real-configs", "phases": phases, "rollback": ["true"]}))
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(yaml.safe_dump({
+        "profile": str(profile), "vars": {"sock": hap.socket, "seen": str(seen)},
+        "load_balancer": {"type": "haproxy", "socket": hap.socket, "poll_interval": 0.05,
+                          "drain_timeout": 5, "up_timeout": 10, **lb},
+        "nodes": [{"name": f"n-{s}", "host": "localhost", "transport": "local", "lb_server": s}
+                  for s in servers]}))
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["--old_install_dir", str(tmp_path / "old"), "--new_install_dir", str(tmp_path / "new"),
+                   "--config", str(topology), "--log_dir", str(tmp_path / "logs")], out=out, err=err)
+    return status, out.getvalue() + err.getvalue()
+
+
+def seen_status(tmp_path: Path, node: str) -> dict[str, str]:
+    """``BACKEND/SERVER`` -> status, as HAProxy showed it during ``node``'s APPLY."""
+    rows = parse_stat_csv((tmp_path / "seen" / f"{node}.csv").read_text())
+    return {f"{r['pxname']}/{r['svname']}": r["status"] for r in rows}
+
+
+def test_a_run_takes_each_node_out_of_both_backends(tmp_path: Path, web: list[Backend],
+                                                    agent: _Agent) -> None:
+    """A whole run, 'backends: [gw, api]', server a with an agent answering 'up ready':
+    during each node's APPLY its server is MAINT in both backends, the other one UP."""
+    agent.reply = "up ready\n"
+    agent_opts = f"agent-check agent-addr 127.0.0.1 agent-port {agent.server_address[1]} agent-inter 100ms"
+    pair = (f"  server a {addr(web[0])} check inter 100ms {agent_opts}\n"
+            f"  server b {addr(web[1])} check inter 100ms\n")
+    with haproxy(tmp_path / "hap", pair + "backend api\n" + pair) as hap:
+        for name in ("a", "b"):
+            hap.wait_status(name, "UP")
+
+        status, output = run_upgrade(tmp_path, hap, ["a", "b"], backends=["gw", "api"])
+
+        assert status is Status.SUCCESS, output
+        assert seen_status(tmp_path, "n-a") == {"gw/a": "MAINT", "gw/b": "UP", "api/a": "MAINT", "api/b": "UP"}
+        assert seen_status(tmp_path, "n-b") == {"gw/a": "UP", "gw/b": "MAINT", "api/a": "UP", "api/b": "MAINT"}
+        assert {hap.status(n) for n in ("a", "b")} == {"UP"}
+
+
+def test_an_operator_level_socket_is_refused_before_any_node_is_touched(tmp_path: Path,
+                                                                        web: list[Backend]) -> None:
+    servers = (f"  server a {addr(web[0])} check inter 100ms\n"
+               f"  server b {addr(web[1])} check inter 100ms\n")
+    with haproxy(tmp_path / "hap", servers) as hap:
+        hap.wait_status("a", "UP")
+        status, output = run_upgrade(tmp_path, hap, ["a", "b"], backend="gw",
+                                     socket=hap.operator_socket)
+        assert status is Status.CONFIG_ERROR, output
+        assert f"{hap.operator_socket}: the socket is at level operator" in output
+        assert "Traceback" not in output
+        assert not (tmp_path / "seen" / "n-a.csv").exists()
+        assert {hap.status(n) for n in ("a", "b")} == {"UP"}
