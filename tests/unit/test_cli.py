@@ -226,6 +226,35 @@ def test_option_values_that_would_mean_nothing_are_refused(tmp_path: Path, optio
     assert not (tmp_path / "logs").exists() and "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("option", ["--config", "--profile", "--inventory", "-i", "--log_dir", "--rollback-policy",
+                                    "--traffic"])
+def test_an_empty_file_or_setting_is_refused_not_taken_for_the_default(tmp_path: Path, option: str) -> None:
+    """``--config "$TOPOLOGY"`` with the variable unset: not the built-in reference topology (another
+    fleet), not the default policy, not no traffic; the same in ``lock status`` and the review commands."""
+    config = topology(tmp_path, "profile: lab-gateway\nnodes:\n  - {name: gw1, host: 127.0.0.1, port: 9}\n")
+    argv = [*DIRS, "--dry-run", "--config", config, "--log_dir", str(tmp_path / "logs"), option, ""]
+    status, out, err = call(*argv)
+    name = "--inventory" if option == "-i" else option
+    assert status is Status.CONFIG_ERROR and f"{name}: empty (leave the option out" in err, out + err
+    assert "PLAN" not in out and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("argv", [("lock", "status", "--config", ""), ("lock", "status", "-i", ""),
+                                  ("runs", "--log_dir", ""), ("show", "--log_dir", ""),
+                                  ("report", "-o", "")])
+def test_an_empty_option_of_a_command_is_refused(argv: tuple[str, ...]) -> None:
+    status, out, err = call(*argv)
+    assert status is Status.CONFIG_ERROR and ": empty (leave the option out" in err, out + err
+
+
+def test_ansibles_short_options_for_inventory_and_limit(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("[gw]\nweb1 ansible_host=127.0.0.1 ansible_port=9\nweb2 ansible_host=127.0.0.2\n")
+    status, out, err = call(*DIRS, "--dry-run", "--profile", "lab-gateway", "-i", str(inventory), "-l", "web2")
+    assert status is Status.SUCCESS, err
+    assert "waves: web2" in out and "skipped (--limit): web1" in out
+
+
 def test_the_console_script_exits_with_the_status_and_freezes_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
     """``entry_point`` exits with the status ``main`` returned, and the objects alive at that point
     are frozen: the interpreter's collector does not walk them all once more at exit (0.1 s of a

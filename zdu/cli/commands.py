@@ -52,7 +52,7 @@ def _review_parser(name: str) -> argparse.ArgumentParser:
     if name == "lock":
         parser.add_argument("action", choices=("status",), help="status: who holds the fleet lock on which node")
         parser.add_argument("--config", metavar="FILE", help="topology file (default: the built-in reference topology)")
-        parser.add_argument("--inventory", metavar="FILE", help="an Ansible inventory whose hosts are the nodes")
+        parser.add_argument("-i", "--inventory", metavar="FILE", help="an Ansible inventory whose hosts are the nodes")
         parser.add_argument("--host-key-policy", "--host_key_policy", dest="host_key_policy",
                             choices=("strict", "accept-new"), help="override the topology's ssh.host_key_policy")
     else:
@@ -93,6 +93,9 @@ def run_command(argv: Sequence[str], console: Console, env: Mapping[str, str]) -
         if name in ("continue", "abort"):
             return _answer(args, console, "continue" if name == "continue" else
                            ("abort-keep" if args.keep else "abort"))
+        for option in ("log_dir", "output", "config", "inventory"):
+            if getattr(args, option, None) == "":      # an unset shell variable, not the default
+                raise ConfigError(f"--{option}: empty (leave the option out for its default)")
         for option in ("log_dir", "run_id", "node", "phase", "output", "config", "inventory"):
             value = getattr(args, option, None)
             if value:

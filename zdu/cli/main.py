@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="take the fleet lock even if another run holds it (only when that run is dead)")
     parser.add_argument("--lock-message", "--lock_message", dest="lock_message", default="", metavar="TEXT",
                         help="a note stored with the fleet lock, shown to anyone who finds it taken")
-    parser.add_argument("--inventory", metavar="FILE",
+    parser.add_argument("-i", "--inventory", metavar="FILE",
                         help="an Ansible inventory (INI or YAML) whose hosts are the nodes (with or without --config)")
-    parser.add_argument("--limit", metavar="PATTERN",
+    parser.add_argument("-l", "--limit", metavar="PATTERN",
                         help="work on the nodes that match (Ansible's patterns: names, groups, globs, ~regex, "
                              "!exclude, &intersect, comma lists); the others are listed as skipped")
     parser.add_argument("--pause-after-wave", "--pause_after_wave", dest="pause_after_wave", type=int,

@@ -165,6 +165,11 @@ class Upgrade:
 
     def _run(self) -> Status:
         args = self.args
+        for option, value in (("--config", args.config), ("--profile", args.profile), ("--inventory", args.inventory),
+                              ("--log_dir", args.log_dir), ("--rollback-policy", args.rollback_policy),
+                              ("--traffic", args.traffic)):
+            if value == "":     # an unset shell variable: not "the default", which may be another fleet
+                raise ConfigError(f"{option}: empty (leave the option out for its default)")
         for option, value in (("--config", args.config), ("--profile", args.profile), ("--serial", args.serial),
                               ("--inventory", args.inventory), ("--limit", args.limit),
                               ("--rollback-policy", args.rollback_policy), ("--log_dir", args.log_dir),
