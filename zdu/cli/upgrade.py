@@ -23,7 +23,8 @@ from ..config.install_dirs import validate_install_dirs
 from ..config.values import check_text
 from ..config.limit import select
 from ..config.ssh_config import check_all, resolve_all
-from ..config.topology import limit_groups, load_topology, reference_topology, topology_from_inventory
+from ..config.topology import (limit_groups, load_topology, reference_topology, topology_from_inventory,
+                               topology_notes)
 from ..planning.serial import parse_serial
 from ..errors import ConfigError, LockError
 from ..lb import make_load_balancer
@@ -243,6 +244,8 @@ class Upgrade:
                 policy_text = describe_policy(args.rollback_policy)
                 self.console.write(format_plan(plan, lb.describe))
                 self.console.line(f"rollback policy: {policy_text}")
+                for note in topology_notes(topology):
+                    self.console.line(f"note: {note}")
                 if targets:
                     self.console.line("how each node is reached (topology, then ssh_config):")
                     for name, target in targets.items():
@@ -327,6 +330,9 @@ class Upgrade:
         if previous is not None and previous.repair:
             self.console.line(f"  left behind by the run: {', '.join(previous.repair)}")
         self._recorder = recorder
+        if previous is None:       # what the inventory said that this run does not do, in its record
+            for note in topology_notes(topology):
+                self._warning(note)
         if folder.torn:
             self._warning(f"the run record ended in an unfinished line ({folder.torn} bytes: the write the "
                           "kill cut short); it was cut off before this resume's events")

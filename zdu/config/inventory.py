@@ -468,7 +468,9 @@ def _jumps(merged: Mapping[str, Any], b: _Builder, where: str) -> list[str] | No
             elif name.lower() in _DESTINATION_OPTIONS:
                 raise b.fail(f"{where}: {var}", _destination(f"-o {name}", _DESTINATION_OPTIONS[name.lower()]))
             else:
-                b.notes.append(f"{where}: {var}: ssh option {name!r} is not used by zdupgrade")
+                why = (" (host keys are checked by zdupgrade's ssh.host_key_policy)"
+                       if name.lower() in ("stricthostkeychecking", "userknownhostsfile") else "")
+                b.notes.append(f"{where}: {var}: ssh option {name!r} is not used by zdupgrade{why}")
     if not found:
         return None
     if len(found) > 1:

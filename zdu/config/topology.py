@@ -62,6 +62,13 @@ class InventoryTopology(Topology):
     (:func:`limit_groups`)."""
 
     groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=frozen_map)
+    #: what the inventory said that zdupgrade does not use (an ssh option it ignores ...)
+    notes: tuple[str, ...] = ()
+
+
+def topology_notes(topology: Topology) -> tuple[str, ...]:
+    """What the topology's inventory said that zdupgrade does not use (empty without one)."""
+    return topology.notes if isinstance(topology, InventoryTopology) else ()
 
 
 def limit_groups(topology: Topology) -> Mapping[str, tuple[str, ...]] | None:
@@ -192,7 +199,8 @@ def parse_topology(data: Any, *, source: str, inventory: str | None = None,
     if hosts_of is None:
         return topology
     return InventoryTopology(**{f.name: getattr(topology, f.name) for f in dataclasses.fields(Topology)},
-                             groups=hosts_of.groups)
+                             groups=hosts_of.groups,
+                             notes=tuple(f"{hosts_of.source}: {note}" for note in hosts_of.notes))
 
 
 def _node_label(index: int, name: str) -> str:
