@@ -332,7 +332,8 @@ class HaproxyLoadBalancer(LoadBalancer):
             if not up:
                 details["instances"] = _instances(obs)
                 raise _Failed(f"not UP after {self.up_timeout:g}s: {_describe(obs)}")
-            resumed = [api for api in self.apis if self._agents(server)[api.instance] == (True, False)]
+            agents = self._agents(server)      # one `show servers state` per instance, not per instance squared
+            resumed = [api for api in self.apis if agents[api.instance] == (True, False)]
             for api in resumed:
                 self._command(api, f"enable agent {target}")
         except (_Failed, SocketUnreachable) as exc:

@@ -14,7 +14,7 @@ from typing import Sequence
 from ..planning.plan import Plan
 from ..status import UPGRADE_PHASES, FailureKind, LbState, Outcome, Phase, Version
 from . import events as ev
-from ..plugins import raise_if_interrupt, safe_text
+from ..plugins import exception_line, raise_if_interrupt
 from .gate import LbGate
 from .policy import Action, Decision, FailureContext, Policy
 from .state import Recorder
@@ -117,15 +117,12 @@ class RollbackCoordinator:
             decision = self.policy(context)
             if not isinstance(decision, Decision) or not isinstance(decision.action, Action):
                 raise TypeError(f"returned {mask(repr(decision))[:100]}, not a Decision")
-            reason = decision.reason
-            if not isinstance(reason, str):      # its __str__ is the policy's code too
-                reason = str(reason)
-            return dataclasses.replace(decision, reason=mask(reason))
+            return dataclasses.replace(decision, reason=mask(str(decision.reason)))   # its __str__ may raise too
         except BaseException as exc:  # noqa: BLE001 - a user's policy (SystemExit, its own BaseException
             raise_if_interrupt(exc)   # subclass, a raising __repr__) must not abandon the fleet mid-run
             action = Action.ABORT if context.phase.is_offline else Action.ROLLBACK_ALL
-            return Decision(action, f"the rollback policy failed ({type(exc).__name__}: "
-                                    f"{mask(safe_text(exc))[:200]}); falling back to the safe default: {action}")
+            return Decision(action, f"the rollback policy failed ({mask(exception_line(exc))[:250]}); "
+                                    f"falling back to the safe default: {action}")
 
     # ------------------------------------------------------------------ rolling back
 
