@@ -20,10 +20,12 @@ import re
 import signal
 import threading
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from zdu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["PluginRef", "parse_ref", "describe_ref", "load_callable", "raise_if_interrupt", "exception_line",
            "safe_text"]
@@ -91,7 +93,9 @@ def exception_line(exc: BaseException) -> str:
 def _find_entry_point(name: str, group: str | None) -> EntryPoint | None:
     if group is None:
         return None
-    # reads installed distributions' metadata files only; no plugin code runs here
+    # reads installed distributions' metadata files only; no plugin code runs here (imported here:
+    # a run with the built-in hooks and policy does not pay for importlib.metadata at its start)
+    from importlib.metadata import entry_points
     for ep in entry_points(group=group):
         if ep.name == name:
             return ep

@@ -23,7 +23,7 @@ import io
 import os
 import threading
 import time
-from typing import IO, Any, Callable, Mapping, Sequence, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO, cast
 
 from ..config.values import describe_value
 from ..errors import ConfigError
@@ -33,6 +33,9 @@ from ..run import events as ev
 from ..run.state import Listener, RunState, RunView
 from ..status import Outcome
 from .console import Console
+
+if TYPE_CHECKING:
+    from ..report.junit import EventStream, JunitWriter
 
 #: how often the live view is redrawn (its elapsed times tick)
 REFRESH_PER_SECOND = 4
@@ -335,8 +338,8 @@ class Outputs:
     def __init__(self, args: argparse.Namespace, console: Console, env: Mapping[str, str], *,
                  waves: Sequence[Sequence[str]] = (), nodes: Sequence[str] = (),
                  events_out: TextIO | None = None) -> None:
-        from ..report.junit import EventStream, JunitWriter
-        from ..report.output import open_private
+        # the CI outputs' modules (and the review views they print with) only when asked for:
+        # a run without --junit / --events does not pay their import at its start
         self.console = console
         verbosity = -1 if getattr(args, "quiet", False) else (1 if getattr(args, "verbose", False) else 0)
         self.live: LiveView | None = None
@@ -346,7 +349,10 @@ class Outputs:
             self.progress = self.live
         else:
             self.progress = PlainProgress(console.line, verbosity)
-        self.junit = JunitWriter(args.junit) if getattr(args, "junit", None) else None
+        self.junit: JunitWriter | None = None
+        if getattr(args, "junit", None):
+            from ..report.junit import JunitWriter
+            self.junit = JunitWriter(args.junit)
         if self.junit is not None:   # refused now, before anything is touched, not at the end
             folder = os.path.dirname(os.path.abspath(self.junit.path))
             if not os.path.isdir(folder) or os.path.isdir(self.junit.path):
@@ -356,6 +362,9 @@ class Outputs:
         self._events_file: TextIO | None = None
         self.events: EventStream | None = None
         target = getattr(args, "events", None)
+        if target:
+            from ..report.junit import EventStream
+            from ..report.output import open_private
         if target == "-":
             out = events_out or console.out
             self.events = EventStream(out.write, out.flush)

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import getpass
 import hashlib
+import importlib
 import math
 import os
 import socket
@@ -125,6 +126,28 @@ def _in_topology(exc: ConfigError, topology: Topology) -> ConfigError:
     """``exc`` prefixed with the topology file it is about (unless it names it already)."""
     text = str(exc)
     return ConfigError(text if text.startswith(f"{topology.source}:") else f"{topology.source}: {text}")
+
+
+#: what only a run's end needs (the summary's table): imported while the nodes work (see :func:`preload`)
+END_MODULES = ("tabulate",)
+
+
+def preload(modules: Sequence[str]) -> threading.Thread:
+    """Import ``modules`` in a background thread and return it.  The control process spends
+    most of a run waiting for the nodes, so a module that only the run's end needs is imported in
+    that wait instead of after the last node (tabulate: 0.02-0.04 s of each run's end on the build
+    machine).  The end imports it as before if the thread has not got there: the import system's
+    module locks make the two one import, and an import that fails here fails there again, with
+    the error in its place."""
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported where the module is really imported
+                return
+    thread = threading.Thread(target=load, name="zdu-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _user() -> str:
@@ -356,6 +379,7 @@ class Upgrade:
                                   resume=resuming, pauser=OperatorPauser(run_dir, self.console),
                                   repair=previous.repair if previous is not None else ())
             self._conducting = True
+            preload(END_MODULES)
             status = conductor.execute()
             if probe is not None:
                 probe.stop()

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import shlex
 
-from tabulate import tabulate
-
 from zdu.run.state import RunState
 from zdu.status import UPGRADE_PHASES, LbState, Status, Version
 
@@ -45,6 +43,7 @@ def render_summary(state: RunState) -> str:
     headers = ["NODE"] + [p.value for p in UPGRADE_PHASES] + ["ROLLBACK"] + (["TIER"] if state.tiers else [])
     # cells escaped before tabulate measures them, so the columns stay aligned
     rows = [[one_line_text(str(cell)) for cell in row] for row in summary_rows(state)]
+    from tabulate import tabulate    # here: a run's start does not pay for the table it prints at its end
     table = tabulate(rows, headers=headers, tablefmt="orgtbl")
     width = len(table.splitlines()[0])
     head = [f"Summary table ({title}):", "| " + TITLE.ljust(width - 4) + " |", table]

@@ -21,7 +21,6 @@ from ..transport.base import STEP_TAG, CommandHandler
 from ..model import Node
 from . import events as ev
 from .state import Recorder, StepRecord
-from .http import http_request, judge_response
 from .waits import run_wait
 
 Handlers = Callable[[Node], CommandHandler]
@@ -133,6 +132,7 @@ class StepRunner:
         raise NotImplementedError(f"step kind {step.kind}")
 
     def _request(self, name: str, request: PlannedRequest) -> StepResult:
+        from .http import http_request, judge_response    # urllib and ssl: only a profile with http steps
         if request.where == "node":
             assert request.curl is not None
             output = self._handler(name).run(request.curl, timeout=request.timeout + 10)

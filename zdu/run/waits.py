@@ -20,13 +20,16 @@ import re
 import shlex
 import socket
 import time
+import functools
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from zdu.model import CommandResult
 from zdu.planning.plan import PlannedRequest, PlannedWait
+
+if TYPE_CHECKING:
+    import urllib.request
 
 RunOnNode = Callable[[str, float], CommandResult]
 #: masks secrets in text (the plan's masker); a check's message quotes output masked before it is cut
@@ -54,15 +57,20 @@ class Check:
     message: str
 
 
-#: proxies from the environment are not used for health checks (a gate must see the node itself)
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    """The health checks' opener: proxies from the environment are not used (a gate must see
+    the node itself).  Built at the first control-side http check: urllib.request (with ssl and
+    http.client) is not imported at a run's start for a profile that has none."""
+    import urllib.request
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http_check(url: str, status: int | None, pattern: str | None, timeout: float, mask: Mask = _same) -> Check:
     """One HTTP GET from the control machine.  Never raises: whatever goes wrong (refused,
     timeout, a port that does not speak HTTP, a malformed URL) is a failed check saying why."""
     try:
-        with _OPENER.open(url, timeout=timeout) as response:  # noqa: S310 (URL from the profile)
+        with _opener().open(url, timeout=timeout) as response:  # noqa: S310 (URL from the profile)
             code, body = response.status, response.read(1 << 20).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         try:
