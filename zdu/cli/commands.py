@@ -19,7 +19,7 @@ from ..run.resume import find_run
 from ..run.state import replay
 from ..status import Phase, Status
 from .console import Console
-from .pause import write_answer
+from .pause import leave_answer
 
 T = TypeVar("T")
 
@@ -245,26 +245,69 @@ REVIEW: Mapping[str, Callable[[argparse.Namespace, Console, Mapping[str, str]], 
 
 
 def _answer(args: argparse.Namespace, console: Console, answer: str) -> Status:
-    run_dir = find_run(Path(args.log_dir), args.run_id, option=f"zdupgrade {answer.split('-')[0]}")
+    command = f"zdupgrade {answer.split('-')[0]}"
+    if args.log_dir == "":                     # an unset shell variable, not the default
+        raise ConfigError("--log_dir: empty (leave the option out for its default)")
+    run_dir = find_run(Path(args.log_dir), args.run_id, option=command)
     try:
         state = replay(read_journal(run_dir.read_text(JOURNAL)))
         open_pauses = [p for p in state.pauses if p["ended"] is None]
         if state.ended is not None or not open_pauses:
+            other = "" if args.run_id else _paused_elsewhere(Path(args.log_dir), state.run_id, command)
+            last = state.pauses[-1] if state.pauses else None
+            answered = (f"; its pause after wave {last['wave']} was answered: {last['answer']} (by {last['by']})"
+                        if last is not None else "")
+            ended = state.status is not None and state.ended is not None   # SUCCESS is 0: not a truth test
             raise ConfigError(f"run {state.run_id} is not paused"
-                              + (f" (it ended with {state.status.name})" if state.status and state.ended else ""))
-        wave = int(open_pauses[-1]["wave"])
-        write_answer(run_dir, wave, answer)
+                              + (f" (it ended with {state.status.name})" if ended else "") + answered + other)
+        pause = open_pauses[-1]
+        wave = int(pause["wave"])
+        # an answer the live run took counts from the pause's start, or from the resume that came back to it
+        since = max([float(pause["started"]), *state.resumed])
         alive = _alive(run_dir)
+        left = leave_answer(run_dir, wave, answer, alive=alive, since=since)
         what = {"continue": "continue", "abort": "abort (rolling back what it upgraded)",
                 "abort-keep": "abort (keeping the nodes already upgraded)"}[answer]
-        if alive:
+        if left.outcome == "same":
+            assert left.earlier is not None
+            console.line(f"run {state.run_id}, paused after wave {wave}: already told to {what} "
+                         f"(by {left.earlier.by}); nothing more to do")
+        elif alive:
             console.line(f"run {state.run_id}, paused after wave {wave}: told to {what}")
         else:
+            replaced = (f", replacing the one left earlier ({left.earlier.answer} by {left.earlier.by})"
+                        if left.earlier is not None else "")
             console.line(f"run {state.run_id} is paused after wave {wave} but its process is gone; the answer "
-                         f"({what}) is left in its folder: `zdupgrade --resume {state.run_id}` takes it")
+                         f"({what}) is left in its folder{replaced}: `zdupgrade --resume {state.run_id}` takes it")
         return Status.SUCCESS
     finally:
         run_dir.close()
+
+
+def _paused_elsewhere(log_dir: Path, latest: str, command: str) -> str:
+    """For the error about a latest run that is not paused: the other runs under ``log_dir``
+    that are (named, never answered: the operator says which)."""
+    found = []
+    for path in sorted(log_dir.glob(f"*/{JOURNAL}"), reverse=True)[:50]:
+        run_id = path.parent.name
+        if run_id == latest:
+            continue
+        try:
+            other = find_run(log_dir, run_id, option=command)
+        except ZduError:
+            continue
+        try:
+            state = replay(read_journal(other.read_text(JOURNAL)))
+        except (OSError, ValueError, KeyError, TypeError, AssertionError, ZduError):
+            continue
+        finally:
+            other.close()
+        waves = [p["wave"] for p in state.pauses if p["ended"] is None]
+        if state.ended is None and waves:
+            found.append(f"{run_id} (after wave {waves[-1]})")
+    if not found:
+        return ""
+    return (f"; paused under {log_dir}/: {', '.join(found)}: name the run (`{command} RUN_ID`)")
 
 
 def _alive(run_dir: object) -> bool:

@@ -8,6 +8,7 @@ stated action is taken.  An interrupt ends the pause like any other safe point.
 """
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import os
@@ -17,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
 from ..errors import ConfigError
@@ -25,6 +27,7 @@ from ..run.conductor import PauseAnswer, PauseRequest
 from .console import Console
 
 ANSWER_FILE = "pause.answer"
+ANSWER_LOCK = "pause.answer.lock"      # held while an answer is left (two shells at once)
 ANSWERS = ("continue", "abort", "abort-keep")
 POLL = 0.2
 
@@ -45,19 +48,78 @@ def write_answer(run_dir: RunDir, wave: int | None, answer: str) -> None:
     run_dir.write_atomic(ANSWER_FILE, (json.dumps(data) + "\n").encode())
 
 
-def read_answer(run_dir: RunDir, wave: int) -> PauseAnswer | None:
-    """The answer left for the pause after ``wave`` (None: none yet, or for another pause)."""
-    if not run_dir.exists(ANSWER_FILE):
+def _answer_data(run_dir: RunDir, name: str, wave: int) -> dict[str, Any] | None:
+    """The answer in ``name`` if it is one, for the pause after ``wave`` (None otherwise)."""
+    if not run_dir.exists(name):
         return None
     try:
-        data: Any = json.loads(run_dir.read_text(ANSWER_FILE, limit=4096))
+        data: Any = json.loads(run_dir.read_text(name, limit=4096))
     except (ValueError, ConfigError, OSError):
         return None
     if not isinstance(data, dict) or data.get("answer") not in ANSWERS:
         return None
     if data.get("wave") not in (None, wave):
         return None
-    return PauseAnswer(str(data["answer"]), f"{str(data.get('by'))[:100]} (zdupgrade {data['answer'].split('-')[0]})")
+    return data
+
+
+def _by(data: dict[str, Any]) -> str:
+    return f"{str(data.get('by'))[:100]} (zdupgrade {str(data['answer']).split('-')[0]})"
+
+
+def read_answer(run_dir: RunDir, wave: int) -> PauseAnswer | None:
+    """The answer left for the pause after ``wave`` (None: none yet, or for another pause)."""
+    data = _answer_data(run_dir, ANSWER_FILE, wave)
+    return None if data is None else PauseAnswer(str(data["answer"]), _by(data))
+
+
+@dataclass(frozen=True)
+class Left:
+    """What ``leave_answer`` did: ``left`` (the answer is in the folder), ``same`` (that answer
+    was given already: nothing written) or ``replaced`` (a dead run's earlier answer replaced);
+    ``earlier`` is the answer found there before, as the run records it."""
+
+    outcome: str
+    earlier: PauseAnswer | None = None
+
+
+def leave_answer(run_dir: RunDir, wave: int, answer: str, *, alive: bool, since: float) -> Left:
+    """Leave ``answer`` for the pause after ``wave`` -- one answer per pause.
+
+    ``zdupgrade continue`` and ``zdupgrade abort`` from two shells at the same moment must not
+    both be told they were obeyed: under a lock on the run folder, an answer already waiting
+    for this pause (or one the live run took since the pause began, ``since``: the pause's start
+    or the resume that came back to it) stops a different one with a ConfigError, and the same
+    one is not written twice.  A run whose process is gone takes nothing until ``--resume``: a
+    new answer replaces the one left earlier."""
+    if answer not in ANSWERS:
+        raise ConfigError(f"unknown answer {answer!r}")
+    fd = run_dir.open_fd(ANSWER_LOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        waiting = _answer_data(run_dir, ANSWER_FILE, wave)
+        taken = _answer_data(run_dir, ANSWER_FILE + ".used", wave) if waiting is None and alive else None
+        if taken is not None and not _number(taken.get("at")) >= since:
+            taken = None                       # the answer to an earlier pause, or to a run that died since
+        earlier = waiting or taken
+        if earlier is not None and (alive or earlier["answer"] == answer):
+            found = PauseAnswer(str(earlier["answer"]), _by(earlier))
+            if earlier["answer"] == answer:
+                return Left("same", found)
+            raise ConfigError(
+                f"run {run_dir.dir.name}, paused after wave {wave}, "
+                + ("has an answer waiting already" if waiting is not None else "took an answer already")
+                + f": {found.answer} (by {found.by}); yours ({answer}) was not left")
+        write_answer(run_dir, wave, answer)
+        if earlier is not None:
+            return Left("replaced", PauseAnswer(str(earlier["answer"]), _by(earlier)))
+        return Left("left")
+    finally:
+        os.close(fd)                           # and the lock with it
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
 
 
 class _Lines:
