@@ -15,14 +15,14 @@ from ..report.text import printable
 class Console:
     """Thread-safe line output that tolerates a vanished terminal."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
+    def __init__(self, out: TextIO | None, err: TextIO | None) -> None:
         self.out, self.err = out, err
         self._lock = threading.Lock()
         self.lost: str | None = None        #: why the console stopped (None: it works)
 
-    def _write(self, stream: TextIO, text: str) -> None:
+    def _write(self, stream: TextIO | None, text: str) -> None:
         with self._lock:
-            if self.lost is not None:
+            if self.lost is not None or stream is None:     # None: Python's stream of a closed descriptor
                 return
             text = printable(text)              # no control sequence from a node reaches the terminal
             try:

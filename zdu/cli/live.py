@@ -179,7 +179,7 @@ class LiveView:
         self._lock = threading.RLock()
         self._file = _SafeFile(console.out, self._lost)
         self.rich = RichConsole(file=cast(IO[str], self._file), force_terminal=True, no_color=no_color, highlight=False,
-                                soft_wrap=False, emoji=False, markup=False)
+                                soft_wrap=False, emoji=False, markup=False, _environ=_sizing_environ(console.out))
         self._live: Any = None
 
     # -- start / stop
@@ -320,6 +320,33 @@ class LiveView:
                               Text(one_line_text(row.step or "-")), Text(elapsed), Text(row.lb, style="red" if row.lb != "in" else ""),
                               Text(row.status, style=style))
             return Group(Text(one_line_text(title), style="bold"), table)
+
+
+#: COLUMNS / LINES taken from the environment only when the terminal has no size of its own
+#: (a pseudo-terminal left at 0x0), and only within these bounds
+_SANE_SIZE = {"COLUMNS": (20, 10000), "LINES": (5, 10000)}
+
+
+def _sizing_environ(stream: TextIO) -> dict[str, str]:
+    """The environment rich sizes the live view from: ``os.environ`` without COLUMNS and LINES
+    where the terminal tells its own size.  rich takes COLUMNS / LINES before the terminal's size
+    and keeps them for good: ``COLUMNS=0`` drew nothing at all (every progress line of the run
+    lost), ``LINES=1`` a table cut to "...", and a COLUMNS wider than the terminal a table the
+    terminal wraps, so that each redraw moves the cursor up too few lines and leaves copies of
+    the table behind.  The terminal's own size also follows a resize."""
+    environ = dict(os.environ)
+    try:
+        columns, lines = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        columns = lines = 0
+    for key, real in (("COLUMNS", columns), ("LINES", lines)):
+        value = environ.get(key)
+        if value is None:
+            continue
+        low, high = _SANE_SIZE[key]
+        if real > 0 or not (value.isascii() and value.isdigit() and low <= int(value) <= high):
+            del environ[key]
+    return environ
 
 
 def _elapsed(value: float) -> str:

@@ -7,6 +7,7 @@ is in :mod:`zdu.cli.upgrade`.  Only ``zdu.cli`` touches argv, stdout/stderr and 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib.util
 import os
@@ -15,6 +16,7 @@ import threading
 from typing import Mapping, Sequence, TextIO
 
 from zdu import __version__
+from zdu.config.values import describe_value
 from zdu.config.profile import builtin_profiles
 from zdu.errors import LockError, ZduError
 from zdu.report.rundir import LOG_DIR
@@ -136,6 +138,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """
     console = Console(out or sys.stdout, err or sys.stderr)
     arguments = list(sys.argv[1:] if argv is None else argv)
+    gone = _cwd_gone(arguments)
+    if gone:
+        console.error(gone)
+        return Status.CONFIG_ERROR
     if arguments and arguments[0] in SUBCOMMANDS:
         from .commands import run_command
         return run_command(arguments, console, dict(os.environ if env is None else env))
@@ -198,6 +204,85 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         threading.excepthook = previous_hook
 
 
+#: options of the review and lock commands whose value is a path (a relative one needs the
+#: working directory)
+_PATH_OPTIONS = ("--log_dir", "--log-dir", "--config", "-i", "--inventory", "-o", "--output")
+
+
+def _cwd_gone(arguments: Sequence[str]) -> str | None:
+    """Why the command cannot run in this working directory, or None.  A shell keeps its working
+    directory after another shell removed it (a release folder cleaned up, a checkout replaced);
+    ``getcwd`` then fails.  A run records its working directory (``--resume`` needs it), runs
+    local steps and hooks in it and finds relative paths from it, so it is refused at once, before
+    anything is read or touched (without this it failed after taking its run folder and the fleet
+    lock, as an internal error).  A review command may go on when every path it was given is
+    absolute (``logs/``, the default ``--log_dir``, is relative)."""
+    try:
+        os.getcwd()
+        return None
+    except FileNotFoundError:
+        pass
+    except OSError as exc:            # EACCES on some systems: a parent no longer searchable
+        if exc.errno != errno.EACCES:
+            return None
+    if any(a in ("-h", "--help", "--version") for a in arguments):
+        return None
+    if arguments and arguments[0] in SUBCOMMANDS:
+        values = _option_values(arguments[1:])
+        given_log_dir = any(opt in ("--log_dir", "--log-dir") for opt, _ in values)
+        if all(os.path.isabs(value) for _, value in values) \
+                and (given_log_dir or arguments[0] == "lock"):
+            return None
+    shell = os.environ.get("PWD", "")
+    where = f" ({describe_value(shell)}, as the shell calls it)" if shell else ""
+    return (f"the current directory{where} no longer exists (it was removed or renamed after this shell entered "
+            "it): cd to an existing directory and run zdupgrade again; nothing was done")
+
+
+def _option_values(arguments: Sequence[str]) -> list[tuple[str, str]]:
+    """(option, value) of each path option in ``arguments`` (``--opt value`` and ``--opt=value``)."""
+    found: list[tuple[str, str]] = []
+    for index, token in enumerate(arguments):
+        if token == "--":
+            break
+        option, equals, value = token.partition("=")
+        if option in _PATH_OPTIONS:
+            if equals:
+                found.append((option, value))
+            elif index + 1 < len(arguments):
+                found.append((option, arguments[index + 1]))
+    return found
+
+
+def _standard_descriptors() -> None:
+    """Descriptors 0, 1 and 2 opened on /dev/null where they are closed (``<&-``, ``>&-``,
+    ``2>&-`` in a cron line or a script), and Python's streams made again for them.  Without this
+    ``sys.stdout`` is None (the run ended 80, "internal error", right after taking the fleet lock)
+    and, worse, the first file the run opens gets descriptor 1 or 2: whatever writes to "stdout"
+    then writes into run.log or the journal."""
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            opened = os.open(os.devnull, flags)
+        except OSError:               # no /dev/null (a bare chroot): leave it as it is
+            continue
+        if opened != fd:
+            os.dup2(opened, fd)
+            os.close(opened)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            try:
+                stream = open(fd, mode, buffering=1, closefd=False,
+                              errors="strict" if name == "stdin" else "backslashreplace")
+            except OSError:
+                continue
+            setattr(sys, name, stream)
+
+
 def _masked(upgrade: object, text: str) -> str:
     masker = getattr(upgrade, "masker", None)
     return masker(text) if masker is not None else text
@@ -206,6 +291,7 @@ def _masked(upgrade: object, text: str) -> str:
 def entry_point() -> None:
     """Run the command line and exit with its status (``zdu.__main__.launch`` calls it: the
     console script, ``python3 -m zdu`` and ``./zdupgrade``)."""
+    _standard_descriptors()
     status = int(main())
     # The run has closed what it opened.  At exit the interpreter's collector would walk every
     # object once more (modules, the plan, the run's records) only to free memory the process is

@@ -104,7 +104,7 @@ def _open_log_dir(log_dir: Path, *, create: bool) -> int:
         if not create:
             raise ConfigError(f"{where}: does not exist") from None
         try:
-            os.makedirs(log_dir, mode=RUN_DIR_MODE)
+            _make_dirs(Path(log_dir))
         except FileExistsError:  # made meanwhile: checked below like any other
             pass
         except OSError as exc:
@@ -132,6 +132,26 @@ def _open_log_dir(log_dir: Path, *, create: bool) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _make_dirs(path: Path) -> None:
+    """``path`` and its missing parents created mode 0700 whatever the umask (``os.makedirs``
+    gives the parents 0777 minus the umask: under ``umask 000`` a world-writable folder above
+    the run folders, and under ``umask 0277`` a log dir the run cannot write in)."""
+    missing: list[Path] = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, RUN_DIR_MODE)
+        except FileExistsError:
+            if folder is missing[0]:
+                raise
+            continue          # made meanwhile by someone else: left as it is
+        os.chmod(folder, RUN_DIR_MODE, follow_symlinks=False)
 
 
 def check_log_dir(log_dir: str | os.PathLike[str]) -> None:

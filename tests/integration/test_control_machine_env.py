@@ -1,0 +1,178 @@
+"""zdupgrade in the control machine's real-world environments: a cron line or a script that
+closes the standard descriptors, a shell whose working directory was removed, an odd umask, and a
+terminal whose COLUMNS / LINES do not say its size.  Real zdupgrade processes on a local fleet,
+real shells, a real pseudo-terminal."""
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import stat
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from tests.support.localfleet import ROOT, LocalFleet, profile
+from zdu.status import Status
+
+ZDU = [sys.executable, str(ROOT / "zdupgrade")]
+
+
+def _sh(script: str, *argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a real sh with ``argv`` as "$@" (for redirections and umask)."""
+    return subprocess.run(["sh", "-c", script, "sh", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def _upgraded(fleet: LocalFleet) -> bool:
+    return all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in fleet.names)
+
+
+# --------------------------------------------------------------------------- closed descriptors
+
+def test_a_run_with_all_standard_descriptors_closed_upgrades_and_records(tmp_path: Path) -> None:
+    """``zdupgrade ... <&- >&- 2>&-`` (cron, a script): it ended 80 ("internal error") once the
+    fleet lock was taken; now the run goes on with its console on /dev/null, and its record is whole."""
+    fleet = LocalFleet(tmp_path)
+    done = _sh('exec "$@" <&- >&- 2>&-', *ZDU, *fleet.argv("--plain"), cwd=tmp_path)
+    assert done.returncode == Status.SUCCESS, done.stdout + done.stderr
+    assert _upgraded(fleet)
+    run_log = (fleet.run_dir() / "run.log").read_text()
+    assert "Status 0 (SUCCESS)" in run_log and "internal error" not in run_log
+
+
+def test_a_run_with_stdout_closed_still_says_its_errors_on_stderr(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    done = _sh('exec "$@" >&-', *ZDU, *fleet.argv("--plain"), cwd=tmp_path)
+    assert done.returncode == Status.SUCCESS, done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert _upgraded(fleet)
+    refused = _sh('exec "$@" >&-', *ZDU, *fleet.argv("--serial", "abc"), cwd=tmp_path)
+    assert refused.returncode == Status.CONFIG_ERROR
+    assert "--serial" in refused.stderr
+
+
+def test_a_run_with_stdin_closed_is_not_an_internal_error(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    done = _sh('exec "$@" <&-', *ZDU, *fleet.argv("--plain"), cwd=tmp_path)
+    assert done.returncode == Status.SUCCESS, done.stdout[-2000:] + done.stderr
+    assert "internal error" not in done.stdout + done.stderr
+    assert _upgraded(fleet)
+
+
+# --------------------------------------------------------------------------- a removed working directory
+
+GONE = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+
+
+def test_a_run_from_a_removed_working_directory_is_refused_before_anything(tmp_path: Path) -> None:
+    """Every path absolute, but the shell's directory was removed: the run took its run folder
+    and the fleet lock, then ended 80 ("internal error: FileNotFoundError"), leaving a damaged run
+    folder.  Now one clear line, 78, and nothing made or touched."""
+    fleet = LocalFleet(tmp_path)
+    gone = tmp_path / "release-1.0"
+    for extra in ((), ("--dry-run",)):
+        gone.mkdir()
+        done = _sh(GONE, str(gone), *ZDU, *fleet.argv("--plain", *extra), cwd=tmp_path)
+        assert done.returncode == Status.CONFIG_ERROR, done.stdout + done.stderr
+        assert "the current directory" in done.stderr and "no longer exists" in done.stderr, done.stderr
+        assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert not fleet.log_dir.exists()
+    assert not (tmp_path / "fleet-lock").exists()
+    assert all(fleet.running(n) == "1.0" for n in fleet.names)
+
+
+def test_review_commands_from_a_removed_working_directory(tmp_path: Path) -> None:
+    """Given an absolute --log_dir a review command works; with the default (relative) logs/ it
+    says why instead of "no run under logs/"."""
+    fleet = LocalFleet(tmp_path)
+    assert subprocess.run([*ZDU, *fleet.argv("-q")], capture_output=True, cwd=tmp_path, timeout=120).returncode == 0
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    listed = _sh(GONE, str(gone), *ZDU, "runs", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
+    assert listed.returncode == 0 and "SUCCESS (0)" in listed.stdout, listed.stdout + listed.stderr
+    gone.mkdir()
+    shown = _sh(GONE, str(gone), *ZDU, "show", cwd=tmp_path)
+    assert shown.returncode == Status.CONFIG_ERROR
+    assert "no longer exists" in shown.stderr and "no run under" not in shown.stderr, shown.stderr
+
+
+# --------------------------------------------------------------------------- umask
+
+def test_log_dirs_made_by_a_run_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """A missing --log_dir's missing parents were made 0777 minus the umask: under ``umask 000``
+    a world-writable folder above the run folders."""
+    fleet = LocalFleet(tmp_path)
+    for umask in ("000", "077", "022"):
+        logs = tmp_path / f"u{umask}" / "zdupgrade" / "logs"
+        done = _sh(f'umask {umask} && exec "$@"', *ZDU, *fleet.argv("-q", "--log_dir", str(logs)), cwd=tmp_path)
+        assert done.returncode == Status.SUCCESS, done.stdout[-2000:] + done.stderr
+        run = next(logs.iterdir())
+        for folder in (logs.parent.parent, logs.parent, logs, run):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, (umask, folder, oct(folder.stat().st_mode))
+        assert {stat.S_IMODE(f.stat().st_mode) for f in run.iterdir()} == {0o600}
+
+
+# --------------------------------------------------------------------------- the live view's size
+
+def _on_terminal(argv: list[str], env: dict[str, str], cwd: Path, columns: int, rows: int) -> tuple[int, str]:
+    """``argv`` on a real pseudo-terminal of ``columns`` x ``rows``; its status and what it drew."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd, start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:             # EIO: the child side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    proc.wait(timeout=60)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def _table_lines(text: str) -> list[str]:
+    return [line for line in re.split(r"[\r\n]", text) if "\u2502" in line or "\u2503" in line]
+
+
+def test_the_live_view_draws_at_the_terminals_own_size(tmp_path: Path) -> None:
+    """COLUMNS / LINES in the environment that do not say the terminal's size: COLUMNS=0 drew
+    nothing (every progress line of the run lost), LINES=1 a table cut to "...", and a COLUMNS
+    wider than the terminal a table wider than it."""
+    data = profile(tmp_path)
+    data["phases"]["PRE-APPLY"] = [{"name": "check that the converted configuration is complete", "run": "true"}]
+    fleet = LocalFleet(tmp_path, names=("gateway-node-a", "gateway-node-b"),
+                       profile_overrides={"phases": data["phases"]})
+    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    base["TERM"] = "xterm"
+    status, drawn = _on_terminal([*ZDU, *fleet.argv()], {**base, "COLUMNS": "0"}, tmp_path, 70, 20)
+    assert status == Status.SUCCESS, drawn[-2000:]
+    assert "logs in" in drawn and drawn.count("load balancer disable: ok") == 2, drawn[-2000:]
+    assert _table_lines(drawn)
+
+    status, drawn = _on_terminal([*ZDU, *fleet.argv()], {**base, "LINES": "1"}, tmp_path, 70, 20)
+    assert status == Status.SUCCESS
+    assert any("gateway-node-a" in line for line in _table_lines(drawn)), drawn[-2000:]
+
+    status, drawn = _on_terminal([*ZDU, *fleet.argv()], {**base, "COLUMNS": "300"}, tmp_path, 60, 20)
+    assert status == Status.SUCCESS
+    lines = _table_lines(drawn)
+    assert lines and max(len(line) for line in lines) <= 60, max(lines, key=len)
