@@ -393,8 +393,9 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
     pauses: set[int] = set()
     offset = 0
     for tier, chosen in zip(tiers, _serials(topology, serial)):
-        pauses |= {offset + i for i in chosen.pauses(list(tier.nodes))}
         offset += len(tier.waves)
+        # a pause after a tier's last wave is kept when a later tier has waves: it comes before that tier
+        pauses |= {offset - len(tier.waves) + i for i in chosen.pauses(list(tier.nodes), last=offset == len(waves))}
     for number in pause_after:
         if not 1 <= number < len(waves):
             where = (f"a pause goes after wave 1 to {len(waves) - 1}" if len(waves) > 2 else

@@ -110,14 +110,16 @@ class Serial(tuple[Entry, ...]):
             pos += size
         return tuple(waves)
 
-    def pauses(self, names: Sequence[str]) -> frozenset[int]:
-        """Indices of the waves after which the run pauses (never after the last wave)."""
+    def pauses(self, names: Sequence[str], *, last: bool = True) -> frozenset[int]:
+        """Indices of the waves after which the run pauses.  Never after the run's last wave;
+        ``last=False`` says more waves follow these (a later tier's): then a pause after their
+        last one is kept -- it comes before the next tier."""
         count = len(self.waves(names))
         result: set[int] = set()
         wave = -1
         for entry in self:
             if entry is PAUSE:
-                if wave < count - 1:
+                if 0 <= wave < (count - 1 if last else count):
                     result.add(wave)
             else:
                 wave += 1
