@@ -718,6 +718,7 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
         guards.append(f"at least {plan.min_in_service} node(s) in service")
     if guards:
         out.append("  guards: " + ", ".join(guards))
+    out.extend(f"  WARNING: {problem}" for problem in never_started(plan))
     if plan.pauses:
         out.append(f"  pauses after wave(s) {', '.join(str(p + 1) for p in sorted(plan.pauses))}; a pause waits "
                    f"{plan.pause_timeout:g}s for `zdupgrade continue` / `abort`, then: {plan.pause_timeout_action}")
@@ -760,6 +761,26 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
         out.append(f"{number}. After a successful run, once:")
         out.extend(_format_run_steps(plan.after))
     return "\n".join(out) + "\n"
+
+
+def never_started(plan: Plan) -> list[str]:
+    """The waves the capacity guard refuses even with every node serving: ``min_in_service``
+    asks for more nodes than the wave leaves (a tier's larger than the tier, say).  The run
+    would be refused at preflight (84); the dry run says so beforehand."""
+    from zdu.run.walk import Walker, capacity        # the walk is built on the plan
+    everyone = {n.name: True for n in plan.backend_nodes}
+    problems = []
+    for wave in Walker(plan).waves():
+        check = capacity(plan, wave, everyone)
+        if check is not None and check[0] < check[1]:
+            left, want, scope = check
+            whole = (f"tier {wave.tier.name}" if wave.tier.name and scope == list(wave.tier.nodes)
+                     else "the backend")
+            problems.append(f"the capacity guard can never start wave {wave.number} ({', '.join(wave.nodes)}): "
+                            f"{whole} has {len(scope)} node(s), at least {want} must stay in service, and the "
+                            f"wave takes {len(wave.nodes)} out; the run would be refused (84). Lower min_in_service "
+                            "or the serial")
+    return problems
 
 
 def _format_gate(tier: PlannedTier) -> list[str]:
