@@ -194,6 +194,9 @@ class OperatorPauser:
         self._lines: _Lines | None = None
 
     def __call__(self, request: PauseRequest, stop: Callable[[], bool]) -> PauseAnswer:
+        # what was typed before this pause asked (type-ahead during a wave, a second "continue"
+        # typed at the pause before) answers nothing: only an answer to this question counts
+        stale = self._discard_typed()
         done = ", ".join(request.done) or "none yet"
         failed = (f"; rolled back within the failure budget: {', '.join(request.rolled_back)}"
                   if request.rolled_back else "")
@@ -208,6 +211,8 @@ class OperatorPauser:
                 self.console.line("    (this run is in the background of its terminal: `fg` to type an answer here)")
             if self._lines is None:
                 self._lines = _Lines(self.stdin)
+            if stale:
+                self.console.line(f"    (ignored what was typed before this pause: {', '.join(stale)[:80]})")
         # an answer left for this pause before it began (a resumed run) counts; an older one does not
         deadline = self.clock() + request.timeout
         while True:
@@ -230,6 +235,28 @@ class OperatorPauser:
             return _foreground(self.stdin.fileno())
         except (OSError, ValueError):       # no file descriptor (a test's stream): nothing stops it
             return True
+
+    def _discard_typed(self) -> list[str]:
+        """Drop the lines typed before this pause (the words of those that were not empty): the
+        reader's queue, and on the first pause what waits in the terminal's input (a flush,
+        only in the foreground: there it cannot stop the run with SIGTTOU)."""
+        stale: list[str] = []
+        if self._lines is None:
+            if self.interactive and self._in_foreground():
+                import termios
+                try:
+                    termios.tcflush(self.stdin.fileno(), termios.TCIFLUSH)
+                except (termios.error, OSError, ValueError, AttributeError):
+                    pass                    # not a terminal (a pipe, a test's stream): nothing waits there
+            return stale
+        while True:
+            try:
+                line = self._lines.queue.get_nowait()
+            except queue.Empty:
+                return stale
+            word = " ".join(line.split())
+            if word:
+                stale.append(repr(word[:40]))
 
     def _typed(self) -> PauseAnswer | None:
         assert self._lines is not None
