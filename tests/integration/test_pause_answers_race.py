@@ -28,6 +28,7 @@ def test_a_second_different_answer_to_a_live_pause_is_refused_not_claimed(tmp_pa
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     assert first.returncode == 0 and "told to continue" in first.stdout, first.stderr
+    assert "the run has not taken it within 2 s; is its process stopped?" in first.stdout   # it is
     assert second.returncode == int(Status.CONFIG_ERROR), second.stdout
     assert "has an answer waiting already: continue" in second.stderr and "yours (abort) was not left" in \
         second.stderr and "Traceback" not in second.stderr

@@ -2,7 +2,8 @@
 reader (``OperatorPauser``) taking it.
 
 An answer the live run took since its pause began (``pause.answer.used``) stops a different one;
-one taken before the pause began, or before the resume that came back to the pause, does not."""
+one taken before the pause began, or before the resume that came back to the pause, does not.
+An answer the run did not take (it ended the pause otherwise) is reported and taken back."""
 from __future__ import annotations
 
 import io
@@ -13,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fakes import make_plan, opened
+from zdu.cli import commands
 from zdu.cli.console import Console
 from zdu.cli.pause import ANSWER_FILE, OperatorPauser, leave_answer
 from zdu.errors import ConfigError
 from zdu.report.rundir import RunDir
+from zdu.run import events as ev
 from zdu.run.conductor import PauseRequest
 
 
@@ -72,3 +76,22 @@ def test_two_shells_at_the_same_moment_one_answer_is_left(tmp_path: Path) -> Non
     assert sorted(results).count(f"{left}:left") == 1
     assert all(r in (f"{left}:left", f"{left}:same") or r.endswith(":refused") for r in results), results
     assert sum(r.endswith(":refused") for r in results) == 4
+
+
+def test_an_answer_the_run_did_not_take_is_reported_and_taken_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run ended its pause with another answer (typed on its terminal, or its timeout) while
+    ours was being left: `zdupgrade continue` must not say it was obeyed."""
+    monkeypatch.setattr(commands, "TAKEN_WAIT", 0.3)
+    run_dir = RunDir.create(tmp_path, "r1")
+    paused = ev.Paused(wave=1, timeout=60.0, on_timeout="abort")
+    events = [opened(make_plan()), paused, ev.PauseEnded(wave=1, answer="abort", by="tester@test (terminal)")]
+    run_dir.write_atomic("journal.jsonl", "".join(json.dumps(e.to_json()) + "\n" for e in events).encode())
+    leave_answer(run_dir, 1, "continue", alive=True, since=paused.at)
+    taken = commands._taken(run_dir, 1, paused.at, "continue")
+    assert taken is not None and taken.answer == "abort" and taken.by == "tester@test (terminal)"
+    assert not run_dir.exists(ANSWER_FILE)          # ours is taken back: it answers nothing now
+    # taken by the run: the file is gone at once
+    leave_answer(run_dir, 2, "continue", alive=True, since=time.time())
+    run_dir.remove(ANSWER_FILE)
+    assert commands._taken(run_dir, 2, paused.at, "continue") == commands.PauseAnswer("continue")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -15,11 +16,12 @@ from ..config.values import check_text
 from ..errors import ConfigError, ZduError
 from ..report.rundir import LOG_DIR
 from ..report.runfolder import JOURNAL, read_journal
+from ..run.conductor import PauseAnswer
 from ..run.resume import find_run
 from ..run.state import replay
 from ..status import Phase, Status
 from .console import Console
-from .pause import leave_answer
+from .pause import ANSWER_FILE, leave_answer, withdraw_answer
 
 T = TypeVar("T")
 
@@ -273,7 +275,13 @@ def _answer(args: argparse.Namespace, console: Console, answer: str) -> Status:
             console.line(f"run {state.run_id}, paused after wave {wave}: already told to {what} "
                          f"(by {left.earlier.by}); nothing more to do")
         elif alive:
-            console.line(f"run {state.run_id}, paused after wave {wave}: told to {what}")
+            taken = _taken(run_dir, wave, float(pause["started"]), answer)
+            if taken is not None and taken.answer != answer:      # typed on its terminal meanwhile, say
+                raise ConfigError(f"run {state.run_id}, paused after wave {wave}, took another answer first: "
+                                  f"{taken.answer} (by {taken.by}); yours ({answer}) was not used")
+            console.line(f"run {state.run_id}, paused after wave {wave}: told to {what}" + (
+                "" if taken is not None else f" (left in its folder: the run has not taken it within {TAKEN_WAIT:g} s; "
+                                             "is its process stopped?)"))
         else:
             replaced = (f", replacing the one left earlier ({left.earlier.answer} by {left.earlier.by})"
                         if left.earlier is not None else "")
@@ -282,6 +290,30 @@ def _answer(args: argparse.Namespace, console: Console, answer: str) -> Status:
         return Status.SUCCESS
     finally:
         run_dir.close()
+
+
+#: how long ``continue`` / ``abort`` wait for the live run to take the answer (it looks every 0.2 s)
+TAKEN_WAIT = 2.0
+
+
+def _taken(run_dir: Any, wave: int, started: float, answer: str) -> PauseAnswer | None:
+    """The answer the live run took for its pause after ``wave`` (begun at ``started``): ours
+    once it is gone from the folder; the run's own when the pause ended otherwise (ours is then
+    taken back); None if it took none within TAKEN_WAIT."""
+    deadline = time.monotonic() + TAKEN_WAIT
+    while time.monotonic() < deadline:
+        if not run_dir.exists(ANSWER_FILE):
+            return PauseAnswer(answer)
+        time.sleep(0.05)
+    try:
+        state = replay(read_journal(run_dir.read_text(JOURNAL)))
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, ZduError):
+        return None
+    ended = next((p for p in state.pauses if p["wave"] == wave and p["started"] == started and p["ended"]), None)
+    if ended is None:
+        return None
+    withdraw_answer(run_dir, wave, answer)
+    return PauseAnswer(str(ended["answer"]), str(ended["by"]))
 
 
 def _paused_elsewhere(log_dir: Path, latest: str, command: str) -> str:

@@ -118,6 +118,19 @@ def leave_answer(run_dir: RunDir, wave: int, answer: str, *, alive: bool, since:
         os.close(fd)                           # and the lock with it
 
 
+def withdraw_answer(run_dir: RunDir, wave: int, answer: str) -> None:
+    """Take back ``answer`` left for the pause after ``wave`` (the run ended that pause otherwise):
+    left there, it would answer nothing, and mislead whoever reads the folder."""
+    fd = run_dir.open_fd(ANSWER_LOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        waiting = _answer_data(run_dir, ANSWER_FILE, wave)
+        if waiting is not None and waiting["answer"] == answer:
+            run_dir.remove(ANSWER_FILE)
+    finally:
+        os.close(fd)
+
+
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
 
