@@ -14,10 +14,14 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.localfleet import ROOT, LocalFleet, profile
+from zdu.cli import console as console_module
 from zdu.status import Status
 
 ZDU = [sys.executable, str(ROOT / "zdupgrade")]
@@ -176,3 +180,100 @@ def test_the_live_view_draws_at_the_terminals_own_size(tmp_path: Path) -> None:
     assert status == Status.SUCCESS
     lines = _table_lines(drawn)
     assert lines and max(len(line) for line in lines) <= 60, max(lines, key=len)
+
+
+# --------------------------------------------------------------------------- a console nobody reads
+
+def _unread_pipe() -> tuple[int, int]:
+    """A pipe of one page (4 KiB: F_SETPIPE_SZ), so that a run's output fills it."""
+    read, write = os.pipe()
+    fcntl.fcntl(write, 1031, 4096)          # F_SETPIPE_SZ
+    return read, write
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 1 << 20)
+        except OSError:                     # EIO: a pty whose other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _wait_upgraded(fleet: LocalFleet, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _upgraded(fleet):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def test_a_pipe_that_is_not_read_does_not_hold_up_the_run(tmp_path: Path) -> None:
+    """``zdupgrade ... | less`` not scrolled, a stalled CI log reader: the run's writes blocked on the
+    full pipe, and the run with them (in EXPORT here; as well with a node out of the load balancer).
+    Now the nodes are upgraded while nobody reads, and every line is there once the pipe is read."""
+    fleet = LocalFleet(tmp_path, names=[f"N{i}" for i in range(12)])
+    read, write = _unread_pipe()
+    proc = subprocess.Popen([*ZDU, *fleet.argv("--plain", "-v")], stdout=write, stderr=write, cwd=tmp_path)
+    os.close(write)
+    try:
+        upgraded = _wait_upgraded(fleet, proc)
+    finally:
+        out = _read_all(read).decode()
+        proc.wait(timeout=60)
+    assert upgraded, "the run waited for its console to be read"
+    assert proc.returncode == Status.SUCCESS, out[-2000:]
+    assert "Status 0 (SUCCESS)" in out and out.count("load balancer enable: ok") == 12
+    assert "dropped" not in out
+
+
+def test_a_terminal_that_is_not_read_does_not_hold_up_the_live_view(tmp_path: Path) -> None:
+    """The live view on a terminal whose output is not read (Ctrl-S, a stuck ssh session)."""
+    fleet = LocalFleet(tmp_path, names=[f"N{i}" for i in range(12)])
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 20, 80, 0, 0))
+    env = {**os.environ, "TERM": "xterm"}
+    proc = subprocess.Popen([*ZDU, *fleet.argv()], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    os.close(slave)
+    try:
+        upgraded = _wait_upgraded(fleet, proc)
+    finally:
+        out = _read_all(master).decode("utf-8", "replace")
+        proc.wait(timeout=60)
+    assert upgraded, "the run waited for its terminal to be read"
+    assert proc.returncode == Status.SUCCESS and "Status 0 (SUCCESS)" in out, out[-2000:]
+
+
+def test_lines_past_the_limit_are_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's writer on a real pipe nobody reads: past MAX_QUEUED the lines are dropped,
+    never waited for, and a line says how many once the pipe is read."""
+    monkeypatch.setattr(console_module, "MAX_QUEUED", 20000)
+    read, write = _unread_pipe()
+    stream = os.fdopen(write, "w")
+    console = console_module.Console(stream, stream)
+    console.start_writer()
+    started = time.monotonic()
+    for number in range(2000):
+        console.line(f"line {number:05d} " + "x" * 80)
+    assert time.monotonic() - started < 5
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.append(_read_all(read)))
+    reader.start()
+    console.drain()
+    stream.close()
+    reader.join(timeout=30)
+    text = chunks[0].decode()
+    assert "line 00000" in text and "console line(s) dropped while the console was not being read" in text
+    dropped = sum(int(n) for n in re.findall(r"\[zdupgrade: (\d+) console line", text))
+    assert dropped > 0 and dropped == 2000 - text.count("line 0")
+    numbers = [int(n) for n in re.findall(r"^line (\d+)", text, re.M)]
+    assert numbers == sorted(numbers)            # in order, with gaps where the notes are

@@ -109,28 +109,27 @@ class _Row:
 
 
 class _SafeFile(io.TextIOBase):
-    """The terminal for rich: a write that fails (EIO, EPIPE) marks it lost instead of raising."""
+    """The terminal for rich, written through the zdu console (so that a terminal that is not
+    read does not hold up the run: see zdu.cli.console); a write that fails (EIO, EPIPE) marks it
+    lost instead of raising."""
 
-    def __init__(self, stream: TextIO, on_lost: Callable[[str], None]) -> None:
-        self.stream, self.on_lost, self.lost = stream, on_lost, False
+    def __init__(self, console: Console, stream: TextIO, on_lost: Callable[[str], None]) -> None:
+        self.console, self.stream, self.on_lost, self.lost = console, stream, on_lost, False
 
     def write(self, text: str) -> int:
-        if self.lost:
-            return len(text)
-        try:
-            self.stream.write(text)
-        except (OSError, ValueError) as exc:
-            self.lost = True
-            self.on_lost(f"{type(exc).__name__}: {exc}")
+        if not self.lost:
+            self.console.raw(self.stream, text)     # written and flushed, or queued for the writer
+            self._check()
         return len(text)
 
     def flush(self) -> None:
         if not self.lost:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError) as exc:
-                self.lost = True
-                self.on_lost(f"{type(exc).__name__}: {exc}")
+            self._check()
+
+    def _check(self) -> None:
+        if self.console.lost is not None:
+            self.lost = True
+            self.on_lost(self.console.lost)
 
     def isatty(self) -> bool:
         return True
@@ -141,6 +140,9 @@ class _SafeFile(io.TextIOBase):
 
 class _Above(io.TextIOBase):
     """What the zdu console writes while the live view runs: printed above the view."""
+
+    #: the console writes here at once, not through its writer thread (see Console.raw)
+    immediate = True
 
     def __init__(self, view: "LiveView") -> None:
         self.view = view
@@ -177,7 +179,7 @@ class LiveView:
         self.paused = ""
         self.finished = ""
         self._lock = threading.RLock()
-        self._file = _SafeFile(console.out, self._lost)
+        self._file = _SafeFile(console, console.out, self._lost)
         self.rich = RichConsole(file=cast(IO[str], self._file), force_terminal=True, no_color=no_color, highlight=False,
                                 soft_wrap=False, emoji=False, markup=False, _environ=_sizing_environ(console.out))
         self._live: Any = None

@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     threading.excepthook = thread_error
     from .upgrade import Upgrade
     upgrade: Upgrade | None = None
+    if not args.dry_run:        # a terminal or pipe that is not read must not hold up a run (a plan
+        console.start_writer()  # is only output: it waits for its reader, and never drops a line)
     try:
         with stop_on_signals(stop, console):
             if args.lab:
@@ -202,6 +204,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return Status.FATAL_ERROR
     finally:
         threading.excepthook = previous_hook
+        console.drain()
 
 
 #: options of the review and lock commands whose value is a path (a relative one needs the
