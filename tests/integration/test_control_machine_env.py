@@ -277,3 +277,17 @@ def test_lines_past_the_limit_are_dropped_and_counted(monkeypatch: pytest.Monkey
     assert dropped > 0 and dropped == 2000 - text.count("line 0")
     numbers = [int(n) for n in re.findall(r"^line (\d+)", text, re.M)]
     assert numbers == sorted(numbers)            # in order, with gaps where the notes are
+
+
+def test_the_live_view_on_a_terminal_that_is_not_utf8(tmp_path: Path) -> None:
+    """LC_ALL=C without Python's UTF-8 coercion: the live view's box characters could not be
+    encoded, and the whole console was lost (not even the summary was shown: run.log said
+    "the console was lost during the run: UnicodeEncodeError").  Now it draws with ASCII."""
+    fleet = LocalFleet(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LANGUAGE", "PYTHONIOENCODING") and
+           not k.startswith("LC_")}
+    env.update({"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "TERM": "xterm"})
+    status, drawn = _on_terminal([*ZDU, *fleet.argv()], env, tmp_path, 100, 30)
+    assert status == Status.SUCCESS, drawn[-2000:]
+    assert "Status 0 (SUCCESS)" in drawn and "| NODE" in drawn and "\\u25" not in drawn, drawn[-2000:]
+    assert "console was lost" not in (fleet.run_dir() / "run.log").read_text()

@@ -137,6 +137,13 @@ class _SafeFile(io.TextIOBase):
     def fileno(self) -> int:
         return self.stream.fileno()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        """The terminal's: rich draws with ASCII boxes where it is not UTF-8 (LC_ALL=C without
+        Python's UTF-8 coercion), instead of box characters the console could only show as
+        ``\u2503`` escapes, six times as wide as the terminal allows."""
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
 
 class _Above(io.TextIOBase):
     """What the zdu console writes while the live view runs: printed above the view."""
