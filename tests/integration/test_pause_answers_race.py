@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.integration.test_pause import CANARY, paused, zdupgrade
-from tests.support.localfleet import LocalFleet
+from tests.support.localfleet import ROOT, LocalFleet
 from zdu.status import Status
 
 
@@ -22,13 +25,20 @@ def test_a_second_different_answer_to_a_live_pause_is_refused_not_claimed(tmp_pa
     # before it can take either -- the moment two operators answer at once
     os.killpg(proc.pid, signal.SIGSTOP)
     try:
-        first = zdupgrade("continue", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
+        # the first operator gives up waiting for the (stopped) run to take the answer: Ctrl-C
+        first = subprocess.Popen([sys.executable, str(ROOT / "zdupgrade"), "continue", "--log_dir",
+                                  str(fleet.log_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=tmp_path)
+        fleet.wait_for(lambda: (fleet.run_dir() / "pause.answer").exists(), "the answer left", first)
+        time.sleep(0.3)
+        first.send_signal(signal.SIGINT)
+        first_out, first_err = first.communicate(timeout=30)
         second = zdupgrade("abort", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
         same = zdupgrade("continue", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
-    assert first.returncode == 0 and "told to continue" in first.stdout, first.stderr
-    assert "the run has not taken it within 2 s; is its process stopped?" in first.stdout   # it is
+    assert first.returncode == int(Status.INTERRUPTED), first_err
+    assert "told to continue (left in its folder; interrupted before the run took it)" in first_out
     assert second.returncode == int(Status.CONFIG_ERROR), second.stdout
     assert "has an answer waiting already: continue" in second.stderr and "yours (abort) was not left" in \
         second.stderr and "Traceback" not in second.stderr

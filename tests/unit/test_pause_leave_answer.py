@@ -91,6 +91,11 @@ def test_an_answer_the_run_did_not_take_is_reported_and_taken_back(tmp_path: Pat
     taken = commands._taken(run_dir, 1, paused.at, "continue")
     assert taken is not None and taken.answer == "abort" and taken.by == "tester@test (terminal)"
     assert not run_dir.exists(ANSWER_FILE)          # ours is taken back: it answers nothing now
+    # not taken, and the pause still open (a stopped process): None, and the answer stays for it
+    run_dir.write_atomic("journal.jsonl", "".join(json.dumps(e.to_json()) + "\n" for e in events[:2]).encode())
+    leave_answer(run_dir, 1, "continue", alive=True, since=paused.at)
+    assert commands._taken(run_dir, 1, paused.at, "continue") is None and run_dir.exists(ANSWER_FILE)
+    run_dir.remove(ANSWER_FILE)
     # taken by the run: the file is gone at once
     leave_answer(run_dir, 2, "continue", alive=True, since=time.time())
     run_dir.remove(ANSWER_FILE)

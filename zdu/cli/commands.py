@@ -275,13 +275,18 @@ def _answer(args: argparse.Namespace, console: Console, answer: str) -> Status:
             console.line(f"run {state.run_id}, paused after wave {wave}: already told to {what} "
                          f"(by {left.earlier.by}); nothing more to do")
         elif alive:
-            taken = _taken(run_dir, wave, float(pause["started"]), answer)
+            try:
+                taken = _taken(run_dir, wave, float(pause["started"]), answer)
+            except KeyboardInterrupt:   # the answer is left all the same: say so, then end as interrupted
+                console.line(f"run {state.run_id}, paused after wave {wave}: told to {what} (left in its folder; "
+                             "interrupted before the run took it)")
+                raise
             if taken is not None and taken.answer != answer:      # typed on its terminal meanwhile, say
                 raise ConfigError(f"run {state.run_id}, paused after wave {wave}, took another answer first: "
                                   f"{taken.answer} (by {taken.by}); yours ({answer}) was not used")
             console.line(f"run {state.run_id}, paused after wave {wave}: told to {what}" + (
-                "" if taken is not None else f" (left in its folder: the run has not taken it within {TAKEN_WAIT:g} s; "
-                                             "is its process stopped?)"))
+                "" if taken is not None else " (left in its folder: the run has not taken it yet; is its process "
+                                             "stopped?)"))
         else:
             replaced = (f", replacing the one left earlier ({left.earlier.answer} by {left.earlier.by})"
                         if left.earlier is not None else "")
