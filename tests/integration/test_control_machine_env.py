@@ -5,6 +5,7 @@ real shells, a real pseudo-terminal."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -216,21 +217,31 @@ def _wait_upgraded(fleet: LocalFleet, proc: subprocess.Popen[bytes], timeout: fl
     return False
 
 
+def _run_on_unread_pipe(fleet: LocalFleet, options: list[str], cwd: Path, stderr: Path | None
+                        ) -> tuple[bool, int, str]:
+    """zdupgrade with its stdout (and stderr, unless ``stderr`` names a file) on a pipe nobody
+    reads until the nodes are upgraded: whether they were, the status, and what the pipe got."""
+    read, write = _unread_pipe()
+    with open(stderr or os.devnull, "wb") as err:
+        proc = subprocess.Popen([*ZDU, *fleet.argv(*options)], stdout=write,
+                                stderr=err if stderr else write, cwd=cwd)
+        os.close(write)
+        try:
+            upgraded = _wait_upgraded(fleet, proc)
+        finally:
+            out = _read_all(read).decode()
+            proc.wait(timeout=60)
+    return upgraded, proc.returncode, out
+
+
 def test_a_pipe_that_is_not_read_does_not_hold_up_the_run(tmp_path: Path) -> None:
     """``zdupgrade ... | less`` not scrolled, a stalled CI log reader: the run's writes blocked on the
     full pipe, and the run with them (in EXPORT here; as well with a node out of the load balancer).
     Now the nodes are upgraded while nobody reads, and every line is there once the pipe is read."""
     fleet = LocalFleet(tmp_path, names=[f"N{i}" for i in range(12)])
-    read, write = _unread_pipe()
-    proc = subprocess.Popen([*ZDU, *fleet.argv("--plain", "-v")], stdout=write, stderr=write, cwd=tmp_path)
-    os.close(write)
-    try:
-        upgraded = _wait_upgraded(fleet, proc)
-    finally:
-        out = _read_all(read).decode()
-        proc.wait(timeout=60)
+    upgraded, status, out = _run_on_unread_pipe(fleet, ["--plain", "-v"], tmp_path, None)
     assert upgraded, "the run waited for its console to be read"
-    assert proc.returncode == Status.SUCCESS, out[-2000:]
+    assert status == Status.SUCCESS, out[-2000:]
     assert "Status 0 (SUCCESS)" in out and out.count("load balancer enable: ok") == 12
     assert "dropped" not in out
 
@@ -291,3 +302,16 @@ def test_the_live_view_on_a_terminal_that_is_not_utf8(tmp_path: Path) -> None:
     assert status == Status.SUCCESS, drawn[-2000:]
     assert "Status 0 (SUCCESS)" in drawn and "| NODE" in drawn and "\\u25" not in drawn, drawn[-2000:]
     assert "console was lost" not in (fleet.run_dir() / "run.log").read_text()
+
+
+def test_an_events_reader_that_stalls_does_not_hold_up_the_run(tmp_path: Path) -> None:
+    """``--events - | consumer`` whose consumer stops reading for a while: the run went on only
+    when it read again.  Now the nodes are upgraded meanwhile, and the consumer gets every event."""
+    fleet = LocalFleet(tmp_path, names=[f"N{i}" for i in range(12)])
+    upgraded, status, out = _run_on_unread_pipe(fleet, ["--plain", "--events", "-"], tmp_path,
+                                                tmp_path / "console.txt")
+    assert upgraded, "the run waited for its --events reader"
+    assert status == Status.SUCCESS, (tmp_path / "console.txt").read_text()[-2000:]
+    kinds = [json.loads(line)["type"] for line in out.splitlines()]
+    journal = [json.loads(line)["type"] for line in (fleet.run_dir() / "journal.jsonl").read_text().splitlines()]
+    assert "RunFinished" in kinds and kinds == journal

@@ -29,8 +29,11 @@ MAX_QUEUED = 16 * 1024 * 1024
 class Console:
     """Thread-safe line output that tolerates a vanished terminal."""
 
-    def __init__(self, out: TextIO | None, err: TextIO | None) -> None:
+    def __init__(self, out: TextIO | None, err: TextIO | None, *, gap_notes: bool = True) -> None:
         self.out, self.err = out, err
+        #: whether a line says where lines were dropped (not in a stream of JSON lines)
+        self.gap_notes = gap_notes
+        self.dropped = 0                    #: lines dropped in all
         # reentrant: a signal handler (zdu.cli.signals) may write while the main thread is in here
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -70,6 +73,7 @@ class Console:
                     self._queue.append((stream, self._gap))
                     self._wake.notify_all()
                 self._gap[0] += text.count("\n") or 1
+                self.dropped += text.count("\n") or 1
                 return
             self._gap = None
             self._queue.append((stream, text))
@@ -143,6 +147,8 @@ class Console:
                 if isinstance(item, list):
                     if item is self._gap:
                         self._gap = None
+                    if not self.gap_notes:
+                        continue
                     text = (f"[zdupgrade: {item[0]} console line(s) dropped while the console was not being "
                             "read; run.log has them]\n")
                 else:

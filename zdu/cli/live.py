@@ -401,9 +401,14 @@ class Outputs:
         if target:
             from ..report.junit import EventStream
             from ..report.output import open_private
+        #: --events -: written by a writer thread of its own, so that a reader that stalls does not
+        #: hold up the run (see zdu.cli.console); waited for in finish()
+        self._events_console: Console | None = None
         if target == "-":
             out = events_out or console.out
-            self.events = EventStream(out.write, out.flush)
+            self._events_console = Console(out, out, gap_notes=False)
+            self._events_console.start_writer()
+            self.events = EventStream(self._events_line)
         elif target:
             self._events_file = open_private(target, option="--events")
             self.events = EventStream(self._events_file.write)
@@ -433,5 +438,19 @@ class Outputs:
                 self._events_file.close()
             except OSError as exc:
                 problems["events"] = f"{type(exc).__name__}: {exc}"[:500]
+        stream = self._events_console
+        if stream is not None:
+            stream.drain()                  # the record: its reader gets every line written so far
+            if stream.lost is not None:
+                problems["events"] = stream.lost[:500]
+            elif stream.dropped:
+                problems["events"] = (f"{stream.dropped} event line(s) dropped: the reader of --events - "
+                                      "did not keep up")
         return problems
+
+    def _events_line(self, text: str) -> None:
+        assert self._events_console is not None
+        if self._events_console.lost is not None:       # the recorder says the listener failed
+            raise OSError(f"--events -: {self._events_console.lost}")
+        self._events_console.raw(self._events_console.out, text)
 
