@@ -522,9 +522,11 @@ class Conductor:
         if not ok:
             return Status.ROLLBACK_FAILED
         decisions = self.recorder.query(lambda s: list(s.decisions))
-        first = next((d for d in decisions if d.action != Action.CONTINUE.value), None)
-        if first is None:
+        if not decisions:
             return Status.SUCCESS
+        # a run that went on past a CONTINUE still failed there (the run ended with that phase's
+        # status): repairing the node it left does not make the run a success
+        first = next((d for d in decisions if d.action != Action.CONTINUE.value), decisions[0])
         return self._decided_status(_failure_of(first), True)
 
     def _final(self, status: Status, left_out: list[str]) -> Status:

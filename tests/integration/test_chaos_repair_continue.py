@@ -1,0 +1,67 @@
+"""A run whose policy said CONTINUE, repaired with ``--resume``: the repair keeps the run's status.
+
+Found by a chaos probe on the lab (a CONTINUE policy, the new version failing to start on one
+node, then ``--resume`` once the fault was gone): the repair rolled the node back to the old
+version and put it back, and the run then ended SUCCESS (0) -- with that node on the old
+version and its APPLY ``FAILED`` in the table.  The run had ended APPLY_FAILED (73); repairing the
+node it left behind makes the fleet whole, not the upgrade successful.
+
+Real zdupgrade processes on a ``transport: local`` fleet (real shells, a real script hook).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.support.localfleet import ROOT, LocalFleet
+from zdu.status import Status
+
+POLICY = '''
+from zdu.run.policy import Action, Decision
+
+
+def keep_going(ctx):
+    return Decision(Action.CONTINUE, "operator accepts: go on with the others")
+'''
+
+
+def test_repairing_a_continued_node_does_not_turn_the_run_into_a_success(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    broken = tmp_path / "B" / "broken"
+    data = yaml.safe_load(fleet.profile.read_text())
+    # B's new version does not start while B/broken exists (stop old has run: B runs nothing)
+    node = "{{ fleet_root }}/{{ node.name }}"
+    data["phases"]["APPLY"][-1]["run"] = f"test ! -e {node}/broken && echo 2.0 > {node}/running"
+    fleet.profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    broken.touch()
+    (tmp_path / "chaos_continue_policy.py").write_text(POLICY)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+
+    first = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), *fleet.argv(
+        "--rollback-policy", "chaos_continue_policy:keep_going")], capture_output=True, text=True,
+        cwd=tmp_path, env=env, timeout=120)
+    assert first.returncode == int(Status.APPLY_FAILED), first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Traceback" not in first.stdout + first.stderr
+    assert (fleet.running("A"), fleet.running("B"), fleet.running("C")) == ("2.0", "stopped", "2.0")
+    assert fleet.lb("B") == "out" and "B is OUT OF THE LOAD BALANCER" in first.stdout
+
+    broken.unlink()                      # the operator fixed B; the repair rolls it back and puts it back
+    repaired = subprocess.run([sys.executable, str(ROOT / "zdupgrade"), "--resume", "--log_dir", str(fleet.log_dir)],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    out = repaired.stdout + repaired.stderr
+    assert "repairing: B" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert (fleet.running("A"), fleet.running("B"), fleet.running("C")) == ("2.0", "1.0", "2.0")
+    assert [fleet.lb(n) for n in fleet.names] == ["in", "in", "in"]
+    record = fleet.record()
+    assert record["nodes"]["B"]["version"] == "old" and record["nodes"]["B"]["in_lb"] is True
+    assert record["nodes"]["B"]["phases"]["APPLY"]["outcome"] == "FAILED"
+    # B's upgrade failed and B runs the old version: not SUCCESS -- the status the run ended with
+    assert repaired.returncode == int(Status.APPLY_FAILED), out[-3000:]
+    assert record["status"] == {"name": "APPLY_FAILED", "code": int(Status.APPLY_FAILED)}
+    assert "Status 73 (APPLY_FAILED)" in repaired.stdout
+    assert "Still on the old version: B (rolled back)" in repaired.stdout
