@@ -85,7 +85,10 @@ def prepare(args: argparse.Namespace, run_id: str, env: Mapping[str, str]) -> tu
                       serial=parse_serial(args.serial, "--serial") if args.serial is not None else None, env=env,
                       pause_after=frozenset(args.pause_after_wave or ()))
     if skipped:
-        plan = dataclasses.replace(plan, skipped=tuple(skipped), backend=whole.nodes)
+        # the capacity guards count what --limit leaves out: those nodes serve all the same
+        tier_nodes = {t.name: t.nodes for t in whole.tiers}
+        tiers = tuple(dataclasses.replace(t, backend=tier_nodes.get(t.name, ())) if t.name else t for t in plan.tiers)
+        plan = dataclasses.replace(plan, skipped=tuple(skipped), backend=whole.nodes, tiers=tiers)
     return whole, plan
 
 

@@ -132,6 +132,14 @@ class PlannedTier:
     gate: tuple[PlannedStep, ...] = ()
     min_in_service: int | str | None = None
     max_fail_percentage: float | None = None
+    #: every node of the tier, those --limit leaves out too (empty: ``nodes``): the capacity
+    #: guard's scope, since a node left out still serves
+    backend: tuple[str, ...] = ()
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        """The nodes the tier's capacity guard counts."""
+        return self.backend or self.nodes
 
 
 #: the control machine as a target of before/after steps and gates
@@ -741,7 +749,9 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
     wave_number = 0
     for tier in plan.tiers:
         if tier.name:
+            left_out = [n for n in tier.scope if n not in tier.nodes]
             out.append(f"  tier {tier.name}: {', '.join(tier.nodes)}"
+                       + (f" (--limit leaves out {', '.join(left_out)})" if left_out else "")
                        + (f"; at least {tier.min_in_service} in service" if tier.min_in_service is not None else "")
                        + (f"; failure budget {tier.max_fail_percentage:g}%" if tier.max_fail_percentage is not None
                           else ""))
@@ -774,7 +784,7 @@ def never_started(plan: Plan) -> list[str]:
         check = capacity(plan, wave, everyone)
         if check is not None and check[0] < check[1]:
             left, want, scope = check
-            whole = (f"tier {wave.tier.name}" if wave.tier.name and scope == list(wave.tier.nodes)
+            whole = (f"tier {wave.tier.name}" if wave.tier.name and scope == list(wave.tier.scope)
                      else "the backend")
             problems.append(f"the capacity guard can never start wave {wave.number} ({', '.join(wave.nodes)}): "
                             f"{whole} has {len(scope)} node(s), at least {want} must stay in service, and the "

@@ -80,7 +80,7 @@ def capacity(plan: Plan, wave: Wave, serving: Mapping[str, bool]) -> tuple[int, 
     if plan.min_in_service is not None:
         checks.append(([n.name for n in plan.backend_nodes], plan.min_in_service))
     if wave.tier.min_in_service is not None:
-        checks.append((list(wave.tier.nodes), wave.tier.min_in_service))
+        checks.append((list(wave.tier.scope), wave.tier.min_in_service))  # --limit's left-out nodes too
     worst: tuple[int, int, list[str]] | None = None
     for scope, minimum in checks:
         left = sum(1 for n in scope if serving.get(n, False) and n not in wave.nodes)
