@@ -214,9 +214,9 @@ def capacity_problems(plan: Plan, lb: LoadBalancer) -> list[Problem]:
         serving = lb.serving(list(plan.backend_nodes))
     except ZduError as exc:
         return [Problem(None, "capacity", f"capacity guard: cannot read the load balancer: {exc}")]
-    source = "the load balancer"
+    source = "per the load balancer"
     if serving is None:
-        serving, source = {n.name: True for n in plan.backend_nodes}, "assuming every node serves (the hook cannot tell)"
+        serving, source = {n.name: True for n in plan.backend_nodes}, "assuming every node serves: the hook cannot tell"
     problems = []
     for wave in Walker(plan).waves():
         check = capacity(plan, wave, serving)
@@ -225,7 +225,7 @@ def capacity_problems(plan: Plan, lb: LoadBalancer) -> list[Problem]:
             down = [n for n in scope if not serving.get(n)]
             problems.append(Problem(None, "capacity", (
                 f"capacity guard: wave {wave.number} ({', '.join(wave.nodes)}) would leave {left} of {len(scope)} "
-                f"node(s) in service, at least {want} must (per {source}"
+                f"node(s) in service, at least {want} must ({source}"
                 + (f"; not serving now: {', '.join(down)}" if down else "") + ")")))
     return problems
 
