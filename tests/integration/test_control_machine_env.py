@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import signal
 import stat
 import struct
 import subprocess
@@ -315,3 +316,28 @@ def test_an_events_reader_that_stalls_does_not_hold_up_the_run(tmp_path: Path) -
     kinds = [json.loads(line)["type"] for line in out.splitlines()]
     journal = [json.loads(line)["type"] for line in (fleet.run_dir() / "journal.jsonl").read_text().splitlines()]
     assert "RunFinished" in kinds and kinds == journal
+
+
+def test_a_ctrl_c_while_the_last_lines_wait_for_their_reader_keeps_the_runs_status(tmp_path: Path) -> None:
+    """The run is over and recorded, its summary waits for a reader: a Ctrl-C then must not make
+    the finished run exit 130 ("interrupted")."""
+    fleet = LocalFleet(tmp_path, names=[f"N{i}" for i in range(12)])
+    read, write = _unread_pipe()
+    proc = subprocess.Popen([*ZDU, *fleet.argv("--plain", "-v")], stdout=write, stderr=write, cwd=tmp_path)
+    os.close(write)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            runs = list(fleet.log_dir.glob("*/run.json"))
+            if runs and json.loads(runs[0].read_text() or "{}").get("ended"):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run did not wait for its reader"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    finally:
+        out = _read_all(read).decode()
+        proc.wait(timeout=60)
+    assert proc.returncode == Status.SUCCESS, out[-2000:]
+    assert "Status 0 (SUCCESS)" in out and "interrupted" not in out

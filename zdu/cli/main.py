@@ -183,15 +183,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         console.start_writer()  # is only output: it waits for its reader, and never drops a line)
     try:
         with stop_on_signals(stop, console):
-            if args.lab:
-                if importlib.util.find_spec("testcontainers") is None:
-                    console.error("--lab needs the lab extra (testcontainers is not installed): "
-                                  "pip install 'zdupgrade[lab]', or run scripts/setup.sh")
-                    return Status.CONFIG_ERROR
-                from zdu.lab.demo import run_lab
-                return run_lab(args, console, lambda a: Upgrade(a, console, environ, stop, arguments).run())
-            upgrade = Upgrade(args, console, environ, stop, arguments)
-            return upgrade.run()
+            try:
+                if args.lab:
+                    if importlib.util.find_spec("testcontainers") is None:
+                        console.error("--lab needs the lab extra (testcontainers is not installed): "
+                                      "pip install 'zdupgrade[lab]', or run scripts/setup.sh")
+                        return Status.CONFIG_ERROR
+                    from zdu.lab.demo import run_lab
+                    return run_lab(args, console, lambda a: Upgrade(a, console, environ, stop, arguments).run())
+                upgrade = Upgrade(args, console, environ, stop, arguments)
+                return upgrade.run()
+            finally:
+                # the console's last lines (the summary) reach a slow reader while a Ctrl-C
+                # still only sets the stop: it must not turn a finished run's status into 130
+                console.drain()
     except LockError as exc:
         console.error(_masked(upgrade, str(exc)))
         return Status.LOCKED
@@ -204,7 +209,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return Status.FATAL_ERROR
     finally:
         threading.excepthook = previous_hook
-        console.drain()
 
 
 #: options of the review and lock commands whose value is a path (a relative one needs the
