@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import stat
 import struct
@@ -341,3 +342,30 @@ def test_a_ctrl_c_while_the_last_lines_wait_for_their_reader_keeps_the_runs_stat
         proc.wait(timeout=60)
     assert proc.returncode == Status.SUCCESS, out[-2000:]
     assert "Status 0 (SUCCESS)" in out and "interrupted" not in out
+
+
+# --------------------------------------------------------------------------- a log disk already full
+
+@pytest.mark.parametrize("options, fill", [("size=8k", True), ("nr_inodes=12", False)])
+def test_a_log_disk_full_before_the_run_is_refused_before_anything(tmp_path: Path, options: str, fill: bool) -> None:
+    """A log disk that filled up (blocks, or inodes) before the night's run: the run made its run
+    folder, then ended 80 ("internal error: OSError: No space left on device ... a zdupgrade bug")
+    and left a damaged folder.  Now 78, naming --log_dir, and no folder left.  A real tmpfs in a
+    private mount namespace of the zdupgrade process (root and unshare, as test_full_disk.py)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("this test needs root and unshare(1) to mount a private tmpfs")
+    fleet = LocalFleet(tmp_path)
+    logs = tmp_path / "small"
+    logs.mkdir()
+    script = (f'mount -t tmpfs -o {options} tmpfs "$1" && chmod 700 "$1" && '
+              + ('{ head -c 65536 /dev/zero > "$1/fill" 2>/dev/null; true; } && ' if fill else "")
+              + 'd="$1" && shift && "$@"; s=$?; ls -A "$d"; exit $s')
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                           str(logs), *ZDU, *fleet.argv("--plain", "--log_dir", str(logs))],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == Status.CONFIG_ERROR, done.stdout[-2000:] + done.stderr
+    assert f"--log_dir '{logs}'" in done.stderr and "nothing was changed" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr
+    assert done.stdout.split() == (["fill"] if fill else []), done.stdout     # no run folder left
+    assert all(fleet.running(n) == "1.0" and fleet.lb(n) == "in" for n in fleet.names)
+    assert not (tmp_path / "fleet-lock").exists()

@@ -199,8 +199,13 @@ class RunDir:
             fd = _open_run_folder(parent, run_id, where)
             try:
                 os.fchmod(fd, RUN_DIR_MODE)  # mkdir's mode went through the umask
+                _probe_space(fd, where, run_id)
             except BaseException:
                 os.close(fd)
+                try:
+                    os.rmdir(run_id, dir_fd=parent)     # ours, just made, and empty
+                except OSError:
+                    pass
                 raise
         finally:
             os.close(parent)
@@ -326,6 +331,41 @@ class RunDir:
             os.close(fd)
             raise
         return fd
+
+
+#: what a new run folder must take at once (the run's first records), or the run is refused
+PROBE_BYTES = 16 * 1024
+#: ... and its first files (control.lock, the journal, run.json and its temporary file, run.log,
+#: a few node logs): fewer free inodes than this and the run is refused
+PROBE_INODES = 16
+
+
+def _probe_space(fd: int, where: str, run_id: str) -> None:
+    """ConfigError if the new run folder cannot take its first records: a log disk that filled
+    up (blocks or inodes) before the run began was an internal error (80) once the run folder was
+    made, and left a damaged folder behind.  The free inodes are counted (statvfs), and a file of
+    :data:`PROBE_BYTES` is written and removed (ext4 and XFS reserve the blocks at write(), tmpfs
+    allocates them)."""
+    try:
+        vfs = os.statvfs(fd)
+    except OSError:
+        vfs = None
+    free_inodes = (vfs.f_ffree if os.geteuid() == 0 else vfs.f_favail) if vfs is not None else 0
+    if vfs is not None and vfs.f_files > 0 and free_inodes < PROBE_INODES:   # f_files 0: not counted
+        raise ConfigError(f"{where}: its file system has {free_inodes} free inode(s) left, and a run folder "
+                          f"needs about {PROBE_INODES}; nothing was changed")
+    name = f".space.{secrets.token_hex(6)}.tmp"
+    try:
+        probe = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
+                        dir_fd=fd)
+        try:
+            os.write(probe, bytes(PROBE_BYTES))
+        finally:
+            os.close(probe)
+            os.unlink(name, dir_fd=fd)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot write in the run folder {run_id}: {exc.strerror or exc}; "
+                          "nothing was changed") from None
 
 
 def check_run_id(run_id: str) -> str:
