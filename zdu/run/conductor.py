@@ -471,8 +471,7 @@ class Conductor:
     def _resume_decided(self) -> Status | None:
         """A run killed after it decided to stop: finish the rollbacks, report the status."""
         self._plan_unplanned()
-        stopping, queue, decisions, pauses = self.recorder.query(
-            lambda s: (s.stopping, list(s.rollback_queue), list(s.decisions), list(s.pauses)))
+        stopping, queue = self.recorder.query(lambda s: (s.stopping, list(s.rollback_queue)))
         if not stopping and not queue:
             return None
         if queue:
@@ -480,13 +479,22 @@ class Conductor:
         rolled_back = self.rollback.roll_back_queue()
         if not stopping:
             return None if rolled_back else Status.ROLLBACK_FAILED
+        if not rolled_back:
+            return Status.ROLLBACK_FAILED
+        return self._recorded_status()
+
+    def _recorded_status(self) -> Status:
+        """The status the record names once its rollbacks are done: an abort (or an interrupt) at
+        a pause; else the first decision that was not a CONTINUE, or the first one (a run that
+        went on past a CONTINUE ended with that failure's status); SUCCESS when nothing failed."""
+        decisions, pauses = self.recorder.query(lambda s: (list(s.decisions), list(s.pauses)))
         aborted = next((p for p in pauses if p["answer"] in ("abort", "abort-keep", "interrupted")), None)
         if aborted is not None:
-            if not rolled_back:
-                return Status.ROLLBACK_FAILED
             return Status.INTERRUPTED if aborted["answer"] == "interrupted" else Status.ABORTED
+        if not decisions:
+            return Status.SUCCESS
         first = next((d for d in decisions if d.action != Action.CONTINUE.value), decisions[0])
-        return self._decided_status(_failure_of(first), rolled_back)
+        return self._decided_status(_failure_of(first), True)
 
     def _plan_unplanned(self) -> None:
         """A run killed between a decision (``Decided``, fsynced) and its ``RollbacksPlanned``:
@@ -521,13 +529,9 @@ class Conductor:
                 ok = self.rollback.roll_back_node(name) and ok
         if not ok:
             return Status.ROLLBACK_FAILED
-        decisions = self.recorder.query(lambda s: list(s.decisions))
-        if not decisions:
-            return Status.SUCCESS
-        # a run that went on past a CONTINUE still failed there (the run ended with that phase's
-        # status): repairing the node it left does not make the run a success
-        first = next((d for d in decisions if d.action != Action.CONTINUE.value), decisions[0])
-        return self._decided_status(_failure_of(first), True)
+        # repairing the nodes a run left behind does not change what the run was: an abort at a
+        # pause stays ABORTED, a failure the run went on past (CONTINUE) keeps its status
+        return self._recorded_status()
 
     def _final(self, status: Status, left_out: list[str]) -> Status:
         if left_out and status in (Status.SUCCESS, Status.INTERRUPTED, Status.PARTIAL, Status.ABORTED):
