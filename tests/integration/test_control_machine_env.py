@@ -369,3 +369,15 @@ def test_a_log_disk_full_before_the_run_is_refused_before_anything(tmp_path: Pat
     assert done.stdout.split() == (["fill"] if fill else []), done.stdout     # no run folder left
     assert all(fleet.running(n) == "1.0" and fleet.lb(n) == "in" for n in fleet.names)
     assert not (tmp_path / "fleet-lock").exists()
+
+
+def test_long_lines_above_the_live_view_are_not_cut_by_newlines(tmp_path: Path) -> None:
+    """The run folder's path in the run's first line, on a terminal narrower than the line: rich
+    cut it with a newline of its own, so the path copied from the screen was broken."""
+    fleet = LocalFleet(tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}, "TERM": "xterm"}
+    status, drawn = _on_terminal([*ZDU, *fleet.argv()], env, tmp_path, 60, 20)
+    assert status == Status.SUCCESS, drawn[-2000:]
+    run_dir = str(fleet.run_dir())
+    assert len(run_dir) > 40
+    assert any(line.endswith(f"logs in {run_dir}") for line in re.split(r"[\r\n]", drawn)), drawn[:1000]

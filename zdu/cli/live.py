@@ -223,7 +223,9 @@ class LiveView:
         from rich.text import Text
         if self._file.lost:
             return
-        self.rich.print(Text(printable(text)), end="")
+        # soft_wrap: the terminal wraps a long line itself; rich would cut it with a newline of its
+        # own, and a run folder's path or a --limit hint copied from the screen would be broken
+        self.rich.print(Text(printable(text)), end="", soft_wrap=True)
 
     # -- events
 
