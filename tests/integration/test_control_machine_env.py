@@ -381,3 +381,27 @@ def test_long_lines_above_the_live_view_are_not_cut_by_newlines(tmp_path: Path) 
     run_dir = str(fleet.run_dir())
     assert len(run_dir) > 40
     assert any(line.endswith(f"logs in {run_dir}") for line in re.split(r"[\r\n]", drawn)), drawn[:1000]
+
+
+# --------------------------------------------------------------------------- ~ in path options
+
+def test_a_tilde_the_shell_left_in_log_dir_is_the_home_directory(tmp_path: Path) -> None:
+    """``--log_dir=~/logs`` (the shell expands no ``~`` after ``=``) made a folder named ``~`` in
+    the working directory, while ``--config=~/...`` beside it was expanded."""
+    fleet = LocalFleet(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run([*ZDU, *fleet.argv("-q")[:-3], "--log_dir=~/zdu-logs", "-q", "--junit", "~/j.xml"],
+                          capture_output=True, text=True, cwd=work, env=env, timeout=120)
+    assert done.returncode == Status.SUCCESS, done.stdout[-2000:] + done.stderr
+    assert not (work / "~").exists()
+    assert len(list((home / "zdu-logs").glob("*/journal.jsonl"))) == 1 and (home / "j.xml").is_file()
+    listed = subprocess.run([*ZDU, "runs", "--log_dir", "~/zdu-logs"], capture_output=True, text=True, cwd=work,
+                            env=env, timeout=60)
+    assert listed.returncode == 0 and "SUCCESS (0)" in listed.stdout, listed.stdout + listed.stderr
+    unknown = subprocess.run([*ZDU, "runs", "--log_dir=~no-such-user-zdu/x"], capture_output=True, text=True,
+                             cwd=work, env=env, timeout=60)
+    assert unknown.returncode == Status.CONFIG_ERROR and "there is no user 'no-such-user-zdu'" in unknown.stderr

@@ -142,6 +142,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if gone:
         console.error(gone)
         return Status.CONFIG_ERROR
+    try:
+        arguments = _home_expanded(arguments)
+    except ValueError as exc:
+        console.error(str(exc))
+        return Status.CONFIG_ERROR
     if arguments and arguments[0] in SUBCOMMANDS:
         from .commands import run_command
         return run_command(arguments, console, dict(os.environ if env is None else env))
@@ -244,6 +249,40 @@ def _cwd_gone(arguments: Sequence[str]) -> str | None:
     where = f" ({describe_value(shell)}, as the shell calls it)" if shell else ""
     return (f"the current directory{where} no longer exists (it was removed or renamed after this shell entered "
             "it): cd to an existing directory and run zdupgrade again; nothing was done")
+
+
+#: options whose ``~`` zdupgrade expands itself (--config, --inventory and --profile are expanded
+#: where they are read): a shell leaves ``--log_dir=~/logs`` as it is
+_HOME_OPTIONS = ("--log_dir", "--log-dir", "--junit", "--events", "-o", "--output")
+
+
+def _home_expanded(arguments: Sequence[str]) -> list[str]:
+    """``arguments`` with a leading ``~`` or ``~user`` of the path options expanded.  Left as
+    they were, ``--log_dir=~/logs`` made a folder named ``~`` in the working directory -- the
+    one an operator later removes with ``rm -rf ~`` -- and ``--config=~/t.yaml`` beside it was
+    expanded.  ValueError when ``~`` cannot be expanded (no HOME and no passwd entry)."""
+    expanded = list(arguments)
+    for index, token in enumerate(arguments):
+        if token == "--":
+            break
+        option, equals, value = token.partition("=")
+        if option not in _HOME_OPTIONS:
+            continue
+        at = index if equals else index + 1
+        if not equals:
+            if index + 1 >= len(arguments):
+                continue
+            value = arguments[index + 1]
+        if not value.startswith("~"):
+            continue
+        home = os.path.expanduser(value)
+        if home.startswith("~"):
+            user = value.split("/")[0]
+            why = (f"there is no user {describe_value(user[1:])}" if user != "~" else
+                   "HOME is not set, and this user has no entry in the passwd database")
+            raise ValueError(f"{option} {describe_value(value)}: cannot expand {user}: {why}")
+        expanded[at] = f"{option}={home}" if equals else home
+    return expanded
 
 
 def _option_values(arguments: Sequence[str]) -> list[tuple[str, str]]:
