@@ -138,14 +138,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """
     console = Console(out or sys.stdout, err or sys.stderr)
     arguments = list(sys.argv[1:] if argv is None else argv)
-    gone = _cwd_gone(arguments)
-    if gone:
-        console.error(gone)
-        return Status.CONFIG_ERROR
     try:
         arguments = _home_expanded(arguments)
     except ValueError as exc:
         console.error(str(exc))
+        return Status.CONFIG_ERROR
+    gone = _cwd_gone(arguments)
+    if gone:
+        console.error(gone)
         return Status.CONFIG_ERROR
     if arguments and arguments[0] in SUBCOMMANDS:
         from .commands import run_command
@@ -240,9 +240,9 @@ def _cwd_gone(arguments: Sequence[str]) -> str | None:
     if any(a in ("-h", "--help", "--version") for a in arguments):
         return None
     if arguments and arguments[0] in SUBCOMMANDS:
-        values = _option_values(arguments[1:])
-        given_log_dir = any(opt in ("--log_dir", "--log-dir") for opt, _ in values)
-        if all(os.path.isabs(value) for _, value in values) \
+        values = _option_values(arguments, _PATH_OPTIONS)
+        given_log_dir = any(opt in ("--log_dir", "--log-dir") for _, opt, _, _ in values)
+        if all(os.path.isabs(value) for _, _, value, _ in values) \
                 and (given_log_dir or arguments[0] == "lock"):
             return None
     shell = os.environ.get("PWD", "")
@@ -262,17 +262,7 @@ def _home_expanded(arguments: Sequence[str]) -> list[str]:
     one an operator later removes with ``rm -rf ~`` -- and ``--config=~/t.yaml`` beside it was
     expanded.  ValueError when ``~`` cannot be expanded (no HOME and no passwd entry)."""
     expanded = list(arguments)
-    for index, token in enumerate(arguments):
-        if token == "--":
-            break
-        option, equals, value = token.partition("=")
-        if option not in _HOME_OPTIONS:
-            continue
-        at = index if equals else index + 1
-        if not equals:
-            if index + 1 >= len(arguments):
-                continue
-            value = arguments[index + 1]
+    for at, option, value, joined in _option_values(arguments, _HOME_OPTIONS):
         if not value.startswith("~"):
             continue
         home = os.path.expanduser(value)
@@ -281,22 +271,23 @@ def _home_expanded(arguments: Sequence[str]) -> list[str]:
             why = (f"there is no user {describe_value(user[1:])}" if user != "~" else
                    "HOME is not set, and this user has no entry in the passwd database")
             raise ValueError(f"{option} {describe_value(value)}: cannot expand {user}: {why}")
-        expanded[at] = f"{option}={home}" if equals else home
+        expanded[at] = f"{option}={home}" if joined else home
     return expanded
 
 
-def _option_values(arguments: Sequence[str]) -> list[tuple[str, str]]:
-    """(option, value) of each path option in ``arguments`` (``--opt value`` and ``--opt=value``)."""
-    found: list[tuple[str, str]] = []
+def _option_values(arguments: Sequence[str], options: Sequence[str]) -> list[tuple[int, str, str, bool]]:
+    """Each of ``options`` given in ``arguments`` (``--opt value`` or ``--opt=value``): where its
+    value is, the option, the value, and whether it was joined with ``=``."""
+    found: list[tuple[int, str, str, bool]] = []
     for index, token in enumerate(arguments):
         if token == "--":
             break
         option, equals, value = token.partition("=")
-        if option in _PATH_OPTIONS:
+        if option in options:
             if equals:
-                found.append((option, value))
+                found.append((index, option, value, True))
             elif index + 1 < len(arguments):
-                found.append((option, arguments[index + 1]))
+                found.append((index + 1, option, arguments[index + 1], False))
     return found
 
 
