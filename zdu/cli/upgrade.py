@@ -125,6 +125,18 @@ def plan_fingerprint(plan: Plan) -> str:
     return hashlib.sha256(format_plan(plan).encode()).hexdigest()
 
 
+def _check_known_hosts(topology: Topology) -> None:
+    """ConfigError when the known_hosts file is ``~/...`` and ``~`` means nothing here (HOME
+    unset and a user id without a passwd entry, as in a container run with an arbitrary uid):
+    the path would be taken relative to the working directory, and accept-new would write the
+    nodes' host keys into a folder named ``~`` there."""
+    configured = topology.ssh.known_hosts or "~/.ssh/known_hosts"
+    if os.path.expanduser(configured).startswith("~"):
+        raise ConfigError(f"{topology.source}: ssh.known_hosts {configured!r}: '~' cannot be expanded on this "
+                          f"machine (HOME is not set and user id {os.getuid()} has no passwd entry); set HOME, "
+                          "or ssh.known_hosts to an absolute path")
+
+
 def _in_topology(exc: ConfigError, topology: Topology) -> ConfigError:
     """``exc`` prefixed with the topology file it is about (unless it names it already)."""
     text = str(exc)
@@ -282,6 +294,8 @@ class Upgrade:
             problems = check_all(targets.values())
             if problems:
                 raise ConfigError("; ".join(str(p) for p in problems))
+            if targets:
+                _check_known_hosts(topology)
             policy = load_policy(args.rollback_policy)
             return self._execute(topology, plan, fingerprint, previous, policy, connections, lb, targets)
         finally:
