@@ -126,3 +126,19 @@ def test_a_paused_run_that_died_comes_back_to_the_pause(tmp_path: Path) -> None:
     assert "PAUSED after wave 1" in done.stdout
     assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in "ABC")
     assert fleet.lb_log("A") == ["disable", "enable"]            # the canary was not done twice
+
+
+def test_show_and_runs_say_a_waiting_run_is_paused(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path, extra=CANARY)
+    proc = fleet.start()
+    fleet.wait_for(lambda: paused(fleet), "the pause after the canary", proc)
+    run_id = fleet.run_dir().name
+    waiting = f"PAUSED after wave 1 (zdupgrade continue {run_id} | zdupgrade abort {run_id})"
+    show = zdupgrade("show", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
+    assert show.returncode == 0 and waiting in show.stdout, show.stdout + show.stderr
+    runs = zdupgrade("runs", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
+    assert runs.returncode == 0 and "PAUSED after wave 1" in runs.stdout, runs.stdout + runs.stderr
+    assert zdupgrade("continue", "--log_dir", str(fleet.log_dir), cwd=tmp_path).returncode == 0
+    proc.communicate(timeout=60)
+    done = zdupgrade("show", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
+    assert "SUCCESS (0)" in done.stdout and "PAUSED" not in done.stdout, done.stdout

@@ -63,13 +63,17 @@ class LoadedRun:
         return self.source == "journal" or bool(self.events)
 
     def status_text(self) -> str:
-        """SUCCESS (0), RUNNING, UNFINISHED (...), or DAMAGED (...)."""
+        """SUCCESS (0), RUNNING, PAUSED (...), UNFINISHED (...), or DAMAGED (...)."""
         state = self.state
         if state is None:
             return f"DAMAGED: {self.problem}"
         if state.status is not None and state.ended is not None:
             return f"{state.status.name} ({int(state.status)})"
         if self.alive:
+            open_pause = next((p for p in reversed(state.pauses) if p.get("ended") is None), None)
+            if open_pause is not None:      # waiting for the operator, not working
+                return (f"PAUSED after wave {open_pause['wave']} (zdupgrade continue {self.run_id} | "
+                        f"zdupgrade abort {self.run_id})")
             return "RUNNING"
         return "UNFINISHED (its process is gone: zdupgrade --resume " + self.run_id + ")"
 
