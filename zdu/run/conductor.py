@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 from ..lb.base import LoadBalancer
 from ..planning.plan import Plan, PlannedStep, PlannedTier
-from ..status import OFFLINE_PHASES, FailureKind, LbState, Outcome, Phase, Status
+from ..status import OFFLINE_PHASES, FailureKind, LbState, Outcome, Phase, Status, Version
 from . import events as ev
 from .gate import LbGate
 from .policy import Action, Policy, default_policy
@@ -400,7 +400,9 @@ class Conductor:
             return Status.INTERRUPTED
         order: tuple[str, ...] = ()
         if answer == "abort":
-            order = tuple(self.recorder.query(lambda s: [n for n in reversed(s.switched)]))
+            # not the nodes a failure already rolled back within the failure budget: they run the
+            # old version and are back in (rolling them back again took them out once more)
+            order = tuple(self.recorder.query(lambda s: [n for n in reversed(s.switched) if not _rolled_back(s, n)]))
         self.recorder.emit(ev.RollbacksPlanned(order=order, stop=True))
         return Status.ABORTED if self.rollback.roll_back_queue() else Status.ROLLBACK_FAILED
 
@@ -541,6 +543,12 @@ class Conductor:
         if self.stop_event.is_set() and status not in (Status.SUCCESS, Status.ROLLBACK_FAILED, Status.ABORTED):
             status = Status.INTERRUPTED
         return status
+
+
+def _rolled_back(state: RunState, name: str) -> bool:
+    """Whether ``name``'s rollback passed and left it on the old version."""
+    node = state.nodes[name]
+    return node.rollback is not None and node.rollback.outcome is Outcome.PASSED and node.version is Version.OLD
 
 
 def _failure_of(decision: DecisionRecord) -> Failure:
