@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export ZDU_LAB_REQUIRED=1 TESTCONTAINERS_RYUK_DISABLED=true
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+# the slowest tests at the end of every run: what to look at when the suite nears its 30 minutes
+exec python3 -m pytest -q -p no:cacheprovider --durations=25 "$@"
