@@ -78,6 +78,11 @@ class SshSettings:
     #: which ssh_config may then supply.  Empty: every value counts as given
     defaulted: frozenset[str] = frozenset()
 
+    @property
+    def known_hosts_file(self) -> str:
+        """The known_hosts file as configured (``~`` not yet expanded): ``known_hosts`` or the default."""
+        return self.known_hosts or "~/.ssh/known_hosts"
+
 
 @dataclass(frozen=True)
 class LbSettings:

@@ -30,6 +30,16 @@ def paused(fleet: LocalFleet) -> bool:
         return False
 
 
+def killed_at_the_pause(tmp_path: Path) -> LocalFleet:
+    """A canary run paused after its first wave, then SIGKILLed: the pause left open, no process."""
+    fleet = LocalFleet(tmp_path, extra=CANARY)
+    proc = fleet.start()
+    fleet.wait_for(lambda: paused(fleet), "the pause after the canary", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    return fleet
+
+
 def test_continue_from_another_process(tmp_path: Path) -> None:
     fleet = LocalFleet(tmp_path, extra=CANARY)
     proc = fleet.start()
@@ -113,11 +123,7 @@ def test_ctrl_c_at_a_pause_stops_without_touching_a_node(tmp_path: Path) -> None
 
 
 def test_a_paused_run_that_died_comes_back_to_the_pause(tmp_path: Path) -> None:
-    fleet = LocalFleet(tmp_path, extra=CANARY)
-    proc = fleet.start()
-    fleet.wait_for(lambda: paused(fleet), "the pause after the canary", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    fleet = killed_at_the_pause(tmp_path)
     # the operator decides while no process runs: the answer waits for the resume
     answered = zdupgrade("continue", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
     assert answered.returncode == 0 and "its process is gone" in answered.stdout

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.test_pause import CANARY, paused, zdupgrade
+from tests.integration.test_pause import CANARY, killed_at_the_pause, paused, zdupgrade
 from tests.support.localfleet import ROOT, LocalFleet
 from zdu.status import Status
 
@@ -54,11 +54,7 @@ def test_a_second_different_answer_to_a_live_pause_is_refused_not_claimed(tmp_pa
 
 
 def test_a_dead_runs_answer_can_be_changed_before_the_resume(tmp_path: Path) -> None:
-    fleet = LocalFleet(tmp_path, extra=CANARY)
-    proc = fleet.start()
-    fleet.wait_for(lambda: paused(fleet), "the pause after the canary", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    fleet = killed_at_the_pause(tmp_path)
     first = zdupgrade("continue", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
     changed = zdupgrade("abort", "--log_dir", str(fleet.log_dir), cwd=tmp_path)
     assert first.returncode == 0 and changed.returncode == 0, changed.stderr

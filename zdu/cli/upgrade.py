@@ -130,7 +130,7 @@ def _check_known_hosts(topology: Topology) -> None:
     unset and a user id without a passwd entry, as in a container run with an arbitrary uid):
     the path would be taken relative to the working directory, and accept-new would write the
     nodes' host keys into a folder named ``~`` there."""
-    configured = topology.ssh.known_hosts or "~/.ssh/known_hosts"
+    configured = topology.ssh.known_hosts_file
     if os.path.expanduser(configured).startswith("~"):
         raise ConfigError(f"{topology.source}: ssh.known_hosts {configured!r}: '~' cannot be expanded on this "
                           f"machine (HOME is not set and user id {os.getuid()} has no passwd entry); set HOME, "

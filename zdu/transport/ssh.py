@@ -947,7 +947,7 @@ class SshHandler(CommandHandler):
         self.address = self.target.endpoint
         if self.target.jumps:
             self.address += " via " + " -> ".join(_hop_label(j) for j in self.target.jumps)
-        self.known_hosts = Path(os.path.expanduser(settings.known_hosts or "~/.ssh/known_hosts"))
+        self.known_hosts = Path(os.path.expanduser(settings.known_hosts_file))
         self._sleep = sleep
         self._backoff = backoff or Backoff(retries=settings.connect_retries)
         self._conn: Connection | None = None
