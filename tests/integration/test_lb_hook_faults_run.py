@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from tests.support.localfleet import ROOT, LocalFleet
 
 PLUGIN = '''
+import time
 from pathlib import Path
 from zdu.lb.base import LbResult, LoadBalancer
 
@@ -37,6 +39,9 @@ class Hook(LoadBalancer):
         what = self.fail.get(f"{action}-{node.name}")
         if what in RAISES:
             raise RAISES[what]()
+        if what == "hang":                 # an API call that never answers
+            (self.root / node.name / "hung").write_text(action + "\\n")
+            time.sleep(3600)
         (self.root / node.name / "lb").write_text(state + "\\n")
         if what == "nan":
             return LbResult(True, f"{node.name} {state}", float("nan"), {"took": float("inf")})
@@ -67,10 +72,11 @@ def run(fleet: LocalFleet, env: dict[str, str] | None = None) -> subprocess.Comp
                           text=True, timeout=120, cwd=fleet.root, env={**os.environ, **(env or {})})
 
 
-def plugin_fleet(tmp_path: Path, fail: dict[str, str], **extra: Any) -> tuple[LocalFleet, dict[str, str]]:
+def plugin_fleet(tmp_path: Path, fail: dict[str, str], lb: dict[str, Any] | None = None,
+                 **extra: Any) -> tuple[LocalFleet, dict[str, str]]:
     (tmp_path / "zdu_test_flaky_run_lb.py").write_text(PLUGIN)
-    fleet = LocalFleet(tmp_path / "fleet", extra={"load_balancer": {"type": "zdu_test_flaky_run_lb:make", "fail": fail},
-                                                  **extra})
+    fleet = LocalFleet(tmp_path / "fleet", extra={"load_balancer": {"type": "zdu_test_flaky_run_lb:make", "fail": fail,
+                                                                    **(lb or {})}, **extra})
     return fleet, {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
 
 
@@ -152,3 +158,21 @@ def test_a_plugin_close_raising_does_not_turn_a_success_into_an_internal_error(t
     assert ("zdupgrade: warning: load-balancer hook 'zdu_test_flaky_run_lb:make': close() raised SystemExit "
             "(ignored)") in done.stderr
     assert all(fleet.running(n) == "2.0" and fleet.lb(n) == "in" for n in fleet.names)
+
+
+def test_a_plugin_call_that_never_returns_ends_at_call_timeout_and_the_run_ends(tmp_path: Path) -> None:
+    fleet, env = plugin_fleet(tmp_path, {"disable-B": "hang"}, {"call_timeout": 2})
+    started = time.monotonic()
+    done = run(fleet, env)
+    took = time.monotonic() - started
+    out = done.stdout + done.stderr
+    assert done.returncode == 75, out       # ROLLBACK_FAILED: nodes could not be put back (it hung for ever)
+    assert took < 60                        # the plugin's thread sleeps an hour: it did not hold the exit
+    assert "Traceback" not in out and "internal error" not in out
+    assert (fleet.root / "B" / "hung").read_text() == "disable\n"
+    assert ("[B] load balancer disable: FAILED - hook 'zdu_test_flaky_run_lb:make': disable() of B did not return "
+            "within 2 s (load_balancer.call_timeout); it is left running, and the hook is not called again") in out
+    # nothing is sent to the hook beside the hung call; every node is reported, none left half-done
+    assert "enable() of B was not called: its disable() of B, started" in out
+    assert fleet.running("A") == "1.0" and fleet.running("B") == "1.0" and fleet.running("C") == "1.0"
+    assert "!!! B is OUT OF THE LOAD BALANCER" in out and "!!! A is OUT OF THE LOAD BALANCER" in out

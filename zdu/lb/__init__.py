@@ -6,12 +6,16 @@ the callable gets the ``load_balancer`` options mapping and returns a
 :class:`zdu.lb.base.LoadBalancer`.  It is loaded by :func:`zdu.plugins.load_callable`,
 and not at all when ``load_code`` is false (``--dry-run``).  What it returns is
 wrapped in a :class:`GuardedHook`: whatever its methods raise becomes the interface's own
-answer (a refused check, a failed action, an unreadable balancer), never a traceback.
+answer (a refused check, a failed action, an unreadable balancer), never a traceback, and no
+call may take longer than ``call_timeout`` seconds (zdupgrade's own option, not passed to the
+factory; default :data:`CALL_TIMEOUT`): a plugin waiting on an API that never answers cannot
+hang the run.
 """
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,6 +32,25 @@ ENTRY_POINT_GROUP = "zdupgrade.load_balancers"
 
 BUILT_IN = ("none", "script", "haproxy")
 _SETTING = "load_balancer.type"
+
+#: the longest one call of a custom hook may take (``load_balancer.call_timeout``), in seconds:
+#: long enough for a drain the plugin waits out itself, short enough that a hung API call ends
+CALL_TIMEOUT = 600.0
+_CALL_TIMEOUT_SETTING = "load_balancer.call_timeout"
+
+
+def call_timeout_option(options: Mapping[str, Any]) -> float:
+    """``call_timeout`` of a custom hook's options (seconds, 0.1 to 86400); ConfigError if bad."""
+    value = options.get("call_timeout", CALL_TIMEOUT)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.1 <= value <= 86400:
+        raise ConfigError(f"{_CALL_TIMEOUT_SETTING}: expected a number of seconds from 0.1 to 86400, "
+                          f"got {value!r}")
+    return float(value)
+
+
+class HookTimeout(Exception):
+    """A custom hook's call did not return within ``call_timeout`` (or an earlier one still runs)."""
 
 
 class UnloadedHook(LoadBalancer):
@@ -59,7 +82,8 @@ class UnloadedHook(LoadBalancer):
 
 
 def _raised(exc: BaseException) -> str:
-    raise_if_interrupt(exc)
+    if not getattr(exc, "_zdu_from_worker", False):   # raised in a hook call's own thread: the plugin's
+        raise_if_interrupt(exc)
     return exception_line(exc)
 
 
@@ -81,12 +105,22 @@ class GuardedHook(LoadBalancer):
       answer (a list, ``"no"``, which is truthy, a node left out) is LoadBalancerError, so the
       capacity guard never counts a node from an answer it cannot read;
     * ``describe`` falls back to the generic line; ``close`` ignores what it raises (one line on
-      stderr naming the exception's type: its message, which may hold a secret, is not printed).
+      stderr naming the exception's type: its message, which may hold a secret, is not printed);
+    * ``check``, ``serving``, ``disable``, ``enable`` and ``close`` each run in a thread of their
+      own, waited for at most ``call_timeout`` seconds: a call still running then is a refused
+      check, an unreadable balancer, a failed action (the node's place in the balancer unknown)
+      or an ignored close.  Python code cannot be stopped from outside, so that call is left
+      running (a daemon thread: it does not keep the process alive), and while it runs the hook
+      is not called again: every later call fails at once, naming the call that hangs, rather
+      than act beside it.
     """
 
-    def __init__(self, hook: LoadBalancer, ref: str) -> None:
+    def __init__(self, hook: LoadBalancer, ref: str, call_timeout: float = CALL_TIMEOUT) -> None:
         self.hook = hook
         self.ref = ref
+        self.call_timeout = call_timeout
+        self._hung: tuple[str, threading.Thread, float] | None = None    # what, its thread, since
+        self._hung_lock = threading.Lock()
         try:
             name = hook.name
         except BaseException as exc:  # noqa: BLE001 - a property of the plugin's that raises
@@ -102,6 +136,44 @@ class GuardedHook(LoadBalancer):
     def _what(self, method: str) -> str:
         return f"hook {self.ref!r}: {method}() raised"
 
+    def _bounded(self, what: str, call: Callable[[], Any]) -> Any:
+        """``call()`` in a thread of its own, waited for ``call_timeout`` s: its answer, or what it
+        raised re-raised here; HookTimeout if it did not return in time (it is left running, and
+        marks the hook hung) or if an earlier call still hangs."""
+        with self._hung_lock:
+            if self._hung is not None:
+                earlier, thread, since = self._hung
+                if thread.is_alive():
+                    raise HookTimeout(f"hook {self.ref!r}: {what} was not called: its {earlier}, started "
+                                      f"{time.monotonic() - since:.0f} s ago, has not returned (call_timeout "
+                                      f"{self.call_timeout:g} s), and the hook is not called beside it")
+                self._hung = None
+        outcome: list[tuple[bool, Any]] = []
+
+        def target() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome.append((False, exc))
+        thread = threading.Thread(target=target, name=f"zdu-hook-{what}", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(self.call_timeout)
+        if not outcome:
+            with self._hung_lock:
+                self._hung = (what, thread, started)
+            raise HookTimeout(f"hook {self.ref!r}: {what} did not return within {self.call_timeout:g} s "
+                              "(load_balancer.call_timeout); it is left running, and the hook is not "
+                              "called again while it does")
+        returned, value = outcome[0]
+        if returned:
+            return value
+        try:
+            value._zdu_from_worker = True      # no signal reaches that thread: never a Ctrl-C
+        except AttributeError:
+            pass
+        raise value
+
     def validate(self, nodes: Sequence[Node]) -> None:
         try:
             self.hook.validate(nodes)
@@ -112,7 +184,9 @@ class GuardedHook(LoadBalancer):
 
     def check(self, nodes: Sequence[Node]) -> None:
         try:
-            self.hook.check(nodes)
+            self._bounded("check()", lambda: self.hook.check(nodes))
+        except HookTimeout as exc:
+            raise LoadBalancerError(str(exc)) from None
         except ZduError:
             raise
         except BaseException as exc:  # noqa: BLE001
@@ -126,15 +200,21 @@ class GuardedHook(LoadBalancer):
 
     def _act(self, action: str, node: Node) -> LbResult:
         started = time.monotonic()
+        act = self.hook.disable if action == "disable" else self.hook.enable
         try:
-            result = self.hook.disable(node) if action == "disable" else self.hook.enable(node)
+            result = self._bounded(f"{action}() of {node.name}", lambda: act(node))
             return _sane_result(result, time.monotonic() - started)
+        except HookTimeout as exc:
+            return LbResult(False, str(exc), time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 - a failed action, never a crashed run
             return LbResult(False, _raised(exc), time.monotonic() - started)
 
     def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool] | None:
         try:
-            return _read_serving(self.hook.serving(nodes), nodes, f"hook {self.ref!r}: serving() answered")
+            return _read_serving(self._bounded("serving()", lambda: self.hook.serving(nodes)), nodes,
+                                 f"hook {self.ref!r}: serving() answered")
+        except HookTimeout as exc:
+            raise LoadBalancerError(str(exc)) from None
         except ZduError:
             raise
         except BaseException as exc:  # noqa: BLE001 - in the hook, or in the mapping it returned
@@ -151,7 +231,9 @@ class GuardedHook(LoadBalancer):
 
     def close(self) -> None:
         try:
-            self.hook.close()
+            self._bounded("close()", self.hook.close)
+        except HookTimeout as exc:
+            sys.stderr.write(f"zdupgrade: warning: load-balancer {exc} (ignored)\n")
         except BaseException as exc:  # noqa: BLE001 - the run is over; its status stands
             raise_if_interrupt(exc)
             sys.stderr.write(f"zdupgrade: warning: load-balancer {self._what('close')} "
@@ -240,12 +322,15 @@ def make_load_balancer(settings: LbSettings, *,
     if settings.type == "haproxy":
         from zdu.lb.haproxy import from_options
         return from_options(settings.options, handler_factory=handler_factory)
+    options = dict(settings.options)
+    call_timeout = call_timeout_option(options)
+    options.pop("call_timeout", None)
     if not load_code:
         return UnloadedHook(settings.type, describe_ref(settings.type, setting=_SETTING,
                                                         group=ENTRY_POINT_GROUP))
     factory = load_callable(settings.type, setting=_SETTING, group=ENTRY_POINT_GROUP)
     try:
-        hook = factory(dict(settings.options))
+        hook = factory(options)
     except ZduError as exc:  # the factory's own clear refusal of its options
         raise ConfigError(f"{_SETTING}: hook {settings.type!r}: {exc}") from None
     except BaseException as exc:  # a bug in the factory
@@ -253,4 +338,4 @@ def make_load_balancer(settings: LbSettings, *,
     if not isinstance(hook, LoadBalancer):
         raise ConfigError(f"{_SETTING}: hook {settings.type!r} returned {type(hook).__name__}, "
                           "not a zdu.lb.base.LoadBalancer")
-    return GuardedHook(hook, settings.type)
+    return GuardedHook(hook, settings.type, call_timeout)
