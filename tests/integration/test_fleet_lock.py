@@ -255,3 +255,33 @@ def test_a_resume_that_cannot_take_its_lock_back_refuses_the_node(tmp_path: Path
         lock.acquire()
     assert lock.held == []
     assert (lock_dir / "owner.json").read_text() == dead
+
+
+def test_the_lock_is_writable_by_its_owner_alone_whatever_the_umask(fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A local node's commands inherit the control process's umask: under 000 the lock's
+    directories and owner.json were world-writable (any user could replace the owner or remove
+    the lock).  Taken, and taken back by a resume of the same run, they are 0755 / 0644."""
+    import os
+    import socket
+    import stat
+    import subprocess
+    nodes, handlers, _ = fleet
+    gone = subprocess.Popen(["true"])
+    gone.wait()                              # a run that died holding its lock
+    old = os.umask(0)
+    try:
+        lock = FleetLock(nodes[:2], handlers, LockOwner("run-umask", "op", socket.gethostname(), gone.pid,
+                                                        "2026-01-01T00:00:00+00:00"), lock_dir=LOCK)
+        assert lock.acquire()
+        for node in nodes[:2]:
+            where = lock_of(tmp_path, node.name)
+            assert stat.S_IMODE(where.parent.stat().st_mode) == 0o755
+            assert stat.S_IMODE(where.stat().st_mode) == 0o755
+            assert stat.S_IMODE((where / "owner.json").stat().st_mode) == 0o644
+        # the same run, another process (a --resume): owner.json is rewritten, not widened
+        again = FleetLock(nodes[:2], handlers, LockOwner.current("run-umask"), lock_dir=LOCK)
+        assert again.acquire()
+        assert json.loads((lock_of(tmp_path, "n00") / "owner.json").read_text())["pid"] == os.getpid()
+        assert stat.S_IMODE((lock_of(tmp_path, "n00") / "owner.json").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

@@ -134,8 +134,11 @@ class FleetLock:
         owner_file = shlex.quote(f"{self.lock_dir}/owner.json")
         parent = shlex.quote(os.path.dirname(self.lock_dir))
         # one process on the node where the parent exists (the test is a builtin): 100 nodes'
-        # shells spawn 100 fewer
-        return (f"{{ [ -d {parent} ] || mkdir -p {parent}; }} && "
+        # shells spawn 100 fewer.  umask 022 (a builtin, in the command's own shell): the lock's
+        # directories and owner.json are writable by their owner alone whatever the umask the
+        # command inherits (a local node's is the control process's: under umask 000 any user
+        # of the machine could have replaced owner.json or removed another run's lock)
+        return (f"umask 022; {{ [ -d {parent} ] || mkdir -p {parent}; }} && "
                 f"if mkdir {path} 2>/dev/null; then printf '%s' {shlex.quote(owner_json)} > {owner_file} "
                 f"&& echo ZDU-LOCK-ACQUIRED; else cat {owner_file} 2>/dev/null || echo {NO_OWNER}; fi")
 
@@ -190,7 +193,7 @@ class FleetLock:
                     # rename), never truncated first: nodes that share this directory (one
                     # machine) read it meanwhile
                     temp = shlex.quote(f"{self.lock_dir}/.owner.json.{self.owner.pid}")
-                    rewrite = handler.run(f"{{ printf '%s' {shlex.quote(owner_json)} > {temp} && "
+                    rewrite = handler.run(f"umask 022; {{ printf '%s' {shlex.quote(owner_json)} > {temp} && "
                                           f"mv -f {temp} {owner_file}; }} || {{ rm -f {temp}; false; }}", timeout=30)
                     if rewrite.exit_code != 0:
                         # held but naming the dead process, the lock would look stale to the next
