@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from zdu.errors import ConfigError, LoadBalancerError, ZduError
-from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
+from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters, seconds_option
 from zdu.model import LbSettings, Node
 from zdu.plugins import describe_ref, exception_line, load_callable, raise_if_interrupt, safe_text
 from zdu.transport.base import CommandHandler
@@ -36,17 +36,6 @@ _SETTING = "load_balancer.type"
 #: the longest one call of a custom hook may take (``load_balancer.call_timeout``), in seconds:
 #: long enough for a drain the plugin waits out itself, short enough that a hung API call ends
 CALL_TIMEOUT = 600.0
-_CALL_TIMEOUT_SETTING = "load_balancer.call_timeout"
-
-
-def call_timeout_option(options: Mapping[str, Any]) -> float:
-    """``call_timeout`` of a custom hook's options (seconds, 0.1 to 86400); ConfigError if bad."""
-    value = options.get("call_timeout", CALL_TIMEOUT)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.1 <= value <= 86400:
-        raise ConfigError(f"{_CALL_TIMEOUT_SETTING}: expected a number of seconds from 0.1 to 86400, "
-                          f"got {value!r}")
-    return float(value)
 
 
 class HookTimeout(Exception):
@@ -119,7 +108,7 @@ class GuardedHook(LoadBalancer):
         self.hook = hook
         self.ref = ref
         self.call_timeout = call_timeout
-        self._hung: tuple[str, threading.Thread, float] | None = None    # what, its thread, since
+        self._hung: list[tuple[str, threading.Thread, float]] = []    # what, its thread, since
         self._hung_lock = threading.Lock()
         try:
             name = hook.name
@@ -141,13 +130,13 @@ class GuardedHook(LoadBalancer):
         raised re-raised here; HookTimeout if it did not return in time (it is left running, and
         marks the hook hung) or if an earlier call still hangs."""
         with self._hung_lock:
-            if self._hung is not None:
-                earlier, thread, since = self._hung
-                if thread.is_alive():
-                    raise HookTimeout(f"hook {self.ref!r}: {what} was not called: its {earlier}, started "
-                                      f"{time.monotonic() - since:.0f} s ago, has not returned (call_timeout "
-                                      f"{self.call_timeout:g} s), and the hook is not called beside it")
-                self._hung = None
+            # calls of one wave's nodes run at once: each one that hung counts until it returns
+            self._hung = [h for h in self._hung if h[1].is_alive()]
+            if self._hung:
+                earlier, _, since = self._hung[0]
+                raise HookTimeout(f"hook {self.ref!r}: {what} was not called: its {earlier}, started "
+                                  f"{time.monotonic() - since:.0f} s ago, has not returned (call_timeout "
+                                  f"{self.call_timeout:g} s), and the hook is not called beside it")
         outcome: list[tuple[bool, Any]] = []
 
         def target() -> None:
@@ -161,16 +150,16 @@ class GuardedHook(LoadBalancer):
         thread.join(self.call_timeout)
         if not outcome:
             with self._hung_lock:
-                self._hung = (what, thread, started)
+                self._hung.append((what, thread, started))
             raise HookTimeout(f"hook {self.ref!r}: {what} did not return within {self.call_timeout:g} s "
                               "(load_balancer.call_timeout); it is left running, and the hook is not "
                               "called again while it does")
         returned, value = outcome[0]
         if returned:
             return value
-        try:
-            value._zdu_from_worker = True      # no signal reaches that thread: never a Ctrl-C
-        except AttributeError:
+        try:       # no signal reaches that thread: never a Ctrl-C (object's setattr: a frozen
+            object.__setattr__(value, "_zdu_from_worker", True)      # exception class has its own)
+        except Exception:  # noqa: BLE001 - left unmarked: read as it was before hook calls had threads
             pass
         raise value
 
@@ -323,7 +312,7 @@ def make_load_balancer(settings: LbSettings, *,
         from zdu.lb.haproxy import from_options
         return from_options(settings.options, handler_factory=handler_factory)
     options = dict(settings.options)
-    call_timeout = call_timeout_option(options)
+    call_timeout = seconds_option(options, "call_timeout", CALL_TIMEOUT, 0.1, 86400.0)
     options.pop("call_timeout", None)
     if not load_code:
         return UnloadedHook(settings.type, describe_ref(settings.type, setting=_SETTING,

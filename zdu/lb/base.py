@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from zdu.config.values import describe_value
 from zdu.errors import ConfigError
 from zdu.model import Node
 
@@ -83,3 +84,16 @@ def refuse_control_characters(value: Any, where: str) -> None:
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             refuse_control_characters(item, f"{where}[{index}]")
+
+
+def seconds_option(options: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    """The number of seconds ``load_balancer.<key>`` gives (``default`` when absent): at least
+    ``lo`` (above 0 when ``lo`` is 0) and at most ``hi``; ConfigError naming it otherwise (a bool,
+    text, NaN and infinity included: no deadline or socket timeout can hold them)."""
+    value = options.get(key, default)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not ((value >= lo) if lo else (value > 0)) or not value <= hi:   # NaN fails both
+        above = f"at least {lo:g}" if lo else "above 0"
+        raise ConfigError(f"load_balancer.{key}: expected a number of seconds {above} and at most {hi:g}, "
+                          f"got {describe_value(value)}")
+    return float(value)

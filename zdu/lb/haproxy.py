@@ -42,7 +42,7 @@ from zdu.config.values import describe_value
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.transport.base import CommandHandler
 from zdu.model import Node
-from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
+from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters, seconds_option
 from zdu.lb.haproxy_api import (IDENTIFIER_HINT, LocalSocketApi, RemoteSocketApi, RuntimeApi,
                                 SocketUnreachable, is_identifier, is_success, parse_address,
                                 parse_info, parse_servers_state, parse_stat_csv, socat_address)
@@ -603,14 +603,7 @@ _SECONDS = {"drain_timeout": (0.0, 86400.0), "up_timeout": (0.0, 86400.0), "poll
 
 
 def _number(options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    lo, hi = _SECONDS[key]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not ((value >= lo) if lo else (value > 0)) or not value <= hi:   # NaN fails both
-        above = f"at least {lo:g}" if lo else "above 0"
-        raise ConfigError(f"load_balancer.{key}: expected a number of seconds {above} and at most {hi:g}, "
-                          f"got {describe_value(value)}")
-    return float(value)
+    return seconds_option(options, key, default, *_SECONDS[key])
 
 
 def from_options(options: Mapping[str, Any], *,
