@@ -29,6 +29,7 @@ class Status(enum.IntEnum):
     PARTIAL = 82             # the run went on past failed nodes (failure budget): they were rolled back
     ABORTED = 83             # the operator aborted the run at a pause (or the pause timed out)
     CAPACITY_REFUSED = 84    # a wave would have left too few nodes in service; it was not started
+    DEGRADED = 85            # a node this run put back is not serving (the balancer shows it down or out)
     INTERRUPTED = 130        # Ctrl-C / SIGTERM; every node taken out was put back or reported
 
     def __str__(self) -> str:  # "Status.APPLY_FAILED", as in the Axway summary

@@ -18,6 +18,7 @@ reachable, and that every node ends on exactly one version, the one the run says
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -228,6 +229,40 @@ def test_canary_pause_aborted_from_another_process(lab: Lab, tmp_path: Path, pro
     assert all(done.record["nodes"][n]["rollback"] is None and "APPLY" not in done.record["nodes"][n]["phases"]
                for n in NODES[1:])
     assert_fleet_settled(lab, done, "1.0")
+    assert_unlocked(lab)
+
+
+def test_a_canary_that_dies_at_the_pause_stops_the_run_before_the_next_wave(lab: Lab, tmp_path: Path,
+                                                                           profile: Path) -> None:
+    """The canary passed its checks and HAProxy's, then its new version died (crashed under load):
+    when the pause is answered, the run asks HAProxy again before wave 2, finds the canary DOWN and
+    stops (85) without taking another node out.  Nothing is rolled back: the operator looks first."""
+    run = start(lab, tmp_path, profile, CANARY)
+    assert_canary_looks_right(lab, paused(run))
+    lab.exec("Node-A", f"{NEW}/bin/gateway stop --timeout 2")       # the canary's 2.0 dies
+    wait_until(lambda: lab.server_states()["node-a"]["srv_op_state"] == "0", timeout=10,
+               what="Node-A DOWN in HAProxy")
+    code, out = run_cli(tmp_path, "continue", log_dir=run.log_dir, name="continue", timeout=30)
+    assert code == 0, out
+    done = finish(run)
+    assert done.status is Status.DEGRADED and int(done.status) == 85, done.out
+    record = done.record
+    # nothing more was taken out or changed: the other four untouched on 1.0, in HAProxy
+    assert all("PRE-APPLY" not in record["nodes"][n]["phases"] and
+               record["nodes"][n]["lb_calls"] == {"disable": 0, "enable": 0} for n in NODES[1:]), record["nodes"]
+    assert node_versions(lab) == {"Node-A": [], **{n: ["1.0"] for n in NODES[1:]}}, node_versions(lab)
+    assert_all_in_haproxy(lab, NODES[1:])
+    a = record["nodes"]["Node-A"]
+    assert a["version"] == "new" and a["rollback"] is None and not record["decisions"], a
+    assert a["not_serving"].startswith("gateways/node-a DOWN (check "), a["not_serving"]
+    journal = [json.loads(line) for line in (done.run_dir / "journal.jsonl").read_text().splitlines()]
+    check = [e for e in journal if e["type"] == "ServingChecked"]
+    assert [(c["wave"], c["not_serving"]) for c in check] == [(2, ["Node-A"])], check
+    assert "!!! Node-A is NOT SERVING before wave 2, although this run put it back healthy: the load balancer " \
+           "shows gateways/node-a DOWN (check " in done.out
+    assert "It runs the new version; the run stops here: no other node is taken out" in done.out
+    assert "Node-A: on new (/opt/gateway-2.0), in the load balancer, but NOT SERVING when last checked" in done.out
+    assert "--limit Node-B,Node-C,Node-D,Node-E" in done.out
     assert_unlocked(lab)
 
 

@@ -271,6 +271,27 @@ def test_serving_reads_what_haproxy_does(lab: Lab) -> None:
     assert lb.serving(nodes)["Node-B"] is False
 
 
+def test_healthy_reads_the_health_check_not_the_capacity(lab: Lab) -> None:
+    """``healthy`` (asked before each wave and at the end about the nodes put back): a server with
+    weight 0 serves no new traffic (``serving`` says False) yet is healthy; one whose process died
+    goes DOWN and is named with what HAProxy shows, on the instance that shows it."""
+    lb = lab.lb()
+    nodes = [NODE_A, NODE_B]
+    assert lb.healthy(nodes) == {"Node-A": True, "Node-B": True}
+    for index in (0, 1):
+        lab.command("set weight gateways/node-a 0", index=index)
+    assert lb.serving(nodes)["Node-A"] is False and lb.healthy(nodes)["Node-A"] is True
+    lab.command("set server gateways/node-a state maint", index=1)      # one instance of the pair
+    answer = lb.healthy(nodes)["Node-A"]
+    assert isinstance(answer, str) and answer.startswith("gateways/node-a MAINT") and answer.endswith(lab.sockets[1])
+    lab.backends["node-b"].stop()                                        # the new version crashed
+    wait_for(lambda: lab.status("node-b") == "DOWN" and lab.status("node-b", index=1) == "DOWN")
+    answer = lb.healthy(nodes)["Node-B"]
+    assert isinstance(answer, str) and "gateways/node-b DOWN (check L4CON)" in answer
+    assert lab.sockets[0] in answer and lab.sockets[1] in answer
+    assert lab.status("node-a", index=1) == "MAINT"                      # read-only: nothing changed
+
+
 def test_a_server_name_with_a_command_in_it_never_reaches_haproxy(lab: Lab) -> None:
     """``;`` is HAProxy's command separator: ``node-b;set server gateways/node-a state maint``
     would take node-a out too.  It is refused before any socket is contacted."""

@@ -92,10 +92,11 @@ class GuardedHook(LoadBalancer):
       "damaged"), details that are not JSON are reduced to what is;
     * ``serving`` answers None or a mapping with a true/false for every node asked about; any other
       answer (a list, ``"no"``, which is truthy, a node left out) is LoadBalancerError, so the
-      capacity guard never counts a node from an answer it cannot read;
+      capacity guard never counts a node from an answer it cannot read; ``healthy`` the same, a
+      short text allowed in place of False (a plugin without ``healthy`` is asked ``serving``);
     * ``describe`` falls back to the generic line; ``close`` ignores what it raises (one line on
       stderr naming the exception's type: its message, which may hold a secret, is not printed);
-    * ``check``, ``serving``, ``disable``, ``enable`` and ``close`` each run in a thread of their
+    * ``check``, ``serving``, ``healthy``, ``disable``, ``enable`` and ``close`` each run in a thread of their
       own, waited for at most ``call_timeout`` seconds: a call still running then is a refused
       check, an unreadable balancer, a failed action (the node's place in the balancer unknown)
       or an ignored close.  Python code cannot be stopped from outside, so that call is left
@@ -199,15 +200,27 @@ class GuardedHook(LoadBalancer):
             return LbResult(False, _raised(exc), time.monotonic() - started)
 
     def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool] | None:
+        return self._read("serving", self.hook.serving, nodes)
+
+    def healthy(self, nodes: Sequence[Node]) -> Mapping[str, bool | str] | None:
+        """The plugin's ``healthy`` (a plugin without one: its ``serving``), bounded and read as
+        ``serving`` is, a short text allowed in place of False."""
+        method = getattr(self.hook, "healthy", None)
+        return self._read("healthy", method if callable(method) else self.hook.serving, nodes, texts=True)
+
+    def _read(self, name: str, method: Callable[[Sequence[Node]], Any], nodes: Sequence[Node],
+              texts: bool = False) -> Any:
+        """``method(nodes)`` bounded, its answer read by :func:`_read_serving`; anything else it
+        does (a hang, a raise, an answer that cannot be read) is LoadBalancerError."""
         try:
-            return _read_serving(self._bounded("serving()", lambda: self.hook.serving(nodes)), nodes,
-                                 f"hook {self.ref!r}: serving() answered")
+            return _read_serving(self._bounded(f"{name}()", lambda: method(nodes)), nodes,
+                                 f"hook {self.ref!r}: {name}() answered", texts=texts)
         except HookTimeout as exc:
             raise LoadBalancerError(str(exc)) from None
         except ZduError:
             raise
         except BaseException as exc:  # noqa: BLE001 - in the hook, or in the mapping it returned
-            raise LoadBalancerError(f"{self._what('serving')} {_raised(exc)}") from None
+            raise LoadBalancerError(f"{self._what(name)} {_raised(exc)}") from None
 
     def describe(self, action: str, node: Node) -> str:
         try:
@@ -273,19 +286,31 @@ def _json_data(value: Any, depth: int) -> Any:
     return safe_text(value)
 
 
-def _read_serving(answer: Any, nodes: Sequence[Node], what: str) -> dict[str, bool] | None:
-    """``answer`` as a plain dict with a bool for every one of ``nodes``; LoadBalancerError if not."""
+#: the longest text kept of what a plugin's healthy() says about one node
+HEALTH_TEXT_LIMIT = 300
+
+
+def _read_serving(answer: Any, nodes: Sequence[Node], what: str, *,
+                  texts: bool = False) -> Any:
+    """``answer`` as a plain dict with a bool for every one of ``nodes`` (with ``texts``, a str
+    is taken too: what the balancer shows, cut to one line of HEALTH_TEXT_LIMIT characters);
+    LoadBalancerError if not."""
     if answer is None:
         return None
     if not isinstance(answer, Mapping):
         raise LoadBalancerError(f"{what} a {type(answer).__name__}, not a mapping of node name to true/false")
-    result: dict[str, bool] = {}
+    result: dict[str, bool | str] = {}
     for node in nodes:
         if node.name not in answer:
             raise LoadBalancerError(f"{what} nothing for node {node.name!r}")
         value = answer[node.name]
+        if texts and isinstance(value, str):
+            line = " ".join(value.split())[:HEALTH_TEXT_LIMIT]
+            result[node.name] = line or False
+            continue
         if not isinstance(value, bool):
-            raise LoadBalancerError(f"{what} a {type(value).__name__} for node {node.name!r}, not true/false")
+            raise LoadBalancerError(f"{what} a {type(value).__name__} for node {node.name!r}, not true/false"
+                                    + (" or a text" if texts else ""))
         result[node.name] = value
     return result
 

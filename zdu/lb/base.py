@@ -5,7 +5,8 @@ A hook takes a node out of traffic before the disruptive part of its upgrade
 (``enable``).  ``validate`` refuses, without contacting anything, node values the
 hook could not pass on safely; ``check`` runs before anything changes and refuses,
 with a clear message, a load balancer that cannot be reached or does not know a
-node; ``serving`` reads which nodes the balancer sends traffic to.
+node; ``serving`` reads which nodes the balancer sends traffic to; ``healthy`` whether
+nodes put back are still in rotation and passing the balancer's own health check.
 """
 from __future__ import annotations
 
@@ -59,6 +60,20 @@ class LoadBalancer(abc.ABC):
         A hook that can tell but cannot reach its balancer raises LoadBalancerError.
         """
         return None
+
+    def healthy(self, nodes: Sequence[Node]) -> Mapping[str, bool | str] | None:
+        """Whether each of ``nodes`` -- put back by this run earlier -- is still in rotation and
+        healthy as the balancer sees it: node name -> True, or False / a short text saying what
+        the balancer shows instead ("DOWN", "MAINT").  Read-only; ``None`` when this hook cannot
+        tell.  The run asks before each wave and at its end: a node that passed its checks and
+        died afterwards (a new version crashing under load) stops the run before another node is
+        taken out (status 85).
+
+        The default is :meth:`serving`; a hook whose ``serving`` is a capacity view (HAProxy: a
+        backup server or weight 0 adds no capacity, yet is healthy) answers more precisely.
+        A hook that can tell but cannot reach its balancer raises LoadBalancerError.
+        """
+        return self.serving(nodes)
 
     def describe(self, action: str, node: Node) -> str:
         """One line for ``--dry-run``: what ``action`` on ``node`` will do."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from zdu.config.values import describe_value
 from zdu.errors import ConfigError, LoadBalancerError
@@ -192,18 +192,34 @@ class HaproxyLoadBalancer(LoadBalancer):
         """
         self.validate(nodes)
         serving = {node.name: True for node in nodes}
-        for api in self.apis:
-            try:
-                rows = self._backend_rows(api)
-            except SocketUnreachable as exc:
-                raise LoadBalancerError(str(exc)) from exc
-            if rows is None:
-                raise LoadBalancerError(f"haproxy {api.instance}: no backend {self.backend!r}")
+        for _, rows in self._every_backend():
             up = serving_servers(rows)
             for node in nodes:
                 if node.lb_name not in up:
                     serving[node.name] = False
         return serving
+
+    def healthy(self, nodes: Sequence[Node]) -> Mapping[str, bool | str]:
+        """Node name -> True when its server is UP (also ``UP 1/3``: still up while checks
+        start failing) or ``no check`` on *every* instance, whatever its weight or ``backup``
+        flag; else what HAProxy shows (``DOWN on <instance>``; a server missing from the
+        backend: ``not in backend ...``).  One ``show stat`` per instance; changes nothing.
+        Raises LoadBalancerError when a socket cannot be reached or has no such backend."""
+        self.validate(nodes)
+        wrong: dict[str, list[str]] = {node.name: [] for node in nodes}
+        for api, rows in self._every_backend():
+            where = f" on {api.instance}" if len(self.apis) > 1 else ""
+            for node in nodes:
+                row = rows.get(node.lb_name)
+                if row is None:
+                    wrong[node.name].append(f"not in backend {self.backend!r}{where}")
+                    continue
+                status = row.get("status", "")
+                if not (status == "no check" or status.split(" ", 1)[0] == "UP"):
+                    check = row.get("check_status", "")
+                    wrong[node.name].append(f"{self.backend}/{node.lb_name} {status or 'no status'}"
+                                            + (f" (check {check})" if check else "") + where)
+        return {name: "; ".join(problems) if problems else True for name, problems in wrong.items()}
 
     def disable(self, node: Node) -> LbResult:
         """DRAIN on every instance, wait for scur 0 (<= drain_timeout), then MAINT.
@@ -445,6 +461,18 @@ class HaproxyLoadBalancer(LoadBalancer):
             return f"haproxy {api.instance}: the socket is not at level admin ({answer.strip()}); {fix}"
         return None
 
+    def _every_backend(self) -> Iterator[tuple[RuntimeApi, dict[str, dict[str, str]]]]:
+        """Each instance with the backend's server rows there; LoadBalancerError when a socket
+        cannot be reached or has no such backend."""
+        for api in self.apis:
+            try:
+                rows = self._backend_rows(api)
+            except SocketUnreachable as exc:
+                raise LoadBalancerError(str(exc)) from exc
+            if rows is None:
+                raise LoadBalancerError(f"haproxy {api.instance}: no backend {self.backend!r}")
+            yield api, rows
+
     def _backend_rows(self, api: RuntimeApi) -> dict[str, dict[str, str]] | None:
         """Server rows of the backend by server name; None when there is no such backend."""
         rows = parse_stat_csv(api.execute(f"show stat {self.backend} 6 -1"))
@@ -530,6 +558,11 @@ class HaproxyBackends(HaproxyLoadBalancer):
     def serving(self, nodes: Sequence[Node]) -> Mapping[str, bool]:
         answers = [part.serving(nodes) for part in self.parts]
         return {node.name: all(a[node.name] for a in answers) for node in nodes}
+
+    def healthy(self, nodes: Sequence[Node]) -> Mapping[str, bool | str]:
+        answers = [part.healthy(nodes) for part in self.parts]
+        return {node.name: "; ".join(str(a[node.name]) for a in answers if a[node.name] is not True) or True
+                for node in nodes}
 
     def disable(self, node: Node) -> LbResult:
         return self._each(node, lambda part: part.disable(node), "sessions_cut")

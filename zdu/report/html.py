@@ -176,6 +176,8 @@ def _summary(state: RunState) -> str:
     for name in state.node_names:
         node = state.nodes[name]
         where = "skipped (--limit)" if node.skipped else f"on {node.version}, load balancer: {node.lb}"
+        if node.not_serving is not None and not node.skipped:
+            where += f", NOT SERVING when last checked ({node.not_serving})"
         windows = ", ".join(seconds(w["seconds"]) for w in node.out_windows)
         nodes.append(f"<li>{esc(name)}: {esc(where)}" + (f"; out of rotation {esc(windows)}" if windows else "")
                      + "</li>")

@@ -125,6 +125,8 @@ def _node_line(state: RunState, name: str) -> str:
                Version.UNKNOWN: "on an UNKNOWN version"}[node.version]
     lb = {LbState.IN: "in the load balancer", LbState.OUT: "OUT OF the load balancer"}.get(
         node.lb, f"load balancer state UNKNOWN ({node.lb})")
+    if node.not_serving is not None and node.lb is LbState.IN:
+        lb += f", but NOT SERVING when last checked ({node.not_serving})"
     return f"{version}, {lb}"
 
 

@@ -207,6 +207,9 @@ class Conductor:
         finally:
             left_out = self.gate.restore()
             status = self._final(status, left_out)
+            if status in (Status.SUCCESS, Status.PARTIAL) and not self.stop_event.is_set() \
+                    and self.gate.check_serving(None):
+                status = self._degraded(status)
             if status is Status.SUCCESS and self.plan.after:     # every node made it (not PARTIAL)
                 status = self._after(status)
             self.recorder.emit(ev.RunFinished(status=status, message=str(status)))
@@ -235,6 +238,10 @@ class Conductor:
                 status, stop = self._pause(item.after), True
             elif isinstance(item, Gate):
                 status, stop = self._tier_gate(item.tier)
+            elif not self.stop_event.is_set() and self.gate.check_serving(item.number):
+                # a node put back earlier died since (a new version crashing under load): taking
+                # out more nodes would leave fewer serving; the operator looks first
+                status, stop = Status.DEGRADED, True
             else:
                 status, stop = self._online(item)
             if status is None:
@@ -332,6 +339,18 @@ class Conductor:
         if not self._run_phase(Phase.AFTER, "after", self.plan.after):
             return Status.AFTER_FAILED
         return status
+
+    def _degraded(self, status: Status) -> Status:
+        """The end of a run in which a node put back is not serving: DEGRADED; its after: steps
+        (a clean-up, the old installation removed) are not run while it is so, and a
+        ``--resume`` once it serves checks again and runs them."""
+        if status is Status.SUCCESS and self.plan.after:
+            message = ("not run: a node put back by the run is not serving (see the warning); once it serves "
+                       f"again, zdupgrade --resume {self.plan.run_id} checks again and runs them")
+            self.recorder.emit(ev.RunPhaseStarted(phase=Phase.AFTER, label="after", steps=len(self.plan.after)))
+            self.recorder.emit(ev.RunPhaseFinished(phase=Phase.AFTER, label="after", outcome=Outcome.FAILED,
+                                                   failure=FailureKind.LB, message=message))
+        return Status.DEGRADED
 
     def _tier_gate(self, tier: PlannedTier) -> tuple[Status | None, bool]:
         """The gate after a tier: every step on each node of the tier (in parallel) or from the

@@ -224,6 +224,18 @@ class CapacityChecked(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServingChecked(Event):
+    """Whether the nodes this run put back are still in rotation and healthy, as the load
+    balancer shows them: before a wave (``wave``) and at the end of the run (``wave`` None)."""
+
+    wave: int | None
+    checked: tuple[str, ...]
+    not_serving: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()   # what the balancer shows, one per node of ``not_serving``
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepStarted(Event):
     phase: Phase
     key: str

@@ -99,6 +99,45 @@ class LbGate:
             left_out.append(name)
         return left_out
 
+    def check_serving(self, wave: int | None) -> list[str]:
+        """Ask the balancer whether every node this run put back (its place IN, enabled by the run)
+        is still in rotation and healthy -- before wave ``wave``, or at the end (None) -- and
+        record the answer; the nodes that are not.  A hook that cannot tell checks nothing; one
+        that cannot be read is a warning (each put-back was confirmed healthy when it was made)."""
+        names = self.recorder.query(lambda s: [n for n in s.active_nodes if s.nodes[n].lb is LbState.IN
+                                               and s.nodes[n].lb_calls.get("enable", 0) > 0])
+        if not names:
+            return []
+        when = f"before wave {wave}" if wave is not None else "at the end of the run"
+        try:
+            answer = self.lb.healthy([self.plan.node_plan(n).node for n in names])
+        except Exception as exc:  # noqa: BLE001 - a hook bug included: a warning, never a crashed run
+            self.recorder.emit(ev.Warned(message=self.plan.mask(
+                f"cannot read the load balancer {when} to check that the nodes put back still serve "
+                f"({', '.join(names)}): {type(exc).__name__}: {exc}; check them by hand")))
+            return []
+        if answer is None:
+            return []
+        said = [(n, answer.get(n, True)) for n in names]
+        bad = [(n, "the node not serving" if why is False else str(why)) for n, why in said if why is not True]
+        if not bad:
+            self.recorder.emit(ev.ServingChecked(wave=wave, checked=tuple(names)))
+            return []
+        versions = self.recorder.query(lambda s: {n: s.nodes[n].version for n, _ in bad})
+        then = ("the run stops here: no other node is taken out" if wave is not None else
+                "the run is not a success")
+        reasons = tuple(self.plan.mask(why)[:MESSAGE_LIMIT] for _, why in bad)
+        self.recorder.emit(ev.ServingChecked(
+            wave=wave, checked=tuple(names), not_serving=tuple(n for n, _ in bad), reasons=reasons,
+            message=f"not serving {when}: " + "; ".join(f"{n}: {why}" for (n, _), why in zip(bad, reasons))))
+        for (name, _), why in zip(bad, reasons):
+            version = "the new version" if versions[name] is Version.NEW else "the old version"
+            self.recorder.emit(ev.Warned(node=name, message=(
+                f"!!! {name} is NOT SERVING {when}, although this run put it back healthy: the load balancer "
+                f"shows {why}, and sends it no traffic. It runs {version}; {then}. Look at it now (its "
+                "service's own log); nothing was rolled back")))
+        return [n for n, _ in bad]
+
     def _call(self, name: str, action: LbAction) -> LbOutcome:
         node = self.plan.node_plan(name).node
         self.recorder.emit(ev.LbStarted(node=name, action=action))

@@ -149,12 +149,15 @@ def load_previous(run_dir: RunDir) -> Previous:
 def after_left(state: RunState) -> bool:
     """Every node made it and the after: steps are still to do: the run was interrupted before
     they began, or one of them failed (AFTER_FAILED: a resume runs the failed one and the rest,
-    once its cause is fixed; those that passed are not run again)."""
+    once its cause is fixed; those that passed are not run again), or none ran because a node
+    put back was not serving at the end (DEGRADED: a resume checks again first)."""
     done = state.run_phases.get("after")
     if done is None or done.outcome is not Outcome.FAILED:
         return False
     return (state.status is Status.AFTER_FAILED or
-            (state.status is Status.INTERRUPTED and done.classification is FailureKind.INTERRUPTED))
+            (state.status is Status.INTERRUPTED and done.classification is FailureKind.INTERRUPTED) or
+            # not run: a node put back was not serving at the end (DEGRADED); the resume checks again
+            (state.status is Status.DEGRADED and done.classification is FailureKind.LB))
 
 
 def _recorded_events(run_dir: RunDir, run_id: str) -> int:

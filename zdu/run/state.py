@@ -83,6 +83,9 @@ class NodeState:
     out_since: float | None = None
     out_windows: list[dict[str, float]] = field(default_factory=list)
     skipped: bool = False                     # left out of this run (--limit)
+    #: what the load balancer showed when the run last checked this node after putting it back,
+    #: if it was not serving then (None: serving, or not checked)
+    not_serving: str | None = None
 
     @property
     def in_lb(self) -> bool:
@@ -417,9 +420,21 @@ def _capacity(state: RunState, event: ev.CapacityChecked) -> None:
         state.warnings.append(event.message)
 
 
+def _serving_checked(state: RunState, event: ev.ServingChecked) -> None:
+    if len(event.reasons) != len(event.not_serving) or not set(event.not_serving) <= set(event.checked):
+        raise ValueError("ServingChecked: not_serving and reasons do not match the nodes checked")
+    strangers = [n for n in event.checked if n not in state.nodes]
+    if strangers:
+        raise ValueError(f"ServingChecked: {strangers[0][:40]!r} is not a node of this run")
+    for name in event.checked:
+        state.nodes[name].not_serving = None
+    for name, reason in zip(event.not_serving, event.reasons):
+        state.nodes[name].not_serving = reason      # (the warning for each is a Warned of its own)
+
+
 _HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
     ev.RunPhaseStarted: _run_phase_started, ev.RunPhaseFinished: _run_phase_finished, ev.Paused: _paused,
-    ev.PauseEnded: _pause_ended, ev.CapacityChecked: _capacity,
+    ev.PauseEnded: _pause_ended, ev.CapacityChecked: _capacity, ev.ServingChecked: _serving_checked,
     ev.RunStarted: _run_started, ev.RunFinished: _run_finished, ev.Warned: _warned,
     ev.PreflightFailed: _preflight, ev.HostKeyAccepted: _host_key, ev.LockTaken: _lock_taken,
     ev.LockReleased: _lock_released, ev.TrafficMeasured: _traffic, ev.PhaseStarted: _phase_started,
