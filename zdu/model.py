@@ -135,6 +135,7 @@ class Topology:
     min_in_service: int | str | None = None         # capacity guard of the whole backend
     pause_timeout: float = 3600.0                   # seconds a pause waits for the operator
     pause_timeout_action: Literal["abort", "continue"] = "abort"
+    soak: float = 0.0                               # seconds the nodes put back are watched before each next wave
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

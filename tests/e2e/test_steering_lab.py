@@ -266,6 +266,27 @@ def test_a_canary_that_dies_at_the_pause_stops_the_run_before_the_next_wave(lab:
     assert_unlocked(lab)
 
 
+def test_a_node_that_dies_during_the_soak_stops_the_run(lab: Lab, tmp_path: Path, profile: Path) -> None:
+    """``soak: 8``: after Node-A is put back the run watches it before wave 2, asking HAProxy every
+    5 s; its 2.0 dies a moment after the put-back, and the look 5 s into the soak finds it DOWN:
+    the run stops there (85), 3 s before the soak would have ended, Node-B..E untouched."""
+    run = start(lab, tmp_path, profile, {"serial": 1, "soak": 8})
+    run.wait_record(lambda r: any(a["node"] == "Node-A" and a["action"] == "enable" and a["ok"]
+                                  for a in r["lb_actions"]), "Node-A put back")
+    lab.exec("Node-A", f"{NEW}/bin/gateway stop --timeout 2")
+    done = finish(run)
+    assert done.status is Status.DEGRADED, done.out
+    record = done.record
+    enabled = next(a for a in record["lb_actions"] if a["node"] == "Node-A" and a["action"] == "enable")
+    assert record["ended"] - (enabled["started"] + enabled["duration"]) < 7.5, record["ended"]
+    assert "soak: watching the nodes put back for 8s before wave 2" in done.out
+    assert "!!! Node-A is NOT SERVING before wave 2" in done.out
+    assert all(record["nodes"][n]["lb_calls"] == {"disable": 0, "enable": 0} for n in NODES[1:])
+    assert node_versions(lab) == {"Node-A": [], **{n: ["1.0"] for n in NODES[1:]}}, node_versions(lab)
+    assert_all_in_haproxy(lab, NODES[1:])
+    assert_unlocked(lab)
+
+
 # --------------------------------------------------------------------------- failure budget
 
 def test_failure_budget_lets_one_bad_node_through(lab: Lab, tmp_path: Path, profile: Path) -> None:

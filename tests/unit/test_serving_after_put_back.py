@@ -305,3 +305,124 @@ def test_show_runs_and_the_html_report_name_the_node_not_serving(tmp_path: Path)
     # a run.json of before this field (no "not_serving") still reads
     del record["nodes"]["A"]["not_serving"]
     assert state_from_record(record).nodes["A"].not_serving is None
+
+
+# ---------------------------------------------------------------------------- soak
+
+class Clock:
+    """A clock that moves only when the run sleeps; ``at`` is called at each sleep."""
+
+    def __init__(self, at: Any = None) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+        if self.at is not None:
+            self.at(self)
+
+
+def soaked(soak: float, lb: DyingLb, clock: Clock, stop: threading.Event | None = None,
+           nodes: str = "ABC", previous: list[ev.Event] | None = None) -> Any:
+    from tests.support.fakes import FakeFleet, Outcome as Out, make_plan, opened
+    from zdu.run.conductor import Conductor
+    from zdu.run.state import Recorder, RunState
+    plan = make_plan(nodes=nodes, topology={"soak": soak})
+    events: list[ev.Event] = list(previous or [])
+    recorder = Recorder(replay(events) if previous else RunState.opened(opened(plan)))
+    recorder.subscribe(lambda event, view: events.append(event))
+    if not previous:
+        recorder.emit(opened(plan))
+    fleet = FakeFleet()
+    status = Conductor(plan, recorder, handlers=fleet, lb=lb, clock=clock, sleep=clock.sleep,
+                       stop_event=stop, resume=bool(previous)).execute()
+    return Out(status, recorder.snapshot(), fleet.log, lb, events)
+
+
+def test_soak_watches_the_nodes_put_back_before_each_later_wave_and_the_end() -> None:
+    lb, clock = DyingLb(), Clock()
+    out = soaked(12, lb, clock)
+    assert out.status is Status.SUCCESS
+    assert clock.slept == pytest.approx(36)        # before wave 2, before wave 3, at the end
+    # asked at 5 s and 10 s of each soak (not recorded: all served), then at its end (recorded)
+    assert lb.asked == [("A",)] * 3 + [("A", "B")] * 3 + [("A", "B", "C")] * 3
+    assert [(c.wave, c.checked) for c in checks(out.events)] == [(2, ("A",)), (3, ("A", "B")), (None, ("A", "B", "C"))]
+    soaks = [e.message for e in out.events if isinstance(e, ev.Noted) and e.message.startswith("soak:")]
+    assert soaks == ["soak: watching the nodes put back for 12s before wave 2",
+                     "soak: watching the nodes put back for 12s before wave 3",
+                     "soak: watching the nodes put back for 12s before the end of the run"]
+
+
+def test_a_node_lost_during_a_soak_ends_it_at_once_and_stops_the_run() -> None:
+    lb = DyingLb()
+
+    def at(clock: Clock) -> None:
+        if clock.slept >= 7:
+            lb.health["A"] = "gateways/node-a DOWN (check L7STS)"
+    clock = Clock(at)
+    out = soaked(600, lb, clock)
+    assert out.status is Status.DEGRADED
+    assert clock.slept == pytest.approx(10)         # found at the second look, 10 s in; not 600 s
+    assert lb.calls == [("disable", "A"), ("enable", "A")]
+    assert out.node("A").not_serving == "gateways/node-a DOWN (check L7STS)"
+    assert [(c.wave, c.not_serving) for c in checks(out.events)] == [(2, ("A",))]
+
+
+def test_an_interrupt_during_a_soak_before_a_wave_stops_the_run_there() -> None:
+    stop = threading.Event()
+    lb, clock = DyingLb(), Clock(lambda c: stop.set() if c.slept >= 3 else None)
+    out = soaked(600, lb, clock, stop)
+    assert out.status is Status.INTERRUPTED
+    assert clock.slept < 5 and lb.calls == [("disable", "A"), ("enable", "A")]
+    assert out.node("B").version is Version.OLD
+
+
+def test_an_interrupt_during_the_soak_at_the_end_still_asks_once() -> None:
+    stop = threading.Event()
+    lb = DyingLb()
+    clock = Clock(lambda c: stop.set() if lb.calls[-1:] == [("enable", "B")] and c.slept >= 603 else None)
+    out = soaked(600, lb, clock, stop, nodes="AB")
+    assert clock.slept == pytest.approx(603.5, abs=0.6)
+    assert lb.asked[-1] == ("A", "B") and checks(out.events)[-1].wave is None
+    assert out.status is Status.SUCCESS
+
+
+def test_a_resume_soaks_only_before_the_waves_it_still_has_to_do() -> None:
+    first = soaked(12, DyingLb(), Clock())
+    cut = next(i for i, e in enumerate(first.events)
+               if isinstance(e, ev.LbFinished) and e.node == "B" and e.action.value == "enable")
+    clock = Clock()
+    again = soaked(12, DyingLb(), clock, previous=first.events[:cut + 1])
+    assert again.status is Status.SUCCESS
+    assert clock.slept == pytest.approx(24)          # before wave 3 and at the end; wave 2 was done
+    assert again.log == ["pre-apply C", "apply C", "post-apply C"]
+
+
+def test_no_soak_when_no_node_was_put_back() -> None:
+    lb, clock = DyingLb(always_fail={("disable", "A")}), Clock()
+    out = soaked(30, lb, clock, nodes="A")
+    assert out.status is Status.APPLY_FAILED and clock.slept == 0 and lb.asked == []
+
+
+@pytest.mark.parametrize("value,needle", [("30s", "expected a number, got a string"), (-1, "between 0 and 86400"),
+                                          (86401, "between 0 and 86400"), (True, "expected a number"),
+                                          (float("nan"), "between 0 and 86400")])
+def test_a_bad_soak_is_refused_naming_the_field(value: Any, needle: str) -> None:
+    from zdu.config.topology import parse_topology
+    from zdu.errors import ConfigError
+    with pytest.raises(ConfigError, match="soak") as info:
+        parse_topology({"nodes": [{"name": "A", "host": "127.0.0.1"}], "soak": value}, source="t.yaml")
+    assert needle in str(info.value) and "t.yaml" in str(info.value)
+
+
+def test_the_dry_run_says_how_long_the_soak_is() -> None:
+    from tests.support.fakes import make_plan
+    from zdu.planning.plan import format_plan
+    assert "soak 45s: the nodes put back are watched that long before each later wave and the end" in \
+        format_plan(make_plan(topology={"soak": 45}))
+    assert "soak" not in format_plan(make_plan())

@@ -29,7 +29,7 @@ _LB_SERVER = re.compile(r"[A-Za-z0-9._:-]{1,255}")
 RESERVED_NODE_NAMES = frozenset({"run", "journal", "events", "report", "control", "summary", "junit"})
 
 _TOP_FIELDS = {"nodes", "ssh", "load_balancer", "profile", "vars", "serial", "lock_dir", "tiers", "hosts", "inventory",
-               "before", "after", "max_fail_percentage", "min_in_service", "pause_timeout", "pause_timeout_action"}
+               "before", "after", "max_fail_percentage", "min_in_service", "pause_timeout", "pause_timeout_action", "soak"}
 _TIER_FIELDS = {"name", "group", "role", "nodes", "serial", "gate", "gate_on", "min_in_service",
                 "max_fail_percentage"}
 #: words of ``on:`` (before/after steps, gates): no node or host may be called so
@@ -195,7 +195,8 @@ def parse_topology(data: Any, *, source: str, inventory: str | None = None,
                         pause_timeout=c.optional(top, "pause_timeout", "", lambda v, w: c.number(v, w, 1, 7 * 86400),
                                                  Topology.pause_timeout),
                         pause_timeout_action=c.optional(top, "pause_timeout_action", "",
-                                                        lambda v, w: c.choice(v, w, ("abort", "continue")), "abort"))
+                                                        lambda v, w: c.choice(v, w, ("abort", "continue")), "abort"),
+                        soak=c.optional(top, "soak", "", lambda v, w: c.number(v, w, 0, 86400), Topology.soak))
     if hosts_of is None:
         return topology
     return InventoryTopology(**{f.name: getattr(topology, f.name) for f in dataclasses.fields(Topology)},

@@ -169,6 +169,7 @@ class Plan:
     max_fail_percentage: float | None = None
     pause_timeout: float = 3600.0
     pause_timeout_action: str = "abort"
+    soak: float = 0.0                   # seconds the nodes put back are watched before each later wave and the end
     skipped: tuple[str, ...] = ()       # nodes --limit left out (not upgraded; still in the balancer)
     check_install_dirs: bool = True     # preflight looks for the install dirs on every node
     backend: tuple[Node, ...] = ()      # every node of the topology (the balancer's backend); () : nodes
@@ -418,7 +419,7 @@ def build_plan(topology: Topology, profile: Profile, *, old_install_dir: str, ne
                 tiers=tiers, before=before, after=after, hosts=frozen_map(hosts),
                 min_in_service=topology.min_in_service, max_fail_percentage=topology.max_fail_percentage,
                 pause_timeout=topology.pause_timeout, pause_timeout_action=topology.pause_timeout_action,
-                check_install_dirs=profile.check_install_dirs)
+                soak=float(topology.soak), check_install_dirs=profile.check_install_dirs)
 
 
 def _serial(value: Any, where: str) -> Serial:
@@ -724,6 +725,9 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
         guards.append(f"failure budget {plan.max_fail_percentage:g}% of a wave")
     if plan.min_in_service is not None:
         guards.append(f"at least {plan.min_in_service} node(s) in service")
+    if plan.soak:
+        guards.append(f"soak {plan.soak:g}s: the nodes put back are watched that long before each later wave "
+                      "and the end, and must still serve")
     if guards:
         out.append("  guards: " + ", ".join(guards))
     out.extend(f"  WARNING: {problem}" for problem in never_started(plan))

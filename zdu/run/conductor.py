@@ -149,6 +149,11 @@ class PauseAnswer:
 Pauser = Callable[[PauseRequest, Callable[[], bool]], PauseAnswer]
 
 
+#: seconds between two looks at the clock and the interrupt during a soak, and between two
+#: questions to the load balancer
+SOAK_TICK, SOAK_POLL = 0.5, 5.0
+
+
 def _timeout_pauser(request: PauseRequest, stop: Callable[[], bool]) -> PauseAnswer:
     return PauseAnswer(request.on_timeout, "no operator (no pauser)")
 
@@ -164,6 +169,7 @@ class Conductor:
                  repair: Sequence[str] = ()) -> None:
         self.plan = plan
         self.recorder = recorder
+        self._clock, self._sleep = clock, sleep
         self.stop_event = stop_event or threading.Event()
         self.resume = resume
         stop = self.stop_event.is_set
@@ -207,8 +213,7 @@ class Conductor:
         finally:
             left_out = self.gate.restore()
             status = self._final(status, left_out)
-            if status in (Status.SUCCESS, Status.PARTIAL) and not self.stop_event.is_set() \
-                    and self.gate.check_serving(None):
+            if status in (Status.SUCCESS, Status.PARTIAL) and self._lost_after_put_back(None):
                 status = self._degraded(status)
             if status is Status.SUCCESS and self.plan.after:     # every node made it (not PARTIAL)
                 status = self._after(status)
@@ -238,7 +243,7 @@ class Conductor:
                 status, stop = self._pause(item.after), True
             elif isinstance(item, Gate):
                 status, stop = self._tier_gate(item.tier)
-            elif not self.stop_event.is_set() and self.gate.check_serving(item.number):
+            elif self._lost_after_put_back(item.number, soak=self._pending(item)):
                 # a node put back earlier died since (a new version crashing under load): taking
                 # out more nodes would leave fewer serving; the operator looks first
                 status, stop = Status.DEGRADED, True
@@ -339,6 +344,38 @@ class Conductor:
         if not self._run_phase(Phase.AFTER, "after", self.plan.after):
             return Status.AFTER_FAILED
         return status
+
+    def _pending(self, wave: Wave) -> bool:
+        """Whether ``wave`` has a node still to upgrade (a resume walks past waves that are done:
+        they get no soak of their own)."""
+        return self.recorder.query(lambda s: any(
+            n not in self._settled and not (s.nodes[n].passed(Phase.POST_APPLY) and s.nodes[n].lb is LbState.IN)
+            for n in wave.nodes if n in s.nodes and not s.nodes[n].skipped))
+
+    def _lost_after_put_back(self, wave: int | None, *, soak: bool = True) -> bool:
+        """Whether a node this run put back is no longer serving, asked of the load balancer before
+        ``wave`` (None: at the end).  With ``soak``, the nodes put back are watched that long first
+        (asked every SOAK_POLL s; a node lost meanwhile ends the watch at once).  Before a wave,
+        False once interrupted (the interrupt is what the run reports); at the end an interrupt
+        cuts the soak short, and the balancer is still asked once."""
+        if self.stop_event.is_set() and wave is not None:
+            return False
+        seconds = self.plan.soak if soak else 0.0
+        if seconds > 0 and not self.stop_event.is_set() and self.recorder.query(lambda s: any(
+                s.nodes[n].lb is LbState.IN and s.nodes[n].lb_calls.get("enable", 0) > 0 for n in s.active_nodes)):
+            when = f"wave {wave}" if wave is not None else "the end of the run"
+            self.recorder.emit(ev.Noted(message=f"soak: watching the nodes put back for {seconds:g}s before {when}"))
+            deadline = asked = self._clock()
+            deadline += seconds
+            while not self.stop_event.is_set() and self._clock() < deadline:
+                self._sleep(min(SOAK_TICK, max(0.0, deadline - self._clock())))
+                if self._clock() - asked >= SOAK_POLL and self._clock() < deadline:
+                    asked = self._clock()
+                    if self.gate.check_serving(wave, quiet=True):
+                        return True
+            if self.stop_event.is_set() and wave is not None:
+                return False
+        return bool(self.gate.check_serving(wave))
 
     def _degraded(self, status: Status) -> Status:
         """The end of a run in which a node put back is not serving: DEGRADED; its after: steps

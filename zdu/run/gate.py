@@ -99,11 +99,13 @@ class LbGate:
             left_out.append(name)
         return left_out
 
-    def check_serving(self, wave: int | None) -> list[str]:
+    def check_serving(self, wave: int | None, *, quiet: bool = False) -> list[str]:
         """Ask the balancer whether every node this run put back (its place IN, enabled by the run)
         is still in rotation and healthy -- before wave ``wave``, or at the end (None) -- and
         record the answer; the nodes that are not.  A hook that cannot tell checks nothing; one
-        that cannot be read is a warning (each put-back was confirmed healthy when it was made)."""
+        that cannot be read is a warning (each put-back was confirmed healthy when it was made).
+        ``quiet`` (a look during a soak): an answer that every node serves is not recorded, and
+        an unreadable balancer is left to the check at the soak's end."""
         names = self.recorder.query(lambda s: [n for n in s.active_nodes if s.nodes[n].lb is LbState.IN
                                                and s.nodes[n].lb_calls.get("enable", 0) > 0])
         if not names:
@@ -112,6 +114,8 @@ class LbGate:
         try:
             answer = self.lb.healthy([self.plan.node_plan(n).node for n in names])
         except Exception as exc:  # noqa: BLE001 - a hook bug included: a warning, never a crashed run
+            if quiet:
+                return []
             self.recorder.emit(ev.Warned(message=self.plan.mask(
                 f"cannot read the load balancer {when} to check that the nodes put back still serve "
                 f"({', '.join(names)}): {type(exc).__name__}: {exc}; check them by hand")))
@@ -121,7 +125,8 @@ class LbGate:
         said = [(n, answer.get(n, True)) for n in names]
         bad = [(n, "the node not serving" if why is False else str(why)) for n, why in said if why is not True]
         if not bad:
-            self.recorder.emit(ev.ServingChecked(wave=wave, checked=tuple(names)))
+            if not quiet:
+                self.recorder.emit(ev.ServingChecked(wave=wave, checked=tuple(names)))
             return []
         versions = self.recorder.query(lambda s: {n: s.nodes[n].version for n, _ in bad})
         then = ("the run stops here: no other node is taken out" if wave is not None else
