@@ -287,6 +287,41 @@ def test_a_node_that_dies_during_the_soak_stops_the_run(lab: Lab, tmp_path: Path
     assert_unlocked(lab)
 
 
+def test_a_node_lost_at_the_end_skips_after_until_a_resume_finds_it_serving(lab: Lab, tmp_path: Path,
+                                                                          profile: Path) -> None:
+    """Every node upgraded; during the soak at the end Node-A's 2.0 dies: the run ends DEGRADED
+    (85) and its ``after:`` clean-up does not run (it would remove the way back).  The operator
+    starts Node-A's 2.0 again; ``--resume`` soaks, finds every node serving, runs ``after:``: 0."""
+    after = {"after": [{"name": "clean up", "on": "Node-A", "run": "touch /var/tmp/zdu-after-ran"}],
+             "serial": [3, 2], "soak": 6}
+    lab.exec("Node-A", "rm -f /var/tmp/zdu-after-ran")
+    run = start(lab, tmp_path, profile, after)
+    run.wait_record(lambda r: all(r["nodes"][n]["lb_calls"]["enable"] == 1 and r["nodes"][n]["in_lb"]
+                                  for n in NODES), "every node put back")
+    lab.exec("Node-A", f"{NEW}/bin/gateway stop --timeout 2")
+    done = finish(run)
+    assert done.status is Status.DEGRADED, done.out
+    assert "soak: watching the nodes put back for 6s before the end of the run" in done.out
+    assert "!!! Node-A is NOT SERVING at the end of the run" in done.out
+    assert done.record["run_phases"]["after"]["outcome"] == "FAILED", done.record["run_phases"]
+    assert lab.exec("Node-A", "test -e /var/tmp/zdu-after-ran")[0] != 0          # after: did not run
+    assert all(done.record["nodes"][n]["version"] == "new" for n in NODES)
+    assert_unlocked(lab)
+
+    node_a = lab.node("Node-A")
+    assert lab.exec("Node-A", f"{NEW}/bin/gateway start --host {node_a.host}")[0] == 0
+    assert_all_in_haproxy(lab)
+    resumed = finish(start_cli(tmp_path, "--resume", done.record["run_id"], log_dir=run.log_dir, name="resume"),
+                     timeout=90)
+    assert resumed.status is Status.SUCCESS, resumed.out
+    assert resumed.record["run_phases"]["after"]["outcome"] == "PASSED"
+    assert lab.exec("Node-A", "test -e /var/tmp/zdu-after-ran")[0] == 0
+    assert resumed.record["nodes"]["Node-A"]["not_serving"] is None
+    assert "  was: Node-A: !!! Node-A is NOT SERVING at the end of the run" in resumed.out
+    assert_fleet_settled(lab, resumed, "2.0")
+    assert_unlocked(lab)
+
+
 # --------------------------------------------------------------------------- failure budget
 
 def test_failure_budget_lets_one_bad_node_through(lab: Lab, tmp_path: Path, profile: Path) -> None:
