@@ -2,6 +2,8 @@
 # Example load-balancer hook for `load_balancer: {type: script, path: scripts/lb-hook-haproxy.sh}`.
 #
 # zdupgrade calls it as:  lb-hook-haproxy.sh disable|enable NODE
+# and, with `healthy: true` in the topology's load_balancer, as  lb-hook-haproxy.sh healthy NODE
+# (before each wave and at the end: exit 0 = UP, exit 1 = anything else, said on its last line)
 # with ZDU_ACTION, ZDU_NODE_NAME, ZDU_NODE_HOST, ZDU_NODE_PORT, ZDU_NODE_GROUP and ZDU_LB_SERVER
 # in the environment.  Exit 0 = done; anything else = the action failed (zdupgrade then
 # asks its rollback policy).  It must finish within the hook's `timeout`.
@@ -13,7 +15,7 @@
 #   HAPROXY_WAIT    seconds to wait for drain / UP (default 30)
 # For production prefer the built-in `type: haproxy` hook, which also drives HA pairs.
 set -eu
-action=${1:?usage: $0 disable|enable NODE}
+action=${1:?usage: $0 disable|enable|healthy NODE}
 server=${ZDU_LB_SERVER:-${2:?node name}}
 sock=${HAPROXY_SOCKET:-/run/haproxy/admin.sock}
 backend=${HAPROXY_BACKEND:-gateways}
@@ -40,6 +42,10 @@ case "$action" in
     api "set server $backend/$server state ready" >/dev/null
     i=0; while [ "$(field status)" != UP ] && [ $i -lt $tries ]; do sleep 0.1; i=$((i + 1)); done
     [ "$(field status)" = UP ] || { echo "$backend/$server not UP after ${HAPROXY_WAIT:-30}s" >&2; exit 1; }
+    ;;
+  healthy)
+    now=$(field status)
+    case "$now" in UP|"UP "*|"no check") ;; *) echo "$backend/$server $now"; exit 1 ;; esac
     ;;
   *) echo "unknown action $action" >&2; exit 2 ;;
 esac

@@ -266,6 +266,27 @@ def test_a_canary_that_dies_at_the_pause_stops_the_run_before_the_next_wave(lab:
     assert_unlocked(lab)
 
 
+def test_a_script_hook_that_answers_healthy_stops_the_run_too(lab: Lab, tmp_path: Path, profile: Path) -> None:
+    """The lab's script hook with ``healthy: true`` (``lb-hook.sh healthy NODE``: exit 1 and the
+    HAProxy status when not UP): the canary's 2.0 dies at the pause, the run stops before wave 2."""
+    config = lab.write_topology(tmp_path / "topology.yaml", lb="script", extra={
+        "ssh": FAST["ssh"], "vars": FAST["vars"], "load_balancer": {"healthy": True}, **CANARY})
+    run = start_upgrade(lab, tmp_path, config, profile=profile)
+    paused(run)
+    lab.exec("Node-A", f"{NEW}/bin/gateway stop --timeout 2")
+    wait_until(lambda: lab.server_states()["node-a"]["srv_op_state"] == "0", timeout=10,
+               what="Node-A DOWN in HAProxy")
+    code, out = run_cli(tmp_path, "continue", log_dir=run.log_dir, name="continue", timeout=30)
+    assert code == 0, out
+    done = finish(run)
+    assert done.status is Status.DEGRADED, done.out
+    assert done.record["nodes"]["Node-A"]["not_serving"] == "gateways/node-a DOWN", done.record["nodes"]["Node-A"]
+    assert "!!! Node-A is NOT SERVING before wave 2" in done.out
+    assert all(done.record["nodes"][n]["lb_calls"] == {"disable": 0, "enable": 0} for n in NODES[1:])
+    assert_all_in_haproxy(lab, NODES[1:])
+    assert_unlocked(lab)
+
+
 def test_a_node_that_dies_during_the_soak_stops_the_run(lab: Lab, tmp_path: Path, profile: Path) -> None:
     """``soak: 8``: after Node-A is put back the run watches it before wave 2, asking HAProxy every
     5 s; its 2.0 dies a moment after the put-back, and the look 5 s into the soak finds it DOWN:

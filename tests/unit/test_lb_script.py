@@ -225,3 +225,70 @@ def test_a_control_character_in_a_node_value_never_reaches_the_hook(tmp_path: Pa
     assert result.message.endswith("the hook was not run")
     assert not calls.exists()
     lb.validate([NODE])
+
+
+# ---------------------------------------------------------------------------- healthy (opt-in)
+
+NODE_B = Node(name="Node-B", host="127.0.0.12", port=2222, group="Gateway", lb_server="node-b")
+
+
+def test_healthy_is_asked_only_when_the_hook_says_it_answers(tmp_path: Path) -> None:
+    out = tmp_path / "calls"
+    body = (f'echo "$1 $2 $ZDU_ACTION $ZDU_LB_SERVER" >> {out}\n'
+            '[ "$1" = healthy ] || exit 0\n'
+            '[ "$2" = Node-A ] && exit 0\n'
+            'echo "checking..."; echo "pool member $ZDU_LB_SERVER: DOWN (connection refused)"; exit 1\n')
+    assert make(hook(tmp_path, body)).healthy([NODE]) is None and not out.exists()   # default: cannot tell
+    lb = make(hook(tmp_path, body), healthy=True)
+    assert lb.healthy([NODE, NODE_B]) == {"Node-A": True,
+                                          "Node-B": "pool member node-b: DOWN (connection refused)"}
+    assert out.read_text().splitlines() == ["healthy Node-A healthy node-a", "healthy Node-B healthy node-b"]
+    silent = make(hook(tmp_path, "exit 1\n"), healthy=True)
+    assert silent.healthy([NODE]) == {"Node-A": False}
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("echo 'unknown action' >&2; exit 2\n", "exit 2: unknown action"),
+    ("kill -9 $$\n", "killed by SIGKILL"),
+    ("sleep 30\n", "no answer within 0.5s"),
+])
+def test_a_healthy_answer_that_is_neither_0_nor_1_is_an_unreadable_balancer(tmp_path: Path, body: str,
+                                                                            needle: str) -> None:
+    with pytest.raises(LoadBalancerError, match="healthy Node-A: ") as info:
+        make(hook(tmp_path, body), healthy=True, timeout=0.5).healthy([NODE])
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, [True]])
+def test_healthy_must_be_true_or_false(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match="load_balancer.healthy: expected true or false"):
+        make(hook(tmp_path, "exit 0\n"), healthy=value)
+
+
+def test_the_haproxy_example_hook_answers_healthy(tmp_path: Path) -> None:
+    """scripts/lb-hook-haproxy.sh: UP -> 0; anything else -> 1 with the status it read."""
+    sock = tmp_path / "fake.sock"
+    import socket
+    import threading
+    status = {"node-a": "UP", "node-b": "DOWN"}
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                rows = "".join(f"gateways,{n},0,{s}\n" for n, s in status.items())
+                conn.sendall(("# pxname,svname,scur,status\n" + rows).encode())
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        lb = make(ROOT / "scripts" / "lb-hook-haproxy.sh", healthy=True,
+                  env={"HAPROXY_SOCKET": str(sock), "HAPROXY_BACKEND": "gateways"})
+        assert lb.healthy([NODE, NODE_B]) == {"Node-A": True, "Node-B": "gateways/node-b DOWN"}
+    finally:
+        server.close()

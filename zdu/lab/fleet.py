@@ -721,6 +721,7 @@ backend {BACKEND}
 # Load-balancer hook for the zdupgrade lab (zdu.lb.script calling convention):
 #   lb-hook.sh ACTION NODE      with ZDU_LB_SERVER=<haproxy server> in the environment
 # ACTION: disable (drain, wait until no session, then maint) | enable (ready, wait until UP) | check
+#         | healthy (exit 0 when UP; else exit 1, the status on the last line)
 # Without ZDU_LB_SERVER the server is NODE in lower case (Node-A -> node-a).
 set -eu
 action=${{1:-${{ZDU_ACTION:-}}}}
@@ -740,7 +741,10 @@ case "$action" in
     cmd "set server $backend/$server state ready" >/dev/null
     i=0; while [ "$(field status)" != UP ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
     [ "$(field status)" = UP ] ;;
-  *) echo "usage: $0 disable|enable|check SERVER" >&2; exit 2 ;;
+  healthy)
+    now=$(field status)
+    case "$now" in UP|"UP "*) ;; *) echo "$backend/$server $now"; exit 1 ;; esac ;;
+  *) echo "usage: $0 disable|enable|check|healthy SERVER" >&2; exit 2 ;;
 esac
 """, 0o755)
 

@@ -286,15 +286,11 @@ def _json_data(value: Any, depth: int) -> Any:
     return safe_text(value)
 
 
-#: the longest text kept of what a plugin's healthy() says about one node
-HEALTH_TEXT_LIMIT = 300
-
-
 def _read_serving(answer: Any, nodes: Sequence[Node], what: str, *,
                   texts: bool = False) -> Any:
     """``answer`` as a plain dict with a bool for every one of ``nodes`` (with ``texts``, a str
-    is taken too: what the balancer shows, cut to one line of HEALTH_TEXT_LIMIT characters);
-    LoadBalancerError if not."""
+    is taken too: what the balancer shows, made one line; whole, since the run masks secrets in
+    it before it cuts it); LoadBalancerError if not."""
     if answer is None:
         return None
     if not isinstance(answer, Mapping):
@@ -305,8 +301,7 @@ def _read_serving(answer: Any, nodes: Sequence[Node], what: str, *,
             raise LoadBalancerError(f"{what} nothing for node {node.name!r}")
         value = answer[node.name]
         if texts and isinstance(value, str):
-            line = " ".join(value.split())[:HEALTH_TEXT_LIMIT]
-            result[node.name] = line or False
+            result[node.name] = " ".join(value.split()) or False
             continue
         if not isinstance(value, bool):
             raise LoadBalancerError(f"{what} a {type(value).__name__} for node {node.name!r}, not true/false"

@@ -6,7 +6,12 @@ environment: ZDU_ACTION, ZDU_NODE_NAME, ZDU_NODE_HOST, ZDU_NODE_PORT,
 ZDU_NODE_GROUP, ZDU_LB_SERVER.  Exit status 0 means done; anything else, or
 running past ``timeout`` seconds, is a failed action.  Topology::
 
-    load_balancer: {type: script, path: scripts/lb-hook-example.sh, timeout: 60}
+    load_balancer: {type: script, path: scripts/lb-hook-example.sh, timeout: 60, healthy: false}
+
+With ``healthy: true`` the hook also answers ``HOOK healthy NODE`` (before each wave and at the
+end, about each node the run put back): exit 0 = in rotation and healthy, exit 1 = not (its last
+line of output says what the balancer shows); anything else, or no answer in ``timeout``, is a
+balancer that cannot be read (a warning).
 
 The hook runs in a session of its own, so the Ctrl-C or hang-up that reaches
 zdupgrade's terminal never reaches the hook: an action that has started finishes
@@ -27,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from zdu.config.values import describe_value
 from zdu.errors import ConfigError, LoadBalancerError
 from zdu.model import Node
 from zdu.lb.base import LbResult, LoadBalancer, refuse_control_characters
 from zdu.planning.masking import truncation_note
 
-_OPTIONS = {"path", "timeout", "env"}
+_OPTIONS = {"path", "timeout", "env", "healthy"}
 
 #: the most output kept per action (the tail: errors come last)
 OUTPUT_LIMIT = 64 * 1024
@@ -61,11 +67,13 @@ class ScriptLoadBalancer(LoadBalancer):
 
     name = "script"
 
-    def __init__(self, path: str, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, path: str, *, timeout: float = 60.0, env: Mapping[str, str] | None = None,
+                 healthy: bool = False) -> None:
         # absolute: checked where it is run (a bare ``hook.sh`` would be looked up on PATH by exec)
         self.path = os.path.abspath(Path(path).expanduser())
         self.timeout = timeout
         self.env = dict(env or {})
+        self.answers_healthy = healthy
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "ScriptLoadBalancer":
@@ -88,7 +96,10 @@ class ScriptLoadBalancer(LoadBalancer):
         for key in env:
             if not isinstance(key, str) or not key or "=" in key:
                 raise ConfigError(f"load_balancer.env: {key!r} is not an environment variable name")
-        return cls(path, timeout=float(timeout), env={str(k): str(v) for k, v in env.items()})
+        healthy = options.get("healthy", False)
+        if not isinstance(healthy, bool):
+            raise ConfigError(f"load_balancer.healthy: expected true or false, got {describe_value(healthy)}")
+        return cls(path, timeout=float(timeout), env={str(k): str(v) for k, v in env.items()}, healthy=healthy)
 
     def validate(self, nodes: Sequence[Node]) -> None:
         """ConfigError for a control character in any node value the hook is given: a
@@ -118,6 +129,25 @@ class ScriptLoadBalancer(LoadBalancer):
 
     def describe(self, action: str, node: Node) -> str:
         return f"{self.path} {action} {node.name} (timeout {self.timeout:g}s)"
+
+    def healthy(self, nodes: Sequence[Node]) -> Mapping[str, bool | str] | None:
+        """With ``healthy: true``: ``HOOK healthy NODE`` for each node, one after the other (exit 0:
+        True; exit 1: its last line of output, or False); None without it (the hook cannot tell).
+        LoadBalancerError for any other answer."""
+        if not self.answers_healthy:
+            return None
+        answers: dict[str, bool | str] = {}
+        for node in nodes:
+            result = self._call("healthy", node)
+            code = result.details.get("exit_code")
+            if code == 0:
+                answers[node.name] = True
+            elif code == 1 and not result.details.get("left_running"):
+                tail = _last_line(str(result.details.get("output") or ""))
+                answers[node.name] = tail or False      # whole: the run masks it, then cuts it
+            else:
+                raise LoadBalancerError(f"healthy {node.name}: {result.message}")
+        return answers
 
     def _call(self, action: str, node: Node) -> LbResult:
         env = dict(os.environ)
