@@ -235,6 +235,10 @@ class Profile:
     #: preflight checks that old and new install dirs exist on every node (false: the product has
     #: no install dir on the node, e.g. images or a cluster's objects)
     check_install_dirs: bool = True
+    #: a shell command that exits 0 on a node already running the new version: preflight runs it
+    #: on each node of a new run, and such a node is left out, untouched (a rerun, a run after a
+    #: stop, redoes no node); None: every node is upgraded
+    upgraded: str | None = None
 
 
 # --------------------------------------------------------------------------- results

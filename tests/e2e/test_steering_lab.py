@@ -78,11 +78,12 @@ def _merged(*docs: dict[str, Any]) -> dict[str, Any]:
 
 
 def start(lab: Lab, tmp_path: Path, profile: Path, extra: dict[str, Any] | None = None, *,
-          node_fields: dict[str, dict[str, Any]] | None = None) -> CliRun:
+          node_fields: dict[str, dict[str, Any]] | None = None, args: tuple[str, ...] = ()) -> CliRun:
     """``zdupgrade`` on the lab (haproxy hook, traffic through HAProxy) as a process of its own."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = lab.write_topology(tmp_path / "topology.yaml", lb="haproxy", extra=_merged(FAST, extra or {}),
                                 node_fields=node_fields)
-    return start_upgrade(lab, tmp_path, config, profile=profile)
+    return start_upgrade(lab, tmp_path, config, *args, profile=profile)
 
 
 def assert_versions(lab: Lab, run: UpgradeRun, expected: dict[str, str]) -> None:
@@ -340,6 +341,30 @@ def test_a_node_lost_at_the_end_skips_after_until_a_resume_finds_it_serving(lab:
     assert resumed.record["nodes"]["Node-A"]["not_serving"] is None
     assert "  was: Node-A: !!! Node-A is NOT SERVING at the end of the run" in resumed.out
     assert_fleet_settled(lab, resumed, "2.0")
+    assert_unlocked(lab)
+
+
+def test_a_rerun_leaves_the_nodes_already_upgraded_untouched(lab: Lab, tmp_path: Path, profile: Path) -> None:
+    """A first run upgrades Node-A and Node-B (``--limit``); the same command again, for the whole
+    fleet, finds them on 2.0 (lab-gateway's ``upgraded`` check) and leaves them out: no step, no
+    load-balancer call, their 2.0 processes are the same ones; Node-C..E are upgraded."""
+    first = finish(start(lab, tmp_path / "first", profile, {"serial": 1}, args=("--limit", "Node-A,Node-B")))
+    assert first.status is Status.SUCCESS, first.out
+    pids = {n: lab.exec(n, f"{NEW}/bin/gateway status")[1] for n in ("Node-A", "Node-B")}
+    assert all("running (pid" in out for out in pids.values()), pids
+    done = finish(start(lab, tmp_path / "again", profile, {"serial": 1}))
+    assert done.status is Status.SUCCESS, done.out
+    record = done.record
+    for name in ("Node-A", "Node-B"):
+        node = record["nodes"][name]
+        assert node["already_upgraded"] and node["skipped"] and node["version"] == "new", node
+        assert node["lb_calls"] == {"disable": 0, "enable": 0} and not node["phases"], node
+        assert not [s for s in record["steps"] if s["node"] == name], name
+        assert lab.exec(name, f"{NEW}/bin/gateway status")[1] == pids[name]          # never restarted
+        assert (f"{name}: already on new (/opt/gateway-2.0) when the run began (the profile's upgraded "
+                "check): left out, not touched") in done.out
+    assert all(record["nodes"][n]["phases"]["POST-APPLY"]["outcome"] == "PASSED" for n in NODES[2:])
+    assert_fleet_settled(lab, done, "2.0")
     assert_unlocked(lab)
 
 

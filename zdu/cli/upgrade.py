@@ -190,6 +190,8 @@ class Upgrade:
         self._recorder: Recorder | None = None
         #: the conductor has started: from here on a stopping run still retries its connects
         self._conducting = False
+        #: what preflight found already on the new version (the profile's ``upgraded`` check)
+        self._already: list[Any] = []
 
     def run(self) -> Status:
         try:
@@ -388,6 +390,8 @@ class Upgrade:
             if status is not None:
                 return status
             recorder.emit(ev.LockTaken(owner=dataclasses.asdict(lock.owner), broken=tuple(lock.broken)))
+            for found in self._already:
+                recorder.emit(ev.AlreadyUpgraded(node=found.node, message=found.message))
             if previous is not None and previous.lock_only:
                 return self._give_lock_back(previous, recorder, lock, folder)
             probe = self._start_traffic(recorder)
@@ -448,7 +452,11 @@ class Upgrade:
         with self._interrupt_cuts_connects(connections):
             found = preflight(plan, connections, lb, parallel=topology.ssh.parallel,
                               min_free_mb=self.args.min_free_mb,
-                              check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set, lock=lock)
+                              check_dirs=not resuming and plan.check_install_dirs, stop=self.stop.is_set, lock=lock,
+                              probe=not resuming)
+        # nodes the profile's `upgraded` check finds on the new version: left out (a new run only)
+        self._already = [p for p in found if p.kind == "upgraded"]
+        found = [p for p in found if p.kind != "upgraded"]
         locked = [p for p in found if p.kind == "locked"]
         problems = [p for p in found if p.kind != "locked"]
         if not problems and not locked:

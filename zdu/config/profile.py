@@ -37,7 +37,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles"
 USER_DIR = Path("config") / "profiles"
 
 _TOP = {"name", "description", "vars", "secrets", "phases", "smoke", "rollback", "before", "after",
-        "check_install_dirs"}
+        "check_install_dirs", "upgraded"}
 _CMD = {"name", "run", "timeout"}
 _WAIT_KINDS = ("command", "http", "tcp", "process", "log")
 _WAIT_FIELDS = set(_WAIT_KINDS) | {"status", "body", "pattern", "state", "where", "deadline", "interval", "kill"}
@@ -134,7 +134,15 @@ def parse_profile(data: Any, *, source: str, values_checked: bool = False) -> Pr
                    smoke=smoke, vars=variables, secrets=secrets,
                    description=c.optional(top, "description", "", lambda v, w: c.string(v, w, text=True), ""),
                    before=run_steps(c, top.get("before"), "before"), after=run_steps(c, top.get("after"), "after"),
-                   check_install_dirs=_flag(c, top, "check_install_dirs", True))
+                   check_install_dirs=_flag(c, top, "check_install_dirs", True),
+                   upgraded=c.optional(top, "upgraded", "", lambda v, w: _command(c, v, w), None))
+
+
+def _command(c: _Checker, value: Any, where: str) -> str:
+    """A command template (``upgraded:``): text, its jinja2 syntax checked."""
+    text = c.string(value, where, text=True)
+    check_syntax(text, where=f"{c.source}: {where}")
+    return text
 
 
 def _flag(c: _Checker, data: Any, key: str, default: bool) -> bool:

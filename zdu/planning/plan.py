@@ -108,6 +108,8 @@ class NodePlan:
     node: Node
     phases: Mapping[Phase, tuple[PlannedStep, ...]]
     rollback: Mapping[Phase, tuple[PlannedStep, ...]]
+    #: the profile's ``upgraded`` check rendered for this node: (command, as logs show it)
+    upgraded: tuple[str, str] | None = None
 
     def rollback_for(self, furthest: Phase) -> tuple[PlannedStep, ...]:
         """Rollback steps for a node whose furthest phase entered is ``furthest``.
@@ -487,7 +489,9 @@ def _node_plan(profile: Profile, node: Node, ctx: _Contexts) -> NodePlan:
     for key, steps_spec in profile.rollback.items():
         rollback[key] = tuple(_plan_step(profile, node, Phase.ROLLBACK, i, step, ctx, f"rollback.{key}[{i}]")
                               for i, step in enumerate(steps_spec))
-    return NodePlan(node=node, phases=frozen_map(phases), rollback=frozen_map(rollback))
+    upgraded = None if profile.upgraded is None else \
+        ctx.render(profile.upgraded, where=f"{profile.source}: upgraded (node {node.name})")
+    return NodePlan(node=node, phases=frozen_map(phases), rollback=frozen_map(rollback), upgraded=upgraded)
 
 
 def _plan_step(profile: Profile, node: Node, phase: Phase, index: int, step: Step,
@@ -718,6 +722,12 @@ def format_plan(plan: Plan, describe_lb: Callable[[str, Node], str] | None = Non
     ]
     if plan.skipped:
         out.append(f"  skipped (--limit): {', '.join(plan.skipped)} -- not upgraded, still in the load balancer")
+    probes = [p.upgraded for p in plan.nodes if p.upgraded is not None]
+    if probes:
+        one = " ".join(probes[0][1].split())
+        shown = one if all(q[1] == probes[0][1] for q in probes) else f"{one} (per node)"
+        out.append(f"  already upgraded? preflight runs `{shown}` on each node: a node where it exits 0 "
+                   "runs the new version already and is left out, untouched")
     if tiers:
         out.append("  tiers, in order: " + "; ".join(f"{t.name} ({', '.join(t.nodes)})" for t in tiers))
     guards = []

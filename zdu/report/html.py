@@ -175,7 +175,9 @@ def _summary(state: RunState) -> str:
     nodes = []
     for name in state.node_names:
         node = state.nodes[name]
-        where = "skipped (--limit)" if node.skipped else f"on {node.version}, load balancer: {node.lb}"
+        where = "already on new when the run began (the profile's upgraded check): left out" \
+            if node.already_upgraded else "skipped (--limit)" if node.skipped else \
+            f"on {node.version}, load balancer: {node.lb}"
         if node.not_serving is not None and not node.skipped:
             where += f", NOT SERVING when last checked ({node.not_serving})"
         windows = ", ".join(seconds(w["seconds"]) for w in node.out_windows)

@@ -119,6 +119,9 @@ def rerun_hint(state: RunState) -> str | None:
 
 def _node_line(state: RunState, name: str) -> str:
     node = state.nodes[name]
+    if node.already_upgraded:
+        return (f"already on new ({state.new_install_dir}) when the run began (the profile's upgraded check): "
+                "left out, not touched")
     if node.skipped:
         return "skipped (--limit), not touched"
     version = {Version.OLD: f"on old ({state.old_install_dir})", Version.NEW: f"on new ({state.new_install_dir})",

@@ -22,6 +22,7 @@ Order of a run:
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -243,6 +244,8 @@ class Conductor:
                 status, stop = self._pause(item.after), True
             elif isinstance(item, Gate):
                 status, stop = self._tier_gate(item.tier)
+            elif not (item := self._still_in(item)).nodes:
+                continue                          # every node of the wave was left out (already upgraded)
             elif self._lost_after_put_back(item.number, soak=self._pending(item)):
                 # a node put back earlier died since (a new version crashing under load): taking
                 # out more nodes would leave fewer serving; the operator looks first
@@ -344,6 +347,13 @@ class Conductor:
         if not self._run_phase(Phase.AFTER, "after", self.plan.after):
             return Status.AFTER_FAILED
         return status
+
+    def _still_in(self, wave: Wave) -> Wave:
+        """``wave`` without the nodes this run leaves out (preflight found them already upgraded):
+        the capacity guard counts only the nodes it takes out."""
+        active = set(self._active())
+        nodes = tuple(n for n in wave.nodes if n in active)
+        return wave if nodes == wave.nodes else dataclasses.replace(wave, nodes=nodes)
 
     def _pending(self, wave: Wave) -> bool:
         """Whether ``wave`` has a node still to upgrade (a resume walks past waves that are done:

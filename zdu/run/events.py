@@ -224,6 +224,14 @@ class CapacityChecked(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlreadyUpgraded(Event):
+    """Preflight found ``node`` already on the new version (the profile's ``upgraded`` check
+    exits 0 there): this run leaves it out and does not touch it."""
+
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServingChecked(Event):
     """Whether the nodes this run put back are still in rotation and healthy, as the load
     balancer shows them: before a wave (``wave``) and at the end of the run (``wave`` None)."""

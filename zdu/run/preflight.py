@@ -33,6 +33,7 @@ class Problem:
 
     node: str | None          # None: the load balancer or the run as a whole
     kind: str                 # unreachable | host-key | auth | missing-dir | sudo | disk | unchecked | lb | capacity | locked
+    #                           | upgraded (not a problem: the node already runs the new version, and is left out)
     message: str
     error: BaseException | None = field(default=None, compare=False, repr=False)   # a transport error
 
@@ -46,9 +47,14 @@ _LOCK_MARK = "ZDU-CHECK-LOCK"      # what follows is the fleet lock's answer
 PREFLIGHT_TIMEOUT = 30.0
 
 
-def check_script(plan: Plan, name: str, min_free_mb: int, check_dirs: bool) -> str:
-    """Every check of one node in one shell command (one round trip)."""
+def check_script(plan: Plan, name: str, min_free_mb: int, check_dirs: bool, probe: bool = False) -> str:
+    """Every check of one node in one shell command (one round trip); with ``probe``, the
+    profile's ``upgraded`` check too (in a subshell of its own, its output dropped)."""
     lines = []
+    upgraded = plan.node_plan(name).upgraded
+    if probe and upgraded is not None:
+        lines.append(f"if ( {upgraded[0]}\n) </dev/null >/dev/null 2>&1; then echo {_MARK} upgraded yes; "
+                     f"else echo {_MARK} upgraded no; fi")
     if check_dirs:
         for label, path in (("old", plan.old_install_dir), ("new", plan.new_install_dir)):
             q = shlex.quote(path)
@@ -64,9 +70,10 @@ def check_script(plan: Plan, name: str, min_free_mb: int, check_dirs: bool) -> s
 
 
 def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: int,
-                check_dirs: bool, lock: "FleetLock | None" = None) -> list[Problem]:
+                check_dirs: bool, lock: "FleetLock | None" = None, probe: bool = False) -> list[Problem]:
     """All checks of one node in one round trip (and the fleet lock, given ``lock``); a check
-    that could not run says so."""
+    that could not run says so.  A node the profile's ``upgraded`` check finds on the new version
+    (``probe``) is an ``upgraded`` entry, and its other checks do not matter: it is left out."""
     problems: list[Problem] = []
     checks = []
     if check_dirs:
@@ -76,7 +83,7 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
         checks.append(("sudo", "sudo -n"))
     if min_free_mb > 0:
         checks.append(("free", "the free space under /var/tmp"))
-    script = check_script(plan, node.name, min_free_mb, check_dirs)
+    script = check_script(plan, node.name, min_free_mb, check_dirs, probe)
     if lock is not None:
         script += f"\necho {_LOCK_MARK}\n{lock.take_command()}"
     try:
@@ -104,6 +111,9 @@ def _check_node(node: Node, handler: CommandHandler, plan: Plan, min_free_mb: in
         missing = [what for key, what in checks if key not in found]
         return problems + [Problem(node.name, "unchecked", f"could not check {', '.join(missing) or 'the node'} on "
                                                           f"{node.name}: {why}")]
+    if found.get("upgraded", [""])[0] == "yes":
+        return problems + [Problem(node.name, "upgraded", f"{node.name} already runs the new version (the "
+                                                          "profile's upgraded check exits 0): left out, not touched")]
     for key, label in (("dir-old", "old"), ("dir-new", "new")):
         if key in found and found[key][0] != "ok":
             path = plan.old_install_dir if label == "old" else plan.new_install_dir
@@ -137,7 +147,8 @@ def _needs_sudo(plan: Plan, name: str) -> bool:
 
 def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBalancer, *,
               parallel: int = 8, min_free_mb: int = 0, check_dirs: bool = True,
-              stop: Callable[[], bool] = lambda: False, lock: "FleetLock | None" = None) -> list[Problem]:
+              stop: Callable[[], bool] = lambda: False, lock: "FleetLock | None" = None,
+              probe: bool = False) -> list[Problem]:
     """Every problem found, in topology order (empty: good to go).  Nodes not yet checked when
     ``stop()`` turns true are skipped (the caller sees the interrupt).
 
@@ -157,7 +168,7 @@ def preflight(plan: Plan, handlers: Callable[[Node], CommandHandler], lb: LoadBa
         decided.set()
 
     def check(node: Node) -> list[Problem]:
-        return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs, taking)
+        return [] if stop() else _check_node(node, handlers(node), plan, min_free_mb, check_dirs, taking, probe)
 
     def after_the_first(node: Node) -> list[Problem]:
         if ahead and not decided.is_set() and not stop():

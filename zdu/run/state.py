@@ -86,6 +86,8 @@ class NodeState:
     #: what the load balancer showed when the run last checked this node after putting it back,
     #: if it was not serving then (None: serving, or not checked)
     not_serving: str | None = None
+    #: preflight found it on the new version already (the profile's ``upgraded`` check): left out
+    already_upgraded: bool = False
 
     @property
     def in_lb(self) -> bool:
@@ -420,6 +422,13 @@ def _capacity(state: RunState, event: ev.CapacityChecked) -> None:
         state.warnings.append(event.message)
 
 
+def _already_upgraded(state: RunState, event: ev.AlreadyUpgraded) -> None:
+    node = _node(state, event)
+    if node.phases or node.rollback or node.lb_calls.get("disable", 0) or node.lb_calls.get("enable", 0):
+        raise ValueError(f"AlreadyUpgraded: {node.name} was already worked on by this run")
+    node.skipped, node.already_upgraded, node.version = True, True, Version.NEW
+
+
 def _serving_checked(state: RunState, event: ev.ServingChecked) -> None:
     if len(event.reasons) != len(event.not_serving) or not set(event.not_serving) <= set(event.checked):
         raise ValueError("ServingChecked: not_serving and reasons do not match the nodes checked")
@@ -435,6 +444,7 @@ def _serving_checked(state: RunState, event: ev.ServingChecked) -> None:
 _HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
     ev.RunPhaseStarted: _run_phase_started, ev.RunPhaseFinished: _run_phase_finished, ev.Paused: _paused,
     ev.PauseEnded: _pause_ended, ev.CapacityChecked: _capacity, ev.ServingChecked: _serving_checked,
+    ev.AlreadyUpgraded: _already_upgraded,
     ev.RunStarted: _run_started, ev.RunFinished: _run_finished, ev.Warned: _warned,
     ev.PreflightFailed: _preflight, ev.HostKeyAccepted: _host_key, ev.LockTaken: _lock_taken,
     ev.LockReleased: _lock_released, ev.TrafficMeasured: _traffic, ev.PhaseStarted: _phase_started,
