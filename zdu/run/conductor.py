@@ -371,8 +371,7 @@ class Conductor:
         if self.stop_event.is_set() and wave is not None:
             return False
         seconds = self.plan.soak if soak else 0.0
-        if seconds > 0 and not self.stop_event.is_set() and self.recorder.query(lambda s: any(
-                s.nodes[n].lb is LbState.IN and s.nodes[n].lb_calls.get("enable", 0) > 0 for n in s.active_nodes)):
+        if seconds > 0 and not self.stop_event.is_set() and self.gate.returned():
             when = f"wave {wave}" if wave is not None else "the end of the run"
             self.recorder.emit(ev.Noted(message=f"soak: watching the nodes put back for {seconds:g}s before {when}"))
             deadline = asked = self._clock()

@@ -99,6 +99,11 @@ class LbGate:
             left_out.append(name)
         return left_out
 
+    def returned(self) -> list[str]:
+        """The nodes of this run it put back into the load balancer (in it now, enabled by the run)."""
+        return self.recorder.query(lambda s: [n for n in s.active_nodes if s.nodes[n].lb is LbState.IN
+                                              and s.nodes[n].lb_calls.get("enable", 0) > 0])
+
     def check_serving(self, wave: int | None, *, quiet: bool = False) -> list[str]:
         """Ask the balancer whether every node this run put back (its place IN, enabled by the run)
         is still in rotation and healthy -- before wave ``wave``, or at the end (None) -- and
@@ -106,8 +111,7 @@ class LbGate:
         that cannot be read is a warning (each put-back was confirmed healthy when it was made).
         ``quiet`` (a look during a soak): an answer that every node serves is not recorded, and
         an unreadable balancer is left to the check at the soak's end."""
-        names = self.recorder.query(lambda s: [n for n in s.active_nodes if s.nodes[n].lb is LbState.IN
-                                               and s.nodes[n].lb_calls.get("enable", 0) > 0])
+        names = self.returned()
         if not names:
             return []
         when = f"before wave {wave}" if wave is not None else "at the end of the run"
